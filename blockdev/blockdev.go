@@ -1,0 +1,111 @@
+// Package blockdev defines vrep's block device: the one interface every
+// layer of the write path speaks (file and memory devices, the tracked
+// volume, point views and overlays), plus optional capabilities found by
+// type assertion.
+//
+// The io contracts hold: ReadAt may run in parallel with anything; WriteAt
+// may run in parallel on non-overlapping ranges; no implementation retains
+// p after returning; a short read or write returns an error.
+//
+// Ranges are checked at every device: a negative offset or a range past
+// Size is ErrOutOfRange. A zero-length ReadAt or WriteAt is a no-op, as
+// io.ReaderAt allows; a zero-length Trim or WriteZeroes, which has no
+// io contract to honour, is ErrEmpty.
+package blockdev
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Device is a fixed-size block device.
+type Device interface {
+	io.ReaderAt
+	io.WriterAt
+	// Size is the device size in bytes; it never changes.
+	Size() int64
+	// Sync makes every write completed before the call durable.
+	Sync() error
+}
+
+// Trimmer is a device that can discard a range. Reads of a discarded
+// range return zeros on every vrep device.
+type Trimmer interface {
+	Trim(off, n int64) error
+}
+
+// Zeroer is a device that can write zeros without a payload. With
+// noHole the range must stay allocated (NBD_CMD_FLAG_NO_HOLE).
+type Zeroer interface {
+	WriteZeroes(off, n int64, noHole bool) error
+}
+
+// SyncWriter is a device that can make one write durable before it
+// returns (NBD FUA), more cheaply than WriteAt then Sync.
+type SyncWriter interface {
+	WriteAtSync(p []byte, off int64) (int, error)
+}
+
+var (
+	// ErrOutOfRange is returned for a negative offset or a range that ends
+	// past the device size.
+	ErrOutOfRange = errors.New("blockdev: range out of bounds")
+	// ErrEmpty is returned for a zero-length trim or write-zeroes.
+	ErrEmpty = errors.New("blockdev: zero-length request")
+	// ErrReadOnly is returned by read-only devices on any write.
+	ErrReadOnly = errors.New("blockdev: device is read-only")
+)
+
+// CheckRange reports whether [off, off+n) lies inside a device of the
+// given size, as an error that wraps ErrOutOfRange.
+func CheckRange(size, off, n int64) error {
+	if off < 0 || n < 0 || off > size || n > size-off {
+		return fmt.Errorf("%w: offset %d length %d, device size %d", ErrOutOfRange, off, n, size)
+	}
+	return nil
+}
+
+// Trim discards a range of d, or writes zeros where d cannot discard.
+func Trim(d Device, off, n int64) error {
+	if t, ok := d.(Trimmer); ok {
+		return t.Trim(off, n)
+	}
+	return WriteZeroes(d, off, n, true)
+}
+
+// WriteZeroes writes zeros to a range of d, natively where d can.
+func WriteZeroes(d Device, off, n int64, noHole bool) error {
+	if z, ok := d.(Zeroer); ok {
+		return z.WriteZeroes(off, n, noHole)
+	}
+	if n == 0 {
+		return ErrEmpty
+	}
+	if err := CheckRange(d.Size(), off, n); err != nil {
+		return err
+	}
+	buf := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		c := min(n, int64(len(buf)))
+		if _, err := d.WriteAt(buf[:c], off); err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// WriteAtSync writes p at off durably: natively where d can, else by
+// WriteAt followed by Sync.
+func WriteAtSync(d Device, p []byte, off int64) (int, error) {
+	if s, ok := d.(SyncWriter); ok {
+		return s.WriteAtSync(p, off)
+	}
+	n, err := d.WriteAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	return n, d.Sync()
+}

@@ -1,0 +1,241 @@
+// Package devtest is the conformance suite for blockdev.Device: every
+// device in vrep (file, memory, tracked volume, and later point views and
+// overlays, and the frontends through real clients) runs it.
+package devtest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/vrep-io/vrep/blockdev"
+)
+
+// Factory makes a fresh device of the given size whose content is
+// arbitrary but stable. Cleanup is the factory's business (t.Cleanup).
+type Factory func(t *testing.T, size int64) blockdev.Device
+
+// Size is the device size the suite asks for: 8 MiB, enough to cross
+// the 1 MiB index buckets of the tracked volume several times.
+const Size = 8 << 20
+
+// Run runs the whole suite against devices made by f.
+func Run(t *testing.T, f Factory) {
+	t.Run("Size", func(t *testing.T) {
+		if got := f(t, Size).Size(); got != Size {
+			t.Fatalf("Size() = %d, want %d", got, Size)
+		}
+	})
+	t.Run("Bounds", func(t *testing.T) { testBounds(t, f(t, Size)) })
+	t.Run("ReadWrite", func(t *testing.T) { testReadWrite(t, f(t, Size)) })
+	t.Run("Zeroes", func(t *testing.T) { testZeroes(t, f(t, Size)) })
+	t.Run("RandomOps", func(t *testing.T) { testRandom(t, f(t, Size), 1) })
+	t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, f(t, Size)) })
+}
+
+func snapshot(t *testing.T, d blockdev.Device) []byte {
+	t.Helper()
+	buf := make([]byte, d.Size())
+	if _, err := d.ReadAt(buf, 0); err != nil {
+		t.Fatalf("read whole device: %v", err)
+	}
+	return buf
+}
+
+func testBounds(t *testing.T, d blockdev.Device) {
+	size := d.Size()
+	buf := make([]byte, 4096)
+	for _, off := range []int64{-1, -4096, size - 4095, size, size + 1, 1 << 62} {
+		if _, err := d.ReadAt(buf, off); !errors.Is(err, blockdev.ErrOutOfRange) {
+			t.Errorf("ReadAt(4096, %d) = %v, want ErrOutOfRange", off, err)
+		}
+		if _, err := d.WriteAt(buf, off); !errors.Is(err, blockdev.ErrOutOfRange) {
+			t.Errorf("WriteAt(4096, %d) = %v, want ErrOutOfRange", off, err)
+		}
+		if err := blockdev.WriteZeroes(d, off, 4096, false); !errors.Is(err, blockdev.ErrOutOfRange) {
+			t.Errorf("WriteZeroes(%d, 4096) = %v, want ErrOutOfRange", off, err)
+		}
+	}
+	if err := blockdev.Trim(d, 0, 0); !errors.Is(err, blockdev.ErrEmpty) {
+		t.Errorf("Trim(0, 0) = %v, want ErrEmpty", err)
+	}
+	if n, err := d.ReadAt(nil, 0); n != 0 || err != nil {
+		t.Errorf("ReadAt(nil, 0) = %d, %v; want 0, nil", n, err)
+	}
+	// The last byte is in range.
+	if _, err := d.ReadAt(buf[:1], size-1); err != nil {
+		t.Errorf("ReadAt(1, size-1) = %v", err)
+	}
+}
+
+func fill(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 7))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func testReadWrite(t *testing.T, d blockdev.Device) {
+	want := snapshot(t, d)
+	cases := []struct{ off, n int64 }{
+		{0, 4096}, {4096, 512}, {1, 1}, {4095, 2}, {(1 << 20) - 100, 200},
+		{3 << 20, 1 << 20}, {5<<20 + 17, 3<<20 - 17 - 1}, {d.Size() - 1, 1},
+	}
+	for i, c := range cases {
+		p := fill(uint64(i), int(c.n))
+		if n, err := d.WriteAt(p, c.off); err != nil || n != len(p) {
+			t.Fatalf("WriteAt(%d, %d) = %d, %v", c.off, c.n, n, err)
+		}
+		copy(want[c.off:], p)
+		got := make([]byte, c.n)
+		if _, err := d.ReadAt(got, c.off); err != nil {
+			t.Fatalf("ReadAt(%d, %d): %v", c.off, c.n, err)
+		}
+		if !bytes.Equal(got, p) {
+			t.Fatalf("ReadAt(%d, %d) does not return what was written", c.off, c.n)
+		}
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	if got := snapshot(t, d); !bytes.Equal(got, want) {
+		t.Fatalf("whole device differs from the model at %d", firstDiff(got, want))
+	}
+	// A caller's buffer is not retained.
+	p := fill(99, 4096)
+	if _, err := d.WriteAt(p, 8192); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[8192:], p)
+	clear(p)
+	if got := snapshot(t, d); !bytes.Equal(got, want) {
+		t.Fatal("device changed when the caller reused its buffer")
+	}
+}
+
+func testZeroes(t *testing.T, d blockdev.Device) {
+	p := fill(5, 3<<20)
+	if _, err := d.WriteAt(p, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	want := snapshot(t, d)
+	for _, c := range []struct {
+		off, n int64
+		trim   bool
+	}{{1 << 20, 4096, true}, {1<<20 + 100, 10000, false}, {2<<20 - 7, 1<<20 + 14, true}, {3 << 20, 512, false}} {
+		var err error
+		if c.trim {
+			err = blockdev.Trim(d, c.off, c.n)
+		} else {
+			err = blockdev.WriteZeroes(d, c.off, c.n, true)
+		}
+		if err != nil {
+			t.Fatalf("zero %+v: %v", c, err)
+		}
+		clear(want[c.off : c.off+c.n])
+		if got := snapshot(t, d); !bytes.Equal(got, want) {
+			t.Fatalf("after zeroing %+v the device differs at %d", c, firstDiff(got, want))
+		}
+	}
+}
+
+// testRandom runs seeded random writes, zeroes and reads against a model.
+func testRandom(t *testing.T, d blockdev.Device, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, 1))
+	model := snapshot(t, d)
+	size := d.Size()
+	for i := range 400 {
+		n := int64(1 + r.IntN(64<<10))
+		if r.IntN(3) == 0 {
+			n = int64(4096 * (1 + r.IntN(16)))
+		}
+		off := r.Int64N(size - n + 1)
+		switch r.IntN(8) {
+		case 0:
+			if err := blockdev.WriteZeroes(d, off, n, r.IntN(2) == 0); err != nil {
+				t.Fatal(err)
+			}
+			clear(model[off : off+n])
+		case 1:
+			if err := d.Sync(); err != nil {
+				t.Fatal(err)
+			}
+		case 2, 3:
+			got := make([]byte, n)
+			if _, err := d.ReadAt(got, off); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, model[off:off+n]) {
+				t.Fatalf("op %d: read %d@%d differs from the model at +%d", i, n, off, firstDiff(got, model[off:off+n]))
+			}
+		default:
+			p := fill(uint64(i), int(n))
+			if _, err := d.WriteAt(p, off); err != nil {
+				t.Fatal(err)
+			}
+			copy(model[off:], p)
+		}
+	}
+	if got := snapshot(t, d); !bytes.Equal(got, model) {
+		t.Fatalf("device differs from the model at %d", firstDiff(got, model))
+	}
+}
+
+// testConcurrent runs writers on disjoint stripes and readers everywhere,
+// then checks every stripe holds its writer's last write.
+func testConcurrent(t *testing.T, d blockdev.Device) {
+	const workers, stripe = 8, 256 << 10
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*workers)
+	for w := range workers {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				p := bytes.Repeat([]byte{byte(w*50 + i)}, stripe)
+				if _, err := d.WriteAt(p, int64(w)*stripe); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64<<10)
+			for i := range 100 {
+				if _, err := d.ReadAt(buf, int64((w+i)%workers)*stripe); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	buf := make([]byte, stripe)
+	for w := range workers {
+		if _, err := d.ReadAt(buf, int64(w)*stripe); err != nil {
+			t.Fatal(err)
+		}
+		if want := bytes.Repeat([]byte{byte(w*50 + 49)}, stripe); !bytes.Equal(buf, want) {
+			t.Fatalf("stripe %d does not hold its last write (first diff %d)", w, firstDiff(buf, want))
+		}
+	}
+}
+
+func firstDiff(a, b []byte) string {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return fmt.Sprintf("byte %d (%#x != %#x)", i, a[i], b[i])
+		}
+	}
+	return fmt.Sprintf("length %d vs %d", len(a), len(b))
+}

@@ -1,0 +1,65 @@
+// Package hrl is the change log of one protected disk: every write, trim,
+// write-zeroes and recovery-point marker, in the order the disk saw them,
+// in segment files. It is vrep's .hrl file.
+//
+// # Format (version 1)
+//
+// All integers are little-endian. Every constant below is part of the
+// format; do not change it without bumping Version.
+//
+// A log is a directory of segment files named by the LSN of their first
+// record, as 16 lower-case hex digits: 0000000000000001.hrl. Each starts
+// with a 32-byte header:
+//
+//	 0  magic     [8]byte  "VREPHRL\n"
+//	 8  version   uint16   1
+//	10  reserved  [6]byte  zero
+//	16  first     uint64   LSN of the segment's first record
+//	24  reserved  uint32   zero
+//	28  crc       uint32   CRC32C (Castagnoli) of bytes 0..27
+//
+// Records follow back to back, unpadded; each is a 32-byte header and a
+// payload:
+//
+//	 0  crc       uint32   CRC32C of the payload, then of header bytes 4..31
+//	 4  length    uint32   payload bytes (at most MaxPayload)
+//	 8  type      uint8    1 write, 2 trim, 3 zero, 4 marker, 5 sync
+//	 9  flags     uint8    write: bit 0 FUA; zero: bit 0 NO_HOLE
+//	10  reserved  uint16   zero
+//	12  span      uint32   disk bytes covered (write: = length; trim, zero:
+//	                       the range; marker, sync: 0)
+//	16  lsn       uint64   log sequence number
+//	24  offset    uint64   write, trim, zero: disk offset; sync: the segment
+//	                       file offset that was durable when it was written;
+//	                       marker: 0
+//
+// The CRC covers the payload first so that the bulk of a record is
+// checksummed before the writer takes its ordering lock. The LSN inside
+// the checksum makes stale bytes of a reused file fail the check.
+//
+// Write, trim, zero and marker records carry consecutive LSNs: a
+// segment's first record has the LSN in its header, every later one the
+// previous plus one, and a segment's first LSN is the previous segment's
+// last plus one. A sync record repeats the LSN before it (first-1 when it
+// opens a segment) and is not shipped: it records that an fsync of the
+// segment up to its offset completed.
+//
+// A marker's payload (see Marker) is:
+//
+//	 0  id        uint64   point id, the same on every disk of the group
+//	 8  time      int64    Unix nanoseconds
+//	16  kind      uint8    1 crash-consistent, 2 app-consistent
+//	17  glen      uint8    length of the group name
+//	18  group     [glen]byte
+//
+// # Recovery
+//
+// At Open every segment is read. In the newest segment, a bad record (short,
+// zeroed, failing its CRC, out of sequence) is a torn tail and is cut off,
+// unless a valid sync record after it says the bad bytes had been made
+// durable: then it, like any bad record or header in an older (sealed)
+// segment or a gap between segments, is corruption, reported as a
+// *CorruptionError (IsCorruption), never skipped. Sync records are what let
+// recovery tell a tail that kernel writeback left with holes after a power
+// cut from damage to data that was already durable.
+package hrl

@@ -1,0 +1,693 @@
+package hrl
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vrep-io/vrep/internal/vfs"
+)
+
+// DefaultSegmentSize is the size past which a segment is sealed.
+const DefaultSegmentSize = 64 << 20
+
+// Options tune a log. The zero value is usable.
+type Options struct {
+	// SegmentSize seals a segment once it holds this many bytes.
+	SegmentSize int64
+}
+
+// Segment is one segment file of a log.
+type Segment struct {
+	first uint64
+	name  string
+	file  vfs.File     // set before the first batch for it is reported written
+	last  uint64       // last LSN appended to it; guarded by Log.mu
+	size  int64        // bytes appended, queued included; guarded by Log.mu
+	wsize atomic.Int64 // bytes written to the file
+}
+
+// First is the LSN of the segment's first record.
+func (s *Segment) First() uint64 { return s.first }
+
+// Batch is a group commit: the records appended while the log's writer
+// was busy, written with one call.
+type Batch struct {
+	done chan struct{}
+	err  error
+}
+
+// Wait returns once the batch is written to the segment file (not yet
+// durable: see Log.Sync), with the write's error.
+func (b *Batch) Wait() error {
+	<-b.done
+	return b.err
+}
+
+// Pos is where an appended record lives.
+type Pos struct {
+	LSN uint64
+	Seg *Segment
+	Off int64 // file offset of the payload
+}
+
+type pending struct {
+	seg    *Segment
+	off    int64
+	buf    []byte
+	last   uint64 // highest LSN in buf; 0 if none
+	create bool   // buf starts with the segment header; create the file
+	b      *Batch
+}
+
+// Log is the change log of one disk. Append, Sync, Seal, ReadAt and Scan
+// are safe for concurrent use; one goroutine, owned by the log, does every
+// file write, so concurrent appends are grouped into one write.
+type Log struct {
+	fs   vfs.FS
+	dir  string
+	opts Options
+
+	mu      sync.Mutex
+	segs    []*Segment // oldest first; the last is the active one
+	next    uint64     // LSN of the next record
+	cur     *pending   // the batch accepting appends
+	queue   []*pending // batches closed by a roll, not yet taken
+	waiters []chan error
+	err     error // sticky: once the log failed a write, it fails every call
+	closed  bool
+	wcond   sync.Cond // signalled when written advances or err is set
+
+	written atomic.Uint64 // every record up to here is in its file
+	synced  atomic.Uint64 // every record up to here is durable
+
+	wseg *Segment // the segment the writer goroutine writes to
+	kick chan struct{}
+	quit chan struct{}
+	wg   sync.WaitGroup
+	pool sync.Pool
+}
+
+// Open opens (creating if needed) the log in dir, recovering it: a torn
+// tail is cut; damage is a *CorruptionError.
+func Open(fs vfs.FS, dir string, opts Options) (*Log, error) {
+	if opts.SegmentSize <= 0 {
+		opts.SegmentSize = DefaultSegmentSize
+	}
+	if err := fs.MkdirAll(dir); err != nil {
+		return nil, fmt.Errorf("hrl: %w", err)
+	}
+	l := &Log{fs: fs, dir: dir, opts: opts, kick: make(chan struct{}, 1), quit: make(chan struct{})}
+	l.wcond.L = &l.mu
+	if err := l.recover(); err != nil {
+		for _, s := range l.segs {
+			if s.file != nil {
+				s.file.Close()
+			}
+		}
+		return nil, err
+	}
+	l.wseg = l.segs[len(l.segs)-1]
+	l.written.Store(l.next - 1)
+	l.synced.Store(l.next - 1)
+	l.wg.Add(1)
+	go l.run()
+	return l, nil
+}
+
+func (l *Log) path(name string) string { return filepath.Join(l.dir, name) }
+
+func (l *Log) recover() error {
+	names, err := l.fs.List(l.dir)
+	if err != nil {
+		return fmt.Errorf("hrl: %w", err)
+	}
+	var segs []string
+	for _, n := range names {
+		if strings.HasSuffix(n, suffix) {
+			segs = append(segs, n)
+		}
+	}
+	l.next = 1
+	for i, name := range segs {
+		newest := i == len(segs)-1
+		first, perr := strconv.ParseUint(strings.TrimSuffix(name, suffix), 16, 64)
+		if perr != nil || segmentName(first) != name {
+			return &CorruptionError{Segment: name, Reason: "segment file name is not 16 hex digits"}
+		}
+		f, err := l.fs.Open(l.path(name))
+		if err != nil {
+			return fmt.Errorf("hrl: %w", err)
+		}
+		size, err := f.Size()
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("hrl: %w", err)
+		}
+		if size == 0 && newest && i > 0 {
+			// Created, but its header never became durable: a torn roll.
+			f.Close()
+			if err := l.fs.Remove(l.path(name)); err != nil {
+				return fmt.Errorf("hrl: %w", err)
+			}
+			break
+		}
+		seg := &Segment{first: first, name: name, file: f, last: first - 1}
+		l.segs = append(l.segs, seg)
+		hdr := make([]byte, HeaderSize)
+		if _, err := f.ReadAt(hdr, 0); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("hrl: %w", err)
+		}
+		hfirst, herr := decodeSegmentHeader(hdr)
+		if herr != nil {
+			return &CorruptionError{Segment: name, Reason: herr.Error()}
+		}
+		if hfirst != first {
+			return &CorruptionError{Segment: name, Reason: fmt.Sprintf("header says first LSN %d", hfirst)}
+		}
+		if i > 0 && first != l.next {
+			return &CorruptionError{Segment: name, Reason: fmt.Sprintf("broken chain: expected first LSN %d", l.next)}
+		}
+		end, last, bad := scanSegment(f, size, first)
+		if bad != nil {
+			if !newest {
+				return &CorruptionError{Segment: name, Offset: end, Reason: bad.Error() + " (in a sealed segment)"}
+			}
+			if syncedPast(f, end, size) {
+				return &CorruptionError{Segment: name, Offset: end, Reason: bad.Error() + " (before a completed sync)"}
+			}
+			if err := f.Truncate(end); err != nil {
+				return fmt.Errorf("hrl: cutting torn tail: %w", err)
+			}
+		}
+		seg.size, seg.last = end, last
+		seg.wsize.Store(end)
+		l.next = last + 1
+	}
+	if len(l.segs) == 0 {
+		seg, err := l.createSegment(1, nil)
+		if err != nil {
+			return err
+		}
+		l.segs = append(l.segs, seg)
+		return nil
+	}
+	// After a kill -9 the tail may sit in the page cache only: make it
+	// durable before anything (a merge, a shipment) relies on it.
+	if err := l.segs[len(l.segs)-1].file.Sync(); err != nil {
+		return fmt.Errorf("hrl: %w", err)
+	}
+	return nil
+}
+
+// scanSegment validates the records of a segment. It returns the offset
+// just past the last good record, the last LSN, and why it stopped early.
+func scanSegment(f vfs.File, size int64, first uint64) (end int64, last uint64, bad error) {
+	end, last = HeaderSize, first-1
+	br := bufio.NewReaderSize(io.NewSectionReader(f, HeaderSize, size-HeaderSize), 1<<20)
+	hdr := make([]byte, RecHeaderSize)
+	var payload []byte
+	for end < size {
+		if size-end < RecHeaderSize {
+			return end, last, errors.New("short record header")
+		}
+		if _, err := io.ReadFull(br, hdr); err != nil {
+			return end, last, err
+		}
+		_, r, n := parseRecHeader(hdr)
+		if n > MaxPayload || int64(n) > size-end-RecHeaderSize {
+			return end, last, fmt.Errorf("record length %d runs past the segment", n)
+		}
+		if cap(payload) < int(n) {
+			payload = make([]byte, n)
+		}
+		payload = payload[:n]
+		if _, err := io.ReadFull(br, payload); err != nil {
+			return end, last, err
+		}
+		r, err := checkRecord(hdr, payload)
+		if err != nil {
+			return end, last, err
+		}
+		want := last + 1
+		if r.Type == TypeSync {
+			want = last
+		}
+		if r.LSN != want {
+			return end, last, fmt.Errorf("LSN %d out of sequence (expected %d)", r.LSN, want)
+		}
+		last = r.LSN
+		end += RecHeaderSize + int64(n)
+	}
+	return end, last, nil
+}
+
+// syncedPast reports whether a valid sync record after off says that bytes
+// past off had been made durable.
+func syncedPast(f vfs.File, off, size int64) bool {
+	if size-off < RecHeaderSize {
+		return false
+	}
+	buf := make([]byte, size-off)
+	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return false
+	}
+	for i := 1; i+RecHeaderSize <= len(buf); i++ {
+		h := buf[i : i+RecHeaderSize]
+		if Type(h[8]) != TypeSync || binary.LittleEndian.Uint32(h[4:]) != 0 {
+			continue
+		}
+		crc, r, _ := parseRecHeader(h)
+		if crc32.Checksum(h[4:], castagnoli) == crc && int64(r.Offset) > off {
+			return true
+		}
+	}
+	return false
+}
+
+// createSegment writes a new segment file holding hdr+recs, makes it and
+// its directory entry durable.
+func (l *Log) createSegment(first uint64, buf []byte) (*Segment, error) {
+	seg := &Segment{first: first, name: segmentName(first), last: first - 1, size: HeaderSize}
+	if buf == nil {
+		buf = encodeSegmentHeader(first)
+	}
+	f, err := l.fs.Create(l.path(seg.name))
+	if err != nil {
+		return nil, fmt.Errorf("hrl: %w", err)
+	}
+	if _, err := f.WriteAt(buf, 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hrl: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hrl: %w", err)
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hrl: %w", err)
+	}
+	seg.file = f
+	seg.wsize.Store(int64(len(buf)))
+	return seg, nil
+}
+
+// Entry is what a caller appends.
+type Entry struct {
+	Type    Type
+	Flags   uint8
+	Offset  uint64
+	Span    uint32 // for trim and zero; a write's span is its length
+	Payload []byte
+}
+
+func (l *Log) newPending(seg *Segment, off int64) *pending {
+	buf, _ := l.pool.Get().([]byte)
+	return &pending{seg: seg, off: off, buf: buf[:0], b: &Batch{done: make(chan struct{})}}
+}
+
+// Append queues a record and returns its position and the batch that will
+// write it. It does not wait: the caller orders its own work (an index
+// update) against the LSN, then waits on the batch. The payload is copied.
+func (l *Log) Append(e Entry) (Pos, *Batch, error) {
+	if len(e.Payload) > MaxPayload {
+		return Pos{}, nil, fmt.Errorf("hrl: payload of %d bytes exceeds %d", len(e.Payload), MaxPayload)
+	}
+	span := e.Span
+	if e.Type == TypeWrite {
+		span = uint32(len(e.Payload))
+	}
+	pc := crc32.Checksum(e.Payload, castagnoli)
+	l.mu.Lock()
+	if err := l.errLocked(); err != nil {
+		l.mu.Unlock()
+		return Pos{}, nil, err
+	}
+	n := int64(RecHeaderSize + len(e.Payload))
+	seg := l.segs[len(l.segs)-1]
+	if seg.last >= seg.first && seg.size+n > l.opts.SegmentSize {
+		seg = l.rollLocked()
+	}
+	lsn := l.next
+	l.next++
+	p := l.appendLocked(seg, n, pc, e.Type, e.Flags, span, lsn, e.Offset, e.Payload)
+	pos := Pos{LSN: lsn, Seg: seg, Off: seg.size - int64(len(e.Payload))}
+	seg.last = lsn
+	b := p.b
+	l.mu.Unlock()
+	l.wake()
+	return pos, b, nil
+}
+
+// appendLocked encodes a record into the open batch of seg.
+func (l *Log) appendLocked(seg *Segment, n int64, pc uint32, t Type, flags uint8, span uint32, lsn, off uint64, payload []byte) *pending {
+	p := l.cur
+	if p == nil {
+		p = l.newPending(seg, seg.size)
+		l.cur = p
+	}
+	at := len(p.buf)
+	p.buf = append(p.buf, make([]byte, n)...)
+	putRecHeader(p.buf[at:at+RecHeaderSize], pc, uint32(len(payload)), t, flags, span, lsn, off)
+	copy(p.buf[at+RecHeaderSize:], payload)
+	seg.size += n
+	if t != TypeSync {
+		p.last = lsn
+	}
+	return p
+}
+
+// rollLocked seals the active segment and starts the next.
+func (l *Log) rollLocked() *Segment {
+	if l.cur != nil {
+		l.queue = append(l.queue, l.cur)
+	}
+	seg := &Segment{first: l.next, name: segmentName(l.next), last: l.next - 1}
+	l.segs = append(l.segs, seg)
+	p := l.newPending(seg, 0)
+	p.create = true
+	p.buf = append(p.buf, encodeSegmentHeader(seg.first)...)
+	seg.size = HeaderSize
+	l.cur = p
+	return seg
+}
+
+func (l *Log) errLocked() error {
+	if l.closed {
+		return ErrClosed
+	}
+	return l.err
+}
+
+func (l *Log) wake() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run is the writer goroutine.
+func (l *Log) run() {
+	defer l.wg.Done()
+	for {
+		quit := false
+		select {
+		case <-l.kick:
+		case <-l.quit:
+			quit = true
+		}
+		l.mu.Lock()
+		if l.cur != nil {
+			l.queue = append(l.queue, l.cur)
+			l.cur = nil
+		}
+		q, waiters := l.queue, l.waiters
+		l.queue, l.waiters = nil, nil
+		l.mu.Unlock()
+		for _, p := range q {
+			l.write(p)
+		}
+		if len(waiters) > 0 {
+			err := l.syncActive()
+			for _, w := range waiters {
+				w <- err
+			}
+		}
+		if quit {
+			return
+		}
+	}
+}
+
+func (l *Log) fail(err error) {
+	l.mu.Lock()
+	if l.err == nil {
+		l.err = fmt.Errorf("hrl: log failed, disk needs attention: %w", err)
+	}
+	l.wcond.Broadcast()
+	l.mu.Unlock()
+}
+
+func (l *Log) failed() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// write writes one batch; only the writer goroutine calls it.
+func (l *Log) write(p *pending) {
+	err := l.failed()
+	if err == nil && p.create {
+		// The previous segment must be durable before a later one can be.
+		if err = l.wseg.file.Sync(); err == nil {
+			l.synced.Store(l.wseg.last)
+			var seg *Segment
+			if seg, err = l.createSegment(p.seg.first, p.buf); err == nil {
+				p.seg.file = seg.file
+				p.seg.wsize.Store(int64(len(p.buf)))
+				l.wseg = p.seg
+			}
+		}
+	} else if err == nil {
+		if _, err = p.seg.file.WriteAt(p.buf, p.off); err == nil {
+			p.seg.wsize.Store(p.off + int64(len(p.buf)))
+		}
+	}
+	if err != nil {
+		l.fail(err)
+		err = l.failed()
+	} else if p.last > 0 {
+		l.written.Store(p.last)
+	}
+	p.b.err = err
+	close(p.b.done)
+	if cap(p.buf) <= 4<<20 {
+		l.pool.Put(p.buf[:0]) //nolint:staticcheck // a slice header is fine here
+	}
+	l.mu.Lock()
+	l.wcond.Broadcast()
+	l.mu.Unlock()
+}
+
+// syncActive makes the active segment durable and notes it in the log.
+func (l *Log) syncActive() error {
+	if err := l.failed(); err != nil {
+		return err
+	}
+	w := l.written.Load()
+	size := l.wseg.wsize.Load()
+	if err := l.wseg.file.Sync(); err != nil {
+		l.fail(err)
+		return l.failed()
+	}
+	l.synced.Store(w)
+	l.mu.Lock()
+	if seg := l.segs[len(l.segs)-1]; seg == l.wseg && l.err == nil && !l.closed {
+		l.appendLocked(seg, RecHeaderSize, 0, TypeSync, 0, 0, l.next-1, uint64(size), nil)
+		l.wake()
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// Sync makes every record appended before the call durable. Concurrent
+// calls share one fsync.
+func (l *Log) Sync() error {
+	l.mu.Lock()
+	if err := l.errLocked(); err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	if l.next-1 <= l.synced.Load() {
+		l.mu.Unlock()
+		return nil
+	}
+	ch := make(chan error, 1)
+	l.waiters = append(l.waiters, ch)
+	l.mu.Unlock()
+	l.wake()
+	return <-ch
+}
+
+// Seal closes the active segment to appends, makes it durable, and starts
+// a new one. It returns the last LSN of the sealed segments. An empty
+// active segment is left as it is.
+func (l *Log) Seal() (uint64, error) {
+	l.mu.Lock()
+	if err := l.errLocked(); err != nil {
+		l.mu.Unlock()
+		return 0, err
+	}
+	seg := l.segs[len(l.segs)-1]
+	if seg.last < seg.first {
+		l.mu.Unlock()
+		return seg.first - 1, nil
+	}
+	l.rollLocked()
+	b := l.cur.b
+	l.mu.Unlock()
+	l.wake()
+	return seg.last, b.Wait()
+}
+
+// LastLSN returns the LSN of the newest record appended.
+func (l *Log) LastLSN() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.next - 1
+}
+
+// SyncedLSN returns the LSN up to which the log is durable.
+func (l *Log) SyncedLSN() uint64 { return l.synced.Load() }
+
+// waitWritten blocks until the record lsn is in its file.
+func (l *Log) waitWritten(lsn uint64) error {
+	if l.written.Load() >= lsn {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.written.Load() < lsn {
+		if err := l.errLocked(); err != nil {
+			return err
+		}
+		l.wcond.Wait()
+	}
+	return nil
+}
+
+// ReadAt reads payload bytes of the record at lsn, which lives in seg at
+// file offset off, waiting for the record to be written if it is not yet.
+func (l *Log) ReadAt(p []byte, seg *Segment, off int64, lsn uint64) error {
+	if err := l.waitWritten(lsn); err != nil {
+		return err
+	}
+	if _, err := seg.file.ReadAt(p, off); err != nil {
+		return fmt.Errorf("hrl: reading %s: %w", seg.name, err)
+	}
+	return nil
+}
+
+// SegmentInfo describes a segment, for shippers and tools.
+type SegmentInfo struct {
+	Name        string
+	First, Last uint64
+	Sealed      bool
+}
+
+// Segments lists the live segments, oldest first.
+func (l *Log) Segments() []SegmentInfo {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]SegmentInfo, len(l.segs))
+	for i, s := range l.segs {
+		out[i] = SegmentInfo{Name: s.name, First: s.first, Last: s.last, Sealed: i < len(l.segs)-1}
+	}
+	return out
+}
+
+// DropThrough deletes the sealed segments whose records all have LSNs up
+// to lsn. The caller guarantees nothing will read them again.
+func (l *Log) DropThrough(lsn uint64) error {
+	l.mu.Lock()
+	var drop []*Segment
+	for len(l.segs) > 1 && l.segs[0].last <= lsn && l.segs[0] != l.wseg {
+		drop = append(drop, l.segs[0])
+		l.segs = l.segs[1:]
+	}
+	l.mu.Unlock()
+	if len(drop) == 0 {
+		return nil
+	}
+	for _, s := range drop {
+		s.file.Close()
+		if err := l.fs.Remove(l.path(s.name)); err != nil {
+			return fmt.Errorf("hrl: %w", err)
+		}
+	}
+	return l.fs.SyncDir(l.dir)
+}
+
+// Scan calls fn for every write, trim, zero and marker record with an LSN
+// of at least from that is written, in LSN order. fn must not retain the
+// record's payload. Scan stops at fn's first error and returns it.
+func (l *Log) Scan(from uint64, fn func(Record) error) error {
+	l.mu.Lock()
+	segs := append([]*Segment(nil), l.segs...)
+	l.mu.Unlock()
+	hdr := make([]byte, RecHeaderSize)
+	var payload []byte
+	for i, s := range segs {
+		if i+1 < len(segs) && segs[i+1].first <= from {
+			continue
+		}
+		limit := s.wsize.Load()
+		br := bufio.NewReaderSize(io.NewSectionReader(s.file, HeaderSize, limit-HeaderSize), 1<<20)
+		for off := int64(HeaderSize); off < limit; {
+			if _, err := io.ReadFull(br, hdr); err != nil {
+				return fmt.Errorf("hrl: scanning %s: %w", s.name, err)
+			}
+			_, _, n := parseRecHeader(hdr)
+			if n > MaxPayload || int64(n) > limit-off-RecHeaderSize {
+				return &CorruptionError{Segment: s.name, Offset: off, Reason: "record runs past the written data"}
+			}
+			if cap(payload) < int(n) {
+				payload = make([]byte, n)
+			}
+			payload = payload[:n]
+			if _, err := io.ReadFull(br, payload); err != nil {
+				return fmt.Errorf("hrl: scanning %s: %w", s.name, err)
+			}
+			r, err := checkRecord(hdr, payload)
+			if err != nil {
+				return &CorruptionError{Segment: s.name, Offset: off, Reason: err.Error()}
+			}
+			off += RecHeaderSize + int64(n)
+			if r.Type == TypeSync || r.LSN < from {
+				continue
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Close waits for queued records to be written, syncs, and closes the
+// files. It is idempotent.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.mu.Unlock()
+	err := l.Sync()
+	l.mu.Lock()
+	l.closed = true
+	l.wcond.Broadcast()
+	l.mu.Unlock()
+	close(l.quit)
+	l.wg.Wait()
+	for _, s := range l.segs {
+		if s.file != nil {
+			if cerr := s.file.Close(); err == nil {
+				err = cerr
+			}
+		}
+	}
+	if errors.Is(err, ErrClosed) {
+		err = nil
+	}
+	return err
+}
