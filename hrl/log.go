@@ -62,9 +62,12 @@ type Pos struct {
 type pending struct {
 	seg    *Segment
 	off    int64
-	buf    []byte
-	last   uint64 // highest LSN in buf; 0 if none
-	create bool   // buf starts with the segment header; create the file
+	buf    []byte   // encoded records, except large payloads
+	parts  [][]byte // when non-nil: the batch is parts[0], parts[1], ... (buf slices and large payloads)
+	mark   int      // start of buf not yet in parts
+	size   int64    // total bytes
+	last   uint64   // highest LSN in the batch; 0 if none
+	create bool     // buf starts with the segment header; create the file
 	b      *Batch
 }
 
@@ -89,11 +92,12 @@ type Log struct {
 	written atomic.Uint64 // every record up to here is in its file
 	synced  atomic.Uint64 // every record up to here is durable
 
-	wseg *Segment // the segment the writer goroutine writes to
-	kick chan struct{}
-	quit chan struct{}
-	wg   sync.WaitGroup
-	pool sync.Pool
+	wseg    *Segment                // the segment the writer goroutine writes to; its own
+	wsegPub atomic.Pointer[Segment] // wseg, published for DropThrough
+	kick    chan struct{}
+	quit    chan struct{}
+	wg      sync.WaitGroup
+	pool    sync.Pool
 }
 
 // Open opens (creating if needed) the log in dir, recovering it: a torn
@@ -116,6 +120,7 @@ func Open(fs vfs.FS, dir string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.wseg = l.segs[len(l.segs)-1]
+	l.wsegPub.Store(l.wseg)
 	l.written.Store(l.next - 1)
 	l.synced.Store(l.next - 1)
 	l.wg.Add(1)
@@ -275,16 +280,16 @@ func syncedPast(f vfs.File, off, size int64) bool {
 
 // createSegment writes a new segment file holding hdr+recs, makes it and
 // its directory entry durable.
-func (l *Log) createSegment(first uint64, buf []byte) (*Segment, error) {
+func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 	seg := &Segment{first: first, name: segmentName(first), last: first - 1, size: HeaderSize}
-	if buf == nil {
-		buf = encodeSegmentHeader(first)
+	if parts == nil {
+		parts = [][]byte{encodeSegmentHeader(first)}
 	}
 	f, err := l.fs.Create(l.path(seg.name))
 	if err != nil {
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
-	if _, err := f.WriteAt(buf, 0); err != nil {
+	if err := writeParts(f, parts, 0); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
@@ -297,7 +302,11 @@ func (l *Log) createSegment(first uint64, buf []byte) (*Segment, error) {
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
 	seg.file = f
-	seg.wsize.Store(int64(len(buf)))
+	var n int64
+	for _, b := range parts {
+		n += int64(len(b))
+	}
+	seg.wsize.Store(n)
 	return seg, nil
 }
 
@@ -308,7 +317,23 @@ type Entry struct {
 	Offset  uint64
 	Span    uint32 // for trim and zero; a write's span is its length
 	Payload []byte
+
+	crc      uint32
+	prepared bool
 }
+
+// Prepare checksums the payload, so that a caller holding its own lock
+// around Append does not checksum under it.
+func (e *Entry) Prepare() {
+	e.crc = crc32.Checksum(e.Payload, castagnoli)
+	e.prepared = true
+}
+
+// zeroCopyMin is the payload size from which Append keeps a reference to
+// the caller's payload instead of copying it; the writer sends it with
+// pwritev. The caller's buffer stays untouched until its batch is written
+// because the caller waits for the batch.
+const zeroCopyMin = 64 << 10
 
 func (l *Log) newPending(seg *Segment, off int64) *pending {
 	buf, _ := l.pool.Get().([]byte)
@@ -326,7 +351,10 @@ func (l *Log) Append(e Entry) (Pos, *Batch, error) {
 	if e.Type == TypeWrite {
 		span = uint32(len(e.Payload))
 	}
-	pc := crc32.Checksum(e.Payload, castagnoli)
+	if !e.prepared {
+		e.Prepare()
+	}
+	pc := e.crc
 	l.mu.Lock()
 	if err := l.errLocked(); err != nil {
 		l.mu.Unlock()
@@ -356,9 +384,17 @@ func (l *Log) appendLocked(seg *Segment, n int64, pc uint32, t Type, flags uint8
 		l.cur = p
 	}
 	at := len(p.buf)
-	p.buf = append(p.buf, make([]byte, n)...)
-	putRecHeader(p.buf[at:at+RecHeaderSize], pc, uint32(len(payload)), t, flags, span, lsn, off)
-	copy(p.buf[at+RecHeaderSize:], payload)
+	if len(payload) >= zeroCopyMin {
+		p.buf = append(p.buf, make([]byte, RecHeaderSize)...)
+		putRecHeader(p.buf[at:], pc, uint32(len(payload)), t, flags, span, lsn, off)
+		p.parts = append(p.parts, p.buf[p.mark:], payload)
+		p.mark = len(p.buf)
+	} else {
+		p.buf = append(p.buf, make([]byte, n)...)
+		putRecHeader(p.buf[at:at+RecHeaderSize], pc, uint32(len(payload)), t, flags, span, lsn, off)
+		copy(p.buf[at+RecHeaderSize:], payload)
+	}
+	p.size += n
 	seg.size += n
 	if t != TypeSync {
 		p.last = lsn
@@ -376,6 +412,7 @@ func (l *Log) rollLocked() *Segment {
 	p := l.newPending(seg, 0)
 	p.create = true
 	p.buf = append(p.buf, encodeSegmentHeader(seg.first)...)
+	p.size = HeaderSize
 	seg.size = HeaderSize
 	l.cur = p
 	return seg
@@ -443,6 +480,41 @@ func (l *Log) failed() error {
 	return l.err
 }
 
+// vectorWriter is a file that can gather-write (pwritev).
+type vectorWriter interface {
+	WritevAt(bufs [][]byte, off int64) (int, error)
+}
+
+// gather returns the batch as one buffer or as parts.
+func (p *pending) gather() [][]byte {
+	if p.parts == nil {
+		return [][]byte{p.buf}
+	}
+	if p.mark < len(p.buf) {
+		p.parts = append(p.parts, p.buf[p.mark:])
+		p.mark = len(p.buf)
+	}
+	return p.parts
+}
+
+func writeParts(f vfs.File, parts [][]byte, off int64) error {
+	if len(parts) == 1 {
+		_, err := f.WriteAt(parts[0], off)
+		return err
+	}
+	if vw, ok := f.(vectorWriter); ok {
+		_, err := vw.WritevAt(parts, off)
+		return err
+	}
+	for _, b := range parts {
+		if _, err := f.WriteAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
+}
+
 // write writes one batch; only the writer goroutine calls it.
 func (l *Log) write(p *pending) {
 	err := l.failed()
@@ -451,15 +523,16 @@ func (l *Log) write(p *pending) {
 		if err = l.wseg.file.Sync(); err == nil {
 			l.synced.Store(l.wseg.last)
 			var seg *Segment
-			if seg, err = l.createSegment(p.seg.first, p.buf); err == nil {
+			if seg, err = l.createSegment(p.seg.first, p.gather()); err == nil {
 				p.seg.file = seg.file
-				p.seg.wsize.Store(int64(len(p.buf)))
+				p.seg.wsize.Store(p.size)
 				l.wseg = p.seg
+				l.wsegPub.Store(p.seg)
 			}
 		}
 	} else if err == nil {
-		if _, err = p.seg.file.WriteAt(p.buf, p.off); err == nil {
-			p.seg.wsize.Store(p.off + int64(len(p.buf)))
+		if err = writeParts(p.seg.file, p.gather(), p.off); err == nil {
+			p.seg.wsize.Store(p.off + p.size)
 		}
 	}
 	if err != nil {
@@ -473,6 +546,7 @@ func (l *Log) write(p *pending) {
 	if cap(p.buf) <= 4<<20 {
 		l.pool.Put(p.buf[:0]) //nolint:staticcheck // a slice header is fine here
 	}
+	p.buf, p.parts = nil, nil
 	l.mu.Lock()
 	l.wcond.Broadcast()
 	l.mu.Unlock()
@@ -581,6 +655,7 @@ func (l *Log) ReadAt(p []byte, seg *Segment, off int64, lsn uint64) error {
 type SegmentInfo struct {
 	Name        string
 	First, Last uint64
+	Size        int64 // bytes, queued records included
 	Sealed      bool
 }
 
@@ -590,7 +665,7 @@ func (l *Log) Segments() []SegmentInfo {
 	defer l.mu.Unlock()
 	out := make([]SegmentInfo, len(l.segs))
 	for i, s := range l.segs {
-		out[i] = SegmentInfo{Name: s.name, First: s.first, Last: s.last, Sealed: i < len(l.segs)-1}
+		out[i] = SegmentInfo{Name: s.name, First: s.first, Last: s.last, Size: s.size, Sealed: i < len(l.segs)-1}
 	}
 	return out
 }
@@ -600,7 +675,9 @@ func (l *Log) Segments() []SegmentInfo {
 func (l *Log) DropThrough(lsn uint64) error {
 	l.mu.Lock()
 	var drop []*Segment
-	for len(l.segs) > 1 && l.segs[0].last <= lsn && l.segs[0] != l.wseg {
+	// Only segments the writer has left, whose records are durable.
+	w := l.wsegPub.Load()
+	for len(l.segs) > 1 && l.segs[0] != w && l.segs[0].last <= min(lsn, l.synced.Load()) {
 		drop = append(drop, l.segs[0])
 		l.segs = l.segs[1:]
 	}

@@ -104,7 +104,7 @@ func testReadWrite(t *testing.T, d blockdev.Device) {
 		t.Fatalf("Sync: %v", err)
 	}
 	if got := snapshot(t, d); !bytes.Equal(got, want) {
-		t.Fatalf("whole device differs from the model at %d", firstDiff(got, want))
+		t.Fatalf("whole device differs from the model at %s", firstDiff(got, want))
 	}
 	// A caller's buffer is not retained.
 	p := fill(99, 4096)
@@ -139,7 +139,7 @@ func testZeroes(t *testing.T, d blockdev.Device) {
 		}
 		clear(want[c.off : c.off+c.n])
 		if got := snapshot(t, d); !bytes.Equal(got, want) {
-			t.Fatalf("after zeroing %+v the device differs at %d", c, firstDiff(got, want))
+			t.Fatalf("after zeroing %+v the device differs at %s", c, firstDiff(got, want))
 		}
 	}
 }
@@ -171,7 +171,7 @@ func testRandom(t *testing.T, d blockdev.Device, seed uint64) {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(got, model[off:off+n]) {
-				t.Fatalf("op %d: read %d@%d differs from the model at +%d", i, n, off, firstDiff(got, model[off:off+n]))
+				t.Fatalf("op %d: read %d@%d differs from the model at +%s", i, n, off, firstDiff(got, model[off:off+n]))
 			}
 		default:
 			p := fill(uint64(i), int(n))
@@ -182,7 +182,7 @@ func testRandom(t *testing.T, d blockdev.Device, seed uint64) {
 		}
 	}
 	if got := snapshot(t, d); !bytes.Equal(got, model) {
-		t.Fatalf("device differs from the model at %d", firstDiff(got, model))
+		t.Fatalf("device differs from the model at %s", firstDiff(got, model))
 	}
 }
 
@@ -226,7 +226,7 @@ func testConcurrent(t *testing.T, d blockdev.Device) {
 			t.Fatal(err)
 		}
 		if want := bytes.Repeat([]byte{byte(w*50 + 49)}, stripe); !bytes.Equal(buf, want) {
-			t.Fatalf("stripe %d does not hold its last write (first diff %d)", w, firstDiff(buf, want))
+			t.Fatalf("stripe %d does not hold its last write (first diff %s)", w, firstDiff(buf, want))
 		}
 	}
 }

@@ -163,3 +163,31 @@ func (OS) SyncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// WritevAt writes bufs back to back at off with pwritev.
+func (f osFile) WritevAt(bufs [][]byte, off int64) (int, error) {
+	total := 0
+	for len(bufs) > 0 {
+		chunk := bufs[:min(len(bufs), 1024)] // IOV_MAX
+		n, err := unix.Pwritev(int(f.Fd()), chunk, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return total, &os.PathError{Op: "pwritev", Path: f.Name(), Err: err}
+		}
+		total += n
+		off += int64(n)
+		// Drop what was written, including a partly written buffer.
+		for n > 0 && len(bufs) > 0 {
+			if n >= len(bufs[0]) {
+				n -= len(bufs[0])
+				bufs = bufs[1:]
+			} else {
+				bufs[0] = bufs[0][n:]
+				n = 0
+			}
+		}
+	}
+	return total, nil
+}

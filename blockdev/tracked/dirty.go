@@ -1,0 +1,146 @@
+package tracked
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/vfs"
+)
+
+// The log-overflow path. When the log the consumer has not released grows
+// past OverflowBytes, the disk leaves log mode: every region written since
+// the last release is marked in a bitmap, the bitmap is persisted, the log
+// is released (and merged away), and the disk reports that a resync is
+// required. Writes go on, marking the bitmap. It never fails the VM's
+// writes because the replica is away.
+
+const dirtyMagic = "VREPDIRT"
+
+func (v *Volume) regions() int64 {
+	return (v.Size() + v.opts.RegionSize - 1) / v.opts.RegionSize
+}
+
+// markDirty marks the regions of [off, off+n). Called with mu held.
+func (v *Volume) markDirty(off, n int64) {
+	if n <= 0 {
+		return
+	}
+	for r := off / v.opts.RegionSize; r <= (off+n-1)/v.opts.RegionSize; r++ {
+		v.dirty[r/8] |= 1 << (r % 8)
+	}
+}
+
+// startOverflowLocked switches to dirty tracking. Called with mu held;
+// the merger finishes the switch (finishOverflow).
+func (v *Volume) startOverflowLocked() {
+	v.dirty = make([]byte, (v.regions()+7)/8)
+}
+
+// finishOverflow marks what the unreleased log covers, persists the
+// bitmap, then releases the log.
+func (v *Volume) finishOverflow() error {
+	v.mu.RLock()
+	from := v.released + 1
+	v.mu.RUnlock()
+	type span struct{ off, n int64 }
+	var spans []span
+	err := v.log.Scan(from, func(r hrl.Record) error {
+		if r.Type != hrl.TypeMarker {
+			spans = append(spans, span{int64(r.Offset), int64(r.Span)})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("tracked: marking overflowed log: %w", err)
+	}
+	v.mu.Lock()
+	for _, s := range spans {
+		v.markDirty(s.off, s.n)
+	}
+	v.mu.Unlock()
+	if err := v.writeDirty(); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.released = ^uint64(0)
+	v.mu.Unlock()
+	return v.Merge()
+}
+
+// ResyncRequired reports whether the disk left log mode (log overflow)
+// and must be resynchronised with its replica.
+func (v *Volume) ResyncRequired() bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.dirty != nil
+}
+
+// DirtyRegions returns the regions (of RegionSize bytes) written since the
+// log overflowed, in order; nil when no resync is required.
+func (v *Volume) DirtyRegions() (regionSize int64, regions []int64) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	for r := int64(0); r < int64(len(v.dirty))*8 && r < v.regions(); r++ {
+		if v.dirty[r/8]&(1<<(r%8)) != 0 {
+			regions = append(regions, r)
+		}
+	}
+	return v.opts.RegionSize, regions
+}
+
+// ClearResync returns the disk to log mode after a resync that brought the
+// replica up to lsn.
+func (v *Volume) ClearResync(lsn uint64) error {
+	v.mu.Lock()
+	v.dirty = nil
+	v.released = lsn
+	v.mu.Unlock()
+	err := v.fs.Remove(filepath.Join(v.dir, "dirty"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	v.recountUnreleased()
+	return v.fs.SyncDir(v.dir)
+}
+
+func (v *Volume) writeDirty() error {
+	v.mu.RLock()
+	if v.dirty == nil {
+		v.mu.RUnlock()
+		return nil
+	}
+	b := make([]byte, 24, 24+len(v.dirty)+4)
+	copy(b, dirtyMagic)
+	binary.LittleEndian.PutUint16(b[8:], 1)
+	binary.LittleEndian.PutUint64(b[16:], uint64(v.opts.RegionSize))
+	b = append(b, v.dirty...)
+	v.mu.RUnlock()
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	if err := vfs.WriteFileAtomic(v.fs, filepath.Join(v.dir, "dirty"), b); err != nil {
+		return fmt.Errorf("tracked: writing dirty bitmap: %w", err)
+	}
+	return nil
+}
+
+func (v *Volume) readDirty() error {
+	b, err := vfs.ReadFile(v.fs, filepath.Join(v.dir, "dirty"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	want := 24 + int((v.regions()+7)/8) + 4
+	if len(b) != want || string(b[:8]) != dirtyMagic || binary.LittleEndian.Uint16(b[8:]) != 1 ||
+		int64(binary.LittleEndian.Uint64(b[16:])) != v.opts.RegionSize ||
+		crc32.Checksum(b[:len(b)-4], castagnoli) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
+		return fmt.Errorf("%w: bad dirty bitmap", ErrCorrupt)
+	}
+	v.dirty = b[24 : len(b)-4]
+	return nil
+}

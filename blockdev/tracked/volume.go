@@ -1,0 +1,654 @@
+// Package tracked is the change-tracking filter: a blockdev.Device over a
+// base image whose every write goes, in order, into the disk's change log
+// (hrl) before it is acknowledged.
+//
+// A write returns once its record is in the log file; a flush (Sync) or a
+// FUA write returns once the log is fsynced. The base image is written only
+// by merging records that are already durable, after which a checkpoint
+// records the LSN merged through; so after any crash the base is the state
+// at a prefix of the log, and replaying the log from the checkpoint is
+// idempotent. Reads consult an in-memory extent index of unmerged records,
+// then the base.
+//
+// On-disk state, in the volume's directory:
+//
+//	log/         the change log (hrl segments)
+//	checkpoint   magic "VREPCKPT", version uint16, 6 zero bytes, the LSN
+//	             merged into the base (uint64), CRC32C of the 24 bytes
+//	             before it; little-endian; published atomically
+//	dirty        present only while the disk needs a resync: magic
+//	             "VREPDIRT", version uint16, 6 zero bytes, region size
+//	             (uint64), bitmap bytes, CRC32C of all before it
+package tracked
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vrep-io/vrep/blockdev"
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/vfs"
+)
+
+// Options tune a volume. The zero value is usable.
+type Options struct {
+	// FS is the file system under the log and metadata (default: the OS).
+	FS vfs.FS
+	// SegmentSize seals log segments past this size (default 64 MiB).
+	SegmentSize int64
+	// MergeAfter starts a merge once this many bytes await it
+	// (default 1 GiB); writers are held back at twice that.
+	MergeAfter int64
+	// MaxExtents starts a merge once the index holds this many extents
+	// (default 1M), bounding memory; writers are held back at twice that.
+	MaxExtents int
+	// MergeIdle starts a merge after this long without writes
+	// (default 300 ms; negative: never on idle).
+	MergeIdle time.Duration
+	// Retain keeps merged segments until Release: set when the disk is
+	// replicated, so the shipper can read them.
+	Retain bool
+	// OverflowBytes bounds the unreleased log when Retain is set
+	// (default half the disk size, as in Hyper-V). Past it the volume
+	// tracks dirty regions instead and reports that a resync is required.
+	OverflowBytes int64
+	// RegionSize is the dirty bitmap's granularity (default 1 MiB).
+	RegionSize int64
+}
+
+var (
+	// ErrClosed is returned by calls on a closed volume.
+	ErrClosed = errors.New("tracked: volume closed")
+	// ErrCorrupt is wrapped by errors about damaged volume metadata.
+	ErrCorrupt = errors.New("tracked: corrupt volume state")
+)
+
+// IsCorruption reports whether err says the volume's log or metadata is
+// damaged: the volume refuses to serve, and the disk needs a resync.
+func IsCorruption(err error) bool { return errors.Is(err, ErrCorrupt) || hrl.IsCorruption(err) }
+
+// Volume is a tracked disk. It is safe for concurrent use; it follows the
+// io contracts of blockdev.Device.
+type Volume struct {
+	base blockdev.Device
+	fs   vfs.FS
+	dir  string
+	opts Options
+	log  *hrl.Log
+
+	// mu orders the volume: held exclusively while an LSN is assigned and
+	// its extent inserted, so index order is log order; readers share it.
+	mu       sync.RWMutex
+	active   *index
+	frozen   *index // being merged; nil between merges
+	merged   sync.Cond
+	ckpt     uint64 // LSN merged into the base
+	released uint64 // LSN the consumer no longer needs
+	unrel    int64  // bytes appended after released (approximate)
+	dirty    []byte // dirty-region bitmap; non-nil: resync required
+	paused   int
+	closed   bool
+
+	mergeMu   sync.Mutex // one merge at a time
+	lastWrite atomic.Int64
+	kick      chan struct{}
+	quit      chan struct{}
+	wg        sync.WaitGroup
+	mergeErr  atomic.Pointer[error]
+}
+
+var (
+	_ blockdev.Device     = (*Volume)(nil)
+	_ blockdev.Trimmer    = (*Volume)(nil)
+	_ blockdev.Zeroer     = (*Volume)(nil)
+	_ blockdev.SyncWriter = (*Volume)(nil)
+)
+
+// Open opens the tracked volume whose state lives in dir, over base.
+// Records after the checkpoint are replayed into the base before it
+// returns. A damaged log or checkpoint is an error for which
+// IsCorruption is true; nothing is written to the base then.
+func Open(dir string, base blockdev.Device, opts Options) (*Volume, error) {
+	if opts.FS == nil {
+		opts.FS = vfs.OS{}
+	}
+	if opts.MergeAfter <= 0 {
+		opts.MergeAfter = 1 << 30
+	}
+	if opts.MaxExtents <= 0 {
+		opts.MaxExtents = 1 << 20
+	}
+	if opts.MergeIdle == 0 {
+		opts.MergeIdle = 300 * time.Millisecond
+	}
+	if opts.OverflowBytes <= 0 {
+		opts.OverflowBytes = max(base.Size()/2, 64<<20)
+	}
+	if opts.RegionSize <= 0 {
+		opts.RegionSize = 1 << 20
+	}
+	v := &Volume{base: base, fs: opts.FS, dir: dir, opts: opts, active: newIndex(),
+		kick: make(chan struct{}, 1), quit: make(chan struct{})}
+	v.merged.L = &v.mu
+	if err := v.fs.MkdirAll(dir); err != nil {
+		return nil, fmt.Errorf("tracked: %w", err)
+	}
+	ckpt, err := v.readCheckpoint()
+	if err != nil {
+		return nil, err
+	}
+	if err := v.readDirty(); err != nil {
+		return nil, err
+	}
+	log, err := hrl.Open(v.fs, filepath.Join(dir, "log"), hrl.Options{SegmentSize: opts.SegmentSize})
+	if err != nil {
+		return nil, fmt.Errorf("tracked: opening the change log: %w", err)
+	}
+	v.log = log
+	if err := v.replay(ckpt); err != nil {
+		log.Close()
+		return nil, err
+	}
+	if !opts.Retain {
+		v.released = ^uint64(0)
+	} else {
+		// Nothing is released until the consumer says so after a restart.
+		v.recountUnreleased()
+	}
+	v.lastWrite.Store(time.Now().UnixNano())
+	v.wg.Add(1)
+	go v.merger()
+	return v, nil
+}
+
+// replay brings the base up to the end of the log.
+func (v *Volume) replay(ckpt uint64) error {
+	last := v.log.LastLSN()
+	segs := v.log.Segments()
+	switch {
+	case ckpt > last:
+		return fmt.Errorf("%w: checkpoint %d is past the log's end %d", ErrCorrupt, ckpt, last)
+	case segs[0].First > ckpt+1:
+		return fmt.Errorf("%w: the log starts at LSN %d but the base holds only up to %d", ErrCorrupt, segs[0].First, ckpt)
+	}
+	v.ckpt = ckpt
+	if ckpt == last {
+		return nil
+	}
+	err := v.log.Scan(ckpt+1, func(r hrl.Record) error {
+		return applyRecord(v.base, r)
+	})
+	if err != nil {
+		return fmt.Errorf("tracked: replaying the change log: %w", err)
+	}
+	if err := v.base.Sync(); err != nil {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	if err := v.writeCheckpoint(last); err != nil {
+		return err
+	}
+	v.ckpt = last
+	return nil
+}
+
+// applyRecord writes one log record to a device.
+func applyRecord(d blockdev.Device, r hrl.Record) error {
+	switch r.Type {
+	case hrl.TypeWrite:
+		_, err := d.WriteAt(r.Payload, int64(r.Offset))
+		return err
+	case hrl.TypeTrim:
+		return blockdev.Trim(d, int64(r.Offset), int64(r.Span))
+	case hrl.TypeZero:
+		return blockdev.WriteZeroes(d, int64(r.Offset), int64(r.Span), r.Flags&hrl.FlagNoHole != 0)
+	}
+	return nil
+}
+
+// Log returns the volume's change log, for shippers and tools.
+func (v *Volume) Log() *hrl.Log { return v.log }
+
+// Size returns the disk size.
+func (v *Volume) Size() int64 { return v.base.Size() }
+
+// ReadAt reads the disk as of every acknowledged write.
+func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(v.Size(), off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if v.closed {
+		return 0, ErrClosed
+	}
+	if err := v.readLayer(p, off, v.active, v.frozen); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (v *Volume) readLayer(p []byte, off int64, x, next *index) error {
+	if x == nil {
+		_, err := v.base.ReadAt(p, off)
+		return err
+	}
+	return x.walk(off, int64(len(p)), func(o, n int64, e *extent) error {
+		buf := p[o-off : o-off+n]
+		switch {
+		case e == nil:
+			return v.readLayer(buf, o, next, nil)
+		case e.seg == nil:
+			clear(buf)
+			return nil
+		default:
+			return v.log.ReadAt(buf, e.seg, e.foff, e.lsn)
+		}
+	})
+}
+
+// WriteAt writes p at off; it returns once the write is in the log.
+func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(v.Size(), off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		c := min(len(p)-done, hrl.MaxPayload)
+		e := hrl.Entry{Type: hrl.TypeWrite, Offset: uint64(off) + uint64(done), Payload: p[done : done+c]}
+		if err := v.append(&e); err != nil {
+			return done, err
+		}
+		done += c
+	}
+	return done, nil
+}
+
+// WriteAtSync writes p at off durably (FUA).
+func (v *Volume) WriteAtSync(p []byte, off int64) (int, error) {
+	n, err := v.WriteAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	return n, v.Sync()
+}
+
+// Trim discards a range; it reads back as zeros.
+func (v *Volume) Trim(off, n int64) error { return v.zero(hrl.TypeTrim, 0, off, n) }
+
+// WriteZeroes zeroes a range.
+func (v *Volume) WriteZeroes(off, n int64, noHole bool) error {
+	var flags uint8
+	if noHole {
+		flags = hrl.FlagNoHole
+	}
+	return v.zero(hrl.TypeZero, flags, off, n)
+}
+
+func (v *Volume) zero(t hrl.Type, flags uint8, off, n int64) error {
+	if n == 0 {
+		return blockdev.ErrEmpty
+	}
+	if err := blockdev.CheckRange(v.Size(), off, n); err != nil {
+		return err
+	}
+	for n > 0 {
+		c := min(n, 1<<30)
+		e := hrl.Entry{Type: t, Flags: flags, Offset: uint64(off), Span: uint32(c)}
+		if err := v.append(&e); err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// append logs one record, indexes it, and waits for it to be written.
+func (v *Volume) append(e *hrl.Entry) error {
+	e.Prepare()
+	n := int64(len(e.Payload))
+	if e.Type != hrl.TypeWrite {
+		n = int64(e.Span)
+	}
+	v.mu.Lock()
+	for !v.closed && v.paused == 0 && v.frozen != nil &&
+		(v.active.bytes >= 2*v.opts.MergeAfter || v.active.extents >= 2*v.opts.MaxExtents) {
+		v.merged.Wait() // backpressure: the merge is behind
+	}
+	if v.closed {
+		v.mu.Unlock()
+		return ErrClosed
+	}
+	pos, b, err := v.log.Append(*e)
+	if err != nil {
+		v.mu.Unlock()
+		return fmt.Errorf("tracked: %w", err)
+	}
+	if e.Type == hrl.TypeWrite {
+		v.active.insert(int64(e.Offset), n, pos.Seg, pos.Off, pos.LSN)
+	} else {
+		v.active.insert(int64(e.Offset), n, nil, 0, pos.LSN)
+	}
+	v.unrel += hrl.RecHeaderSize + int64(len(e.Payload))
+	if v.dirty != nil {
+		v.markDirty(int64(e.Offset), n)
+	}
+	overflow := v.dirty == nil && v.opts.Retain && v.unrel > v.opts.OverflowBytes
+	backlog := v.active.bytes >= v.opts.MergeAfter || v.active.extents >= v.opts.MaxExtents
+	if overflow {
+		v.startOverflowLocked()
+	}
+	v.mu.Unlock()
+	v.lastWrite.Store(time.Now().UnixNano())
+	if backlog || overflow {
+		v.wakeMerger()
+	}
+	if err := b.Wait(); err != nil {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	return nil
+}
+
+// Sync makes every acknowledged write durable: one fsync of the log.
+func (v *Volume) Sync() error {
+	if err := v.log.Sync(); err != nil {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	v.mu.RLock()
+	resync := v.dirty != nil
+	v.mu.RUnlock()
+	if resync {
+		return v.writeDirty()
+	}
+	return nil
+}
+
+// Hold stops the volume's writes from being ordered until release is
+// called: the barrier of a crash-consistent point. Writes already ordered
+// keep completing. Keep the hold short.
+func (v *Volume) Hold() (release func()) {
+	v.mu.Lock()
+	return v.mu.Unlock
+}
+
+// AppendMarkerHeld appends a marker while the caller holds the volume
+// (Hold). It returns the batch to wait on.
+func (v *Volume) AppendMarkerHeld(m hrl.Marker) (uint64, *hrl.Batch, error) {
+	payload, err := m.Encode()
+	if err != nil {
+		return 0, nil, err
+	}
+	pos, b, err := v.log.Append(hrl.Entry{Type: hrl.TypeMarker, Payload: payload})
+	return pos.LSN, b, err
+}
+
+// PauseMerge stops merging (waiting for a merge under way) and returns
+// the checkpoint: the base stays exactly the disk at that LSN until
+// ResumeMerge. Pauses nest.
+func (v *Volume) PauseMerge() uint64 {
+	v.mu.Lock()
+	v.paused++
+	v.mu.Unlock()
+	v.mergeMu.Lock()
+	defer v.mergeMu.Unlock()
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.ckpt
+}
+
+// ResumeMerge undoes one PauseMerge.
+func (v *Volume) ResumeMerge() {
+	v.mu.Lock()
+	if v.paused > 0 {
+		v.paused--
+	}
+	v.merged.Broadcast()
+	v.mu.Unlock()
+	v.wakeMerger()
+}
+
+// Release tells the volume its consumer no longer needs records up to lsn:
+// merged segments up to there may be deleted.
+func (v *Volume) Release(lsn uint64) error {
+	v.mu.Lock()
+	if lsn > v.released {
+		v.released = lsn
+	}
+	rel, ckpt := v.released, v.ckpt
+	v.mu.Unlock()
+	if err := v.log.DropThrough(min(rel, ckpt)); err != nil {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	v.recountUnreleased()
+	return nil
+}
+
+func (v *Volume) recountUnreleased() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var n int64
+	for _, s := range v.log.Segments() {
+		if s.Last > v.released {
+			n += s.Size
+		}
+	}
+	v.unrel = n
+}
+
+// Checkpoint returns the LSN merged into the base.
+func (v *Volume) Checkpoint() uint64 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.ckpt
+}
+
+// Merge merges every record appended so far into the base now.
+func (v *Volume) Merge() error {
+	v.mergeMu.Lock()
+	defer v.mergeMu.Unlock()
+	return v.mergeLocked()
+}
+
+func (v *Volume) mergeLocked() error {
+	v.mu.Lock()
+	if v.paused > 0 {
+		v.mu.Unlock()
+		return nil
+	}
+	if v.active.extents == 0 {
+		v.mu.Unlock()
+		return nil
+	}
+	frozen := v.active
+	v.frozen, v.active = frozen, newIndex()
+	through := v.log.LastLSN()
+	v.mu.Unlock()
+
+	err := v.copyToBase(frozen, through)
+	v.mu.Lock()
+	if err == nil {
+		v.ckpt = through
+		v.frozen = nil // the base now holds it all
+	} else {
+		// Put the frozen extents back under the new ones so nothing is lost.
+		for _, k := range frozen.sortedBuckets() {
+			for _, e := range frozen.buckets[k] {
+				v.reinsertUnder(e)
+			}
+		}
+		v.frozen = nil
+	}
+	v.merged.Broadcast()
+	rel := v.released
+	v.mu.Unlock()
+	if err != nil {
+		v.mergeErr.Store(&err)
+		return err
+	}
+	if err := v.log.DropThrough(min(rel, through)); err != nil {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	return nil
+}
+
+// reinsertUnder puts an older extent back into the active index only
+// where nothing newer covers it. Called with mu held.
+func (v *Volume) reinsertUnder(e extent) {
+	var gaps []extent
+	v.active.walk(e.off, int64(e.n), func(o, n int64, cur *extent) error {
+		if cur == nil {
+			g := e
+			g.off, g.n = o, int32(n)
+			if g.seg != nil {
+				g.foff = e.foff + (o - e.off)
+			}
+			gaps = append(gaps, g)
+		}
+		return nil
+	})
+	for _, g := range gaps {
+		v.active.insert(g.off, int64(g.n), g.seg, g.foff, g.lsn)
+	}
+}
+
+// copyToBase writes frozen extents (all with LSNs up to through) into the
+// base, makes the base durable and publishes the checkpoint.
+func (v *Volume) copyToBase(frozen *index, through uint64) error {
+	// Only durable records may reach the base.
+	if err := v.log.Sync(); err != nil {
+		return fmt.Errorf("tracked: merge: %w", err)
+	}
+	buf := make([]byte, 1<<20)
+	for _, k := range frozen.sortedBuckets() {
+		for _, e := range frozen.buckets[k] {
+			var err error
+			if e.seg == nil {
+				err = blockdev.Trim(v.base, e.off, int64(e.n))
+			} else {
+				p := buf[:e.n]
+				if err = v.log.ReadAt(p, e.seg, e.foff, e.lsn); err == nil {
+					_, err = v.base.WriteAt(p, e.off)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("tracked: merge: %w", err)
+			}
+		}
+	}
+	if err := v.base.Sync(); err != nil {
+		return fmt.Errorf("tracked: merge: %w", err)
+	}
+	return v.writeCheckpoint(through)
+}
+
+func (v *Volume) wakeMerger() {
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+}
+
+// merger runs merges on backlog, on idle, and for log overflow.
+func (v *Volume) merger() {
+	defer v.wg.Done()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-v.quit:
+			return
+		case <-v.kick:
+		case <-tick.C:
+		}
+		v.mu.RLock()
+		n, bytes, ext, paused := v.active.extents, v.active.bytes, v.active.extents, v.paused
+		overflowPending := v.dirty != nil && v.released != ^uint64(0) && v.opts.Retain
+		v.mu.RUnlock()
+		if overflowPending {
+			if err := v.finishOverflow(); err != nil {
+				v.mergeErr.Store(&err)
+			}
+		}
+		if paused > 0 || n == 0 {
+			continue
+		}
+		idle := v.opts.MergeIdle > 0 && time.Since(time.Unix(0, v.lastWrite.Load())) >= v.opts.MergeIdle
+		if idle || bytes >= v.opts.MergeAfter || ext >= v.opts.MaxExtents {
+			v.Merge()
+		}
+	}
+}
+
+// Err returns the last background merge error, if any.
+func (v *Volume) Err() error {
+	if p := v.mergeErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Close stops the merger, merges what is left, syncs and closes the log.
+// It is idempotent. The base device is the caller's to close.
+func (v *Volume) Close() error {
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return nil
+	}
+	v.mu.Unlock()
+	close(v.quit)
+	v.wg.Wait()
+	err := v.Sync()
+	if merr := v.Merge(); err == nil {
+		err = merr
+	}
+	v.mu.Lock()
+	v.closed = true
+	v.merged.Broadcast()
+	v.mu.Unlock()
+	if cerr := v.log.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+const (
+	ckptMagic = "VREPCKPT"
+	ckptSize  = 28
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func (v *Volume) readCheckpoint() (uint64, error) {
+	b, err := vfs.ReadFile(v.fs, filepath.Join(v.dir, "checkpoint"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("tracked: %w", err)
+	}
+	if len(b) != ckptSize || string(b[:8]) != ckptMagic || binary.LittleEndian.Uint16(b[8:]) != 1 ||
+		crc32.Checksum(b[:24], castagnoli) != binary.LittleEndian.Uint32(b[24:]) {
+		return 0, fmt.Errorf("%w: bad checkpoint file", ErrCorrupt)
+	}
+	return binary.LittleEndian.Uint64(b[16:]), nil
+}
+
+func (v *Volume) writeCheckpoint(lsn uint64) error {
+	b := make([]byte, ckptSize)
+	copy(b, ckptMagic)
+	binary.LittleEndian.PutUint16(b[8:], 1)
+	binary.LittleEndian.PutUint64(b[16:], lsn)
+	binary.LittleEndian.PutUint32(b[24:], crc32.Checksum(b[:24], castagnoli))
+	if err := vfs.WriteFileAtomic(v.fs, filepath.Join(v.dir, "checkpoint"), b); err != nil {
+		return fmt.Errorf("tracked: writing checkpoint: %w", err)
+	}
+	return nil
+}
