@@ -1,0 +1,230 @@
+// Package primary runs vrep's primary daemon: it opens each protected
+// disk as a tracked volume and serves it over NBD and FUSE.
+package primary
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vrep-io/vrep/blockdev"
+	"github.com/vrep-io/vrep/blockdev/tracked"
+	"github.com/vrep-io/vrep/internal/names"
+	"github.com/vrep-io/vrep/nbd"
+)
+
+// ErrLocked is returned when a state directory or an image is in use by
+// another process.
+var ErrLocked = errors.New("in use by another process")
+
+// DiskSpec names a disk and its image.
+type DiskSpec struct {
+	Name string // VM/DISK
+	Path string
+}
+
+// ParseDisk parses "VM/DISK=PATH".
+func ParseDisk(s string) (DiskSpec, error) {
+	name, path, ok := strings.Cut(s, "=")
+	if !ok || path == "" {
+		return DiskSpec{}, fmt.Errorf("%w: --disk %q must be VM/DISK=PATH", names.ErrBadName, s)
+	}
+	if _, _, err := names.Disk(name); err != nil {
+		return DiskSpec{}, err
+	}
+	return DiskSpec{Name: name, Path: path}, nil
+}
+
+// Config is what `vrep primary` is given.
+type Config struct {
+	State      string
+	Disks      []DiskSpec
+	NBD        []string // unix:PATH or tcp:HOST:PORT
+	FUSE       string   // mount point, or ""
+	MergeAfter int64
+	Log        *slog.Logger
+}
+
+// Disk is one protected disk being served.
+type Disk struct {
+	Name   string
+	Path   string
+	Volume *tracked.Volume
+	base   *blockdev.File
+}
+
+// Daemon is a running primary.
+type Daemon struct {
+	cfg       Config
+	log       *slog.Logger
+	stateLock *os.File
+	Disks     []*Disk
+	nbd       *nbd.Server
+	listeners []net.Listener
+	fuse      interface{ Unmount() error }
+	serveErr  chan error
+	closeOnce sync.Once
+}
+
+// lock takes an exclusive, non-blocking flock on f.
+func lock(f *os.File, what string) error {
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%s is %w", what, ErrLocked)
+		}
+		return fmt.Errorf("locking %s: %w", what, err)
+	}
+	return nil
+}
+
+// Start opens every disk and starts serving. On error everything opened
+// is closed again.
+func Start(cfg Config) (d *Daemon, err error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if len(cfg.Disks) == 0 {
+		return nil, fmt.Errorf("%w: no --disk given", names.ErrBadName)
+	}
+	d = &Daemon{cfg: cfg, log: cfg.Log, nbd: nbd.NewServer(cfg.Log), serveErr: make(chan error, 4)}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.State, 0o700); err != nil {
+		return d, fmt.Errorf("state directory: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(cfg.State, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return d, fmt.Errorf("state directory: %w", err)
+	}
+	d.stateLock = lf
+	if err := lock(lf, "state directory "+cfg.State); err != nil {
+		return d, err
+	}
+	seen := map[string]bool{}
+	for _, spec := range cfg.Disks {
+		if seen[spec.Name] {
+			return d, fmt.Errorf("%w: disk %s given twice", names.ErrBadName, spec.Name)
+		}
+		seen[spec.Name] = true
+		disk, err := d.openDisk(spec)
+		if err != nil {
+			return d, err
+		}
+		d.Disks = append(d.Disks, disk)
+		d.nbd.Add(nbd.Export{Name: spec.Name, Device: disk.Volume})
+	}
+	if cfg.FUSE != "" {
+		if err := d.mountFUSE(); err != nil {
+			return d, err
+		}
+	}
+	// Listeners last: a socket that answers means every door is open.
+	for _, addr := range cfg.NBD {
+		l, err := listen(addr)
+		if err != nil {
+			return d, err
+		}
+		d.listeners = append(d.listeners, l)
+	}
+	for _, l := range d.listeners {
+		go func() { d.serveErr <- d.nbd.Serve(l) }()
+	}
+	return d, nil
+}
+
+func (d *Daemon) openDisk(spec DiskSpec) (*Disk, error) {
+	base, err := blockdev.OpenFile(spec.Path)
+	if err != nil {
+		return nil, fmt.Errorf("disk %s: %w", spec.Name, err)
+	}
+	if err := lock(base.OSFile(), "image "+spec.Path); err != nil {
+		base.Close()
+		return nil, fmt.Errorf("disk %s: %w", spec.Name, err)
+	}
+	if base.Size() == 0 {
+		base.Close()
+		return nil, fmt.Errorf("disk %s: image %s is empty", spec.Name, spec.Path)
+	}
+	vm, name, _ := names.Disk(spec.Name)
+	v, err := tracked.Open(filepath.Join(d.cfg.State, "disks", vm, name), base, tracked.Options{MergeAfter: d.cfg.MergeAfter})
+	if err != nil {
+		base.Close()
+		return nil, fmt.Errorf("disk %s: %w", spec.Name, err)
+	}
+	d.log.Info("disk protected", "disk", spec.Name, "image", spec.Path, "size", base.Size(), "lsn", v.Log().LastLSN())
+	return &Disk{Name: spec.Name, Path: spec.Path, Volume: v, base: base}, nil
+}
+
+// listen opens unix:PATH or tcp:ADDR. A unix socket left by a dead daemon
+// is replaced; one that still answers is not.
+func listen(addr string) (net.Listener, error) {
+	switch {
+	case strings.HasPrefix(addr, "unix:"):
+		path := strings.TrimPrefix(addr, "unix:")
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s is %w", path, ErrLocked)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		return net.Listen("unix", path)
+	case strings.HasPrefix(addr, "tcp:"):
+		return net.Listen("tcp", strings.TrimPrefix(addr, "tcp:"))
+	}
+	return nil, fmt.Errorf("%w: --nbd %q must be unix:PATH or tcp:HOST:PORT", names.ErrBadName, addr)
+}
+
+// Wait returns when a listener fails.
+func (d *Daemon) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-d.serveErr:
+		return err
+	}
+}
+
+// Close drains in-flight NBD requests, unmounts, merges and syncs every
+// disk, and releases the locks. It is idempotent.
+func (d *Daemon) Close() error {
+	var err error
+	d.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		d.nbd.Shutdown(ctx)
+		for _, l := range d.listeners {
+			if ul, ok := l.(*net.UnixListener); ok {
+				os.Remove(ul.Addr().String())
+			}
+		}
+		if d.fuse != nil {
+			if uerr := d.fuse.Unmount(); uerr != nil {
+				d.log.Error("unmounting", "mount", d.cfg.FUSE, "err", uerr)
+			}
+		}
+		for _, disk := range d.Disks {
+			if cerr := disk.Volume.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("disk %s: %w", disk.Name, cerr)
+			}
+			disk.base.Close()
+		}
+		if d.stateLock != nil {
+			d.stateLock.Close()
+		}
+	})
+	return err
+}
