@@ -71,6 +71,6 @@ const (
 	// maxInFlight bounds the requests of one connection being served.
 	maxInFlight = 128
 	// maxBuffered bounds the payload bytes one connection holds.
-	maxBuffered = 128 << 20
+	maxBuffered    = 128 << 20
 	preferredBlock = 4096
 )

@@ -11,12 +11,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/units"
 )
 
 func primaryCmd() *cobra.Command {
 	var (
-		cfg   primary.Config
-		disks []string
+		cfg        primary.Config
+		disks      []string
+		mergeAfter = units.Size(1 << 30)
 	)
 	cmd := &cobra.Command{
 		Use:   "primary --state DIR --disk VM/DISK=PATH... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -39,6 +41,7 @@ func primaryCmd() *cobra.Command {
 				}
 				cfg.Disks = append(cfg.Disks, spec)
 			}
+			cfg.MergeAfter = int64(mergeAfter)
 			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -60,6 +63,6 @@ func primaryCmd() *cobra.Command {
 	f.StringArrayVar(&disks, "disk", nil, "protect a disk: VM/DISK=PATH to a raw image (repeatable)")
 	f.StringArrayVar(&cfg.NBD, "nbd", nil, "serve NBD on unix:PATH or tcp:HOST:PORT (repeatable)")
 	f.StringVar(&cfg.FUSE, "fuse", "", "mount the disks as files under this directory")
-	f.Int64Var(&cfg.MergeAfter, "merge-after", 1<<30, "merge the log into the image once this many bytes wait")
+	f.Var(&mergeAfter, "merge-after", "merge the log into the image once this much waits (e.g. 256M, 1G)")
 	return cmd
 }
