@@ -69,7 +69,7 @@ func run(t *testing.T, name string, args ...string) string {
 // daemon is a running `vrep primary`.
 type daemon struct {
 	t      *testing.T
-	cmd    *exec.Cmd
+	proc   *os.Process
 	sock   string
 	state  string
 	fuse   string
@@ -131,13 +131,14 @@ func (e *env) start(t *testing.T, extra ...string) *daemon {
 			d.fuse = args[i+1]
 		}
 	}
-	d.cmd = exec.Command(vrepBin, args...)
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
+	cmd := exec.Command(vrepBin, args...)
+	cmd.Stderr = d.stderr
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	d.proc = cmd.Process
 	exited := make(chan error, 1)
-	go func() { exited <- d.cmd.Wait() }()
+	go func() { exited <- cmd.Wait() }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if c, err := net.Dial("unix", e.sock); err == nil {
@@ -150,12 +151,11 @@ func (e *env) start(t *testing.T, extra ...string) *daemon {
 		default:
 		}
 		if time.Now().After(deadline) {
-			d.cmd.Process.Kill()
+			d.proc.Kill()
 			t.Fatalf("vrep primary did not start:\n%s", d.stderr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	d.cmd = &exec.Cmd{Process: d.cmd.Process} // Wait is taken by the goroutine
 	d.waitCh = exited
 	t.Cleanup(func() {
 		d.kill()
@@ -171,7 +171,7 @@ func (d *daemon) stop() error {
 	if d.waitCh == nil {
 		return nil
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.proc.Signal(syscall.SIGTERM)
 	select {
 	case err := <-d.waitCh:
 		d.waitCh = nil
@@ -187,7 +187,7 @@ func (d *daemon) kill() {
 	if d.waitCh == nil {
 		return
 	}
-	d.cmd.Process.Kill()
+	d.proc.Kill()
 	<-d.waitCh
 	d.waitCh = nil
 }

@@ -34,7 +34,7 @@ func TestQemuIOPatterns(t *testing.T) {
 	u := e.uri("vm1/disk0")
 	qemuIO(t, u,
 		"write -P 0xa1 0 1M",
-		"write -P 0xb2 4095 3", // unaligned, across a block boundary
+		"write -P 0xb2 4095 3",    // unaligned, across a block boundary
 		"write -f -P 0xc3 1M 64k", // FUA
 		"flush",
 		"discard 2M 1M",

@@ -1,0 +1,57 @@
+# vrep — make targets. `make test` is what CI runs (.ci/run).
+GO      ?= go
+PKGS    := ./...
+FUZZTIME ?= 20s
+# Debian packages the tests drive: real NBD clients, FUSE, file systems.
+DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux
+TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup
+
+.PHONY: build test tools bench bench-nbd bench-fuse fuzz soak vet clean
+
+build:
+	$(GO) build -o bin/vrep ./cmd/vrep
+
+# tools installs the Debian packages the tests need, when any is missing.
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing test tools (missing:$$missing)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBS) >/dev/null; \
+	fi
+
+vet:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet $(PKGS)
+
+# test: vet, then every package under the race detector (the power-cut
+# test runs its short tier here; `make soak` runs the long one).
+test: tools vet
+	$(GO) test -race -short -timeout 15m $(PKGS)
+
+soak:
+	VREP_POWERCUT_SEEDS=2000 $(GO) test -race -timeout 60m -run 'TestPowerCut' ./blockdev/tracked
+
+# fuzz runs every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for spec in \
+		./hrl:FuzzOpen ./hrl:FuzzDecodeMarker \
+		./nbd:FuzzHandshake ./nbd:FuzzRequest \
+		./internal/names:FuzzDisk; do \
+		pkg=$${spec%%:*}; fn=$${spec##*:}; \
+		echo "== $$fn ($$pkg)"; \
+		$(GO) test $$pkg -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) 2>&1 | tail -n 3; \
+	done
+
+# bench: Go benchmarks, each reporting vrep against a peer in one run.
+bench:
+	$(GO) test -run XXX -bench . -benchtime 3x ./hrl ./blockdev/tracked
+
+bench-nbd: tools build
+	bench/nbd.sh
+
+bench-fuse: tools build
+	bench/fuse.sh
+
+clean:
+	rm -rf bin

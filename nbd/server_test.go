@@ -1,0 +1,404 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vrep-io/vrep/blockdev"
+)
+
+const testSize = 16 << 20
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// serve starts a server with one export on a unix socket.
+func serve(t *testing.T, dev blockdev.Device, ro bool) (*Server, string) {
+	t.Helper()
+	s := NewServer(quiet())
+	s.Add(Export{Name: "vm1/disk0", Device: dev, ReadOnly: ro})
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	return s, sock
+}
+
+// client is a raw NBD client for probing.
+type client struct {
+	t    *testing.T
+	c    net.Conn
+	size uint64
+	tf   uint16
+}
+
+func dial(t *testing.T, sock, export string) *client {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	cl := &client{t: t, c: c}
+	var hello [18]byte
+	cl.read(hello[:])
+	if binary.BigEndian.Uint64(hello[:]) != magicNBD || binary.BigEndian.Uint16(hello[16:])&flagFixedNew == 0 {
+		t.Fatalf("bad greeting % x", hello)
+	}
+	cl.write(binary.BigEndian.AppendUint32(nil, clientFixed|clientNoZero))
+	// NBD_OPT_GO with a block-size request.
+	data := binary.BigEndian.AppendUint32(nil, uint32(len(export)))
+	data = append(data, export...)
+	data = binary.BigEndian.AppendUint16(data, 1)
+	data = binary.BigEndian.AppendUint16(data, infoBlockSize)
+	cl.option(optGo, data)
+	for {
+		typ, payload := cl.optReply()
+		switch typ {
+		case repAck:
+			return cl
+		case repInfo:
+			if binary.BigEndian.Uint16(payload) == infoExport {
+				cl.size = binary.BigEndian.Uint64(payload[2:])
+				cl.tf = binary.BigEndian.Uint16(payload[10:])
+			}
+		default:
+			t.Fatalf("NBD_OPT_GO reply %#x: %s", typ, payload)
+		}
+	}
+}
+
+func (cl *client) read(b []byte) {
+	cl.t.Helper()
+	if _, err := io.ReadFull(cl.c, b); err != nil {
+		cl.t.Fatalf("read: %v", err)
+	}
+}
+
+func (cl *client) write(b []byte) {
+	cl.t.Helper()
+	if _, err := cl.c.Write(b); err != nil {
+		cl.t.Fatalf("write: %v", err)
+	}
+}
+
+func (cl *client) option(opt uint32, data []byte) {
+	h := binary.BigEndian.AppendUint64(nil, magicOpt)
+	h = binary.BigEndian.AppendUint32(h, opt)
+	h = binary.BigEndian.AppendUint32(h, uint32(len(data)))
+	cl.write(append(h, data...))
+}
+
+func (cl *client) optReply() (uint32, []byte) {
+	var h [20]byte
+	cl.read(h[:])
+	if binary.BigEndian.Uint64(h[:]) != magicRep {
+		cl.t.Fatalf("bad option reply magic")
+	}
+	p := make([]byte, binary.BigEndian.Uint32(h[16:]))
+	cl.read(p)
+	return binary.BigEndian.Uint32(h[12:]), p
+}
+
+func reqBytes(typ, flags uint16, cookie, off uint64, n uint32) []byte {
+	b := binary.BigEndian.AppendUint32(nil, magicRequest)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = binary.BigEndian.AppendUint16(b, typ)
+	b = binary.BigEndian.AppendUint64(b, cookie)
+	b = binary.BigEndian.AppendUint64(b, off)
+	return binary.BigEndian.AppendUint32(b, n)
+}
+
+// reply reads one simple reply; data is read when the reply is a
+// successful read of readLen bytes.
+func (cl *client) reply(readLen int) (cookie uint64, code uint32, data []byte) {
+	cl.t.Helper()
+	var h [16]byte
+	cl.read(h[:])
+	if binary.BigEndian.Uint32(h[:]) != magicReply {
+		cl.t.Fatalf("bad reply magic % x", h)
+	}
+	code = binary.BigEndian.Uint32(h[4:])
+	cookie = binary.BigEndian.Uint64(h[8:])
+	if code == 0 && readLen > 0 {
+		data = make([]byte, readLen)
+		cl.read(data)
+	}
+	return cookie, code, data
+}
+
+func (cl *client) do(typ, flags uint16, off uint64, payload []byte, n uint32) (uint32, []byte) {
+	cl.t.Helper()
+	cl.write(append(reqBytes(typ, flags, 7, off, n), payload...))
+	readLen := 0
+	if typ == cmdRead {
+		readLen = int(n)
+	}
+	_, code, data := cl.reply(readLen)
+	return code, data
+}
+
+func TestBadRequestsKeepTheConnection(t *testing.T) {
+	dev := blockdev.NewMem(testSize)
+	_, sock := serve(t, dev, false)
+	cl := dial(t, sock, "vm1/disk0")
+	if cl.size != testSize || cl.tf&(tfSendFlush|tfSendFUA|tfSendTrim|tfSendZeroes|tfCanMultiConn) == 0 || cl.tf&tfReadOnly != 0 {
+		t.Fatalf("size %d flags %#x", cl.size, cl.tf)
+	}
+	end := uint64(testSize)
+	probes := []struct {
+		name    string
+		typ     uint16
+		flags   uint16
+		off     uint64
+		n       uint32
+		payload int // bytes of payload the client sends
+		want    uint32
+	}{
+		{"read past end", cmdRead, 0, end - 100, 4096, 0, errInval},
+		{"read at end", cmdRead, 0, end, 1, 0, errInval},
+		{"write past end", cmdWrite, 0, end - 100, 4096, 4096, errNoSpc},
+		{"zeroes past end", cmdZeroes, 0, end, 4096, 0, errNoSpc},
+		{"trim past end", cmdTrim, 0, end - 1, 2, 0, errInval},
+		{"offset overflow", cmdRead, 0, ^uint64(0) - 10, 4096, 0, errInval},
+		{"zero-length read", cmdRead, 0, 0, 0, 0, errInval},
+		{"zero-length write", cmdWrite, 0, 0, 0, 0, errInval},
+		{"zero-length trim", cmdTrim, 0, 0, 0, 0, errInval},
+		{"oversized read", cmdRead, 0, 0, MaxRequest + 1, 0, errInval},
+		{"oversized write", cmdWrite, 0, 0, MaxRequest + 4096, MaxRequest + 4096, errInval},
+		{"unknown command", 99, 0, 0, 4096, 0, errInval},
+		{"cache (not offered)", 5, 0, 0, 4096, 0, errInval},
+		{"block status (not offered)", 7, 0, 0, 4096, 0, errInval},
+		{"unknown write flag", cmdWrite, 1 << 5, 0, 512, 512, errInval},
+		{"no-hole on trim", cmdTrim, cfNoHole, 0, 512, 0, errInval},
+		{"unaligned write (fine)", cmdWrite, 0, 4093, 7, 7, 0},
+	}
+	// Build the client's payloads first: only the server's allocations
+	// are measured.
+	payloads := make([][]byte, len(probes))
+	for i, p := range probes {
+		payloads[i] = append(reqBytes(p.typ, p.flags, 7, p.off, p.n), bytes.Repeat([]byte{0xee}, p.payload)...)
+	}
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i, p := range probes {
+		cl.write(payloads[i])
+		_, code, _ := cl.reply(0)
+		if code != p.want {
+			t.Errorf("%s: errno %d, want %d", p.name, code, p.want)
+		}
+	}
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("refused requests allocated %d MiB", grew>>20)
+	}
+	// Nothing refused reached the device, and the connection still works.
+	got := make([]byte, 4096)
+	dev.ReadAt(got, int64(end)-4096)
+	if !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("a refused write reached the device")
+	}
+	if code, _ := cl.do(cmdWrite, cfFUA, 8192, bytes.Repeat([]byte{1}, 4096), 4096); code != 0 {
+		t.Fatalf("write after bad requests: errno %d", code)
+	}
+	if code, data := cl.do(cmdRead, 0, 8192, nil, 4096); code != 0 || !bytes.Equal(data, bytes.Repeat([]byte{1}, 4096)) {
+		t.Fatalf("read after bad requests: errno %d", code)
+	}
+	if code, _ := cl.do(cmdFlush, 0, 0, nil, 0); code != 0 {
+		t.Fatalf("flush: errno %d", code)
+	}
+	if code, _ := cl.do(cmdZeroes, cfNoHole|cfFUA, 8192, nil, 4096); code != 0 {
+		t.Fatalf("write zeroes: errno %d", code)
+	}
+	if code, data := cl.do(cmdRead, 0, 8192, nil, 4096); code != 0 || !bytes.Equal(data, make([]byte, 4096)) {
+		t.Fatal("write zeroes did not zero")
+	}
+	// A bad magic ends that connection only.
+	cl.write(append([]byte{1, 2, 3, 4}, make([]byte, 24)...))
+	if _, err := io.ReadFull(cl.c, make([]byte, 1)); err == nil {
+		t.Fatal("connection survived a request with a bad magic")
+	}
+	other := dial(t, sock, "vm1/disk0")
+	if code, _ := other.do(cmdRead, 0, 0, nil, 512); code != 0 {
+		t.Fatal("another client was hurt")
+	}
+}
+
+func TestReadOnlyExport(t *testing.T) {
+	_, sock := serve(t, blockdev.NewMem(testSize), true)
+	cl := dial(t, sock, "vm1/disk0")
+	if cl.tf&tfReadOnly == 0 {
+		t.Fatal("read-only export not advertised as such")
+	}
+	if code, _ := cl.do(cmdWrite, 0, 0, make([]byte, 512), 512); code != errPerm {
+		t.Fatalf("write to a read-only export: errno %d, want EPERM", code)
+	}
+	if code, _ := cl.do(cmdRead, 0, 0, nil, 512); code != 0 {
+		t.Fatalf("read: errno %d", code)
+	}
+}
+
+// slowDev delays writes so that replies complete out of order.
+type slowDev struct{ blockdev.Device }
+
+func (d slowDev) WriteAt(p []byte, off int64) (int, error) {
+	time.Sleep(time.Duration(off/4096%5) * time.Millisecond)
+	return d.Device.WriteAt(p, off)
+}
+
+func TestManyInFlightOutOfOrder(t *testing.T) {
+	dev := blockdev.NewMem(testSize)
+	_, sock := serve(t, slowDev{dev}, false)
+	cl := dial(t, sock, "vm1/disk0")
+	const n = 200
+	var buf bytes.Buffer
+	for i := range n {
+		buf.Write(reqBytes(cmdWrite, 0, uint64(i), uint64(i)*4096, 4096))
+		buf.Write(bytes.Repeat([]byte{byte(i)}, 4096))
+	}
+	go cl.c.Write(buf.Bytes())
+	seen := map[uint64]bool{}
+	inOrder := true
+	for i := range n {
+		cookie, code, _ := cl.reply(0)
+		if code != 0 || seen[cookie] || cookie >= n {
+			t.Fatalf("reply %d: cookie %d errno %d", i, cookie, code)
+		}
+		if cookie != uint64(i) {
+			inOrder = false
+		}
+		seen[cookie] = true
+	}
+	if inOrder {
+		t.Error("200 writes with varying latency all replied in order: requests are not served concurrently")
+	}
+	for i := range n {
+		got := make([]byte, 4096)
+		dev.ReadAt(got, int64(i)*4096)
+		if !bytes.Equal(got, bytes.Repeat([]byte{byte(i)}, 4096)) {
+			t.Fatalf("block %d wrong", i)
+		}
+	}
+}
+
+func TestHostileHandshakes(t *testing.T) {
+	_, sock := serve(t, blockdev.NewMem(testSize), false)
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	// A 4 GiB option: refused, never allocated.
+	c, _ := net.Dial("unix", sock)
+	io.ReadFull(c, make([]byte, 18))
+	h := binary.BigEndian.AppendUint32(nil, clientFixed)
+	h = binary.BigEndian.AppendUint64(h, magicOpt)
+	h = binary.BigEndian.AppendUint32(h, optGo)
+	h = binary.BigEndian.AppendUint32(h, 0xffffffff)
+	c.Write(h)
+	var rep [20]byte
+	io.ReadFull(c, rep[:])
+	if binary.BigEndian.Uint32(rep[12:]) != repErrTooBig {
+		t.Errorf("4 GiB option answered %#x, want NBD_REP_ERR_TOO_BIG", binary.BigEndian.Uint32(rep[12:]))
+	}
+	c.Close()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("a 4 GiB option allocated %d MiB", grew>>20)
+	}
+	// Garbage instead of a handshake; an unknown export; a client that
+	// vanishes in the middle of a write payload.
+	c, _ = net.Dial("unix", sock)
+	c.Write(bytes.Repeat([]byte{0xff}, 100))
+	c.Close()
+	c, _ = net.Dial("unix", sock)
+	io.ReadFull(c, make([]byte, 18))
+	c.Write(binary.BigEndian.AppendUint32(nil, clientFixed))
+	c.Write(append(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(nil, magicOpt), optExportName), 0, 0, 0, 4, 'n', 'o', 'p', 'e'))
+	c.Close()
+	cl := dial(t, sock, "vm1/disk0")
+	cl.write(append(reqBytes(cmdWrite, 0, 1, 0, 1<<20), make([]byte, 100)...))
+	cl.c.Close()
+	// Listing, and unsupported options.
+	ok := dial(t, sock, "vm1/disk0")
+	if code, _ := ok.do(cmdRead, 0, 0, nil, 4096); code != 0 {
+		t.Fatal("server hurt by hostile clients")
+	}
+}
+
+func TestShutdownDrains(t *testing.T) {
+	dev := blockdev.NewMem(testSize)
+	s, sock := serve(t, slowDev{dev}, false)
+	cl := dial(t, sock, "vm1/disk0")
+	var buf bytes.Buffer
+	for i := range 50 {
+		buf.Write(reqBytes(cmdWrite, 0, uint64(i), uint64(i)*4096+4096, 4096))
+		buf.Write(bytes.Repeat([]byte{9}, 4096))
+	}
+	cl.write(buf.Bytes())
+	time.Sleep(20 * time.Millisecond) // let the server read them
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.Shutdown(context.Background()) }()
+	for range 50 {
+		if _, code, _ := cl.reply(0); code != 0 {
+			t.Fatalf("a write read before Shutdown failed: errno %d", code)
+		}
+	}
+	wg.Wait()
+}
+
+// pipeServe runs one connection of a fresh server over net.Pipe, feeding
+// it input, and returns once the server closed the connection.
+func pipeServe(t *testing.T, input []byte, handshake bool) {
+	s := NewServer(quiet())
+	s.Add(Export{Name: "d", Device: blockdev.NewMem(1 << 20)})
+	a, b := net.Pipe()
+	c := &conn{s: s, nc: a, quit: make(chan struct{})}
+	done := make(chan struct{})
+	go func() { c.serve(); close(done) }()
+	go io.Copy(io.Discard, b)
+	if handshake {
+		b.Write(binary.BigEndian.AppendUint32(nil, clientFixed|clientNoZero))
+		opt := binary.BigEndian.AppendUint64(nil, magicOpt)
+		opt = binary.BigEndian.AppendUint32(opt, optExportName)
+		opt = binary.BigEndian.AppendUint32(opt, 1)
+		b.Write(append(opt, 'd'))
+	}
+	b.Write(input)
+	b.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not finish the connection")
+	}
+}
+
+func FuzzHandshake(f *testing.F) {
+	opt := binary.BigEndian.AppendUint32(nil, clientFixed)
+	opt = binary.BigEndian.AppendUint64(opt, magicOpt)
+	opt = binary.BigEndian.AppendUint32(opt, optList)
+	f.Add(binary.BigEndian.AppendUint32(opt, 0))
+	goOpt := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(nil, clientFixed), magicOpt), optGo)
+	f.Add(append(binary.BigEndian.AppendUint32(goOpt, 9), 0, 0, 0, 1, 'd', 0, 1, 0, 3))
+	f.Fuzz(func(t *testing.T, in []byte) { pipeServe(t, in, false) })
+}
+
+func FuzzRequest(f *testing.F) {
+	f.Add(reqBytes(cmdRead, 0, 1, 0, 512))
+	f.Add(append(reqBytes(cmdWrite, cfFUA, 2, 512, 4), 1, 2, 3, 4))
+	f.Add(reqBytes(cmdZeroes, cfNoHole, 3, 0, 1<<20))
+	f.Add(reqBytes(cmdWrite, 0, 4, 0, 0xffffffff))
+	f.Fuzz(func(t *testing.T, in []byte) { pipeServe(t, in, true) })
+}
