@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,9 @@ const DefaultSegmentSize = 64 << 20
 type Options struct {
 	// SegmentSize seals a segment once it holds this many bytes.
 	SegmentSize int64
+	// FirstLSN is where a log with no surviving records starts (default 1):
+	// its owner may have merged records away before a crash cut the rest.
+	FirstLSN uint64
 }
 
 // Segment is one segment file of a log.
@@ -85,6 +89,7 @@ type Log struct {
 	cur     *pending   // the batch accepting appends
 	queue   []*pending // batches closed by a roll, not yet taken
 	waiters []chan error
+	drops   []dropReq
 	err     error // sticky: once the log failed a write, it fails every call
 	closed  bool
 	wcond   sync.Cond // signalled when written advances or err is set
@@ -92,12 +97,15 @@ type Log struct {
 	written atomic.Uint64 // every record up to here is in its file
 	synced  atomic.Uint64 // every record up to here is durable
 
-	wseg    *Segment                // the segment the writer goroutine writes to; its own
-	wsegPub atomic.Pointer[Segment] // wseg, published for DropThrough
-	kick    chan struct{}
-	quit    chan struct{}
-	wg      sync.WaitGroup
-	pool    sync.Pool
+	wseg     *Segment                // the segment the writer goroutine writes to; its own
+	unsynced []*Segment              // segments before wseg not yet fsynced; the writer's own
+	dirDirty bool                    // a segment was created since the last directory sync
+	orphans  []vfs.File              // files opened by recover and not kept
+	wsegPub  atomic.Pointer[Segment] // wseg, published for DropThrough
+	kick     chan struct{}
+	quit     chan struct{}
+	wg       sync.WaitGroup
+	pool     sync.Pool
 }
 
 // Open opens (creating if needed) the log in dir, recovering it: a torn
@@ -135,82 +143,142 @@ func (l *Log) recover() error {
 	if err != nil {
 		return fmt.Errorf("hrl: %w", err)
 	}
-	var segs []string
+	var files []string
 	for _, n := range names {
 		if strings.HasSuffix(n, suffix) {
-			segs = append(segs, n)
+			files = append(files, n)
 		}
 	}
-	l.next = 1
-	for i, name := range segs {
-		newest := i == len(segs)-1
-		first, perr := strconv.ParseUint(strings.TrimSuffix(name, suffix), 16, 64)
-		if perr != nil || segmentName(first) != name {
-			return &CorruptionError{Segment: name, Reason: "segment file name is not 16 hex digits"}
+	defer func() {
+		// Segments that were never added to l.segs are closed here.
+		for _, f := range l.orphans {
+			f.Close()
 		}
+		l.orphans = nil
+	}()
+	opened := make([]vfs.File, len(files))
+	sizes := make([]int64, len(files))
+	for i, name := range files {
 		f, err := l.fs.Open(l.path(name))
 		if err != nil {
 			return fmt.Errorf("hrl: %w", err)
 		}
-		size, err := f.Size()
-		if err != nil {
-			f.Close()
+		l.orphans = append(l.orphans, f)
+		opened[i] = f
+		if sizes[i], err = f.Size(); err != nil {
 			return fmt.Errorf("hrl: %w", err)
 		}
-		if size == 0 && newest && i > 0 {
-			// Created, but its header never became durable: a torn roll.
-			f.Close()
-			if err := l.fs.Remove(l.path(name)); err != nil {
-				return fmt.Errorf("hrl: %w", err)
-			}
-			break
+	}
+	l.next = max(1, l.opts.FirstLSN)
+	for i, name := range files {
+		f, size := opened[i], sizes[i]
+		first, perr := strconv.ParseUint(strings.TrimSuffix(name, suffix), 16, 64)
+		if perr != nil || segmentName(first) != name {
+			return &CorruptionError{Segment: name, Reason: "segment file name is not 16 hex digits"}
 		}
-		seg := &Segment{first: first, name: name, file: f, last: first - 1}
-		l.segs = append(l.segs, seg)
+		// bad is where this segment stops being readable, and why.
+		var bad error
+		var end int64
+		last := first - 1
 		hdr := make([]byte, HeaderSize)
 		if _, err := f.ReadAt(hdr, 0); err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("hrl: %w", err)
 		}
 		hfirst, herr := decodeSegmentHeader(hdr)
-		if herr != nil {
-			return &CorruptionError{Segment: name, Reason: herr.Error()}
+		switch {
+		case herr != nil:
+			bad = herr
+		case hfirst != first:
+			bad = fmt.Errorf("header says first LSN %d", hfirst)
+		case i > 0 && first != l.next:
+			// The previous segment ends early: records are missing.
+			bad = fmt.Errorf("broken chain: expected first LSN %d", l.next)
+		default:
+			end, last, bad = scanSegment(f, size, first)
 		}
-		if hfirst != first {
-			return &CorruptionError{Segment: name, Reason: fmt.Sprintf("header says first LSN %d", hfirst)}
+		if bad == nil {
+			seg := &Segment{first: first, name: name, file: f, last: last, size: end}
+			seg.wsize.Store(end)
+			l.segs = append(l.segs, seg)
+			l.next = last + 1
+			continue
 		}
-		if i > 0 && first != l.next {
-			return &CorruptionError{Segment: name, Reason: fmt.Sprintf("broken chain: expected first LSN %d", l.next)}
+		// A bad spot is a torn end of unsynced data, unless a sync record
+		// written after it says it had been made durable.
+		badSeg, badOff := i, end
+		if i > 0 && first != l.next && herr == nil && hfirst == first {
+			badSeg, badOff = i-1, l.segs[len(l.segs)-1].size // the gap is at the end of the previous one
 		}
-		end, last, bad := scanSegment(f, size, first)
-		if bad != nil {
-			if !newest {
-				return &CorruptionError{Segment: name, Offset: end, Reason: bad.Error() + " (in a sealed segment)"}
-			}
-			if syncedPast(f, end, size) {
-				return &CorruptionError{Segment: name, Offset: end, Reason: bad.Error() + " (before a completed sync)"}
-			}
-			if err := f.Truncate(end); err != nil {
-				return fmt.Errorf("hrl: cutting torn tail: %w", err)
-			}
+		if vouched(opened, sizes, badSeg, badOff) {
+			return &CorruptionError{Segment: files[badSeg], Offset: badOff, Reason: bad.Error() + " (in data a completed sync had made durable)"}
 		}
-		seg.size, seg.last = end, last
-		seg.wsize.Store(end)
-		l.next = last + 1
+		if err := l.cutTail(files, opened, i, end, badSeg == i && end >= HeaderSize); err != nil {
+			return err
+		}
+		if badSeg == i && end >= HeaderSize {
+			seg := &Segment{first: first, name: name, file: f, last: last, size: end}
+			seg.wsize.Store(end)
+			l.segs = append(l.segs, seg)
+			l.next = last + 1
+		}
+		break
+	}
+	for _, s := range l.segs {
+		l.orphans = slices.DeleteFunc(l.orphans, func(f vfs.File) bool { return f == s.file })
 	}
 	if len(l.segs) == 0 {
-		seg, err := l.createSegment(1, nil)
+		seg, err := l.createSegment(l.next, nil)
 		if err != nil {
 			return err
 		}
 		l.segs = append(l.segs, seg)
-		return nil
+		return l.fs.SyncDir(l.dir)
 	}
-	// After a kill -9 the tail may sit in the page cache only: make it
-	// durable before anything (a merge, a shipment) relies on it.
-	if err := l.segs[len(l.segs)-1].file.Sync(); err != nil {
-		return fmt.Errorf("hrl: %w", err)
+	// After a kill -9 the tail may sit in the page cache only: make every
+	// segment durable before anything (a merge, a shipment) relies on it.
+	for _, s := range l.segs {
+		if err := s.file.Sync(); err != nil {
+			return fmt.Errorf("hrl: %w", err)
+		}
 	}
 	return nil
+}
+
+// vouched reports whether a valid sync record after byte off of segment
+// seg shows that the bytes at off had been made durable. Sync fsyncs the
+// segments in order before it writes its sync record, so a sync record in
+// a later segment vouches for every earlier one.
+func vouched(files []vfs.File, sizes []int64, seg int, off int64) bool {
+	if syncedPast(files[seg], off, sizes[seg], off) {
+		return true
+	}
+	for j := seg + 1; j < len(files); j++ {
+		if syncedPast(files[j], 0, sizes[j], -1) {
+			return true
+		}
+	}
+	return false
+}
+
+// cutTail cuts segment i at off (keeping it only if keep) and removes
+// every later segment: a torn end that may span segments.
+func (l *Log) cutTail(files []string, opened []vfs.File, i int, off int64, keep bool) error {
+	for j := len(files) - 1; j > i; j-- {
+		if err := l.fs.Remove(l.path(files[j])); err != nil {
+			return fmt.Errorf("hrl: cutting torn tail: %w", err)
+		}
+	}
+	if keep {
+		if err := opened[i].Truncate(off); err != nil {
+			return fmt.Errorf("hrl: cutting torn tail: %w", err)
+		}
+		if err := opened[i].Sync(); err != nil {
+			return fmt.Errorf("hrl: cutting torn tail: %w", err)
+		}
+	} else if err := l.fs.Remove(l.path(files[i])); err != nil {
+		return fmt.Errorf("hrl: cutting torn tail: %w", err)
+	}
+	return l.fs.SyncDir(l.dir)
 }
 
 // scanSegment validates the records of a segment. It returns the offset
@@ -255,14 +323,14 @@ func scanSegment(f vfs.File, size int64, first uint64) (end int64, last uint64, 
 	return end, last, nil
 }
 
-// syncedPast reports whether a valid sync record after off says that bytes
-// past off had been made durable.
-func syncedPast(f vfs.File, off, size int64) bool {
-	if size-off < RecHeaderSize {
+// syncedPast reports whether a valid sync record found after byte from of
+// a segment says that its bytes past off had been made durable.
+func syncedPast(f vfs.File, from, size, off int64) bool {
+	if size-from < RecHeaderSize {
 		return false
 	}
-	buf := make([]byte, size-off)
-	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+	buf := make([]byte, size-from)
+	if _, err := f.ReadAt(buf, from); err != nil && !errors.Is(err, io.EOF) {
 		return false
 	}
 	for i := 1; i+RecHeaderSize <= len(buf); i++ {
@@ -278,8 +346,8 @@ func syncedPast(f vfs.File, off, size int64) bool {
 	return false
 }
 
-// createSegment writes a new segment file holding hdr+recs, makes it and
-// its directory entry durable.
+// createSegment writes a new segment file holding the header and records
+// in parts. Neither the file nor its name is durable until the next Sync.
 func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 	seg := &Segment{first: first, name: segmentName(first), last: first - 1, size: HeaderSize}
 	if parts == nil {
@@ -290,14 +358,6 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
 	if err := writeParts(f, parts, 0); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("hrl: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("hrl: %w", err)
-	}
-	if err := l.fs.SyncDir(l.dir); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
@@ -447,8 +507,8 @@ func (l *Log) run() {
 			l.queue = append(l.queue, l.cur)
 			l.cur = nil
 		}
-		q, waiters := l.queue, l.waiters
-		l.queue, l.waiters = nil, nil
+		q, waiters, drops := l.queue, l.waiters, l.drops
+		l.queue, l.waiters, l.drops = nil, nil, nil
 		l.mu.Unlock()
 		for _, p := range q {
 			l.write(p)
@@ -458,6 +518,9 @@ func (l *Log) run() {
 			for _, w := range waiters {
 				w <- err
 			}
+		}
+		for _, d := range drops {
+			l.drop(d)
 		}
 		if quit {
 			return
@@ -519,16 +582,16 @@ func writeParts(f vfs.File, parts [][]byte, off int64) error {
 func (l *Log) write(p *pending) {
 	err := l.failed()
 	if err == nil && p.create {
-		// The previous segment must be durable before a later one can be.
-		if err = l.wseg.file.Sync(); err == nil {
-			l.synced.Store(l.wseg.last)
-			var seg *Segment
-			if seg, err = l.createSegment(p.seg.first, p.gather()); err == nil {
-				p.seg.file = seg.file
-				p.seg.wsize.Store(p.size)
-				l.wseg = p.seg
-				l.wsegPub.Store(p.seg)
-			}
+		// No fsync here: Sync makes the segments durable in order, so a
+		// roll costs no more than any other write.
+		var seg *Segment
+		if seg, err = l.createSegment(p.seg.first, p.gather()); err == nil {
+			p.seg.file = seg.file
+			p.seg.wsize.Store(p.size)
+			l.unsynced = append(l.unsynced, l.wseg)
+			l.dirDirty = true
+			l.wseg = p.seg
+			l.wsegPub.Store(p.seg)
 		}
 	} else if err == nil {
 		if err = writeParts(p.seg.file, p.gather(), p.off); err == nil {
@@ -559,9 +622,20 @@ func (l *Log) syncActive() error {
 	}
 	w := l.written.Load()
 	size := l.wseg.wsize.Load()
-	if err := l.wseg.file.Sync(); err != nil {
-		l.fail(err)
-		return l.failed()
+	// In order: a later segment is never durable before an earlier one.
+	for _, s := range append(l.unsynced, l.wseg) {
+		if err := s.file.Sync(); err != nil {
+			l.fail(err)
+			return l.failed()
+		}
+	}
+	l.unsynced = l.unsynced[:0]
+	if l.dirDirty {
+		if err := l.fs.SyncDir(l.dir); err != nil {
+			l.fail(err)
+			return l.failed()
+		}
+		l.dirDirty = false
 	}
 	l.synced.Store(w)
 	l.mu.Lock()
@@ -610,7 +684,11 @@ func (l *Log) Seal() (uint64, error) {
 	b := l.cur.b
 	l.mu.Unlock()
 	l.wake()
-	return seg.last, b.Wait()
+	if err := b.Wait(); err != nil {
+		return 0, err
+	}
+	// Sealed means durable: the shipper may send it.
+	return seg.last, l.Sync()
 }
 
 // LastLSN returns the LSN of the newest record appended.
@@ -671,27 +749,52 @@ func (l *Log) Segments() []SegmentInfo {
 }
 
 // DropThrough deletes the sealed segments whose records all have LSNs up
-// to lsn. The caller guarantees nothing will read them again.
+// to lsn and are durable. The caller guarantees nothing will read them
+// again. The writer goroutine removes the files, as it owns every file.
 func (l *Log) DropThrough(lsn uint64) error {
 	l.mu.Lock()
+	if err := l.errLocked(); err != nil {
+		l.mu.Unlock()
+		return err
+	}
 	var drop []*Segment
-	// Only segments the writer has left, whose records are durable.
 	w := l.wsegPub.Load()
 	for len(l.segs) > 1 && l.segs[0] != w && l.segs[0].last <= min(lsn, l.synced.Load()) {
 		drop = append(drop, l.segs[0])
 		l.segs = l.segs[1:]
 	}
-	l.mu.Unlock()
 	if len(drop) == 0 {
+		l.mu.Unlock()
 		return nil
 	}
-	for _, s := range drop {
+	req := dropReq{segs: drop, done: make(chan error, 1)}
+	l.drops = append(l.drops, req)
+	l.mu.Unlock()
+	l.wake()
+	return <-req.done
+}
+
+type dropReq struct {
+	segs []*Segment
+	done chan error
+}
+
+// drop removes segment files; only the writer goroutine calls it.
+func (l *Log) drop(req dropReq) {
+	var err error
+	for _, s := range req.segs {
+		l.unsynced = slices.DeleteFunc(l.unsynced, func(u *Segment) bool { return u == s })
 		s.file.Close()
-		if err := l.fs.Remove(l.path(s.name)); err != nil {
-			return fmt.Errorf("hrl: %w", err)
+		if rerr := l.fs.Remove(l.path(s.name)); rerr != nil && err == nil {
+			err = fmt.Errorf("hrl: %w", rerr)
 		}
 	}
-	return l.fs.SyncDir(l.dir)
+	if err == nil {
+		if serr := l.fs.SyncDir(l.dir); serr != nil {
+			err = fmt.Errorf("hrl: %w", serr)
+		}
+	}
+	req.done <- err
 }
 
 // Scan calls fn for every write, trim, zero and marker record with an LSN

@@ -147,7 +147,7 @@ func Open(dir string, base blockdev.Device, opts Options) (*Volume, error) {
 	if err := v.readDirty(); err != nil {
 		return nil, err
 	}
-	log, err := hrl.Open(v.fs, filepath.Join(dir, "log"), hrl.Options{SegmentSize: opts.SegmentSize})
+	log, err := hrl.Open(v.fs, filepath.Join(dir, "log"), hrl.Options{SegmentSize: opts.SegmentSize, FirstLSN: ckpt + 1})
 	if err != nil {
 		return nil, fmt.Errorf("tracked: opening the change log: %w", err)
 	}

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# bench/nbd.sh [RUNS] [SECONDS] — vrep's tracked NBD export against nbdkit's
+# file plugin and qemu-nbd, serving the same raw file, one after another in
+# one run, driven by fio's nbd engine over a unix socket. Prints a table of
+# medians with the ratios vrep/nbdkit and vrep/qemu-nbd and saves it under
+# bench/results/. Peers are rotated between runs and the page cache is
+# written back (sync) between servers, so no server inherits another's
+# dirty pages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-2}
+SECS=${2:-8}
+SIZE=${SIZE:-4G}
+work=$(realpath -m "${WORK:-bench/work}")
+mkdir -p "$work" bench/results
+img=$work/disk.img
+sock=$work/nbd.sock
+vrep=${VREP:-bin/vrep}
+[ -x "$vrep" ] || go build -o "$vrep" ./cmd/vrep
+if [ ! -f "$img" ] || [ "$(stat -c %s "$img")" != "$(numfmt --from=iec "$SIZE")" ]; then
+	echo "making a fully allocated $SIZE image"
+	rm -f "$img"
+	fallocate -l "$SIZE" "$img"
+	dd if=/dev/zero of="$img" bs=4M count=$(( $(numfmt --from=iec "$SIZE") / 4194304 )) conv=notrunc status=none
+	sync
+fi
+
+pid=""
+stop() {
+	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+	pid=""
+	rm -f "$sock"
+}
+trap stop EXIT
+
+start() { # start SERVER; sets uri
+	stop
+	case $1 in
+	nbdkit)
+		nbdkit -f -U "$sock" file "$img" &
+		pid=$!
+		uri="nbd+unix:///?socket=$sock" ;;
+	qemu-nbd)
+		qemu-nbd -t -f raw -x disk -k "$sock" --aio=threads "$img" &
+		pid=$!
+		uri="nbd+unix:///disk?socket=$sock" ;;
+	vrep)
+		rm -rf "$work/state"
+		"$vrep" primary --state "$work/state" --disk vm1/disk0="$img" --nbd "unix:$sock" 2>"$work/vrep.log" &
+		pid=$!
+		uri="nbd+unix:///vm1/disk0?socket=$sock" ;;
+	esac
+	for _ in $(seq 200); do nbdinfo --size "$uri" >/dev/null 2>&1 && return; sleep 0.05; done
+	echo "$1 did not start" >&2
+	exit 1
+}
+
+# fio_pick WORKLOAD: "IOPS MB/s" of the read or write side of fio's JSON.
+fio_pick() {
+	python3 -c 'import json,sys
+raw = sys.stdin.read(); j = json.loads(raw[raw.find("{"):])
+side = j["jobs"][0]["read" if sys.argv[1] == "randread" else "write"]
+print(round(side["iops"]), round(side["bw"] * 1024 / 1e6, 1))' "$1" || echo "0 0"
+}
+
+measure() { # measure WORKLOAD -> prints "iops MB/s"
+	local args
+	case $1 in
+	randwrite) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
+	randread) args=(--rw=randread --bs=4k --iodepth=32) ;;
+	seqwrite) args=(--rw=write --bs=1M --iodepth=8) ;;
+	esac
+	fio --name=b --ioengine=nbd --uri="$uri" --size="$SIZE" --runtime="$SECS" --time_based \
+		--output-format=json "${args[@]}" 2>/dev/null | fio_pick "$1"
+}
+
+declare -A res
+servers=(nbdkit qemu-nbd vrep)
+for run in $(seq "$RUNS"); do
+	# Rotate the order so no peer always runs first.
+	order=("${servers[@]:$((run % 3))}" "${servers[@]:0:$((run % 3))}")
+	for s in "${order[@]}"; do
+		start "$s"
+		for w in randwrite randread seqwrite; do
+			res[$s,$w]+="$(measure "$w") "
+		done
+		stop
+		sync
+	done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+pick() { echo "${res[$1,$2]}" | tr ' ' '\n' | awk -v f="$3" 'NF' | paste - - | awk -v f="$3" '{print $f}' | median; }
+
+out=bench/results/nbd-$(date -u +%Y%m%d-%H%M).md
+{
+	echo "# NBD: vrep (tracking on) vs nbdkit file plugin vs qemu-nbd"
+	echo
+	echo "fio nbd engine, unix socket, $SIZE fully allocated raw file, $RUNS runs x ${SECS}s, medians; $(nproc) cores; $(date -u +%F)."
+	echo
+	echo "| workload | nbdkit | qemu-nbd | vrep | vrep/nbdkit | vrep/qemu-nbd |"
+	echo "|---|---|---|---|---|---|"
+	for w in randwrite randread seqwrite; do
+		f=1; unit=IOPS; label="4k $w QD32"
+		if [ "$w" = seqwrite ]; then f=2; unit=MB/s; label="1M write QD8"; fi
+		k=$(pick nbdkit $w $f); q=$(pick qemu-nbd $w $f); v=$(pick vrep $w $f)
+		printf '| %s | %.0f %s | %.0f | %.0f | %.2f | %.2f |\n' "$label" "$k" "$unit" "$q" "$v" \
+			"$(echo "$v / $k" | bc -l)" "$(echo "$v / $q" | bc -l)"
+	done
+} | tee "$out"
+echo "saved $out"

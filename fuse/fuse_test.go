@@ -1,0 +1,75 @@
+package fuse
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vrep-io/vrep/blockdev"
+	"github.com/vrep-io/vrep/blockdev/devtest"
+)
+
+// TestConformanceThroughKernel runs the device suite on a FUSE file,
+// through the kernel, over a memory device.
+func TestConformanceThroughKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	devtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
+		dir := t.TempDir()
+		m, err := New(filepath.Join(dir, "mnt"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Unmount() })
+		if err := m.Add("vm1/disk0", blockdev.NewMem(size)); err != nil {
+			t.Fatal(err)
+		}
+		d, err := blockdev.OpenFile(m.Path("vm1/disk0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	})
+}
+
+func TestAddRemoveWhileMounted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	m, err := New(filepath.Join(t.TempDir(), "mnt"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unmount()
+	if err := m.Add("vm1/disk0", blockdev.NewMem(1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Add("vm1/disk0-test", blockdev.NewMem(2<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Add("../x", blockdev.NewMem(1<<20)); err == nil {
+		t.Fatal("a bad name was served")
+	}
+	st, err := os.Stat(m.Path("vm1/disk0-test"))
+	if err != nil || st.Size() != 2<<20 {
+		t.Fatalf("added disk: %v %v", st, err)
+	}
+	m.Remove("vm1/disk0-test")
+	if _, err := os.Stat(m.Path("vm1/disk0-test")); err == nil {
+		t.Fatal("removed disk still visible")
+	}
+	if _, err := os.Stat(m.Path("vm1/disk0")); err != nil {
+		t.Fatalf("the other disk went too: %v", err)
+	}
+	// A second mount on a live mount point is refused.
+	if _, err := New(m.dir, nil); err == nil {
+		t.Fatal("mounted twice on one mount point")
+	}
+}
