@@ -443,4 +443,3 @@ func TestTearAcrossUnsyncedRolls(t *testing.T) {
 		l.Close()
 	}
 }
-
