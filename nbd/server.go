@@ -26,6 +26,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vrep-io/vrep/blockdev"
@@ -179,9 +180,9 @@ type conn struct {
 	quit chan struct{}
 	once sync.Once
 
-	wmu     sync.Mutex // guards w and pending
-	w       *bufio.Writer
-	pending int // requests read and not yet replied to
+	wmu   sync.Mutex // guards w
+	w     *bufio.Writer
+	ready atomic.Int32 // replies waiting for wmu
 
 	slots  chan struct{} // bounds requests in flight
 	budget chan struct{} // payload budget, in 1 MiB tokens
@@ -484,7 +485,6 @@ func (c *conn) transmit() error {
 			}
 			c.logf(slog.LevelInfo, "nbd: refused request", "export", c.exp.Name, "cmd", q.typ,
 				"flags", q.flags, "offset", q.off, "length", q.length, "errno", code)
-			c.begin()
 			c.reply(q.cookie, code, nil)
 			continue
 		}
@@ -509,7 +509,6 @@ func (c *conn) transmit() error {
 			putBuf(buf)
 			return errDisc
 		}
-		c.begin()
 		c.wg.Add(1)
 		go c.do(q, buf, tokens)
 	}
@@ -525,12 +524,6 @@ func (c *conn) take(tokens int) error {
 		}
 	}
 	return nil
-}
-
-func (c *conn) begin() {
-	c.wmu.Lock()
-	c.pending++
-	c.wmu.Unlock()
 }
 
 func (c *conn) do(q request, buf []byte, tokens int) {
@@ -579,18 +572,21 @@ func (c *conn) do(q request, buf []byte, tokens int) {
 	<-c.slots
 }
 
-// reply sends a simple reply. The last reply of a burst flushes.
+// reply sends a simple reply. Replies that are ready at the same moment
+// share one write: a reply is flushed unless another is already waiting
+// to be written after it (which will flush). Waiting for requests still
+// being served would hold finished replies back and stall the client.
 func (c *conn) reply(cookie uint64, code uint32, data []byte) {
 	var h [16]byte
 	binary.BigEndian.PutUint32(h[0:], magicReply)
 	binary.BigEndian.PutUint32(h[4:], code)
 	binary.BigEndian.PutUint64(h[8:], cookie)
+	c.ready.Add(1)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.w.Write(h[:])
 	c.w.Write(data)
-	c.pending--
-	if c.pending == 0 {
+	if c.ready.Add(-1) == 0 {
 		if err := c.w.Flush(); err != nil {
 			c.nc.Close() // the peer is gone; the reader sees it next
 		}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# bench/fuse.sh [RUNS] [SECONDS] — fio on vrep's FUSE file (tracking on)
+# against the same fio on the raw image file it serves, on the same file
+# system, one after the other in one run: 4k random write and read (QD32,
+# libaio, O_DIRECT) and 1M sequential write (QD8). Prints a table of
+# medians with the ratio and saves it under bench/results/. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-2}
+SECS=${2:-8}
+SIZE=${SIZE:-4G}
+work=$(realpath -m "${WORK:-bench/work}")
+mkdir -p "$work" bench/results
+img=$work/disk.img
+mnt=$work/mnt
+vrep=${VREP:-bin/vrep}
+[ -x "$vrep" ] || go build -o "$vrep" ./cmd/vrep
+if [ ! -f "$img" ] || [ "$(stat -c %s "$img")" != "$(numfmt --from=iec "$SIZE")" ]; then
+	rm -f "$img"
+	dd if=/dev/zero of="$img" bs=4M count=$(( $(numfmt --from=iec "$SIZE") / 4194304 )) status=none
+	sync
+fi
+pid=""
+stop() {
+	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+	pid=""
+}
+trap stop EXIT
+
+fio_pick() {
+	python3 -c 'import json,sys
+raw = sys.stdin.read(); j = json.loads(raw[raw.find("{"):])
+side = j["jobs"][0]["read" if sys.argv[1] == "randread" else "write"]
+print(round(side["iops"]), round(side["bw"] * 1024 / 1e6, 1))' "$1" || echo "0 0"
+}
+
+measure() { # measure FILE WORKLOAD
+	local args
+	case $2 in
+	randwrite) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
+	randread) args=(--rw=randread --bs=4k --iodepth=32) ;;
+	seqwrite) args=(--rw=write --bs=1M --iodepth=8) ;;
+	esac
+	fio --name=b --filename="$1" --ioengine=libaio --direct=1 --size="$SIZE" --runtime="$SECS" \
+		--time_based --output-format=json "${args[@]}" 2>/dev/null | fio_pick "$2"
+}
+
+declare -A res
+for run in $(seq "$RUNS"); do
+	order=(raw fuse)
+	[ $((run % 2)) = 0 ] && order=(fuse raw)
+	for s in "${order[@]}"; do
+		file=$img
+		if [ "$s" = fuse ]; then
+			rm -rf "$work/state"
+			"$vrep" primary --state "$work/state" --disk vm1/disk0="$img" --fuse "$mnt" 2>"$work/vrep.log" &
+			pid=$!
+			for _ in $(seq 200); do [ -f "$mnt/vm1/disk0.img" ] && break; sleep 0.05; done
+			file=$mnt/vm1/disk0.img
+		fi
+		for w in randwrite randread seqwrite; do
+			res[$s,$w]+="$(measure "$file" "$w") "
+		done
+		stop
+		sync
+	done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+pick() { echo "${res[$1,$2]}" | tr ' ' '\n' | awk 'NF' | paste - - | awk -v f="$3" '{print $f}' | median; }
+
+out=bench/results/fuse-$(date -u +%Y%m%d-%H%M).md
+{
+	echo "# FUSE: vrep's tracked disk file vs the raw image file"
+	echo
+	echo "fio libaio O_DIRECT, $SIZE image on the same file system, $RUNS runs x ${SECS}s, medians; $(nproc) cores; $(date -u +%F)."
+	echo
+	echo "| workload | raw file | vrep FUSE file | ratio |"
+	echo "|---|---|---|---|"
+	for w in randwrite randread seqwrite; do
+		f=1; unit=IOPS; label="4k $w QD32"
+		if [ "$w" = seqwrite ]; then f=2; unit=MB/s; label="1M write QD8"; fi
+		r=$(pick raw $w $f); v=$(pick fuse $w $f)
+		printf '| %s | %.0f %s | %.0f | %.2f |\n' "$label" "$r" "$unit" "$v" "$(echo "$v / $r" | bc -l)"
+	done
+} | tee "$out"
+echo "saved $out"
