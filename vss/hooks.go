@@ -65,4 +65,3 @@ func trim(s string) string {
 	}
 	return s
 }
-
