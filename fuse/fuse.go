@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,6 +80,8 @@ func New(dir string, log *slog.Logger) (*Mount, error) {
 			MaxBackground:     64,
 		},
 	}
+	openFlags := tune(&opts.MountOptions, os.Getenv("VREP_FUSE_TUNING"))
+	root.openFlags = openFlags
 	server, err := fs.Mount(dir, root, opts)
 	if err != nil {
 		return nil, fmt.Errorf("fuse: mounting %s: %w", dir, err)
@@ -143,7 +146,8 @@ func (m *Mount) Add(name string, dev blockdev.Device) error {
 		dir = m.root.NewPersistentInode(ctx, &dirNode{}, fs.StableAttr{Mode: syscall.S_IFDIR})
 		m.root.AddChild(vm, dir, false)
 	}
-	file := dir.NewPersistentInode(ctx, &diskNode{dev: dev, name: name, log: m.log, mtime: time.Now()},
+	flags := m.root.Operations().(*dirNode).openFlags
+	file := dir.NewPersistentInode(ctx, &diskNode{dev: dev, name: name, log: m.log, mtime: time.Now(), openFlags: flags},
 		fs.StableAttr{Mode: syscall.S_IFREG})
 	if !dir.AddChild(disk+".img", file, false) {
 		return fmt.Errorf("fuse: %s is already served", name)
@@ -196,7 +200,36 @@ func (m *Mount) Unmount() error {
 	return err
 }
 
-type dirNode struct{ fs.Inode }
+// tune applies VREP_FUSE_TUNING, a comma list used by bench/fuse-options.sh
+// to measure what each option is worth: noasyncdio, noparallel, nodirect,
+// splice, maxwrite=N (bytes), maxbackground=N. It returns the open flags.
+func tune(mo *gofuse.MountOptions, spec string) uint32 {
+	flags := uint32(gofuse.FOPEN_DIRECT_IO | gofuse.FOPEN_PARALLEL_DIRECT_WRITES)
+	for _, o := range strings.Split(spec, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(o), "=")
+		n, _ := strconv.Atoi(v)
+		switch k {
+		case "noasyncdio":
+			mo.ExtraCapabilities &^= gofuse.CAP_ASYNC_DIO
+		case "noparallel":
+			flags &^= gofuse.FOPEN_PARALLEL_DIRECT_WRITES
+		case "nodirect":
+			flags &^= gofuse.FOPEN_DIRECT_IO | gofuse.FOPEN_PARALLEL_DIRECT_WRITES
+		case "splice":
+			mo.DisableSplice = false
+		case "maxwrite":
+			mo.MaxWrite = n
+		case "maxbackground":
+			mo.MaxBackground = n
+		}
+	}
+	return flags
+}
+
+type dirNode struct {
+	fs.Inode
+	openFlags uint32 // for the disk files below; set on the root
+}
 
 var _ fs.NodeGetattrer = (*dirNode)(nil)
 
@@ -210,8 +243,9 @@ type diskNode struct {
 	fs.Inode
 	dev   blockdev.Device
 	name  string
-	log   *slog.Logger
-	mtime time.Time
+	log       *slog.Logger
+	mtime     time.Time
+	openFlags uint32
 }
 
 var (
@@ -253,7 +287,7 @@ func (n *diskNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EPERM
 	}
-	return nil, gofuse.FOPEN_DIRECT_IO | gofuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
+	return nil, n.openFlags, 0
 }
 
 func (n *diskNode) errno(op string, off int64, length int, err error) syscall.Errno {
