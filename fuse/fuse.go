@@ -241,8 +241,8 @@ func (d *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *gofuse.Attr
 // diskNode is one disk's file.
 type diskNode struct {
 	fs.Inode
-	dev   blockdev.Device
-	name  string
+	dev       blockdev.Device
+	name      string
 	log       *slog.Logger
 	mtime     time.Time
 	openFlags uint32

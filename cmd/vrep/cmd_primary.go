@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,6 +22,11 @@ func primaryCmd() *cobra.Command {
 		disks      []string
 		mergeAfter = units.Size(1 << 30)
 		cpuprofile string
+		groups     []string
+		freeze     []string
+		preFreeze  []string
+		postThaw   []string
+		agents     []string
 	)
 	cmd := &cobra.Command{
 		Use:   "primary --state DIR --disk VM/DISK=PATH... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -44,6 +50,33 @@ func primaryCmd() *cobra.Command {
 				cfg.Disks = append(cfg.Disks, spec)
 			}
 			cfg.MergeAfter = int64(mergeAfter)
+			var err error
+			if cfg.Points.Groups, err = primary.ParseGroups(groups); err != nil {
+				return err
+			}
+			if cfg.Points.Freeze, err = primary.ParseVMValues("freeze", freeze); err != nil {
+				return err
+			}
+			one := func(flag string, specs []string) (map[string]string, error) {
+				m, err := primary.ParseVMValues(flag, specs)
+				out := map[string]string{}
+				for vm, v := range m {
+					if len(v) > 1 {
+						return nil, fmt.Errorf("%w: --%s given twice for VM %s", errUsage, flag, vm)
+					}
+					out[vm] = v[0]
+				}
+				return out, err
+			}
+			if cfg.Points.PreFreeze, err = one("pre-freeze", preFreeze); err != nil {
+				return err
+			}
+			if cfg.Points.PostThaw, err = one("post-thaw", postThaw); err != nil {
+				return err
+			}
+			if cfg.Points.GuestAgent, err = one("guest-agent", agents); err != nil {
+				return err
+			}
 			if cpuprofile != "" {
 				f, err := os.Create(cpuprofile)
 				if err != nil {
@@ -74,6 +107,15 @@ func primaryCmd() *cobra.Command {
 	f.StringArrayVar(&disks, "disk", nil, "protect a disk: VM/DISK=PATH to a raw image (repeatable)")
 	f.StringArrayVar(&cfg.NBD, "nbd", nil, "serve NBD on unix:PATH or tcp:HOST:PORT (repeatable)")
 	f.StringVar(&cfg.FUSE, "fuse", "", "mount the disks as files under this directory")
+	f.StringVar(&cfg.API, "api", "", "API socket for vrep status and vrep point (default STATE/api.sock)")
+	f.StringArrayVar(&groups, "group", nil, "consistency group: NAME=VM[,VM...] (repeatable; a VM in no group is its own)")
+	f.DurationVar(&cfg.Points.Every, "points-every", 0, "take a crash-consistent point of every group this often (0: by hand)")
+	f.DurationVar(&cfg.Points.AppEvery, "app-every", 0, "take an app-consistent point of every group this often (0: by hand)")
+	f.StringArrayVar(&freeze, "freeze", nil, "VM=MOUNTPOINT to fsfreeze for app-consistent points (repeatable)")
+	f.StringArrayVar(&preFreeze, "pre-freeze", nil, "VM=COMMAND run before freezing (sh -c)")
+	f.StringArrayVar(&postThaw, "post-thaw", nil, "VM=COMMAND run after thawing (sh -c)")
+	f.StringArrayVar(&agents, "guest-agent", nil, "VM=SOCKET of the VM's QEMU guest agent, to freeze inside the guest")
+	f.DurationVar(&cfg.Points.FreezeTimeout, "freeze-timeout", 10*time.Second, "past this a freeze is thawed and the point is crash-consistent")
 	f.StringVar(&cpuprofile, "cpuprofile", "", "write a CPU profile here until exit")
 	f.MarkHidden("cpuprofile")
 	f.Var(&mergeAfter, "merge-after", "merge the log into the image once this much waits (e.g. 256M, 1G)")

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,7 +53,10 @@ type Config struct {
 	NBD        []string // unix:PATH or tcp:HOST:PORT
 	FUSE       string   // mount point, or ""
 	MergeAfter int64
-	Log        *slog.Logger
+	// API is the path of the API socket (default STATE/api.sock).
+	API    string
+	Points PointsConfig
+	Log    *slog.Logger
 }
 
 // Disk is one protected disk being served.
@@ -72,6 +76,9 @@ type Daemon struct {
 	nbd       *nbd.Server
 	listeners []net.Listener
 	fuse      interface{ Unmount() error }
+	points    *points
+	api       *http.Server
+	apiPath   string
 	serveErr  chan error
 	closeOnce sync.Once
 }
@@ -126,10 +133,20 @@ func Start(cfg Config) (d *Daemon, err error) {
 		d.Disks = append(d.Disks, disk)
 		d.nbd.Add(nbd.Export{Name: spec.Name, Device: disk.Volume})
 	}
+	if err := d.setupPoints(cfg.Points); err != nil {
+		return d, err
+	}
 	if cfg.FUSE != "" {
 		if err := d.mountFUSE(); err != nil {
 			return d, err
 		}
+	}
+	api := cfg.API
+	if api == "" {
+		api = filepath.Join(cfg.State, "api.sock")
+	}
+	if err := d.serveAPI(api); err != nil {
+		return d, err
 	}
 	// Listeners last: a socket that answers means every door is open.
 	for _, addr := range cfg.NBD {
@@ -205,6 +222,10 @@ func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		if d.points != nil {
+			d.points.close()
+		}
+		d.closeAPI()
 		d.nbd.Shutdown(ctx)
 		for _, l := range d.listeners {
 			if ul, ok := l.(*net.UnixListener); ok {

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vrep-io/vrep/internal/primary"
+)
+
+func statusCmd() *cobra.Command {
+	var a apiFlags
+	cmd := &cobra.Command{
+		Use:   "status [--state DIR | --api SOCKET] [--json]",
+		Short: "Show protected disks, their health and change logs, and the last point",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st primary.Status
+			if err := a.call("GET", "/v1/status", &st); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if a.json {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "DISK\tSIZE\tHEALTH\tLAST LSN\tSYNCED LSN\tMERGED LSN\tSEGMENTS")
+			for _, d := range st.Disks {
+				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%d\t%d\t%d\t%d\n", d.Name, d.Size>>20, d.Health, d.LastLSN, d.SyncedLSN, d.Checkpoint, d.Segments)
+			}
+			tw.Flush()
+			fmt.Fprintln(out)
+			fmt.Fprintln(tw, "GROUP\tDISKS\tHOLD p50\tHOLD p99")
+			for _, g := range st.Groups {
+				fmt.Fprintf(tw, "%s\t%d\t%d µs\t%d µs\n", g.Name, len(g.Disks), g.HoldP50us, g.HoldP99us)
+			}
+			tw.Flush()
+			if p := st.LastPoint; p != nil {
+				fmt.Fprintf(out, "\nlast point: %d, %s, group %s, %s", p.ID, p.Kind, p.Group, p.Time.Format("2006-01-02 15:04:05"))
+				if p.Reason != "" {
+					fmt.Fprintf(out, " (%s)", p.Reason)
+				}
+				fmt.Fprintln(out)
+			}
+			return nil
+		},
+	}
+	a.register(cmd.Flags())
+	return cmd
+}
+
+func pointCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "point",
+		Short: "Recovery points",
+	}
+	var a apiFlags
+	var app bool
+	create := &cobra.Command{
+		Use:   "create VM|GROUP [--app] [--state DIR | --api SOCKET]",
+		Short: "Take a recovery point of a VM's consistency group now",
+		Long: `Takes a crash-consistent point of the consistency group the VM belongs to (or
+of the named group). With --app the VMs are quiesced first (fsfreeze, hooks,
+guest agent); if nothing is configured to quiesce, or quiescing fails or
+times out, the point is crash-consistent and the reason is printed.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q := "/v1/points?target=" + args[0]
+			if app {
+				q += "&app=1"
+			}
+			var p primary.PointInfo
+			if err := a.call("POST", q, &p); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if a.json {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(p)
+			}
+			fmt.Fprintf(out, "point %d taken: %s, group %s, %d disks, writes held %d µs\n", p.ID, p.Kind, p.Group, len(p.LSNs), p.HoldUS)
+			if p.Reason != "" {
+				fmt.Fprintf(out, "not app-consistent: %s\n", p.Reason)
+			}
+			return nil
+		},
+	}
+	a.register(create.Flags())
+	create.Flags().BoolVar(&app, "app", false, "quiesce applications first (app-consistent point)")
+	cmd.AddCommand(create)
+	return cmd
+}

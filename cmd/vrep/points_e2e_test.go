@@ -1,0 +1,69 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vrep-io/vrep/internal/primary"
+)
+
+func TestPointsThroughTheAPI(t *testing.T) {
+	need(t, "mkfs.ext4", "losetup")
+	needRoot(t)
+	e := newEnv(t, 64<<20)
+	img2 := filepath.Join(e.dir, "vm2.img")
+	os.WriteFile(img2, nil, 0o600)
+	os.Truncate(img2, 16<<20)
+	mnt := filepath.Join(e.dir, "fuse")
+	ext4 := filepath.Join(e.dir, "ext4")
+	os.Mkdir(ext4, 0o755)
+	d := e.start(t, "--disk", "vm2/disk0="+img2, "--fuse", mnt, "--freeze", "vm1="+ext4,
+		"--points-every", "300ms", "--freeze-timeout", "5s")
+	dev := loop(t, filepath.Join(mnt, "vm1", "disk0.img"))
+	run(t, "mkfs.ext4", "-q", dev)
+	mountFS(t, dev, ext4)
+	os.WriteFile(filepath.Join(ext4, "data"), []byte("hello"), 0o644)
+
+	var p primary.PointInfo
+	code, out := vrepRun(t, "point", "create", "vm1", "--app", "--state", e.state, "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &p) != nil || p.Kind != "app-consistent" || p.LSNs["vm1/disk0"] == 0 {
+		t.Fatalf("app point of vm1: exit %d\n%s", code, out)
+	}
+	// The file system was thawed: it takes writes again.
+	if err := os.WriteFile(filepath.Join(ext4, "after"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out = vrepRun(t, "point", "create", "vm2", "--app", "--state", e.state)
+	if code != 0 || !strings.Contains(out, "crash-consistent") || !strings.Contains(out, "nothing is configured") {
+		t.Fatalf("app point of vm2 (nothing to quiesce): exit %d\n%s", code, out)
+	}
+	code, out = vrepRun(t, "point", "create", "nope", "--state", e.state)
+	if code != exitError || !strings.Contains(out, "no such VM") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Fatalf("point of an unknown VM: exit %d\n%s", code, out)
+	}
+	time.Sleep(700 * time.Millisecond) // the schedule takes crash points
+	var st primary.Status
+	code, out = vrepRun(t, "status", "--state", e.state, "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Disks) != 2 || len(st.Groups) != 2 ||
+		st.LastPoint == nil || st.LastPoint.Kind != "crash-consistent" || st.Disks[0].Health != "Normal" {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	if code, out = vrepRun(t, "status", "--state", e.state); code != 0 || !strings.Contains(out, "vm1/disk0") {
+		t.Fatalf("status table: exit %d\n%s", code, out)
+	}
+	run(t, "umount", ext4)
+	exec.Command("losetup", "-d", dev).Run()
+	if err := d.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The points are markers in the change logs.
+	code, out = vrepRun(t, "log-check", filepath.Join(e.state, "disks", "vm2", "disk0"))
+	if code != 0 || strings.Contains(out, " 0 points") {
+		t.Fatalf("log-check vm2: exit %d\n%s", code, out)
+	}
+}

@@ -1,0 +1,168 @@
+package primary
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/vrep-io/vrep/snapshot"
+)
+
+// The daemon's API, on a unix socket (file permissions are its access
+// control): GET /v1/status, GET /v1/points, POST /v1/points?target=X[&app=1].
+// Errors are {"error": "one sentence"} with a 4xx or 5xx status.
+
+// DiskStatus is one disk in /v1/status.
+type DiskStatus struct {
+	Name           string `json:"name"`
+	Image          string `json:"image"`
+	Size           int64  `json:"size"`
+	Health         string `json:"health"`
+	LastLSN        uint64 `json:"last_lsn"`
+	SyncedLSN      uint64 `json:"synced_lsn"`
+	Checkpoint     uint64 `json:"checkpoint"`
+	Segments       int    `json:"log_segments"`
+	ResyncRequired bool   `json:"resync_required"`
+}
+
+// GroupStatus is one consistency group in /v1/status.
+type GroupStatus struct {
+	Name      string   `json:"name"`
+	Disks     []string `json:"disks"`
+	HoldP50us int64    `json:"hold_p50_us"`
+	HoldP99us int64    `json:"hold_p99_us"`
+	HoldMaxus int64    `json:"hold_max_us"`
+}
+
+// PointInfo is a point as the API shows it.
+type PointInfo struct {
+	ID     uint64            `json:"id"`
+	Time   time.Time         `json:"time"`
+	Kind   string            `json:"kind"`
+	Group  string            `json:"group"`
+	LSNs   map[string]uint64 `json:"lsns"`
+	HoldUS int64             `json:"hold_us"`
+	Reason string            `json:"reason,omitempty"`
+}
+
+// Status is /v1/status.
+type Status struct {
+	Disks     []DiskStatus  `json:"disks"`
+	Groups    []GroupStatus `json:"groups"`
+	LastPoint *PointInfo    `json:"last_point,omitempty"`
+}
+
+func pointInfo(p snapshot.Point) PointInfo {
+	return PointInfo{ID: p.ID, Time: p.Time, Kind: KindName(p.Kind), Group: p.Group, LSNs: p.LSNs,
+		HoldUS: p.Hold.Microseconds(), Reason: p.Reason}
+}
+
+// Status reports the daemon's disks, groups and newest point.
+func (d *Daemon) Status() Status {
+	var st Status
+	for _, disk := range d.Disks {
+		v := disk.Volume
+		ds := DiskStatus{Name: disk.Name, Image: disk.Path, Size: v.Size(), Health: "Normal",
+			LastLSN: v.Log().LastLSN(), SyncedLSN: v.Log().SyncedLSN(), Checkpoint: v.Checkpoint(),
+			Segments: len(v.Log().Segments()), ResyncRequired: v.ResyncRequired()}
+		switch {
+		case ds.ResyncRequired:
+			ds.Health = "Critical: resync required (change log overflowed)"
+		case v.Err() != nil:
+			ds.Health = "Warning: " + v.Err().Error()
+		}
+		st.Disks = append(st.Disks, ds)
+	}
+	if p := d.points; p != nil {
+		for _, name := range slices.Sorted(maps.Keys(p.groups)) {
+			g := p.groups[name]
+			p50, p99, mx := g.HoldStats()
+			st.Groups = append(st.Groups, GroupStatus{Name: name, Disks: g.Disks(), HoldP50us: p50.Microseconds(),
+				HoldP99us: p99.Microseconds(), HoldMaxus: mx.Microseconds()})
+		}
+		p.mu.Lock()
+		if n := len(p.recent); n > 0 {
+			pi := pointInfo(p.recent[n-1])
+			st.LastPoint = &pi
+		}
+		p.mu.Unlock()
+	}
+	return st
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Status())
+	})
+	mux.HandleFunc("GET /v1/points", func(w http.ResponseWriter, r *http.Request) {
+		d.points.mu.Lock()
+		out := make([]PointInfo, 0, len(d.points.recent))
+		for _, p := range d.points.recent {
+			out = append(out, pointInfo(p))
+		}
+		d.points.mu.Unlock()
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("POST /v1/points", func(w http.ResponseWriter, r *http.Request) {
+		target := r.URL.Query().Get("target")
+		app := r.URL.Query().Get("app") == "1"
+		p, err := d.TakePoint(r.Context(), target, app)
+		switch {
+		case errors.Is(err, ErrUnknownTarget):
+			writeErr(w, http.StatusNotFound, err)
+		case err != nil:
+			writeErr(w, http.StatusInternalServerError, err)
+		default:
+			writeJSON(w, http.StatusOK, pointInfo(p))
+		}
+	})
+	return mux
+}
+
+// serveAPI listens on the API socket.
+func (d *Daemon) serveAPI(path string) error {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("API socket %s is %w", path, ErrLocked)
+	}
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("API socket: %w", err)
+	}
+	os.Chmod(path, 0o600)
+	d.apiPath = path
+	d.api = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go d.api.Serve(l)
+	return nil
+}
+
+func (d *Daemon) closeAPI() {
+	if d.api == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d.api.Shutdown(ctx)
+	os.Remove(d.apiPath)
+}

@@ -1,0 +1,254 @@
+package primary
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/names"
+	"github.com/vrep-io/vrep/snapshot"
+	"github.com/vrep-io/vrep/vss"
+)
+
+// PointsConfig says how points are taken.
+type PointsConfig struct {
+	// Groups maps a consistency group to its VMs; a VM in no group is a
+	// group of its own, named after it.
+	Groups map[string][]string
+	// Every and AppEvery schedule crash- and app-consistent points; zero
+	// means by hand only (vrep point create).
+	Every, AppEvery time.Duration
+	// Freeze, PreFreeze, PostThaw and GuestAgent configure each VM's
+	// quiescers: mount points to fsfreeze, hook commands, qemu-ga socket.
+	Freeze     map[string][]string
+	PreFreeze  map[string]string
+	PostThaw   map[string]string
+	GuestAgent map[string]string
+	// FreezeTimeout bounds a quiesce; past it the point is crash-consistent.
+	FreezeTimeout time.Duration
+}
+
+// ErrUnknownTarget is returned for a point on a VM or group that is not here.
+var ErrUnknownTarget = errors.New("no such VM or consistency group")
+
+// points holds the daemon's groups, their quiescers and recent points.
+type points struct {
+	cfg    PointsConfig
+	groups map[string]*snapshot.Group
+	vmOf   map[string]string // group of each VM
+	vms    map[string][]string
+	mu     sync.Mutex
+	recent []snapshot.Point // newest last, bounded
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+const keepRecent = 256
+
+func (d *Daemon) setupPoints(cfg PointsConfig) error {
+	p := &points{cfg: cfg, groups: map[string]*snapshot.Group{}, vmOf: map[string]string{}, vms: map[string][]string{}, stop: make(chan struct{})}
+	disksOf := map[string]map[string]snapshot.Disk{}
+	for _, disk := range d.Disks {
+		vm, _, _ := names.Disk(disk.Name)
+		if disksOf[vm] == nil {
+			disksOf[vm] = map[string]snapshot.Disk{}
+		}
+		disksOf[vm][disk.Name] = disk.Volume
+	}
+	for g, vms := range cfg.Groups {
+		if err := names.Part(g); err != nil {
+			return fmt.Errorf("group: %w", err)
+		}
+		for _, vm := range vms {
+			if disksOf[vm] == nil {
+				return fmt.Errorf("%w: group %s names VM %s, which has no --disk", names.ErrBadName, g, vm)
+			}
+			if other, ok := p.vmOf[vm]; ok {
+				return fmt.Errorf("%w: VM %s is in groups %s and %s", names.ErrBadName, vm, other, g)
+			}
+			p.vmOf[vm] = g
+		}
+	}
+	for vm := range disksOf {
+		if _, ok := p.vmOf[vm]; !ok {
+			if _, clash := cfg.Groups[vm]; clash {
+				return fmt.Errorf("%w: group %s has the name of a VM outside it", names.ErrBadName, vm)
+			}
+			p.vmOf[vm] = vm
+		}
+	}
+	for vm, g := range p.vmOf {
+		p.vms[g] = append(p.vms[g], vm)
+	}
+	for g, vms := range p.vms {
+		sort.Strings(vms)
+		members := map[string]snapshot.Disk{}
+		for _, vm := range vms {
+			for n, disk := range disksOf[vm] {
+				members[n] = disk
+			}
+		}
+		grp, err := snapshot.NewGroup(g, members)
+		if err != nil {
+			return err
+		}
+		p.groups[g] = grp
+	}
+	for vm := range cfg.Freeze {
+		if disksOf[vm] == nil {
+			return fmt.Errorf("%w: --freeze names VM %s, which has no --disk", names.ErrBadName, vm)
+		}
+	}
+	d.points = p
+	if cfg.Every > 0 {
+		p.schedule(d, cfg.Every, false)
+	}
+	if cfg.AppEvery > 0 {
+		p.schedule(d, cfg.AppEvery, true)
+	}
+	return nil
+}
+
+func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-t.C:
+			}
+			for g := range p.groups {
+				if _, err := d.TakePoint(context.Background(), g, app); err != nil {
+					d.log.Error("scheduled point failed", "group", g, "err", err)
+				}
+			}
+		}
+	}()
+}
+
+func (p *points) close() {
+	close(p.stop)
+	p.wg.Wait()
+}
+
+// quiescers returns the quiescers of a group's VMs, in VM order.
+func (p *points) quiescers(d *Daemon, group string) []vss.Quiescer {
+	var qs []vss.Quiescer
+	for _, vm := range p.vms[group] {
+		if p.cfg.PreFreeze[vm] != "" || p.cfg.PostThaw[vm] != "" {
+			qs = append(qs, vss.Hooks{Pre: p.cfg.PreFreeze[vm], Post: p.cfg.PostThaw[vm], Log: d.log})
+		}
+		if s := p.cfg.GuestAgent[vm]; s != "" {
+			qs = append(qs, vss.GuestAgent{Socket: s})
+		}
+		for _, m := range p.cfg.Freeze[vm] {
+			qs = append(qs, vss.FSFreeze{Path: m})
+		}
+	}
+	return qs
+}
+
+// TakePoint takes a point of a consistency group, or of the group a VM
+// belongs to. An app-consistent request with nothing to quiesce, or whose
+// quiesce fails, gives a crash-consistent point with the reason.
+func (d *Daemon) TakePoint(ctx context.Context, target string, app bool) (snapshot.Point, error) {
+	p := d.points
+	group := target
+	if g, ok := p.vmOf[target]; ok {
+		group = g
+	}
+	grp := p.groups[group]
+	if grp == nil {
+		return snapshot.Point{}, fmt.Errorf("%w: %s", ErrUnknownTarget, target)
+	}
+	var pt snapshot.Point
+	var err error
+	if app {
+		timeout := p.cfg.FreezeTimeout
+		if timeout <= 0 {
+			timeout = 10 * time.Second
+		}
+		pt, err = vss.AppPoint(ctx, grp, p.quiescers(d, group), timeout, d.log)
+	} else {
+		pt, err = grp.Take(hrl.KindCrash, "")
+	}
+	if err != nil {
+		return pt, err
+	}
+	// A point is only worth having if it survives a crash.
+	for n := range pt.LSNs {
+		if disk := d.disk(n); disk != nil {
+			if serr := disk.Volume.Log().Sync(); serr != nil {
+				return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
+			}
+		}
+	}
+	p.mu.Lock()
+	p.recent = append(p.recent, pt)
+	if len(p.recent) > keepRecent {
+		p.recent = p.recent[len(p.recent)-keepRecent:]
+	}
+	p.mu.Unlock()
+	d.log.Info("point taken", "group", group, "id", pt.ID, "kind", KindName(pt.Kind), "hold", pt.Hold, "reason", pt.Reason)
+	return pt, nil
+}
+
+func (d *Daemon) disk(name string) *Disk {
+	for _, disk := range d.Disks {
+		if disk.Name == name {
+			return disk
+		}
+	}
+	return nil
+}
+
+// KindName is the operator's word for a point kind.
+func KindName(k uint8) string {
+	if k == hrl.KindApp {
+		return "app-consistent"
+	}
+	return "crash-consistent"
+}
+
+// ParseGroups parses --group NAME=VM,VM.
+func ParseGroups(specs []string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, s := range specs {
+		name, vms, ok := strings.Cut(s, "=")
+		if !ok || vms == "" {
+			return nil, fmt.Errorf("%w: --group %q must be NAME=VM[,VM...]", names.ErrBadName, s)
+		}
+		for _, vm := range strings.Split(vms, ",") {
+			if err := names.Part(vm); err != nil {
+				return nil, err
+			}
+			out[name] = append(out[name], vm)
+		}
+	}
+	return out, nil
+}
+
+// ParseVMValues parses repeated VM=VALUE flags.
+func ParseVMValues(flag string, specs []string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, s := range specs {
+		vm, v, ok := strings.Cut(s, "=")
+		if !ok || v == "" {
+			return nil, fmt.Errorf("%w: --%s %q must be VM=VALUE", names.ErrBadName, flag, s)
+		}
+		if err := names.Part(vm); err != nil {
+			return nil, err
+		}
+		out[vm] = append(out[vm], v)
+	}
+	return out, nil
+}
