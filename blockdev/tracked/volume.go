@@ -318,9 +318,12 @@ func (v *Volume) append(e *hrl.Entry) error {
 		n = int64(e.Span)
 	}
 	v.mu.Lock()
-	for !v.closed && v.paused == 0 && v.frozen != nil &&
+	for !v.closed && v.paused == 0 &&
 		(v.active.bytes >= 2*v.opts.MergeAfter || v.active.extents >= 2*v.opts.MaxExtents) {
-		v.merged.Wait() // backpressure: the merge is behind
+		// Backpressure: the merge is behind. It was woken at the first
+		// bound; a finished merge broadcasts.
+		v.wakeMerger()
+		v.merged.Wait()
 	}
 	if v.closed {
 		v.mu.Unlock()

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,4 +346,56 @@ func TestOverflowSwitchesToBitmap(t *testing.T) {
 	if err := v.ClearResync(v.Log().LastLSN()); err != nil || v.ResyncRequired() {
 		t.Fatalf("ClearResync: %v", err)
 	}
+}
+
+// TestMemoryStaysBounded: under a sustained random-write load the index
+// never holds more than twice its extent bound, because writers wait for
+// the merge.
+func TestMemoryStaysBounded(t *testing.T) {
+	// A slow base: the merge falls behind the writers, as a busy disk would.
+	v, err := Open("/vol", slowBase{blockdev.NewMem(64 << 20)}, Options{FS: vfs.NewMem(12), MaxExtents: 200, MergeIdle: -1, SegmentSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	var wg sync.WaitGroup
+	var peak atomic.Int64
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 2))
+			p := make([]byte, 4096)
+			for range 400 {
+				if _, err := v.WriteAt(p, r.Int64N(16384)*4096); err != nil {
+					t.Error(err)
+					return
+				}
+				v.mu.RLock()
+				n := int64(v.active.extents)
+				if v.frozen != nil {
+					n += int64(v.frozen.extents)
+				}
+				v.mu.RUnlock()
+				for old := peak.Load(); n > old && !peak.CompareAndSwap(old, n); old = peak.Load() {
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// Active may reach 2x while a frozen index of up to 2x is merged.
+	if p := peak.Load(); p > 4*200+16 {
+		t.Fatalf("index peaked at %d extents with a bound of 200", p)
+	}
+	if v.Checkpoint() == 0 {
+		t.Fatal("no merge ran")
+	}
+	t.Logf("peak %d extents (bound 200)", peak.Load())
+}
+
+type slowBase struct{ blockdev.Device }
+
+func (d slowBase) WriteAt(p []byte, off int64) (int, error) {
+	time.Sleep(50 * time.Microsecond)
+	return d.Device.WriteAt(p, off)
 }
