@@ -6,6 +6,7 @@
 # medians with the ratio and saves it under bench/results/. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNS=${1:-2}
 SECS=${2:-8}
 SIZE=${SIZE:-4G}
@@ -27,12 +28,6 @@ stop() {
 }
 trap stop EXIT
 
-fio_pick() {
-	python3 -c 'import json,sys
-raw = sys.stdin.read(); j = json.loads(raw[raw.find("{"):])
-side = j["jobs"][0]["read" if sys.argv[1] == "randread" else "write"]
-print(round(side["iops"]), round(side["bw"] * 1024 / 1e6, 1))' "$1" || echo "0 0"
-}
 
 measure() { # measure FILE WORKLOAD
 	local args
@@ -66,8 +61,6 @@ for run in $(seq "$RUNS"); do
 	done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-pick() { echo "${res[$1,$2]}" | tr ' ' '\n' | awk 'NF' | paste - - | awk -v f="$3" '{print $f}' | median; }
 
 out=bench/results/fuse-$(date -u +%Y%m%d-%H%M).md
 {

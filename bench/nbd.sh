@@ -8,6 +8,7 @@
 # dirty pages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNS=${1:-2}
 SECS=${2:-8}
 SIZE=${SIZE:-4G}
@@ -55,13 +56,6 @@ start() { # start SERVER; sets uri
 	exit 1
 }
 
-# fio_pick WORKLOAD: "IOPS MB/s" of the read or write side of fio's JSON.
-fio_pick() {
-	python3 -c 'import json,sys
-raw = sys.stdin.read(); j = json.loads(raw[raw.find("{"):])
-side = j["jobs"][0]["read" if sys.argv[1] == "randread" else "write"]
-print(round(side["iops"]), round(side["bw"] * 1024 / 1e6, 1))' "$1" || echo "0 0"
-}
 
 measure() { # measure WORKLOAD -> prints "iops MB/s"
 	local args
@@ -89,8 +83,6 @@ for run in $(seq "$RUNS"); do
 	done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-pick() { echo "${res[$1,$2]}" | tr ' ' '\n' | awk -v f="$3" 'NF' | paste - - | awk -v f="$3" '{print $f}' | median; }
 
 out=bench/results/nbd-$(date -u +%Y%m%d-%H%M).md
 {

@@ -85,10 +85,15 @@ func WriteZeroes(d Device, off, n int64, noHole bool) error {
 	if err := CheckRange(d.Size(), off, n); err != nil {
 		return err
 	}
+	return fillZeroes(d, off, n)
+}
+
+// fillZeroes writes zeros over [off, off+n) with WriteAt, 1 MiB at a time.
+func fillZeroes(w io.WriterAt, off, n int64) error {
 	buf := make([]byte, min(n, 1<<20))
 	for n > 0 {
 		c := min(n, int64(len(buf)))
-		if _, err := d.WriteAt(buf[:c], off); err != nil {
+		if _, err := w.WriteAt(buf[:c], off); err != nil {
 			return err
 		}
 		off += c

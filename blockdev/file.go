@@ -136,16 +136,7 @@ func (d *File) WriteZeroes(off, n int64, noHole bool) error {
 	if err := unix.Fallocate(d.fd, mode, off, n); err == nil {
 		return nil
 	}
-	buf := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		c := min(n, int64(len(buf)))
-		if _, err := d.WriteAt(buf[:c], off); err != nil {
-			return err
-		}
-		off += c
-		n -= c
-	}
-	return nil
+	return fillZeroes(d, off, n)
 }
 
 // Close closes the file.
