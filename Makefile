@@ -29,15 +29,17 @@ vet:
 test: tools vet
 	$(GO) test -race -short -timeout 15m $(PKGS)
 
+# soak: the long tiers of the crash tests (make test runs short ones).
 soak:
 	VREP_POWERCUT_SEEDS=2000 $(GO) test -race -timeout 60m -run 'TestPowerCut' ./blockdev/tracked
+	VREP_CRASH_ITERATIONS=300 $(GO) test -timeout 60m -run 'TestCrashLoopWriteOrder' -v ./cmd/vrep
 
 # fuzz runs every fuzz target for FUZZTIME each.
 fuzz:
 	@set -e; for spec in \
 		./hrl:FuzzOpen ./hrl:FuzzDecodeMarker \
 		./nbd:FuzzHandshake ./nbd:FuzzRequest \
-		./internal/names:FuzzDisk; do \
+		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "== $$fn ($$pkg)"; \
 		$(GO) test $$pkg -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) 2>&1 | tail -n 3; \
