@@ -16,6 +16,7 @@ import (
 
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/blockdev/devtest"
+	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/vfs"
 )
 
@@ -398,4 +399,51 @@ type slowBase struct{ blockdev.Device }
 func (d slowBase) WriteAt(p []byte, off int64) (int, error) {
 	time.Sleep(50 * time.Microsecond)
 	return d.Device.WriteAt(p, off)
+}
+
+// TestRetainKeepsSegmentsUntilReleased: a replicated disk keeps merged
+// segments until the consumer releases them, then drops them.
+func TestRetainKeepsSegmentsUntilReleased(t *testing.T) {
+	fs := vfs.NewMem(13)
+	v, err := Open("/vol", blockdev.NewMem(8<<20), Options{FS: fs, Retain: true, SegmentSize: 64 << 10, MergeIdle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for i := range 64 {
+		v.WriteAt(payload(uint64(i), 4096), int64(i)*4096)
+	}
+	sealed, err := v.Log().Seal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Merge(); err != nil {
+		t.Fatal(err)
+	}
+	if v.Checkpoint() < sealed {
+		t.Fatalf("checkpoint %d, want at least %d", v.Checkpoint(), sealed)
+	}
+	n := len(v.Log().Segments())
+	if n < 4 {
+		t.Fatalf("merged segments were dropped before release: %d left", n)
+	}
+	// The consumer can still read everything from the first LSN.
+	count := 0
+	v.Log().Scan(1, func(hrl.Record) error { count++; return nil })
+	if count != 64 {
+		t.Fatalf("scanned %d records, want 64", count)
+	}
+	if err := v.Release(sealed / 2); err != nil {
+		t.Fatal(err)
+	}
+	half := len(v.Log().Segments())
+	if half >= n || half <= 1 {
+		t.Fatalf("release of half the log left %d of %d segments", half, n)
+	}
+	if err := v.Release(sealed); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(v.Log().Segments()); got != 1 {
+		t.Fatalf("%d segments after releasing everything sealed, want only the active one", got)
+	}
 }
