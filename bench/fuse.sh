@@ -7,20 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-RUNS=${1:-2}
-SECS=${2:-8}
-SIZE=${SIZE:-4G}
-work=$(realpath -m "${WORK:-bench/work}")
-mkdir -p "$work" bench/results
-img=$work/disk.img
+bench_setup "$@"
 mnt=$work/mnt
-vrep=${VREP:-bin/vrep}
-[ -x "$vrep" ] || go build -o "$vrep" ./cmd/vrep
-if [ ! -f "$img" ] || [ "$(stat -c %s "$img")" != "$(numfmt --from=iec "$SIZE")" ]; then
-	rm -f "$img"
-	dd if=/dev/zero of="$img" bs=4M count=$(( $(numfmt --from=iec "$SIZE") / 4194304 )) status=none
-	sync
-fi
+
 pid=""
 stop() {
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true

@@ -15,3 +15,24 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR
 # pick SERVER WORKLOAD FIELD: the median of field 1 (IOPS) or 2 (MB/s) over
 # the runs kept in the associative array res.
 pick() { echo "${res[$1,$2]}" | tr ' ' '\n' | awk 'NF' | paste - - | awk -v f="$3" '{print $f}' | median; }
+
+# bench_setup [RUNS] [SECONDS]: the settings every bench script shares,
+# and a fully allocated raw image of $SIZE (default 4G) at $img.
+bench_setup() {
+	RUNS=${1:-2}
+	SECS=${2:-8}
+	SIZE=${SIZE:-4G}
+	work=$(realpath -m "${WORK:-bench/work}")
+	mkdir -p "$work" bench/results
+	img=$work/disk.img
+	vrep=${VREP:-bin/vrep}
+	[ -x "$vrep" ] || go build -o "$vrep" ./cmd/vrep
+	local bytes
+	bytes=$(numfmt --from=iec "$SIZE")
+	if [ ! -f "$img" ] || [ "$(stat -c %s "$img")" != "$bytes" ]; then
+		echo "making a fully allocated $SIZE image" >&2
+		rm -f "$img"
+		dd if=/dev/zero of="$img" bs=4M count=$((bytes / 4194304)) status=none
+		sync
+	fi
+}

@@ -9,22 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-RUNS=${1:-2}
-SECS=${2:-8}
-SIZE=${SIZE:-4G}
-work=$(realpath -m "${WORK:-bench/work}")
-mkdir -p "$work" bench/results
-img=$work/disk.img
+bench_setup "$@"
 sock=$work/nbd.sock
-vrep=${VREP:-bin/vrep}
-[ -x "$vrep" ] || go build -o "$vrep" ./cmd/vrep
-if [ ! -f "$img" ] || [ "$(stat -c %s "$img")" != "$(numfmt --from=iec "$SIZE")" ]; then
-	echo "making a fully allocated $SIZE image"
-	rm -f "$img"
-	fallocate -l "$SIZE" "$img"
-	dd if=/dev/zero of="$img" bs=4M count=$(( $(numfmt --from=iec "$SIZE") / 4194304 )) conv=notrunc status=none
-	sync
-fi
 
 pid=""
 stop() {

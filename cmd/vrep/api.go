@@ -72,3 +72,10 @@ func (a *apiFlags) call(method, path string, out any) error {
 	}
 	return json.Unmarshal(body, out)
 }
+
+// printJSON writes v as indented JSON, for --json.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

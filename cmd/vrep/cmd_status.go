@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 
@@ -23,9 +22,7 @@ func statusCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			if a.json {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return printJSON(out, st)
 			}
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "DISK\tSIZE\tHEALTH\tLAST LSN\tSYNCED LSN\tMERGED LSN\tSEGMENTS")
@@ -79,9 +76,7 @@ times out, the point is crash-consistent and the reason is printed.`,
 			}
 			out := cmd.OutOrStdout()
 			if a.json {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(p)
+				return printJSON(out, p)
 			}
 			fmt.Fprintf(out, "point %d taken: %s, group %s, %d disks, writes held %d µs\n", p.ID, p.Kind, p.Group, len(p.LSNs), p.HoldUS)
 			if p.Reason != "" {
