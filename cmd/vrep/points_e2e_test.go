@@ -13,7 +13,7 @@ import (
 )
 
 func TestPointsThroughTheAPI(t *testing.T) {
-	need(t, "mkfs.ext4", "losetup")
+	need(t, "mkfs.ext4", "losetup", "curl")
 	needRoot(t)
 	e := newEnv(t, 64<<20)
 	img2 := filepath.Join(e.dir, "vm2.img")
@@ -55,6 +55,13 @@ func TestPointsThroughTheAPI(t *testing.T) {
 	}
 	if code, out = vrepRun(t, "status", "--state", e.state); code != 0 || !strings.Contains(out, "vm1/disk0") {
 		t.Fatalf("status table: exit %d\n%s", code, out)
+	}
+	// Prometheus metrics on the same socket.
+	metrics := run(t, "curl", "-s", "--unix-socket", filepath.Join(e.state, "api.sock"), "http://vrep/metrics")
+	for _, want := range []string{`vrep_disk_last_lsn{disk="vm1/disk0"}`, `vrep_point_hold_seconds{group="vm1",quantile="0.99"}`, "vrep_last_point_timestamp_seconds"} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("metrics lack %s:\n%s", want, metrics)
+		}
 	}
 	run(t, "umount", ext4)
 	exec.Command("losetup", "-d", dev).Run()

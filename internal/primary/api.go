@@ -16,7 +16,8 @@ import (
 )
 
 // The daemon's API, on a unix socket (file permissions are its access
-// control): GET /v1/status, GET /v1/points, POST /v1/points?target=X[&app=1].
+// control): GET /v1/status, GET /v1/points, POST /v1/points?target=X[&app=1],
+// and GET /metrics (Prometheus).
 // Errors are {"error": "one sentence"} with a 4xx or 5xx status.
 
 // DiskStatus is one disk in /v1/status.
@@ -111,6 +112,7 @@ func writeErr(w http.ResponseWriter, code int, err error) {
 
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.Status())
 	})

@@ -1,0 +1,58 @@
+package primary
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// collector exports the daemon's state at scrape time: the same figures
+// as /v1/status, so the two never disagree.
+type collector struct{ d *Daemon }
+
+var (
+	descLastLSN    = prometheus.NewDesc("vrep_disk_last_lsn", "LSN of the newest record in the disk's change log.", []string{"disk"}, nil)
+	descSyncedLSN  = prometheus.NewDesc("vrep_disk_synced_lsn", "LSN up to which the change log is durable.", []string{"disk"}, nil)
+	descCheckpoint = prometheus.NewDesc("vrep_disk_merged_lsn", "LSN merged into the disk's image.", []string{"disk"}, nil)
+	descSegments   = prometheus.NewDesc("vrep_disk_log_segments", "Change-log segment files kept.", []string{"disk"}, nil)
+	descResync     = prometheus.NewDesc("vrep_disk_resync_required", "1 when the disk left log mode and needs a resync.", []string{"disk"}, nil)
+	descHold       = prometheus.NewDesc("vrep_point_hold_seconds", "Recent write-hold times of a group's points, by quantile.", []string{"group", "quantile"}, nil)
+	descLastPoint  = prometheus.NewDesc("vrep_last_point_timestamp_seconds", "Time of the newest point taken.", nil, nil)
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descLastLSN, descSyncedLSN, descCheckpoint, descSegments, descResync, descHold, descLastPoint} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.d.Status()
+	for _, d := range st.Disks {
+		ch <- prometheus.MustNewConstMetric(descLastLSN, prometheus.CounterValue, float64(d.LastLSN), d.Name)
+		ch <- prometheus.MustNewConstMetric(descSyncedLSN, prometheus.CounterValue, float64(d.SyncedLSN), d.Name)
+		ch <- prometheus.MustNewConstMetric(descCheckpoint, prometheus.CounterValue, float64(d.Checkpoint), d.Name)
+		ch <- prometheus.MustNewConstMetric(descSegments, prometheus.GaugeValue, float64(d.Segments), d.Name)
+		resync := 0.0
+		if d.ResyncRequired {
+			resync = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descResync, prometheus.GaugeValue, resync, d.Name)
+	}
+	for _, g := range st.Groups {
+		ch <- prometheus.MustNewConstMetric(descHold, prometheus.GaugeValue, float64(g.HoldP50us)/1e6, g.Name, "0.5")
+		ch <- prometheus.MustNewConstMetric(descHold, prometheus.GaugeValue, float64(g.HoldP99us)/1e6, g.Name, "0.99")
+		ch <- prometheus.MustNewConstMetric(descHold, prometheus.GaugeValue, float64(g.HoldMaxus)/1e6, g.Name, "1")
+	}
+	if p := st.LastPoint; p != nil {
+		ch <- prometheus.MustNewConstMetric(descLastPoint, prometheus.GaugeValue, float64(p.Time.UnixNano())/1e9)
+	}
+}
+
+// metricsHandler serves the daemon's metrics and Go's own.
+func (d *Daemon) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{d}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
