@@ -402,3 +402,49 @@ func FuzzRequest(f *testing.F) {
 	f.Add(reqBytes(cmdWrite, 0, 4, 0, 0xffffffff))
 	f.Fuzz(func(t *testing.T, in []byte) { pipeServe(t, in, true) })
 }
+
+// TestManyConnections: eight clients write and read their own stripes at
+// the same time; each sees exactly its own data.
+func TestManyConnections(t *testing.T) {
+	dev := blockdev.NewMem(testSize)
+	_, sock := serve(t, dev, false)
+	const clients, stripe = 8, testSize / 8
+	var wg sync.WaitGroup
+	errs := make(chan string, clients)
+	for i := range clients {
+		cl := dial(t, sock, "vm1/disk0")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			base := uint64(i * stripe)
+			for j := range 64 {
+				p := bytes.Repeat([]byte{byte(i*64 + j)}, 4096)
+				cl.c.Write(append(reqBytes(cmdWrite, 0, uint64(j), base+uint64(j)*4096, 4096), p...))
+				var h [16]byte
+				if _, err := io.ReadFull(cl.c, h[:]); err != nil || binary.BigEndian.Uint32(h[4:]) != 0 {
+					errs <- "write failed"
+					return
+				}
+			}
+			cl.c.Write(reqBytes(cmdRead, 0, 99, base, 64*4096))
+			var h [16]byte
+			data := make([]byte, 64*4096)
+			if _, err := io.ReadFull(cl.c, h[:]); err != nil || binary.BigEndian.Uint32(h[4:]) != 0 {
+				errs <- "read failed"
+				return
+			}
+			io.ReadFull(cl.c, data)
+			for j := range 64 {
+				if data[j*4096] != byte(i*64+j) || data[j*4096+4095] != byte(i*64+j) {
+					errs <- "a client read data that is not its own"
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+}
