@@ -3,8 +3,8 @@ GO      ?= go
 PKGS    := ./...
 FUZZTIME ?= 20s
 # Debian packages the tests drive: real NBD clients, FUSE, file systems.
-DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux curl
-TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup curl
+DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux curl openssl
+TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup curl openssl
 
 .PHONY: build test tools bench bench-nbd bench-fuse fuzz soak vet clean
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/internal/names"
+	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/primary"
 )
 
@@ -31,7 +32,7 @@ served to VMs over NBD and FUSE, and replicated to a replica as recovery points.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(primaryCmd(), statusCmd(), pointCmd(), logCheckCmd())
+	root.AddCommand(primaryCmd(), statusCmd(), pointCmd(), certCmd(), logCheckCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))
 		os.Exit(exitCode(err))
@@ -51,6 +52,8 @@ func exitCode(err error) int {
 	case tracked.IsCorruption(err):
 		return exitCorrupt
 	case errors.Is(err, primary.ErrLocked):
+		return exitConflict
+	case errors.Is(err, pki.ErrExists):
 		return exitConflict
 	case errors.Is(err, names.ErrBadName), errors.Is(err, errUsage):
 		return exitUsage

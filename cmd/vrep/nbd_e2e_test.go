@@ -338,3 +338,24 @@ func TestCorruptLogIsRefused(t *testing.T) {
 		t.Fatal("the image changed although the log is corrupt")
 	}
 }
+
+func TestCertCommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	if code, out := vrepRun(t, "cert", "init", "--dir", dir); code != 0 || !strings.Contains(out, "CA made") {
+		t.Fatalf("cert init: exit %d\n%s", code, out)
+	}
+	if code, out := vrepRun(t, "cert", "init", "--dir", dir); code != exitConflict || !strings.Contains(out, "already exists") {
+		t.Fatalf("second cert init: exit %d\n%s", code, out)
+	}
+	if code, out := vrepRun(t, "cert", "issue", "--dir", dir, "--name", "primary1"); code != 0 {
+		t.Fatalf("cert issue: exit %d\n%s", code, out)
+	}
+	if code, out := vrepRun(t, "cert", "issue", "--dir", dir, "--name", "../evil"); code != exitUsage {
+		t.Fatalf("cert issue with a bad name: exit %d\n%s", code, out)
+	}
+	out := run(t, "openssl", "x509", "-in", filepath.Join(dir, "primary1.crt"), "-noout", "-text")
+	if !strings.Contains(out, "DNS:primary1") || !strings.Contains(out, "prime256v1") {
+		t.Fatalf("certificate:\n%s", out)
+	}
+	run(t, "openssl", "verify", "-CAfile", filepath.Join(dir, "ca.crt"), filepath.Join(dir, "primary1.crt"))
+}
