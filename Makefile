@@ -39,7 +39,8 @@ fuzz:
 	@set -e; for spec in \
 		./hrl:FuzzOpen ./hrl:FuzzDecodeMarker \
 		./nbd:FuzzHandshake ./nbd:FuzzRequest \
-		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode; do \
+		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode \
+		./replica:FuzzReadFrame ./replica:FuzzDecodeRecords; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "== $$fn ($$pkg)"; \
 		$(GO) test $$pkg -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) 2>&1 | tail -n 3; \

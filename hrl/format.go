@@ -235,3 +235,34 @@ func DecodeMarker(b []byte) (Marker, error) {
 	}
 	return m, nil
 }
+
+// AppendRecord appends r, framed and checksummed as in a segment, to dst:
+// the form records travel in to the replica, which verifies each one.
+func AppendRecord(dst []byte, r Record) []byte {
+	at := len(dst)
+	dst = append(dst, make([]byte, RecHeaderSize)...)
+	dst = append(dst, r.Payload...)
+	span := r.Span
+	if r.Type == TypeWrite {
+		span = uint32(len(r.Payload))
+	}
+	putRecHeader(dst[at:at+RecHeaderSize], crc32.Checksum(r.Payload, castagnoli), uint32(len(r.Payload)), r.Type, r.Flags, span, r.LSN, r.Offset)
+	return dst
+}
+
+// DecodeRecord decodes and verifies the record at the start of b and
+// returns it with its encoded length. The payload aliases b.
+func DecodeRecord(b []byte) (Record, int, error) {
+	if len(b) < RecHeaderSize {
+		return Record{}, 0, errors.New("hrl: short record")
+	}
+	_, _, n := parseRecHeader(b)
+	if n > MaxPayload || int(n) > len(b)-RecHeaderSize {
+		return Record{}, 0, errors.New("hrl: record runs past its buffer")
+	}
+	r, err := checkRecord(b[:RecHeaderSize], b[RecHeaderSize:RecHeaderSize+int(n)])
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("hrl: %w", err)
+	}
+	return r, RecHeaderSize + int(n), nil
+}
