@@ -157,7 +157,11 @@ func TestRecordsRoundTrip(t *testing.T) {
 		"bad disk name":   AppendRecords(nil, "../etc", testRecords()),
 		"gap in LSNs":     AppendRecords(nil, "vm1/disk0", []hrl.Record{testRecords()[0], testRecords()[2]}),
 		"trailing bytes":  append(append([]byte(nil), body...), 0),
-		"count too big":   func() []byte { b := append([]byte(nil), body...); binary.LittleEndian.PutUint32(b[11:], 1<<30); return b }(),
+		"count too big": func() []byte {
+			b := append([]byte(nil), body...)
+			binary.LittleEndian.PutUint32(b[11:], 1<<30)
+			return b
+		}(),
 	}
 	for name, b := range bad {
 		if _, err := DecodeRecords(b, func(hrl.Record) error { return nil }); !errors.Is(err, ErrFrame) {
