@@ -1,0 +1,229 @@
+package replica
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/vfs"
+)
+
+// Disk is one replicated disk on the replica: its image and the LSN
+// applied to it. Records are applied in LSN order; a record at or below
+// the applied LSN is skipped, so a resumed stream never applies twice.
+// Apply returns only once what it applied is durable (image fsynced, then
+// the state published), and the LSN it returns is what the replica may
+// acknowledge. Not safe for concurrent use: one stream per disk.
+//
+// On disk, in the disk's directory:
+//
+//	image   the replica image, a raw file of the disk's size
+//	state   magic "VREPRSTA", version uint16, flags uint16 (bit 0: the
+//	        initial copy is complete), 4 zero bytes, size uint64, applied
+//	        LSN uint64, CRC32C of the 32 bytes before it; little-endian;
+//	        published atomically
+type Disk struct {
+	fs      vfs.FS
+	dir     string
+	img     vfs.File
+	size    int64
+	applied uint64
+	seeded  bool // the initial copy is complete
+	zero    []byte
+}
+
+// Part of the format; do not change.
+const (
+	stateMagic = "VREPRSTA"
+	stateSize  = 36
+)
+
+var (
+	// ErrBrokenChain is returned for a record that does not follow the
+	// applied LSN: records are missing; the disk needs a resync.
+	ErrBrokenChain = errors.New("replica: broken LSN chain")
+	// ErrNotSeeded is returned for records before the initial copy is done.
+	ErrNotSeeded = errors.New("replica: initial copy not complete")
+)
+
+// OpenDisk opens (creating on first use) the replicated disk in dir.
+// A disk that exists with another size is refused.
+func OpenDisk(fsys vfs.FS, dir string, size int64) (*Disk, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("replica: disk size %d", size)
+	}
+	if err := fsys.MkdirAll(dir); err != nil {
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	d := &Disk{fs: fsys, dir: dir, size: size}
+	b, err := vfs.ReadFile(fsys, filepath.Join(dir, "state"))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		img, err := fsys.Create(filepath.Join(dir, "image"))
+		if err != nil {
+			return nil, fmt.Errorf("replica: %w", err)
+		}
+		if err := img.Truncate(size); err != nil {
+			img.Close()
+			return nil, fmt.Errorf("replica: %w", err)
+		}
+		d.img = img
+		if err := img.Sync(); err != nil {
+			img.Close()
+			return nil, fmt.Errorf("replica: %w", err)
+		}
+		if err := d.writeState(); err != nil {
+			img.Close()
+			return nil, err
+		}
+		return d, nil
+	case err != nil:
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	if len(b) != stateSize || string(b[:8]) != stateMagic || binary.LittleEndian.Uint16(b[8:]) != 1 ||
+		crc32.Checksum(b[:32], castagnoli) != binary.LittleEndian.Uint32(b[32:]) {
+		return nil, fmt.Errorf("replica: %s: bad state file", dir)
+	}
+	if got := int64(binary.LittleEndian.Uint64(b[16:])); got != size {
+		return nil, fmt.Errorf("replica: %s holds a disk of %d bytes, not %d", dir, got, size)
+	}
+	d.seeded = binary.LittleEndian.Uint16(b[10:])&1 != 0
+	d.applied = binary.LittleEndian.Uint64(b[24:])
+	img, err := fsys.Open(filepath.Join(dir, "image"))
+	if err != nil {
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	d.img = img
+	return d, nil
+}
+
+func (d *Disk) writeState() error {
+	b := make([]byte, stateSize)
+	copy(b, stateMagic)
+	binary.LittleEndian.PutUint16(b[8:], 1)
+	if d.seeded {
+		binary.LittleEndian.PutUint16(b[10:], 1)
+	}
+	binary.LittleEndian.PutUint64(b[16:], uint64(d.size))
+	binary.LittleEndian.PutUint64(b[24:], d.applied)
+	binary.LittleEndian.PutUint32(b[32:], crc32.Checksum(b[:32], castagnoli))
+	if err := vfs.WriteFileAtomic(d.fs, filepath.Join(d.dir, "state"), b); err != nil {
+		return fmt.Errorf("replica: publishing applied LSN: %w", err)
+	}
+	return nil
+}
+
+// Applied returns the LSN durable in the image, and whether the initial
+// copy is complete.
+func (d *Disk) Applied() (uint64, bool) { return d.applied, d.seeded }
+
+// Size returns the disk size.
+func (d *Disk) Size() int64 { return d.size }
+
+// ReadAt reads the replica image.
+func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > d.size {
+		return 0, fmt.Errorf("replica: read past the end of the disk")
+	}
+	n, err := d.img.ReadAt(p, off)
+	if errors.Is(err, io.EOF) && n == len(p) {
+		err = nil
+	}
+	return n, err
+}
+
+// WriteBase writes a chunk of the initial copy. Chunks may come in any
+// order; nothing is durable until FinishBase.
+func (d *Disk) WriteBase(off int64, data []byte) error {
+	if d.seeded {
+		return errors.New("replica: the initial copy is already complete")
+	}
+	if off < 0 || off+int64(len(data)) > d.size {
+		return fmt.Errorf("%w: base chunk past the end of the disk", ErrFrame)
+	}
+	_, err := d.img.WriteAt(data, off)
+	return err
+}
+
+// FinishBase makes the initial copy durable: the image now holds the disk
+// as of LSN lsn (the primary's checkpoint), from which records follow.
+func (d *Disk) FinishBase(lsn uint64) error {
+	if err := d.img.Sync(); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	d.applied, d.seeded = lsn, true
+	return d.writeState()
+}
+
+// Apply applies a batch of records in LSN order, skipping those already
+// applied, makes them durable and returns the applied LSN to acknowledge.
+// onMarker, if set, sees each marker applied (the point index, later).
+func (d *Disk) Apply(recs []hrl.Record, onMarker func(hrl.Record) error) (uint64, error) {
+	if !d.seeded {
+		return d.applied, ErrNotSeeded
+	}
+	next := d.applied
+	for _, r := range recs {
+		if r.LSN <= next {
+			continue // applied before: a resumed stream
+		}
+		if r.LSN != next+1 {
+			return d.applied, fmt.Errorf("%w: record %d after %d", ErrBrokenChain, r.LSN, next)
+		}
+		if err := d.apply(r, onMarker); err != nil {
+			return d.applied, err
+		}
+		next = r.LSN
+	}
+	if next == d.applied {
+		return d.applied, nil
+	}
+	// Durable before acknowledged: the image first, then the LSN.
+	if err := d.img.Sync(); err != nil {
+		return d.applied, fmt.Errorf("replica: %w", err)
+	}
+	prev := d.applied
+	d.applied = next
+	if err := d.writeState(); err != nil {
+		d.applied = prev
+		return prev, err
+	}
+	return d.applied, nil
+}
+
+func (d *Disk) apply(r hrl.Record, onMarker func(hrl.Record) error) error {
+	off, n := int64(r.Offset), int64(r.Span)
+	if r.Type != hrl.TypeMarker && (off < 0 || off+n > d.size || off+n < off) {
+		return fmt.Errorf("%w: record %d reaches past the end of the disk", ErrFrame, r.LSN)
+	}
+	switch r.Type {
+	case hrl.TypeWrite:
+		_, err := d.img.WriteAt(r.Payload, off)
+		return err
+	case hrl.TypeTrim, hrl.TypeZero:
+		if d.zero == nil {
+			d.zero = make([]byte, 1<<20)
+		}
+		for n > 0 {
+			c := min(n, int64(len(d.zero)))
+			if _, err := d.img.WriteAt(d.zero[:c], off); err != nil {
+				return err
+			}
+			off += c
+			n -= c
+		}
+	case hrl.TypeMarker:
+		if onMarker != nil {
+			return onMarker(r)
+		}
+	}
+	return nil
+}
+
+// Close closes the image.
+func (d *Disk) Close() error { return d.img.Close() }
