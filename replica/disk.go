@@ -150,6 +150,21 @@ func (d *Disk) WriteBase(off int64, data []byte) error {
 	return err
 }
 
+// ResetBase empties the image before an initial copy starts (again): the
+// primary skips zero chunks, which is right only over zeros.
+func (d *Disk) ResetBase() error {
+	if d.seeded {
+		return errors.New("replica: the initial copy is already complete")
+	}
+	if err := d.img.Truncate(0); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	if err := d.img.Truncate(d.size); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	return nil
+}
+
 // FinishBase makes the initial copy durable: the image now holds the disk
 // as of LSN lsn (the primary's checkpoint), from which records follow.
 func (d *Disk) FinishBase(lsn uint64) error {

@@ -212,6 +212,10 @@ func applyRecord(d blockdev.Device, r hrl.Record) error {
 	return nil
 }
 
+// Base returns the base image. While merging is paused it is exactly the
+// disk at the checkpoint PauseMerge returned: what an initial copy sends.
+func (v *Volume) Base() blockdev.Device { return v.base }
+
 // Log returns the volume's change log, for shippers and tools.
 func (v *Volume) Log() *hrl.Log { return v.log }
 

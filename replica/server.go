@@ -1,0 +1,276 @@
+package replica
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/names"
+	"github.com/vrep-io/vrep/internal/pki"
+	"github.com/vrep-io/vrep/internal/vfs"
+)
+
+// ServerConfig configures a replica.
+type ServerConfig struct {
+	// Data is the replica's storage; each primary has its own root under it.
+	Data string
+	// TLS must require and verify client certificates (pki.ServerConfig).
+	TLS *tls.Config
+	// Allow maps an authorized primary's certificate name to its root
+	// (a directory name under Data; empty: the primary's name).
+	Allow map[string]string
+	// AllowAny admits any primary the CA vouches for, rooted at its name.
+	AllowAny bool
+	Log      *slog.Logger
+}
+
+// Server is a replica: it receives initial copies and records over mutual
+// TLS and applies them. It is safe for concurrent use.
+type Server struct {
+	cfg  ServerConfig
+	fs   vfs.FS
+	mu     sync.Mutex
+	busy   map[string]bool // disk directories with a stream
+	conns  map[net.Conn]struct{}
+	ls     map[net.Listener]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewServer returns a replica server.
+func NewServer(cfg ServerConfig) *Server {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Server{cfg: cfg, fs: vfs.OS{}, busy: map[string]bool{}, conns: map[net.Conn]struct{}{}, ls: map[net.Listener]struct{}{}}
+}
+
+// Close stops accepting, closes every stream (each applied batch is
+// durable before its ack, so nothing acknowledged is lost) and waits.
+// It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.ls {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// Serve accepts connections on l until Close.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return l.Close()
+	}
+	s.ls[l] = struct{}{}
+	s.mu.Unlock()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.serve(c)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// root returns the storage root of an authenticated primary.
+func (s *Server) root(name string) (string, error) {
+	sub, ok := s.cfg.Allow[name]
+	switch {
+	case ok && sub == "":
+		sub = name
+	case !ok && s.cfg.AllowAny:
+		sub = name
+	case !ok:
+		return "", fmt.Errorf("%w: %q is not allowed on this replica", errUnauthorized, name)
+	}
+	if err := names.Part(sub); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.cfg.Data, sub), nil
+}
+
+func (s *Server) serve(nc net.Conn) {
+	defer nc.Close()
+	log := s.cfg.Log.With("remote", nc.RemoteAddr().String())
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	tc := tls.Server(nc, s.cfg.TLS)
+	if err := tc.Handshake(); err != nil {
+		log.Warn("replica: TLS handshake refused", "err", err)
+		return
+	}
+	name, err := pki.PeerName(tc.ConnectionState())
+	if err != nil {
+		log.Warn("replica: refused", "err", err)
+		return
+	}
+	log = log.With("primary", name)
+	c := NewConn(tc)
+	defer c.Close()
+	fail := func(code uint16, err error) {
+		log.Warn("replica: stream ended", "err", err)
+		c.WriteFrame(MsgError, encodeError(code, err.Error()))
+		c.Flush()
+	}
+	root, err := s.root(name)
+	if err != nil {
+		fail(CodeUnauthorized, err)
+		return
+	}
+	body, err := expect(c, MsgHello)
+	if err != nil {
+		fail(CodeBadRequest, err)
+		return
+	}
+	h, err := DecodeHello(body)
+	if err != nil {
+		fail(CodeBadRequest, err)
+		return
+	}
+	w, err := Negotiate(h, AllCodecs)
+	if err != nil {
+		fail(CodeBadRequest, err)
+		return
+	}
+	c.WriteFrame(MsgWelcome, w.Encode())
+	if err := c.Flush(); err != nil {
+		return
+	}
+	c.SetCodec(w.Codec)
+	body, err = expect(c, MsgOpenDisk)
+	if err != nil {
+		fail(CodeBadRequest, err)
+		return
+	}
+	diskName, size, err := decodeOpenDisk(body)
+	if err != nil {
+		fail(CodeBadRequest, err)
+		return
+	}
+	vm, dname, _ := names.Disk(diskName)
+	dir := filepath.Join(root, vm, dname)
+	s.mu.Lock()
+	if s.busy[dir] {
+		s.mu.Unlock()
+		fail(CodeRetry, fmt.Errorf("disk %s is already being replicated by another stream", diskName))
+		return
+	}
+	s.busy[dir] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.busy, dir)
+		s.mu.Unlock()
+	}()
+	d, err := OpenDisk(s.fs, dir, size)
+	if err != nil {
+		fail(CodeResync, err)
+		return
+	}
+	defer d.Close()
+	applied, seeded := d.Applied()
+	if !seeded {
+		if err := d.ResetBase(); err != nil {
+			fail(CodeRetry, err)
+			return
+		}
+	}
+	c.WriteFrame(MsgDiskState, encodeDiskState(applied, seeded))
+	if err := c.Flush(); err != nil {
+		return
+	}
+	log = log.With("disk", diskName)
+	log.Info("replica: stream open", "applied", applied, "seeded", seeded, "codec", w.Codec)
+	nc.SetDeadline(time.Time{})
+	var recs []hrl.Record
+	for {
+		nc.SetReadDeadline(time.Now().Add(5 * time.Minute))
+		t, body, err := c.ReadFrame()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Info("replica: stream closed", "err", err)
+			}
+			return
+		}
+		var ack uint64
+		switch t {
+		case MsgBaseChunk:
+			if len(body) < 8 {
+				fail(CodeBadRequest, fmt.Errorf("%w: short base chunk", ErrFrame))
+				return
+			}
+			off, _ := decodeU64(body[:8])
+			if err := d.WriteBase(int64(off), body[8:]); err != nil {
+				fail(CodeBadRequest, err)
+				return
+			}
+			continue // acknowledged by BaseDone
+		case MsgBaseDone:
+			lsn, err := decodeU64(body)
+			if err == nil {
+				err = d.FinishBase(lsn)
+			}
+			if err != nil {
+				fail(CodeBadRequest, err)
+				return
+			}
+			ack = lsn
+			log.Info("replica: initial copy complete", "lsn", lsn)
+		case MsgRecords:
+			recs = recs[:0]
+			_, err := DecodeRecords(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
+			if err == nil {
+				ack, err = d.Apply(recs, nil)
+			}
+			if errors.Is(err, ErrBrokenChain) {
+				fail(CodeResync, err)
+				return
+			}
+			if err != nil {
+				fail(CodeBadRequest, err)
+				return
+			}
+		default:
+			fail(CodeBadRequest, fmt.Errorf("%w: unexpected message %d", ErrFrame, t))
+			return
+		}
+		c.WriteFrame(MsgAck, encodeU64(ack))
+		if err := c.Flush(); err != nil {
+			return
+		}
+	}
+}

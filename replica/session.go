@@ -1,0 +1,117 @@
+package replica
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/vrep-io/vrep/internal/names"
+)
+
+// Messages of a disk stream, after the handshake (one disk per
+// connection). Bodies, little-endian:
+//
+//	OpenDisk   disk name (uint16 length, bytes), size uint64
+//	DiskState  applied LSN uint64, seeded uint8 (1: initial copy complete)
+//	BaseChunk  offset uint64, data (the rest of the body)
+//	BaseDone   LSN uint64: the image sent is the disk at this LSN
+//	Records    see the package doc
+//	Ack        LSN uint64 durable on the replica
+//	Error      code uint16, message (the rest); the sender then closes
+const MsgBaseDone MsgType = 9
+
+// Error codes: what the primary does next. Part of the format.
+const (
+	CodeRetry        uint16 = 1 // recoverable: busy, low on space; back off and retry
+	CodeUnauthorized uint16 = 2 // the primary's name is not allowed (or not to this disk)
+	CodeBadRequest   uint16 = 3 // a malformed or out-of-order message
+	CodeResync       uint16 = 4 // broken chain or a changed disk: the disk needs a resync
+)
+
+// RemoteError is an Error message from the peer.
+type RemoteError struct {
+	Code uint16
+	Msg  string
+}
+
+func (e *RemoteError) Error() string { return "replica says: " + e.Msg }
+
+// Recoverable reports whether retrying may help.
+func (e *RemoteError) Recoverable() bool { return e.Code == CodeRetry }
+
+func encodeError(code uint16, msg string) []byte {
+	return append(binary.LittleEndian.AppendUint16(nil, code), msg...)
+}
+
+func decodeError(b []byte) error {
+	if len(b) < 2 {
+		return fmt.Errorf("%w: short error message", ErrFrame)
+	}
+	return &RemoteError{Code: binary.LittleEndian.Uint16(b), Msg: string(b[2:])}
+}
+
+func encodeOpenDisk(disk string, size int64) []byte {
+	b := binary.LittleEndian.AppendUint16(nil, uint16(len(disk)))
+	b = append(b, disk...)
+	return binary.LittleEndian.AppendUint64(b, uint64(size))
+}
+
+func decodeOpenDisk(b []byte) (string, int64, error) {
+	if len(b) < 2 {
+		return "", 0, fmt.Errorf("%w: short open", ErrFrame)
+	}
+	n := int(binary.LittleEndian.Uint16(b))
+	if len(b) != 2+n+8 {
+		return "", 0, fmt.Errorf("%w: bad open", ErrFrame)
+	}
+	disk := string(b[2 : 2+n])
+	if _, _, err := names.Disk(disk); err != nil {
+		return "", 0, err
+	}
+	size := int64(binary.LittleEndian.Uint64(b[2+n:]))
+	if size <= 0 || size > 1<<50 {
+		return "", 0, fmt.Errorf("%w: disk size %d", ErrFrame, size)
+	}
+	return disk, size, nil
+}
+
+func encodeU64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+
+func decodeU64(b []byte) (uint64, error) {
+	if len(b) != 8 {
+		return 0, fmt.Errorf("%w: want 8 bytes, got %d", ErrFrame, len(b))
+	}
+	return binary.LittleEndian.Uint64(b), nil
+}
+
+func encodeDiskState(applied uint64, seeded bool) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, applied)
+	if seeded {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+func decodeDiskState(b []byte) (uint64, bool, error) {
+	if len(b) != 9 || b[8] > 1 {
+		return 0, false, fmt.Errorf("%w: bad disk state", ErrFrame)
+	}
+	return binary.LittleEndian.Uint64(b), b[8] == 1, nil
+}
+
+// expect reads the next frame, turning an Error message into an error.
+func expect(c *Conn, want MsgType) ([]byte, error) {
+	t, body, err := c.ReadFrame()
+	if err != nil {
+		return nil, err
+	}
+	if t == MsgError {
+		return nil, decodeError(body)
+	}
+	if t != want {
+		return nil, fmt.Errorf("%w: got message %d, want %d", ErrFrame, t, want)
+	}
+	return body, nil
+}
+
+var errUnauthorized = errors.New("replica: primary not authorized")

@@ -1,0 +1,309 @@
+package replica
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/vrep-io/vrep/blockdev/tracked"
+	"github.com/vrep-io/vrep/hrl"
+)
+
+// DefaultBackoff is Hyper-V's retry schedule: 1, 2, 4, 8, 10 minutes, then
+// every 30 minutes.
+var DefaultBackoff = []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 10 * time.Minute, 30 * time.Minute}
+
+// ShipperConfig configures the primary's side of one disk's stream.
+type ShipperConfig struct {
+	Addr  string      // the replica, host:port
+	TLS   *tls.Config // pki.ClientConfig
+	Codec Codec       // preferred compression
+	// Backoff is the retry schedule for recoverable errors; its last entry
+	// repeats (default DefaultBackoff; tests scale it down).
+	Backoff []time.Duration
+	// Poll is how often a caught-up stream looks for new records.
+	Poll time.Duration
+	Log  *slog.Logger
+}
+
+// Health is a disk's replication health, as Hyper-V reports it.
+type Health string
+
+// Health values.
+const (
+	Normal   Health = "Normal"
+	Warning  Health = "Warning"  // retrying a recoverable error
+	Critical Health = "Critical" // stopped: the operator must act
+)
+
+// ShipStatus is what a shipper reports.
+type ShipStatus struct {
+	Health   Health `json:"health"`
+	Reason   string `json:"reason,omitempty"`
+	Acked    uint64 `json:"acked_lsn"`
+	Initial  int    `json:"initial_percent"`
+	Codec    string `json:"codec,omitempty"`
+	WireSent int64  `json:"wire_bytes"`
+}
+
+// Shipper ships one disk's change log to the replica: the initial copy
+// when the replica has none, then every durable record, continuously.
+type Shipper struct {
+	disk string
+	vol  *tracked.Volume
+	cfg  ShipperConfig
+
+	mu sync.Mutex
+	st ShipStatus
+}
+
+// NewShipper returns a shipper for a tracked volume opened with Retain.
+func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
+	if cfg.Backoff == nil {
+		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = 50 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Shipper{disk: disk, vol: vol, cfg: cfg, st: ShipStatus{Health: Normal}}
+}
+
+// Status returns the shipper's state.
+func (s *Shipper) Status() ShipStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st
+}
+
+func (s *Shipper) set(fn func(*ShipStatus)) {
+	s.mu.Lock()
+	fn(&s.st)
+	s.mu.Unlock()
+}
+
+// fatal reports whether an error needs the operator: authentication,
+// authorization, a broken chain. Anything else is retried.
+func fatal(err error) bool {
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return !re.Recoverable()
+	}
+	var ce *tls.CertificateVerificationError
+	return errors.As(err, &ce) || errors.Is(err, ErrBrokenChain) || errors.Is(err, ErrVersion)
+}
+
+// Run ships until ctx ends or a non-recoverable error puts the disk in
+// Critical.
+func (s *Shipper) Run(ctx context.Context) {
+	attempt := 0
+	for ctx.Err() == nil {
+		progressed, err := s.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if fatal(err) {
+			s.set(func(st *ShipStatus) { st.Health, st.Reason = Critical, err.Error() })
+			s.cfg.Log.Error("replication stopped: the operator must act", "disk", s.disk, "err", err)
+			return
+		}
+		if progressed {
+			attempt = 0
+		}
+		wait := s.cfg.Backoff[min(attempt, len(s.cfg.Backoff)-1)]
+		attempt++
+		s.set(func(st *ShipStatus) { st.Health, st.Reason = Warning, fmt.Sprintf("%v; retrying in %v", err, wait) })
+		s.cfg.Log.Warn("replication interrupted", "disk", s.disk, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// session runs one connection; progressed says whether anything was
+// acknowledged (a fresh start of the backoff schedule).
+func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 30 * time.Second}, Config: s.cfg.TLS}
+	nc, err := d.DialContext(ctx, "tcp", s.cfg.Addr)
+	if err != nil {
+		return false, err
+	}
+	defer nc.Close()
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	c := NewConn(nc)
+	defer c.Close()
+	c.WriteFrame(MsgHello, Hello{Version: Version, Codecs: AllCodecs, Prefer: s.cfg.Codec}.Encode())
+	if err := c.Flush(); err != nil {
+		return false, err
+	}
+	body, err := expect(c, MsgWelcome)
+	if err != nil {
+		return false, err
+	}
+	w, err := DecodeWelcome(body)
+	if err != nil {
+		return false, err
+	}
+	c.SetCodec(w.Codec)
+	s.set(func(st *ShipStatus) { st.Codec = w.Codec.String() })
+	c.WriteFrame(MsgOpenDisk, encodeOpenDisk(s.disk, s.vol.Size()))
+	if err := c.Flush(); err != nil {
+		return false, err
+	}
+	if body, err = expect(c, MsgDiskState); err != nil {
+		return false, err
+	}
+	applied, seeded, err := decodeDiskState(body)
+	if err != nil {
+		return false, err
+	}
+	if !seeded {
+		if applied, err = s.initialCopy(c); err != nil {
+			return false, err
+		}
+		progressed = true
+	} else if first := s.vol.Log().Segments()[0].First; first > applied+1 {
+		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d", ErrBrokenChain, applied, first)
+	}
+	s.acked(applied)
+	log := s.vol.Log()
+	for {
+		if ctx.Err() != nil {
+			return progressed, ctx.Err()
+		}
+		// Ship only durable records: a power cut can tear and reuse LSNs
+		// that were never synced, which the replica would then skip.
+		if log.LastLSN() > log.SyncedLSN() {
+			if err := log.Sync(); err != nil {
+				return progressed, err
+			}
+		}
+		durable := log.SyncedLSN()
+		if durable <= applied {
+			select {
+			case <-ctx.Done():
+				return progressed, ctx.Err()
+			case <-time.After(s.cfg.Poll):
+			}
+			continue
+		}
+		body, last, err := s.batch(applied, durable)
+		if err != nil {
+			return progressed, err
+		}
+		c.WriteFrame(MsgRecords, body)
+		if err := c.Flush(); err != nil {
+			return progressed, err
+		}
+		ab, err := expect(c, MsgAck)
+		if err != nil {
+			return progressed, err
+		}
+		ack, err := decodeU64(ab)
+		if err != nil {
+			return progressed, err
+		}
+		if ack != last {
+			return progressed, fmt.Errorf("%w: sent through %d, acknowledged %d", ErrBrokenChain, last, ack)
+		}
+		applied = ack
+		progressed = true
+		s.acked(ack)
+	}
+}
+
+func (s *Shipper) acked(lsn uint64) {
+	s.set(func(st *ShipStatus) { st.Acked = lsn; st.Health, st.Reason = Normal, "" })
+	if err := s.vol.Release(lsn); err != nil {
+		s.cfg.Log.Warn("releasing shipped log", "disk", s.disk, "err", err)
+	}
+}
+
+// maxBatch bounds the record bytes in one Records message.
+const maxBatch = 8 << 20
+
+var errBatchFull = errors.New("batch full")
+
+// batch builds a Records body of the records after applied, up to durable.
+func (s *Shipper) batch(applied, durable uint64) ([]byte, uint64, error) {
+	body := AppendRecords(nil, s.disk, nil)
+	countAt := len(body) - 4
+	var count uint32
+	last := applied
+	err := s.vol.Log().Scan(applied+1, func(r hrl.Record) error {
+		if r.LSN > durable || count > 0 && len(body)+hrl.RecHeaderSize+len(r.Payload) > maxBatch {
+			return errBatchFull // one record alone always fits: MaxBody > MaxPayload
+		}
+		body = hrl.AppendRecord(body, r)
+		count++
+		last = r.LSN
+		return nil
+	})
+	if err != nil && !errors.Is(err, errBatchFull) {
+		return nil, 0, err
+	}
+	binary.LittleEndian.PutUint32(body[countAt:], count)
+	return body, last, nil
+}
+
+// initialCopy sends the base image at the checkpoint, skipping zero chunks,
+// while the VM keeps writing into the log.
+func (s *Shipper) initialCopy(c *Conn) (uint64, error) {
+	ckpt := s.vol.PauseMerge()
+	defer s.vol.ResumeMerge()
+	base := s.vol.Base()
+	size := base.Size()
+	const chunk = 1 << 20
+	buf := make([]byte, 8+chunk)
+	s.cfg.Log.Info("initial replication started", "disk", s.disk, "size", size, "checkpoint", ckpt)
+	for off := int64(0); off < size; off += chunk {
+		n := min(chunk, size-off)
+		data := buf[8 : 8+n]
+		if _, err := base.ReadAt(data, off); err != nil {
+			return 0, err
+		}
+		pct := int(100 * (off + n) / size)
+		s.set(func(st *ShipStatus) { st.Initial = pct })
+		if allZero(data) {
+			continue
+		}
+		binary.LittleEndian.PutUint64(buf, uint64(off))
+		if err := c.WriteFrame(MsgBaseChunk, buf[:8+n]); err != nil {
+			return 0, err
+		}
+	}
+	c.WriteFrame(MsgBaseDone, encodeU64(ckpt))
+	if err := c.Flush(); err != nil {
+		return 0, err
+	}
+	ab, err := expect(c, MsgAck)
+	if err != nil {
+		return 0, err
+	}
+	ack, err := decodeU64(ab)
+	if err != nil || ack != ckpt {
+		return 0, fmt.Errorf("%w: initial copy at %d acknowledged as %d", ErrFrame, ckpt, ack)
+	}
+	s.cfg.Log.Info("initial replication complete", "disk", s.disk, "lsn", ckpt)
+	return ckpt, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
