@@ -33,8 +33,8 @@ type ServerConfig struct {
 // Server is a replica: it receives initial copies and records over mutual
 // TLS and applies them. It is safe for concurrent use.
 type Server struct {
-	cfg  ServerConfig
-	fs   vfs.FS
+	cfg    ServerConfig
+	fs     vfs.FS
 	mu     sync.Mutex
 	busy   map[string]bool // disk directories with a stream
 	conns  map[net.Conn]struct{}
