@@ -88,7 +88,11 @@ type Conn struct {
 	rbuf  []byte // wire body
 	body  []byte // decompressed body, returned by ReadFrame
 	wbuf  []byte
+	sent  int64 // bytes of frames written, headers included
 }
+
+// Sent returns the bytes of frames written so far, headers included.
+func (c *Conn) Sent() int64 { return c.sent }
 
 // NewConn wraps a connection; frames go uncompressed until SetCodec.
 func NewConn(rw io.ReadWriter) *Conn {
@@ -140,6 +144,7 @@ func (c *Conn) WriteFrame(t MsgType, body []byte) error {
 	if _, err := c.w.Write(h[:]); err != nil {
 		return err
 	}
+	c.sent += int64(FrameHeaderSize + len(wire))
 	_, err := c.w.Write(wire)
 	return err
 }

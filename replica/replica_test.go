@@ -131,8 +131,9 @@ func TestReplicateConvergesAcrossRestarts(t *testing.T) {
 	writeSome(t, rg.vol, rnd, 300) // during the initial copy and after
 	last := rg.vol.Log().LastLSN()
 	waitFor(t, "catch-up", func() bool { return sh.Status().Acked >= last })
-	if st := sh.Status(); st.Health != Normal || st.Initial != 100 || st.Codec != "zstd" {
-		t.Fatalf("status %+v", st)
+	if st := sh.Status(); st.Health != Normal || st.Initial != 100 || st.Codec != "zstd" || st.Shipped == 0 ||
+		st.WireSent == 0 || st.WireSent > st.Shipped {
+		t.Fatalf("status %+v (compressible records must cost fewer wire bytes)", st)
 	}
 	if !bytes.Equal(rg.replicaImage(t, "primary1"), rg.primaryImage(t)) {
 		t.Fatal("replica differs from the primary after catch-up")

@@ -49,7 +49,8 @@ type ShipStatus struct {
 	Acked    uint64 `json:"acked_lsn"`
 	Initial  int    `json:"initial_percent"`
 	Codec    string `json:"codec,omitempty"`
-	WireSent int64  `json:"wire_bytes"`
+	WireSent int64  `json:"wire_bytes"`   // frames sent, headers included
+	Shipped  int64  `json:"record_bytes"` // record payload bytes acknowledged
 }
 
 // Shipper ships one disk's change log to the replica: the initial copy
@@ -177,6 +178,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d", ErrBrokenChain, applied, first)
 	}
 	s.acked(applied)
+	sentBefore := c.Sent()
 	log := s.vol.Log()
 	for {
 		if ctx.Err() != nil {
@@ -198,7 +200,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			}
 			continue
 		}
-		body, last, err := s.batch(applied, durable)
+		body, last, payload, err := s.batch(applied, durable)
 		if err != nil {
 			return progressed, err
 		}
@@ -219,6 +221,8 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		}
 		applied = ack
 		progressed = true
+		s.set(func(st *ShipStatus) { st.WireSent += c.Sent() - sentBefore; st.Shipped += payload })
+		sentBefore = c.Sent()
 		s.acked(ack)
 	}
 }
@@ -235,26 +239,29 @@ const maxBatch = 8 << 20
 
 var errBatchFull = errors.New("batch full")
 
-// batch builds a Records body of the records after applied, up to durable.
-func (s *Shipper) batch(applied, durable uint64) ([]byte, uint64, error) {
+// batch builds a Records body of the records after applied, up to durable,
+// and counts their payload bytes.
+func (s *Shipper) batch(applied, durable uint64) ([]byte, uint64, int64, error) {
 	body := AppendRecords(nil, s.disk, nil)
 	countAt := len(body) - 4
 	var count uint32
+	var payload int64
 	last := applied
 	err := s.vol.Log().Scan(applied+1, func(r hrl.Record) error {
 		if r.LSN > durable || count > 0 && len(body)+hrl.RecHeaderSize+len(r.Payload) > maxBatch {
 			return errBatchFull // one record alone always fits: MaxBody > MaxPayload
 		}
 		body = hrl.AppendRecord(body, r)
+		payload += int64(len(r.Payload))
 		count++
 		last = r.LSN
 		return nil
 	})
 	if err != nil && !errors.Is(err, errBatchFull) {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	binary.LittleEndian.PutUint32(body[countAt:], count)
-	return body, last, nil
+	return body, last, payload, nil
 }
 
 // initialCopy sends the base image at the checkpoint, skipping zero chunks,

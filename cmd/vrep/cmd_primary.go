@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
+	"github.com/vrep-io/vrep/replica"
 )
 
 func primaryCmd() *cobra.Command {
@@ -27,6 +29,9 @@ func primaryCmd() *cobra.Command {
 		preFreeze  []string
 		postThaw   []string
 		agents     []string
+		rc         primary.ReplicaConfig
+		codec      string
+		backoff    string
 	)
 	cmd := &cobra.Command{
 		Use:   "primary --state DIR --disk VM/DISK=PATH... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -50,6 +55,25 @@ func primaryCmd() *cobra.Command {
 				cfg.Disks = append(cfg.Disks, spec)
 			}
 			cfg.MergeAfter = int64(mergeAfter)
+			if rc.Addr != "" {
+				if rc.TLSDir == "" || rc.Name == "" || rc.ReplicaName == "" {
+					return fmt.Errorf("%w: --replica needs --tls-dir, --name and --replica-name", errUsage)
+				}
+				var err error
+				if rc.Codec, err = replica.ParseCodec(codec); err != nil {
+					return fmt.Errorf("%w: %v", errUsage, err)
+				}
+				if backoff != "" {
+					for _, s := range strings.Split(backoff, ",") {
+						d, err := time.ParseDuration(s)
+						if err != nil || d <= 0 {
+							return fmt.Errorf("%w: --retry-schedule %q", errUsage, backoff)
+						}
+						rc.Backoff = append(rc.Backoff, d)
+					}
+				}
+				cfg.Replica = &rc
+			}
 			var err error
 			if cfg.Points.Groups, err = primary.ParseGroups(groups); err != nil {
 				return err
@@ -107,6 +131,12 @@ func primaryCmd() *cobra.Command {
 	f.StringArrayVar(&disks, "disk", nil, "protect a disk: VM/DISK=PATH to a raw image (repeatable)")
 	f.StringArrayVar(&cfg.NBD, "nbd", nil, "serve NBD on unix:PATH or tcp:HOST:PORT (repeatable)")
 	f.StringVar(&cfg.FUSE, "fuse", "", "mount the disks as files under this directory")
+	f.StringVar(&rc.Addr, "replica", "", "replicate every disk to this replica, host:port (continuous)")
+	f.StringVar(&rc.TLSDir, "tls-dir", "", "directory with ca.crt and this host's NAME.crt/NAME.key")
+	f.StringVar(&rc.Name, "name", "", "this primary's certificate name")
+	f.StringVar(&rc.ReplicaName, "replica-name", "", "the name the replica's certificate must carry")
+	f.StringVar(&codec, "compression", "zstd", "zstd, s2 or none")
+	f.StringVar(&backoff, "retry-schedule", "", "retry waits after recoverable errors, e.g. 1m,2m,4m,8m,10m,30m (default Hyper-V's)")
 	f.StringVar(&cfg.API, "api", "", "API socket for vrep status and vrep point (default STATE/api.sock)")
 	f.StringArrayVar(&groups, "group", nil, "consistency group: NAME=VM[,VM...] (repeatable; a VM in no group is its own)")
 	f.DurationVar(&cfg.Points.Every, "points-every", 0, "take a crash-consistent point of every group this often (0: by hand)")

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vrep-io/vrep/replica"
 	"github.com/vrep-io/vrep/snapshot"
 )
 
@@ -31,6 +32,8 @@ type DiskStatus struct {
 	Checkpoint     uint64 `json:"checkpoint"`
 	Segments       int    `json:"log_segments"`
 	ResyncRequired bool   `json:"resync_required"`
+	// Replication is present when the disk is replicated.
+	Replication *replica.ShipStatus `json:"replication,omitempty"`
 }
 
 // GroupStatus is one consistency group in /v1/status.
@@ -78,6 +81,10 @@ func (d *Daemon) Status() Status {
 			ds.Health = "Critical: resync required (change log overflowed)"
 		case v.Err() != nil:
 			ds.Health = "Warning: " + v.Err().Error()
+		}
+		if sh := d.shippers[disk.Name]; sh != nil {
+			rs := sh.Status()
+			ds.Replication = &rs
 		}
 		st.Disks = append(st.Disks, ds)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/nbd"
+	"github.com/vrep-io/vrep/replica"
 )
 
 // ErrLocked is returned when a state directory or an image is in use by
@@ -54,9 +55,11 @@ type Config struct {
 	FUSE       string   // mount point, or ""
 	MergeAfter int64
 	// API is the path of the API socket (default STATE/api.sock).
-	API    string
-	Points PointsConfig
-	Log    *slog.Logger
+	API string
+	// Replica, when set, replicates every disk there.
+	Replica *ReplicaConfig
+	Points  PointsConfig
+	Log     *slog.Logger
 }
 
 // Disk is one protected disk being served.
@@ -77,6 +80,9 @@ type Daemon struct {
 	listeners []net.Listener
 	fuse      interface{ Unmount() error }
 	points    *points
+	shippers  map[string]*replica.Shipper
+	stopShip  context.CancelFunc
+	shipWG    sync.WaitGroup
 	api       *http.Server
 	apiPath   string
 	serveErr  chan error
@@ -148,6 +154,9 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if err := d.serveAPI(api); err != nil {
 		return d, err
 	}
+	if err := d.startShipping(); err != nil {
+		return d, err
+	}
 	// Listeners last: a socket that answers means every door is open.
 	for _, addr := range cfg.NBD {
 		l, err := listen(addr)
@@ -176,7 +185,8 @@ func (d *Daemon) openDisk(spec DiskSpec) (*Disk, error) {
 		return nil, fmt.Errorf("disk %s: image %s is empty", spec.Name, spec.Path)
 	}
 	vm, name, _ := names.Disk(spec.Name)
-	v, err := tracked.Open(filepath.Join(d.cfg.State, "disks", vm, name), base, tracked.Options{MergeAfter: d.cfg.MergeAfter})
+	v, err := tracked.Open(filepath.Join(d.cfg.State, "disks", vm, name), base,
+		tracked.Options{MergeAfter: d.cfg.MergeAfter, Retain: d.cfg.Replica != nil})
 	if err != nil {
 		base.Close()
 		return nil, fmt.Errorf("disk %s: %w", spec.Name, err)
@@ -224,6 +234,10 @@ func (d *Daemon) Close() error {
 		defer cancel()
 		if d.points != nil {
 			d.points.close()
+		}
+		if d.stopShip != nil {
+			d.stopShip()
+			d.shipWG.Wait()
 		}
 		d.closeAPI()
 		d.nbd.Shutdown(ctx)

@@ -1,0 +1,44 @@
+package primary
+
+import (
+	"context"
+	"time"
+
+	"github.com/vrep-io/vrep/internal/pki"
+	"github.com/vrep-io/vrep/replica"
+)
+
+// ReplicaConfig says where and how the disks are replicated.
+type ReplicaConfig struct {
+	Addr        string // host:port
+	TLSDir      string // ca.crt, NAME.crt, NAME.key
+	Name        string // this primary's certificate name
+	ReplicaName string // the name the replica's certificate must carry
+	Codec       replica.Codec
+	Backoff     []time.Duration // nil: Hyper-V's schedule
+}
+
+func (d *Daemon) startShipping() error {
+	rc := d.cfg.Replica
+	if rc == nil {
+		return nil
+	}
+	tc, err := pki.ClientConfig(rc.TLSDir, rc.Name, rc.ReplicaName)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stopShip = cancel
+	d.shippers = map[string]*replica.Shipper{}
+	for _, disk := range d.Disks {
+		sh := replica.NewShipper(disk.Name, disk.Volume, replica.ShipperConfig{
+			Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Log: d.log})
+		d.shippers[disk.Name] = sh
+		d.shipWG.Add(1)
+		go func() {
+			defer d.shipWG.Done()
+			sh.Run(ctx)
+		}()
+	}
+	return nil
+}
