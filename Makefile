@@ -33,6 +33,7 @@ test: tools vet
 soak:
 	VREP_POWERCUT_SEEDS=2000 $(GO) test -race -timeout 60m -run 'TestPowerCut' ./blockdev/tracked
 	VREP_CRASH_ITERATIONS=300 $(GO) test -timeout 60m -run 'TestCrashLoopWriteOrder' -v ./cmd/vrep
+	VREP_REPL_CRASH_ITERATIONS=200 $(GO) test -timeout 60m -run 'TestReplicationCrashLoop' -v ./cmd/vrep
 
 # fuzz runs every fuzz target for FUZZTIME each.
 fuzz:

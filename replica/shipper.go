@@ -176,6 +176,8 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		progressed = true
 	} else if first := s.vol.Log().Segments()[0].First; first > applied+1 {
 		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d", ErrBrokenChain, applied, first)
+	} else {
+		s.set(func(st *ShipStatus) { st.Initial = 100 })
 	}
 	s.acked(applied)
 	sentBefore := c.Sent()
