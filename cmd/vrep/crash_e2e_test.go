@@ -50,15 +50,7 @@ func TestCrashLoopWriteOrder(t *testing.T) {
 		cl.Close()
 
 		d = e.start(t)
-		cl, err = nbdclient.Dial("unix", e.sock, "vm1/disk0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		after, err := wocheck.ReadImage(cl, blocks)
-		cl.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		after := readBack(t, e, blocks)
 		rep := wocheck.CheckSerial(before, after, h)
 		if !rep.OK() {
 			t.Fatalf("iteration %d (merge after %s, killed after %v): %d writes, newest in image %d, flushed %d:\n%s",
@@ -77,4 +69,19 @@ func TestCrashLoopWriteOrder(t *testing.T) {
 		}
 	}
 	t.Logf("%d iterations, %d writes (%d acknowledged), %d unflushed writes lost to kill -9, 0 violations", iterations, writes, acked, lost)
+}
+
+// readBack decodes the whole disk, read over NBD.
+func readBack(t *testing.T, e *env, blocks int64) wocheck.Image {
+	t.Helper()
+	cl, err := nbdclient.Dial("unix", e.sock, "vm1/disk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	img, err := wocheck.ReadImage(cl, blocks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }

@@ -174,15 +174,7 @@ func TestReplicationCrashLoop(t *testing.T) {
 			initialCopies += strings.Count(d.stderr.String(), "initial replication started")
 			d = e.start(t, args...)
 		}
-		cl, err = nbdclient.Dial("unix", e.sock, "vm1/disk0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		after, err := wocheck.ReadImage(cl, blocks)
-		cl.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		after := readBack(t, e, blocks)
 		if rep := wocheck.CheckSerial(before, after, h); !rep.OK() {
 			t.Fatalf("iteration %d (killed %s): %s", i, victim, strings.Join(rep.Violations, "\n"))
 		}

@@ -81,14 +81,19 @@ func InitCA(dir string) error {
 	if err != nil {
 		return err
 	}
+	return writePair(dir, "ca", key, der)
+}
+
+// writePair writes base.key (0600) and base.crt.
+func writePair(dir, base string, key *ecdsa.PrivateKey, certDER []byte) error {
 	kder, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		return err
 	}
-	if err := writePEM(filepath.Join(dir, "ca.key"), "EC PRIVATE KEY", kder, 0o600); err != nil {
+	if err := writePEM(filepath.Join(dir, base+".key"), "EC PRIVATE KEY", kder, 0o600); err != nil {
 		return err
 	}
-	return writePEM(filepath.Join(dir, "ca.crt"), "CERTIFICATE", der, 0o644)
+	return writePEM(filepath.Join(dir, base+".crt"), "CERTIFICATE", certDER, 0o644)
 }
 
 func readPEM(path, typ string) ([]byte, error) {
@@ -151,14 +156,7 @@ func Issue(dir, name string, validity time.Duration) error {
 	if err != nil {
 		return err
 	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return err
-	}
-	if err := writePEM(filepath.Join(dir, name+".key"), "EC PRIVATE KEY", kder, 0o600); err != nil {
-		return err
-	}
-	return writePEM(filepath.Join(dir, name+".crt"), "CERTIFICATE", der, 0o644)
+	return writePair(dir, name, key, der)
 }
 
 func load(dir, name string) (tls.Certificate, *x509.CertPool, error) {
