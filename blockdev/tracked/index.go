@@ -79,7 +79,8 @@ func (x *index) insertBucket(s []extent, e extent) []extent {
 		}
 		j++
 	}
-	repl := make([]extent, 0, 3)
+	var buf [3]extent // no allocation per write
+	repl := buf[:0]
 	if left != nil {
 		repl = append(repl, *left)
 	}
