@@ -53,8 +53,6 @@ var (
 	ErrOutOfRange = errors.New("blockdev: range out of bounds")
 	// ErrEmpty is returned for a zero-length trim or write-zeroes.
 	ErrEmpty = errors.New("blockdev: zero-length request")
-	// ErrReadOnly is returned by read-only devices on any write.
-	ErrReadOnly = errors.New("blockdev: device is read-only")
 )
 
 // CheckRange reports whether [off, off+n) lies inside a device of the

@@ -100,7 +100,6 @@ type Log struct {
 	wseg     *Segment                // the segment the writer goroutine writes to; its own
 	unsynced []*Segment              // segments before wseg not yet fsynced; the writer's own
 	dirDirty bool                    // a segment was created since the last directory sync
-	orphans  []vfs.File              // files opened by recover and not kept
 	wsegPub  atomic.Pointer[Segment] // wseg, published for DropThrough
 	kick     chan struct{}
 	quit     chan struct{}
@@ -149,21 +148,21 @@ func (l *Log) recover() error {
 			files = append(files, n)
 		}
 	}
-	defer func() {
-		// Segments that were never added to l.segs are closed here.
-		for _, f := range l.orphans {
-			f.Close()
-		}
-		l.orphans = nil
-	}()
 	opened := make([]vfs.File, len(files))
 	sizes := make([]int64, len(files))
+	defer func() {
+		// Close the files of segments that were not kept (cut or failed).
+		for _, f := range opened {
+			if f != nil && !slices.ContainsFunc(l.segs, func(s *Segment) bool { return s.file == f }) {
+				f.Close()
+			}
+		}
+	}()
 	for i, name := range files {
 		f, err := l.fs.Open(l.path(name))
 		if err != nil {
 			return fmt.Errorf("hrl: %w", err)
 		}
-		l.orphans = append(l.orphans, f)
 		opened[i] = f
 		if sizes[i], err = f.Size(); err != nil {
 			return fmt.Errorf("hrl: %w", err)
@@ -222,9 +221,6 @@ func (l *Log) recover() error {
 			l.next = last + 1
 		}
 		break
-	}
-	for _, s := range l.segs {
-		l.orphans = slices.DeleteFunc(l.orphans, func(f vfs.File) bool { return f == s.file })
 	}
 	if len(l.segs) == 0 {
 		seg, err := l.createSegment(l.next, nil)
@@ -396,8 +392,11 @@ func (e *Entry) Prepare() {
 const zeroCopyMin = 64 << 10
 
 func (l *Log) newPending(seg *Segment, off int64) *pending {
-	buf, _ := l.pool.Get().([]byte)
-	return &pending{seg: seg, off: off, buf: buf[:0], b: &Batch{done: make(chan struct{})}}
+	var buf []byte
+	if bp, ok := l.pool.Get().(*[]byte); ok {
+		buf = (*bp)[:0]
+	}
+	return &pending{seg: seg, off: off, buf: buf, b: &Batch{done: make(chan struct{})}}
 }
 
 // Append queues a record and returns its position and the batch that will
@@ -607,7 +606,8 @@ func (l *Log) write(p *pending) {
 	p.b.err = err
 	close(p.b.done)
 	if cap(p.buf) <= 4<<20 {
-		l.pool.Put(p.buf[:0]) //nolint:staticcheck // a slice header is fine here
+		buf := p.buf[:0]
+		l.pool.Put(&buf)
 	}
 	p.buf, p.parts = nil, nil
 	l.mu.Lock()

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -124,13 +123,4 @@ func AppPoint(ctx context.Context, g *snapshot.Group, qs []Quiescer, timeout tim
 		log.Warn("vss: app-consistent point taken as crash-consistent", "group", g.Name(), "reason", reason)
 	}
 	return p, err
-}
-
-// Names lists quiescers for messages.
-func Names(qs []Quiescer) string {
-	var n []string
-	for _, q := range qs {
-		n = append(n, q.Name())
-	}
-	return strings.Join(n, ", ")
 }
