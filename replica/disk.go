@@ -141,7 +141,7 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 // order; nothing is durable until FinishBase.
 func (d *Disk) WriteBase(off int64, data []byte) error {
 	if d.seeded {
-		return errors.New("replica: the initial copy is already complete")
+		return fmt.Errorf("%w: base chunk after the initial copy completed", ErrFrame)
 	}
 	if off < 0 || off+int64(len(data)) > d.size {
 		return fmt.Errorf("%w: base chunk past the end of the disk", ErrFrame)

@@ -3,18 +3,21 @@ package replica
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/internal/pki"
+	"github.com/vrep-io/vrep/internal/vfs"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -194,5 +197,48 @@ func TestPrimaryReachesOnlyItsRoot(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(rg.data, "site-b")); err == nil {
 		t.Fatal("primary1 wrote into another primary's root")
+	}
+}
+
+// TestReplicaIOErrorIsRetried: an I/O error on the replica (a full disk,
+// say) is the replica's trouble, not the primary's: the primary retries
+// in Warning, never Critical, and converges once the fault clears.
+func TestReplicaIOErrorIsRetried(t *testing.T) {
+	rg := newRig(t, 4<<20)
+	cfg, _ := pki.ServerConfig(rg.pkiDir, "replica1")
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := NewServer(ServerConfig{Data: "/data", TLS: cfg, Allow: map[string]string{"primary1": ""}, Log: quiet()})
+	mem := vfs.NewMem(1)
+	var failing atomic.Bool
+	failing.Store(true)
+	mem.Inject = func(op, name string) error {
+		if failing.Load() && op == "write" && filepath.Base(name) == "image" {
+			return errors.New("injected ENOSPC")
+		}
+		return nil
+	}
+	srv.fs = mem
+	go srv.Serve(l)
+	defer srv.Close()
+	rnd := rand.New(rand.NewPCG(5, 5))
+	writeSome(t, rg.vol, rnd, 50)
+	sh := rg.shipper(t, "primary1", l.Addr().String())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go sh.Run(ctx)
+	waitFor(t, "a retry", func() bool { return sh.Status().Health == Warning })
+	time.Sleep(100 * time.Millisecond) // several retries
+	if st := sh.Status(); st.Health == Critical {
+		t.Fatalf("an I/O error on the replica stopped replication: %+v", st)
+	}
+	failing.Store(false)
+	last := rg.vol.Log().LastLSN()
+	waitFor(t, "catch-up after the fault cleared", func() bool { return sh.Status().Acked >= last })
+	got, err := vfs.ReadFile(mem, "/data/primary1/vm1/disk0/image")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, rg.primaryImage(t)) {
+		t.Fatal("replica differs from the primary after the fault cleared")
 	}
 }

@@ -146,6 +146,19 @@ func (s *Server) serve(nc net.Conn) {
 		c.WriteFrame(MsgError, encodeError(code, err.Error()))
 		c.Flush()
 	}
+	// applyFailed answers an error from applying: malformed input is the
+	// primary's fault; anything else (a full disk, an I/O error) is the
+	// replica's, and retrying may help.
+	applyFailed := func(err error) {
+		switch {
+		case errors.Is(err, ErrBrokenChain):
+			fail(CodeResync, err)
+		case errors.Is(err, ErrFrame):
+			fail(CodeBadRequest, err)
+		default:
+			fail(CodeRetry, err)
+		}
+	}
 	root, err := s.root(name)
 	if err != nil {
 		fail(CodeUnauthorized, err)
@@ -235,7 +248,7 @@ func (s *Server) serve(nc net.Conn) {
 			}
 			off, _ := decodeU64(body[:8])
 			if err := d.WriteBase(int64(off), body[8:]); err != nil {
-				fail(CodeBadRequest, err)
+				applyFailed(err)
 				return
 			}
 			continue // acknowledged by BaseDone
@@ -245,7 +258,7 @@ func (s *Server) serve(nc net.Conn) {
 				err = d.FinishBase(lsn)
 			}
 			if err != nil {
-				fail(CodeBadRequest, err)
+				applyFailed(err)
 				return
 			}
 			ack = lsn
@@ -256,12 +269,8 @@ func (s *Server) serve(nc net.Conn) {
 			if err == nil {
 				ack, err = d.Apply(recs, nil)
 			}
-			if errors.Is(err, ErrBrokenChain) {
-				fail(CodeResync, err)
-				return
-			}
 			if err != nil {
-				fail(CodeBadRequest, err)
+				applyFailed(err)
 				return
 			}
 		default:
