@@ -53,6 +53,8 @@ var (
 	ErrOutOfRange = errors.New("blockdev: range out of bounds")
 	// ErrEmpty is returned for a zero-length trim or write-zeroes.
 	ErrEmpty = errors.New("blockdev: zero-length request")
+	// ErrReadOnly is returned by writes to a read-only device.
+	ErrReadOnly = errors.New("blockdev: read-only device")
 )
 
 // CheckRange reports whether [off, off+n) lies inside a device of the

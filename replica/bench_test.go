@@ -56,7 +56,7 @@ func BenchmarkApply(b *testing.B) {
 			lsn++
 			recs = append(recs, hrl.Record{Type: hrl.TypeWrite, LSN: lsn, Offset: uint64(r.Int64N(image/rec)) * rec, Payload: payload, Span: rec})
 			if len(recs) == batch {
-				if _, err := d.Apply(recs, nil); err != nil {
+				if _, err := d.Apply(recs); err != nil {
 					b.Fatal(err)
 				}
 				recs = recs[:0]

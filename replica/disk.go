@@ -35,6 +35,12 @@ type Disk struct {
 	applied uint64
 	seeded  bool // the initial copy is complete
 	zero    []byte
+
+	// History (nil cat: none): see Catalog.
+	cat  *Catalog
+	key  string
+	sh   *shared
+	undo undoWriter
 }
 
 // Part of the format; do not change.
@@ -61,7 +67,7 @@ func OpenDisk(fsys vfs.FS, dir string, size int64) (*Disk, error) {
 		return nil, fmt.Errorf("replica: %w", err)
 	}
 	d := &Disk{fs: fsys, dir: dir, size: size}
-	b, err := vfs.ReadFile(fsys, filepath.Join(dir, "state"))
+	st, err := readState(fsys, dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		img, err := fsys.Create(filepath.Join(dir, "image"))
@@ -83,23 +89,46 @@ func OpenDisk(fsys vfs.FS, dir string, size int64) (*Disk, error) {
 		}
 		return d, nil
 	case err != nil:
-		return nil, fmt.Errorf("replica: %w", err)
+		return nil, err
 	}
-	if len(b) != stateSize || string(b[:8]) != stateMagic || binary.LittleEndian.Uint16(b[8:]) != 1 ||
-		crc32.Checksum(b[:32], castagnoli) != binary.LittleEndian.Uint32(b[32:]) {
-		return nil, fmt.Errorf("replica: %s: bad state file", dir)
+	if st.size != size {
+		return nil, fmt.Errorf("replica: %s holds a disk of %d bytes, not %d", dir, st.size, size)
 	}
-	if got := int64(binary.LittleEndian.Uint64(b[16:])); got != size {
-		return nil, fmt.Errorf("replica: %s holds a disk of %d bytes, not %d", dir, got, size)
-	}
-	d.seeded = binary.LittleEndian.Uint16(b[10:])&1 != 0
-	d.applied = binary.LittleEndian.Uint64(b[24:])
+	d.seeded, d.applied = st.seeded, st.applied
 	img, err := fsys.Open(filepath.Join(dir, "image"))
 	if err != nil {
 		return nil, fmt.Errorf("replica: %w", err)
 	}
 	d.img = img
 	return d, nil
+}
+
+// diskState is a disk's state file.
+type diskState struct {
+	size    int64
+	applied uint64
+	seeded  bool
+}
+
+// readState reads the state file of the disk in dir; a missing file is
+// fs.ErrNotExist.
+func readState(fsys vfs.FS, dir string) (diskState, error) {
+	b, err := vfs.ReadFile(fsys, filepath.Join(dir, "state"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return diskState{}, err
+	}
+	if err != nil {
+		return diskState{}, fmt.Errorf("replica: %w", err)
+	}
+	if len(b) != stateSize || string(b[:8]) != stateMagic || binary.LittleEndian.Uint16(b[8:]) != 1 ||
+		crc32.Checksum(b[:32], castagnoli) != binary.LittleEndian.Uint32(b[32:]) {
+		return diskState{}, fmt.Errorf("replica: %s: bad state file", dir)
+	}
+	return diskState{
+		size:    int64(binary.LittleEndian.Uint64(b[16:])),
+		applied: binary.LittleEndian.Uint64(b[24:]),
+		seeded:  binary.LittleEndian.Uint16(b[10:])&1 != 0,
+	}, nil
 }
 
 func (d *Disk) writeState() error {
@@ -177,26 +206,52 @@ func (d *Disk) FinishBase(lsn uint64) error {
 
 // Apply applies a batch of records in LSN order, skipping those already
 // applied, makes them durable and returns the applied LSN to acknowledge.
-// onMarker, if set, sees each marker applied (the point index, later).
-func (d *Disk) Apply(recs []hrl.Record, onMarker func(hrl.Record) error) (uint64, error) {
+// With history on (WithHistory), the batch's undo entries and points are
+// durable in the catalog before any record touches the image.
+func (d *Disk) Apply(recs []hrl.Record) (uint64, error) {
 	if !d.seeded {
 		return d.applied, ErrNotSeeded
 	}
 	next := d.applied
-	for _, r := range recs {
+	first := -1
+	for i, r := range recs {
 		if r.LSN <= next {
 			continue // applied before: a resumed stream
 		}
 		if r.LSN != next+1 {
 			return d.applied, fmt.Errorf("%w: record %d after %d", ErrBrokenChain, r.LSN, next)
 		}
-		if err := d.apply(r, onMarker); err != nil {
-			return d.applied, err
+		if r.Type != hrl.TypeMarker {
+			off, n := int64(r.Offset), int64(r.Span)
+			if off < 0 || off+n > d.size || off+n < off {
+				return d.applied, fmt.Errorf("%w: record %d reaches past the end of the disk", ErrFrame, r.LSN)
+			}
+		}
+		if first < 0 {
+			first = i
 		}
 		next = r.LSN
 	}
-	if next == d.applied {
+	if first < 0 {
 		return d.applied, nil
+	}
+	pending := recs[first:]
+	if d.cat != nil {
+		refs, err := d.saveHistory(pending)
+		if err != nil {
+			return d.applied, err
+		}
+		d.sh.mu.Lock()
+		for v := range d.sh.views {
+			v.note(refs)
+		}
+		err = d.applyAll(pending)
+		d.sh.mu.Unlock()
+		if err != nil {
+			return d.applied, err
+		}
+	} else if err := d.applyAll(pending); err != nil {
+		return d.applied, err
 	}
 	// Durable before acknowledged: the image first, then the LSN.
 	if err := d.img.Sync(); err != nil {
@@ -211,11 +266,17 @@ func (d *Disk) Apply(recs []hrl.Record, onMarker func(hrl.Record) error) (uint64
 	return d.applied, nil
 }
 
-func (d *Disk) apply(r hrl.Record, onMarker func(hrl.Record) error) error {
-	off, n := int64(r.Offset), int64(r.Span)
-	if r.Type != hrl.TypeMarker && (off < 0 || off+n > d.size || off+n < off) {
-		return fmt.Errorf("%w: record %d reaches past the end of the disk", ErrFrame, r.LSN)
+func (d *Disk) applyAll(recs []hrl.Record) error {
+	for _, r := range recs {
+		if err := d.apply(r); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+func (d *Disk) apply(r hrl.Record) error {
+	off, n := int64(r.Offset), int64(r.Span)
 	switch r.Type {
 	case hrl.TypeWrite:
 		_, err := d.img.WriteAt(r.Payload, off)
@@ -232,13 +293,14 @@ func (d *Disk) apply(r hrl.Record, onMarker func(hrl.Record) error) error {
 			off += c
 			n -= c
 		}
-	case hrl.TypeMarker:
-		if onMarker != nil {
-			return onMarker(r)
-		}
 	}
 	return nil
 }
 
-// Close closes the image.
-func (d *Disk) Close() error { return d.img.Close() }
+// Close closes the image and the undo segment.
+func (d *Disk) Close() error {
+	if d.undo.f != nil {
+		d.undo.f.Close()
+	}
+	return d.img.Close()
+}

@@ -27,7 +27,10 @@ type ServerConfig struct {
 	Allow map[string]string
 	// AllowAny admits any primary the CA vouches for, rooted at its name.
 	AllowAny bool
-	Log      *slog.Logger
+	// Catalog, if set, keeps the history of every disk: points and undo
+	// entries (see Catalog).
+	Catalog *Catalog
+	Log     *slog.Logger
 }
 
 // Server is a replica: it receives initial copies and records over mutual
@@ -107,8 +110,8 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
-// root returns the storage root of an authenticated primary.
-func (s *Server) root(name string) (string, error) {
+// rootName returns the directory name of an authenticated primary's root.
+func (s *Server) rootName(name string) (string, error) {
 	sub, ok := s.cfg.Allow[name]
 	switch {
 	case ok && sub == "":
@@ -121,7 +124,7 @@ func (s *Server) root(name string) (string, error) {
 	if err := names.Part(sub); err != nil {
 		return "", err
 	}
-	return filepath.Join(s.cfg.Data, sub), nil
+	return sub, nil
 }
 
 func (s *Server) serve(nc net.Conn) {
@@ -159,7 +162,8 @@ func (s *Server) serve(nc net.Conn) {
 			fail(CodeRetry, err)
 		}
 	}
-	root, err := s.root(name)
+	rootName, err := s.rootName(name)
+	root := filepath.Join(s.cfg.Data, rootName)
 	if err != nil {
 		fail(CodeUnauthorized, err)
 		return
@@ -215,6 +219,12 @@ func (s *Server) serve(nc net.Conn) {
 		return
 	}
 	defer d.Close()
+	if s.cfg.Catalog != nil {
+		if err := d.WithHistory(s.cfg.Catalog, rootName+"/"+vm+"/"+dname); err != nil {
+			fail(CodeRetry, err)
+			return
+		}
+	}
 	applied, seeded := d.Applied()
 	if !seeded {
 		if err := d.ResetBase(); err != nil {
@@ -267,7 +277,7 @@ func (s *Server) serve(nc net.Conn) {
 			recs = recs[:0]
 			_, err := DecodeRecords(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
 			if err == nil {
-				ack, err = d.Apply(recs, nil)
+				ack, err = d.Apply(recs)
 			}
 			if err != nil {
 				applyFailed(err)

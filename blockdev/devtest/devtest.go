@@ -239,3 +239,100 @@ func firstDiff(a, b []byte) string {
 	}
 	return fmt.Sprintf("length %d vs %d", len(a), len(b))
 }
+
+// ReadOnlyFactory makes a read-only device of the given size and returns
+// the content it must read back (point views).
+type ReadOnlyFactory func(t *testing.T, size int64) (blockdev.Device, []byte)
+
+// RunReadOnly runs the read side of the suite against read-only devices:
+// size, bounds, every write refused with ErrReadOnly and changing
+// nothing, random reads of any alignment, and concurrent readers.
+func RunReadOnly(t *testing.T, f ReadOnlyFactory) {
+	t.Run("Size", func(t *testing.T) {
+		if d, _ := f(t, Size); d.Size() != Size {
+			t.Fatalf("Size() = %d, want %d", d.Size(), Size)
+		}
+	})
+	t.Run("Bounds", func(t *testing.T) {
+		d, want := f(t, Size)
+		buf := make([]byte, 4096)
+		for _, off := range []int64{-1, -4096, Size - 4095, Size, Size + 1, 1 << 62} {
+			if _, err := d.ReadAt(buf, off); !errors.Is(err, blockdev.ErrOutOfRange) {
+				t.Errorf("ReadAt(4096, %d) = %v, want ErrOutOfRange", off, err)
+			}
+		}
+		if n, err := d.ReadAt(nil, 0); n != 0 || err != nil {
+			t.Errorf("ReadAt(nil, 0) = %d, %v; want 0, nil", n, err)
+		}
+		if _, err := d.ReadAt(buf[:1], Size-1); err != nil || buf[0] != want[Size-1] {
+			t.Errorf("ReadAt(1, size-1) = %v, byte %#x want %#x", err, buf[0], want[Size-1])
+		}
+	})
+	t.Run("WritesRefused", func(t *testing.T) {
+		d, want := f(t, Size)
+		buf := bytes.Repeat([]byte{0x5a}, 8192)
+		for _, off := range []int64{0, 4096, 12345, Size - 8192} {
+			if _, err := d.WriteAt(buf, off); !errors.Is(err, blockdev.ErrReadOnly) {
+				t.Errorf("WriteAt(8192, %d) = %v, want ErrReadOnly", off, err)
+			}
+		}
+		if err := blockdev.WriteZeroes(d, 0, 4096, false); err == nil {
+			t.Error("WriteZeroes on a read-only device succeeded")
+		}
+		if err := d.Sync(); err != nil {
+			t.Errorf("Sync() = %v", err)
+		}
+		if !bytes.Equal(snapshot(t, d), want) {
+			t.Fatal("content changed after refused writes")
+		}
+	})
+	t.Run("RandomReads", func(t *testing.T) {
+		d, want := f(t, Size)
+		if !bytes.Equal(snapshot(t, d), want) {
+			t.Fatal("whole-device read differs from the expected content")
+		}
+		r := rand.New(rand.NewPCG(3, 3))
+		buf := make([]byte, 1<<20)
+		for range 400 {
+			n := 1 + r.Int64N(3*4096)
+			if r.IntN(8) == 0 {
+				n = 1 + r.Int64N(1<<20)
+			}
+			off := r.Int64N(Size - n + 1)
+			if _, err := d.ReadAt(buf[:n], off); err != nil {
+				t.Fatalf("ReadAt(%d, %d): %v", n, off, err)
+			}
+			if !bytes.Equal(buf[:n], want[off:off+n]) {
+				t.Fatalf("ReadAt(%d, %d) differs from the expected content", n, off)
+			}
+		}
+	})
+	t.Run("Concurrent", func(t *testing.T) {
+		d, want := f(t, Size)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for g := range 8 {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(g), 9))
+				buf := make([]byte, 64<<10)
+				for range 200 {
+					n := 1 + r.Int64N(64<<10)
+					off := r.Int64N(Size - n + 1)
+					if _, err := d.ReadAt(buf[:n], off); err != nil {
+						errs <- err
+						return
+					}
+					if !bytes.Equal(buf[:n], want[off:off+n]) {
+						errs <- fmt.Errorf("concurrent ReadAt(%d, %d) differs", n, off)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	})
+}

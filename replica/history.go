@@ -1,0 +1,193 @@
+package replica
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"path/filepath"
+
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/vfs"
+)
+
+// undoSegmentMax is the size past which a new undo segment is started,
+// so retention can remove history a file at a time.
+const undoSegmentMax = 64 << 20
+
+const undoHeaderSize = 32
+
+// undoWriter appends undo entries to a disk's open undo segment.
+type undoWriter struct {
+	f     vfs.File
+	first uint64
+	off   int64
+}
+
+// WithHistory turns history on: before each batch changes the image, the
+// old content of what it overwrites is saved as undo entries and its
+// points are indexed, in cat under key ("ROOT/VM/DISK").
+func (d *Disk) WithHistory(cat *Catalog, key string) error {
+	last, err := cat.lastUndo(key)
+	if err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	d.cat, d.key, d.sh = cat, key, cat.shared(key)
+	d.sh.mu.Lock()
+	d.sh.maxUndo = last
+	d.sh.mu.Unlock()
+	return nil
+}
+
+// undoRange is the range an undo entry of r saves: r's, widened to whole
+// undo blocks, clipped to the disk.
+func (d *Disk) undoRange(r hrl.Record) (int64, int64) {
+	a := int64(r.Offset) &^ (UndoBlock - 1)
+	b := min((int64(r.Offset)+int64(r.Span)+UndoBlock-1)&^(UndoBlock-1), d.size)
+	return a, b
+}
+
+// saveHistory makes the undo entries and points of pending (records
+// after the applied LSN, in order) durable, and returns each record's
+// undo entry (nil for markers). An entry already indexed — a batch
+// replayed after a crash — is kept, never captured again: its bytes were
+// saved before the image changed.
+func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
+	refs := make([]*undoRef, len(pending))
+	var existing map[uint64]*undoRef
+	if d.sh.maxUndo >= pending[0].LSN {
+		var lsns []uint64
+		for _, r := range pending {
+			if r.LSN <= d.sh.maxUndo && r.Type != hrl.TypeMarker {
+				lsns = append(lsns, r.LSN)
+			}
+		}
+		var err error
+		if existing, err = d.cat.existingUndo(d.key, lsns); err != nil {
+			return nil, err
+		}
+	}
+	var (
+		markers []hrl.Record
+		fresh   []*undoRef
+		seg     []byte // what to append to the undo segment
+		segBase int64
+	)
+	for j, r := range pending {
+		if r.Type == hrl.TypeMarker {
+			markers = append(markers, r)
+			continue
+		}
+		if e := existing[r.LSN]; e != nil {
+			refs[j] = e
+			continue
+		}
+		a, b := d.undoRange(r)
+		old := make([]byte, b-a)
+		if n, err := d.img.ReadAt(old, a); n != len(old) && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("replica: reading the image for history: %w", err)
+		}
+		// Records of this batch before r changed the image only in memory
+		// so far: lay them over what was read, in order.
+		for _, q := range pending[:j] {
+			overlay(old, a, q)
+		}
+		ref := &undoRef{lsn: r.LSN, off: a, length: b - a, crc: crc32.Checksum(old, castagnoli)}
+		if d.cat.cfg.Inline {
+			ref.inline = old
+		} else {
+			if seg == nil {
+				if err := d.rollUndo(r.LSN); err != nil {
+					return nil, err
+				}
+				segBase = d.undo.off
+			}
+			var h [undoHeaderSize]byte
+			copy(h[:], "VUND")
+			binary.LittleEndian.PutUint32(h[4:], ref.crc)
+			binary.LittleEndian.PutUint64(h[8:], r.LSN)
+			binary.LittleEndian.PutUint64(h[16:], uint64(a))
+			binary.LittleEndian.PutUint32(h[24:], uint32(b-a))
+			binary.LittleEndian.PutUint32(h[28:], crc32.Checksum(h[:28], castagnoli))
+			seg = append(seg, h[:]...)
+			ref.seg, ref.segOff = d.undo.first, segBase+int64(len(seg))
+			seg = append(seg, old...)
+		}
+		refs[j] = ref
+		fresh = append(fresh, ref)
+	}
+	if len(seg) > 0 {
+		if _, err := d.undo.f.WriteAt(seg, segBase); err != nil {
+			return nil, fmt.Errorf("replica: writing history: %w", err)
+		}
+		if err := d.undo.f.Sync(); err != nil {
+			return nil, fmt.Errorf("replica: writing history: %w", err)
+		}
+		d.undo.off = segBase + int64(len(seg))
+	}
+	if len(fresh)+len(markers) > 0 {
+		if err := d.cat.indexBatch(d.key, fresh, markers); err != nil {
+			return nil, err
+		}
+	}
+	if n := len(fresh); n > 0 {
+		d.sh.mu.Lock()
+		d.sh.maxUndo = max(d.sh.maxUndo, fresh[n-1].lsn)
+		d.sh.mu.Unlock()
+	}
+	return refs, nil
+}
+
+// overlay lays record q over buf, which holds the disk from offset at.
+func overlay(buf []byte, at int64, q hrl.Record) {
+	if q.Type == hrl.TypeMarker {
+		return
+	}
+	lo, hi := max(int64(q.Offset), at), min(int64(q.Offset)+int64(q.Span), at+int64(len(buf)))
+	if lo >= hi {
+		return
+	}
+	dst := buf[lo-at : hi-at]
+	if q.Type == hrl.TypeWrite {
+		copy(dst, q.Payload[lo-int64(q.Offset):])
+	} else {
+		clear(dst)
+	}
+}
+
+// rollUndo makes sure an undo segment is open with room, starting a new
+// one (named after lsn, its first entry) when none is or it is full. An
+// existing file of that name — left by a crash before its entries were
+// indexed — is appended to, never truncated.
+func (d *Disk) rollUndo(lsn uint64) error {
+	if d.undo.f != nil && d.undo.off < undoSegmentMax {
+		return nil
+	}
+	if d.undo.f != nil {
+		d.undo.f.Close()
+		d.undo.f = nil
+	}
+	dir := filepath.Join(d.dir, "undo")
+	if err := d.fs.MkdirAll(dir); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	name := segName(dir, lsn)
+	f, err := d.fs.Open(name)
+	if err != nil {
+		if f, err = d.fs.Create(name); err != nil {
+			return fmt.Errorf("replica: %w", err)
+		}
+		if err := d.fs.SyncDir(dir); err != nil {
+			f.Close()
+			return fmt.Errorf("replica: %w", err)
+		}
+	}
+	size, err := f.Size()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("replica: %w", err)
+	}
+	d.undo = undoWriter{f: f, first: lsn, off: size}
+	return nil
+}

@@ -1,0 +1,313 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vrep-io/vrep/blockdev"
+	"github.com/vrep-io/vrep/internal/vfs"
+)
+
+// ErrNoPoint is returned for a point the catalog does not hold (never
+// taken, not yet applied, or pruned).
+var ErrNoPoint = errors.New("replica: no such point")
+
+// View is a read-only blockdev.Device: a disk as it was at a point, read
+// from the image and the undo entries newer than the point, without
+// copying. Replication may go on applying underneath: each batch tells
+// the open views which blocks it is about to overwrite before it does.
+// The point is pinned (never pruned) while the view is open.
+type View struct {
+	cat  *Catalog
+	disk string
+	lsn  uint64
+	size int64
+	img  vfs.File
+	segs segFiles
+	sh   *shared
+
+	// blocks maps an undo block index to the entry that holds the block
+	// as it was at the point; guarded by sh.mu.
+	blocks map[int64]blockRef
+	closed bool
+}
+
+type blockRef struct {
+	ref *undoEntry
+	at  int64 // the block's offset in the entry's bytes
+}
+
+// undoEntry is an undo entry as a view uses it.
+type undoEntry struct {
+	*undoRef
+	checked atomic.Bool // its CRC was verified
+}
+
+// OpenView opens disk ("ROOT/VM/DISK") as it was at the point at lsn.
+func (c *Catalog) OpenView(disk string, lsn uint64) (*View, error) {
+	c.pruneMu.Lock()
+	defer c.pruneMu.Unlock()
+	st, err := readState(c.fs, filepath.Join(c.cfg.Data, disk))
+	if err != nil {
+		return nil, err
+	}
+	pts, err := c.diskPoints(disk, st.applied)
+	if err != nil {
+		return nil, err
+	}
+	found := false
+	for _, p := range pts {
+		found = found || p.LSN == lsn
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: %s has no point at LSN %d", ErrNoPoint, disk, lsn)
+	}
+	img, err := c.fs.Open(filepath.Join(c.cfg.Data, disk, "image"))
+	if err != nil {
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	v := &View{cat: c, disk: disk, lsn: lsn, size: st.size, img: img, sh: c.shared(disk),
+		segs: segFiles{fs: c.fs, dir: filepath.Join(c.cfg.Data, disk, "undo")}, blocks: map[int64]blockRef{}}
+	// Under the apply lock: no batch can slip between the scan and the
+	// registration; one that committed its entries before the scan is
+	// noted twice, which changes nothing (the oldest entry of a block wins).
+	v.sh.mu.Lock()
+	defer v.sh.mu.Unlock()
+	refs, err := c.undoAfter(disk, lsn)
+	if err != nil {
+		img.Close()
+		return nil, err
+	}
+	v.noteLocked(refs)
+	v.sh.views[v] = struct{}{}
+	v.sh.pins[lsn]++
+	return v, nil
+}
+
+// note records entries a batch is about to make current (sh.mu held).
+func (v *View) note(refs []*undoRef) { v.noteLocked(refs) }
+
+func (v *View) noteLocked(refs []*undoRef) {
+	for _, r := range refs {
+		if r == nil || r.lsn <= v.lsn {
+			continue
+		}
+		e := &undoEntry{undoRef: r}
+		for at := int64(0); at < r.length; at += UndoBlock {
+			b := (r.off + at) / UndoBlock
+			if _, ok := v.blocks[b]; !ok {
+				v.blocks[b] = blockRef{ref: e, at: at}
+			}
+		}
+	}
+}
+
+// LSN returns the point's LSN.
+func (v *View) LSN() uint64 { return v.lsn }
+
+// Size returns the disk size.
+func (v *View) Size() int64 { return v.size }
+
+// Sync does nothing: a view holds nothing unwritten.
+func (v *View) Sync() error { return nil }
+
+// WriteAt refuses: a point is history.
+func (v *View) WriteAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(v.size, off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	return 0, blockdev.ErrReadOnly
+}
+
+// ReadAt reads the disk as it was at the point.
+func (v *View) ReadAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(v.size, off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	v.sh.mu.RLock()
+	defer v.sh.mu.RUnlock()
+	if v.closed {
+		return 0, errors.New("replica: point view closed")
+	}
+	end := off + int64(len(p))
+	for pos := off; pos < end; {
+		b := pos / UndoBlock
+		bEnd := min((b+1)*UndoBlock, end)
+		if br, ok := v.blocks[b]; ok {
+			if err := v.readUndo(br, p[pos-off:bEnd-off], pos-b*UndoBlock); err != nil {
+				return int(pos - off), err
+			}
+			pos = bEnd
+			continue
+		}
+		// A run of blocks the image still holds as they were.
+		for bEnd < end {
+			if _, ok := v.blocks[bEnd/UndoBlock]; ok {
+				break
+			}
+			bEnd = min(bEnd+UndoBlock, end)
+		}
+		n, err := v.img.ReadAt(p[pos-off:bEnd-off], pos)
+		if n != int(bEnd-pos) && !errors.Is(err, io.EOF) {
+			return int(pos - off), fmt.Errorf("replica: reading the image: %w", err)
+		}
+		clear(p[pos-off+int64(n) : bEnd-off]) // past a short image: zeros
+		pos = bEnd
+	}
+	return len(p), nil
+}
+
+// readUndo reads part of a block from its undo entry, verifying the
+// entry's checksum the first time this view uses it.
+func (v *View) readUndo(br blockRef, p []byte, inBlock int64) error {
+	e := br.ref
+	if !e.checked.Load() {
+		all := make([]byte, e.length)
+		if err := v.cat.readUndo(v.disk, e.undoRef, all, 0, &v.segs); err != nil {
+			return err
+		}
+		if crc32.Checksum(all, castagnoli) != e.crc {
+			return fmt.Errorf("replica: the history of %s is damaged: undo entry of LSN %d fails its checksum", v.disk, e.lsn)
+		}
+		e.checked.Store(true)
+	}
+	return v.cat.readUndo(v.disk, e.undoRef, p, br.at+inBlock, &v.segs)
+}
+
+// Close closes the view and unpins its point.
+func (v *View) Close() error {
+	v.sh.mu.Lock()
+	if v.closed {
+		v.sh.mu.Unlock()
+		return nil
+	}
+	v.closed = true
+	delete(v.sh.views, v)
+	if v.sh.pins[v.lsn]--; v.sh.pins[v.lsn] <= 0 {
+		delete(v.sh.pins, v.lsn)
+	}
+	v.blocks = nil
+	v.sh.mu.Unlock()
+	v.segs.close()
+	return v.img.Close()
+}
+
+// Overlay is a writable copy-on-write device over a read-only one (a
+// test failover over a point view): writes go to a sparse scratch file,
+// reads take each block from the scratch file once written, else from
+// the base. Nothing ever reaches the base. Discard removes the file.
+type Overlay struct {
+	base blockdev.Device
+	fs   vfs.FS
+	path string
+	f    vfs.File
+	size int64
+
+	mu      sync.RWMutex
+	written []uint64 // bitmap of written undo blocks
+}
+
+// NewOverlay makes an overlay over base with its scratch file at path
+// (replaced if it exists).
+func NewOverlay(fsys vfs.FS, path string, base blockdev.Device) (*Overlay, error) {
+	f, err := fsys.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	size := base.Size()
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	nb := (size + UndoBlock - 1) / UndoBlock
+	return &Overlay{base: base, fs: fsys, path: path, f: f, size: size, written: make([]uint64, (nb+63)/64)}, nil
+}
+
+func (o *Overlay) has(b int64) bool { return o.written[b/64]&(1<<(b%64)) != 0 }
+
+// Size returns the device size.
+func (o *Overlay) Size() int64 { return o.size }
+
+// Sync makes the overlay's writes durable in its scratch file.
+func (o *Overlay) Sync() error { return o.f.Sync() }
+
+// ReadAt reads written blocks from the scratch file, the rest from the base.
+func (o *Overlay) ReadAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(o.size, off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	end := off + int64(len(p))
+	for pos := off; pos < end; {
+		b := pos / UndoBlock
+		mine := o.has(b)
+		bEnd := min((b+1)*UndoBlock, end)
+		for bEnd < end && o.has(bEnd/UndoBlock) == mine {
+			bEnd = min(bEnd+UndoBlock, end)
+		}
+		var err error
+		if mine {
+			_, err = o.f.ReadAt(p[pos-off:bEnd-off], pos)
+		} else {
+			_, err = o.base.ReadAt(p[pos-off:bEnd-off], pos)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return int(pos - off), err
+		}
+		pos = bEnd
+	}
+	return len(p), nil
+}
+
+// WriteAt writes to the scratch file; a block written for the first time
+// in part is completed from the base first.
+func (o *Overlay) WriteAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(o.size, off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	end := off + int64(len(p))
+	for _, b := range []int64{off / UndoBlock, (end - 1) / UndoBlock} {
+		lo, hi := b*UndoBlock, min((b+1)*UndoBlock, o.size)
+		if o.has(b) || (off <= lo && end >= hi) {
+			continue
+		}
+		blk := make([]byte, hi-lo)
+		if _, err := o.base.ReadAt(blk, lo); err != nil {
+			return 0, err
+		}
+		if _, err := o.f.WriteAt(blk, lo); err != nil {
+			return 0, err
+		}
+		o.written[b/64] |= 1 << (b % 64)
+	}
+	if _, err := o.f.WriteAt(p, off); err != nil {
+		return 0, err
+	}
+	for b := off / UndoBlock; b <= (end-1)/UndoBlock; b++ {
+		o.written[b/64] |= 1 << (b % 64)
+	}
+	return len(p), nil
+}
+
+// Discard closes the overlay and removes its scratch file; the base is
+// not closed.
+func (o *Overlay) Discard() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.f.Close()
+	if err := o.fs.Remove(o.path); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	return nil
+}
