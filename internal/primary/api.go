@@ -1,17 +1,13 @@
 package primary
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"maps"
-	"net"
 	"net/http"
-	"os"
 	"slices"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/replica"
 	"github.com/vrep-io/vrep/snapshot"
 )
@@ -105,23 +101,11 @@ func (d *Daemon) Status() Status {
 	return st
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
-}
-
-func writeErr(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, map[string]string{"error": err.Error()})
-}
-
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.Status())
+		daemon.WriteJSON(w, http.StatusOK, d.Status())
 	})
 	mux.HandleFunc("GET /v1/points", func(w http.ResponseWriter, r *http.Request) {
 		d.points.mu.Lock()
@@ -130,7 +114,7 @@ func (d *Daemon) handler() http.Handler {
 			out = append(out, pointInfo(p))
 		}
 		d.points.mu.Unlock()
-		writeJSON(w, http.StatusOK, out)
+		daemon.WriteJSON(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("POST /v1/points", func(w http.ResponseWriter, r *http.Request) {
 		target := r.URL.Query().Get("target")
@@ -138,40 +122,12 @@ func (d *Daemon) handler() http.Handler {
 		p, err := d.TakePoint(r.Context(), target, app)
 		switch {
 		case errors.Is(err, ErrUnknownTarget):
-			writeErr(w, http.StatusNotFound, err)
+			daemon.WriteErr(w, http.StatusNotFound, err)
 		case err != nil:
-			writeErr(w, http.StatusInternalServerError, err)
+			daemon.WriteErr(w, http.StatusInternalServerError, err)
 		default:
-			writeJSON(w, http.StatusOK, pointInfo(p))
+			daemon.WriteJSON(w, http.StatusOK, pointInfo(p))
 		}
 	})
 	return mux
-}
-
-// serveAPI listens on the API socket.
-func (d *Daemon) serveAPI(path string) error {
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("API socket %s is %w", path, ErrLocked)
-	}
-	os.Remove(path)
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("API socket: %w", err)
-	}
-	os.Chmod(path, 0o600)
-	d.apiPath = path
-	d.api = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
-	go d.api.Serve(l)
-	return nil
-}
-
-func (d *Daemon) closeAPI() {
-	if d.api == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	d.api.Shutdown(ctx)
-	os.Remove(d.apiPath)
 }

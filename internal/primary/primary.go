@@ -4,30 +4,26 @@ package primary
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/blockdev/tracked"
+	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/nbd"
 	"github.com/vrep-io/vrep/replica"
 )
 
-// ErrLocked is returned when a state directory or an image is in use by
-// another process.
-var ErrLocked = errors.New("in use by another process")
+// ErrLocked is returned when a state directory, an image or a socket is
+// in use by another process.
+var ErrLocked = daemon.ErrLocked
 
 // DiskSpec names a disk and its image.
 type DiskSpec struct {
@@ -83,21 +79,9 @@ type Daemon struct {
 	shippers  map[string]*replica.Shipper
 	stopShip  context.CancelFunc
 	shipWG    sync.WaitGroup
-	api       *http.Server
-	apiPath   string
+	api       *daemon.API
 	serveErr  chan error
 	closeOnce sync.Once
-}
-
-// lock takes an exclusive, non-blocking flock on f.
-func lock(f *os.File, what string) error {
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("%s is %w", what, ErrLocked)
-		}
-		return fmt.Errorf("locking %s: %w", what, err)
-	}
-	return nil
 }
 
 // Start opens every disk and starts serving. On error everything opened
@@ -123,7 +107,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		return d, fmt.Errorf("state directory: %w", err)
 	}
 	d.stateLock = lf
-	if err := lock(lf, "state directory "+cfg.State); err != nil {
+	if err := daemon.Lock(lf, "state directory "+cfg.State); err != nil {
 		return d, err
 	}
 	seen := map[string]bool{}
@@ -151,7 +135,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if api == "" {
 		api = filepath.Join(cfg.State, "api.sock")
 	}
-	if err := d.serveAPI(api); err != nil {
+	if d.api, err = daemon.ServeAPI(api, d.handler()); err != nil {
 		return d, err
 	}
 	if err := d.startShipping(); err != nil {
@@ -159,7 +143,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	}
 	// Listeners last: a socket that answers means every door is open.
 	for _, addr := range cfg.NBD {
-		l, err := listen(addr)
+		l, err := daemon.Listen(addr)
 		if err != nil {
 			return d, err
 		}
@@ -176,7 +160,7 @@ func (d *Daemon) openDisk(spec DiskSpec) (*Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("disk %s: %w", spec.Name, err)
 	}
-	if err := lock(base.OSFile(), "image "+spec.Path); err != nil {
+	if err := daemon.Lock(base.OSFile(), "image "+spec.Path); err != nil {
 		base.Close()
 		return nil, fmt.Errorf("disk %s: %w", spec.Name, err)
 	}
@@ -193,26 +177,6 @@ func (d *Daemon) openDisk(spec DiskSpec) (*Disk, error) {
 	}
 	d.log.Info("disk protected", "disk", spec.Name, "image", spec.Path, "size", base.Size(), "lsn", v.Log().LastLSN())
 	return &Disk{Name: spec.Name, Path: spec.Path, Volume: v, base: base}, nil
-}
-
-// listen opens unix:PATH or tcp:ADDR. A unix socket left by a dead daemon
-// is replaced; one that still answers is not.
-func listen(addr string) (net.Listener, error) {
-	switch {
-	case strings.HasPrefix(addr, "unix:"):
-		path := strings.TrimPrefix(addr, "unix:")
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socket %s is %w", path, ErrLocked)
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, err
-		}
-		return net.Listen("unix", path)
-	case strings.HasPrefix(addr, "tcp:"):
-		return net.Listen("tcp", strings.TrimPrefix(addr, "tcp:"))
-	}
-	return nil, fmt.Errorf("%w: --nbd %q must be unix:PATH or tcp:HOST:PORT", names.ErrBadName, addr)
 }
 
 // Wait returns when a listener fails.
@@ -239,7 +203,7 @@ func (d *Daemon) Close() error {
 			d.stopShip()
 			d.shipWG.Wait()
 		}
-		d.closeAPI()
+		d.api.Close()
 		d.nbd.Shutdown(ctx)
 		for _, l := range d.listeners {
 			if ul, ok := l.(*net.UnixListener); ok {
