@@ -191,6 +191,14 @@ const (
 	KindApp   uint8 = 2
 )
 
+// KindName is the operator's word for a point kind.
+func KindName(k uint8) string {
+	if k == KindApp {
+		return "app-consistent"
+	}
+	return "crash-consistent"
+}
+
 // Marker is the payload of a marker record: a recovery point.
 type Marker struct {
 	ID    uint64

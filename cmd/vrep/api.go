@@ -15,13 +15,14 @@ import (
 
 // apiFlags are how admin commands find a daemon's API socket.
 type apiFlags struct {
-	api, state string
-	json       bool
+	api, state, data string
+	json             bool
 }
 
 func (a *apiFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&a.api, "api", "", "the daemon's API socket")
-	f.StringVar(&a.state, "state", "", "the daemon's state directory (its API socket is STATE/api.sock)")
+	f.StringVar(&a.state, "state", "", "the primary's state directory (its API socket is STATE/api.sock)")
+	f.StringVar(&a.data, "data", "", "the replica's data directory (its API socket is DATA/api.sock)")
 	f.BoolVar(&a.json, "json", false, "print JSON, for scripts")
 }
 
@@ -31,14 +32,20 @@ func (a *apiFlags) socket() (string, error) {
 		return a.api, nil
 	case a.state != "":
 		return filepath.Join(a.state, "api.sock"), nil
+	case a.data != "":
+		return filepath.Join(a.data, "api.sock"), nil
 	}
-	return "", fmt.Errorf("%w: give --api SOCKET or --state DIR", errUsage)
+	return "", fmt.Errorf("%w: give --api SOCKET, --state DIR (primary) or --data DIR (replica)", errUsage)
 }
 
-// daemonError is the one sentence a daemon answered with.
-type daemonError string
+// daemonError is the one sentence a daemon answered with, and its HTTP
+// status (which sets the exit code).
+type daemonError struct {
+	status int
+	msg    string
+}
 
-func (e daemonError) Error() string { return string(e) }
+func (e *daemonError) Error() string { return e.msg }
 
 // call makes one API request and decodes the JSON answer into out.
 func (a *apiFlags) call(method, path string, out any) error {
@@ -56,7 +63,7 @@ func (a *apiFlags) call(method, path string, out any) error {
 	req, _ := http.NewRequest(method, "http://vrep"+path, nil)
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the daemon at %s (is vrep primary running?): %w", sock, err)
+		return fmt.Errorf("cannot reach the daemon at %s (is the daemon running?): %w", sock, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -66,9 +73,9 @@ func (a *apiFlags) call(method, path string, out any) error {
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
 		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return daemonError(e.Error)
+			return &daemonError{resp.StatusCode, e.Error}
 		}
-		return daemonError("the daemon answered " + resp.Status)
+		return &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
 	}
 	return json.Unmarshal(body, out)
 }

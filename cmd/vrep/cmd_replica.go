@@ -4,38 +4,84 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
+	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/replica"
 )
 
+// replicaConfig is vrep replica's configuration: a YAML file (--config),
+// with flags given on the command line taking precedence.
+type replicaConfig struct {
+	Data      string            `yaml:"data"`
+	Listen    string            `yaml:"listen"`
+	TLSDir    string            `yaml:"tls_dir"`
+	Name      string            `yaml:"name"`
+	Allow     []string          `yaml:"allow"` // PRIMARY[=ROOT]
+	AllowAny  bool              `yaml:"allow_any"`
+	NBD       []string          `yaml:"nbd"`
+	FUSE      string            `yaml:"fuse"`
+	API       string            `yaml:"api"`
+	Retention *time.Duration    `yaml:"retention"`
+	KeepApp   int               `yaml:"keep_app"`
+	Keep      map[string]string `yaml:"keep"` // VM[/DISK]: DURATION
+}
+
 func replicaCmd() *cobra.Command {
 	var (
-		data, listen, tlsDir, name string
-		allow                      []string
-		allowAny                   bool
+		c          replicaConfig
+		keep       []string
+		configFile string
+		retention  time.Duration
+		pruneEvery time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "replica --data DIR --listen ADDR --tls-dir DIR --name NAME (--allow PRIMARY[=ROOT]... | --allow-any)",
-		Short: "Keep replicas of primaries' disks: receive initial copies and changes over mutual TLS",
-		Args:  cobra.NoArgs,
+		Use:   "replica --data DIR --listen ADDR --tls-dir DIR --name NAME (--allow PRIMARY[=ROOT]... | --allow-any) | --config FILE",
+		Short: "Keep replicas of primaries' disks with their recovery points; serve test failovers",
+		Long: `Receives initial copies and changes from primaries over mutual TLS, applies
+them, and keeps a history of recovery points for --retention (the newest
+point is always kept; --keep-app keeps that many app-consistent points
+longer, by count). Test failovers (vrep failover test) are served over --nbd
+as VM/DISK-test and under --fuse as VM/DISK-test.img.
+
+--config FILE reads the same settings from YAML (data, listen, tls_dir,
+name, allow, allow_any, nbd, fuse, api, retention, keep_app, and keep: a map
+of VM or VM/DISK to a retention); flags override it.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if data == "" || listen == "" || tlsDir == "" || name == "" {
+			if configFile != "" {
+				var file replicaConfig
+				b, err := os.ReadFile(configFile)
+				if err != nil {
+					return err
+				}
+				dec := yaml.NewDecoder(strings.NewReader(string(b)))
+				dec.KnownFields(true)
+				if err := dec.Decode(&file); err != nil {
+					return fmt.Errorf("%w: %s: %v", errUsage, configFile, err)
+				}
+				mergeReplicaConfig(&c, file, cmd)
+			}
+			if c.Retention != nil {
+				retention = *c.Retention
+			}
+			if c.Data == "" || c.Listen == "" || c.TLSDir == "" || c.Name == "" {
 				return fmt.Errorf("%w: --data, --listen, --tls-dir and --name are required", errUsage)
 			}
-			if len(allow) == 0 && !allowAny {
+			if len(c.Allow) == 0 && !c.AllowAny {
 				return fmt.Errorf("%w: give --allow PRIMARY[=ROOT] for each primary, or --allow-any", errUsage)
 			}
 			roots := map[string]string{}
-			for _, a := range allow {
+			for _, a := range c.Allow {
 				p, root, _ := strings.Cut(a, "=")
 				if err := names.Part(p); err != nil {
 					return err
@@ -47,38 +93,111 @@ func replicaCmd() *cobra.Command {
 				}
 				roots[p] = root
 			}
-			tc, err := pki.ServerConfig(tlsDir, name)
-			if err != nil {
-				return err
+			overrides := map[string]replica.Retention{}
+			for _, k := range keep {
+				target, dur, ok := strings.Cut(k, "=")
+				if !ok {
+					return fmt.Errorf("%w: --keep %q must be VM[/DISK]=DURATION", errUsage, k)
+				}
+				if c.Keep == nil {
+					c.Keep = map[string]string{}
+				}
+				c.Keep[target] = dur
 			}
-			if err := os.MkdirAll(data, 0o700); err != nil {
+			for target, dur := range c.Keep {
+				if err := keepTarget(target); err != nil {
+					return err
+				}
+				d, err := time.ParseDuration(dur)
+				if err != nil || d < 0 {
+					return fmt.Errorf("%w: retention %q of %s is not a duration like 24h", errUsage, dur, target)
+				}
+				overrides[target] = replica.Retention{Window: d, KeepApp: c.KeepApp}
+			}
+			tc, err := pki.ServerConfig(c.TLSDir, c.Name)
+			if err != nil {
 				return err
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			l, err := net.Listen("tcp", listen)
+			d, err := replicad.Start(replicad.Config{
+				Data: c.Data, Listen: c.Listen, TLS: tc, Allow: roots, AllowAny: c.AllowAny,
+				NBD: c.NBD, FUSE: c.FUSE, API: c.API,
+				Retention: replica.Retention{Window: retention, KeepApp: c.KeepApp}, Overrides: overrides,
+				PruneEvery: pruneEvery, Log: log,
+			})
 			if err != nil {
 				return err
 			}
-			srv := replica.NewServer(replica.ServerConfig{Data: data, TLS: tc, Allow: roots, AllowAny: allowAny, Log: log})
+			log.Info("replica serving", "listen", d.Addr(), "data", c.Data, "retention", retention)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			errc := make(chan error, 1)
-			go func() { errc <- srv.Serve(l) }()
-			log.Info("replica serving", "listen", l.Addr().String(), "data", data)
-			select {
-			case <-ctx.Done():
-			case err = <-errc:
-			}
-			srv.Close()
+			err = d.Wait(ctx)
+			d.Close()
 			return err
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&data, "data", "", "storage directory (a root per primary under it)")
-	f.StringVar(&listen, "listen", "", "address to listen on, host:port")
-	f.StringVar(&tlsDir, "tls-dir", "", "directory with ca.crt and this host's NAME.crt/NAME.key")
-	f.StringVar(&name, "name", "", "this replica's certificate name")
-	f.StringArrayVar(&allow, "allow", nil, "authorize a primary by certificate name, with its own root (default its name)")
-	f.BoolVar(&allowAny, "allow-any", false, "authorize any primary the CA vouches for, rooted at its name")
+	f.StringVar(&configFile, "config", "", "read settings from this YAML file (flags override it)")
+	f.StringVar(&c.Data, "data", "", "storage directory (a root per primary under it, the point index)")
+	f.StringVar(&c.Listen, "listen", "", "address to listen on for primaries, host:port")
+	f.StringVar(&c.TLSDir, "tls-dir", "", "directory with ca.crt and this host's NAME.crt/NAME.key")
+	f.StringVar(&c.Name, "name", "", "this replica's certificate name")
+	f.StringArrayVar(&c.Allow, "allow", nil, "authorize a primary by certificate name, with its own root (default its name)")
+	f.BoolVar(&c.AllowAny, "allow-any", false, "authorize any primary the CA vouches for, rooted at its name")
+	f.StringArrayVar(&c.NBD, "nbd", nil, "serve test failovers over NBD on unix:PATH or tcp:HOST:PORT (repeatable)")
+	f.StringVar(&c.FUSE, "fuse", "", "serve test failovers as files under this directory")
+	f.StringVar(&c.API, "api", "", "API socket for vrep status, points and failover (default DATA/api.sock)")
+	f.DurationVar(&retention, "retention", 24*time.Hour, "keep recovery points this long (0: the latest point only)")
+	f.IntVar(&c.KeepApp, "keep-app", 0, "also keep this many newest app-consistent points, however old")
+	f.StringArrayVar(&keep, "keep", nil, "VM[/DISK]=DURATION: another retention for a VM or disk (repeatable)")
+	f.DurationVar(&pruneEvery, "prune-every", time.Minute, "apply retention this often")
+	f.MarkHidden("prune-every")
 	return cmd
+}
+
+func keepTarget(s string) error {
+	if strings.Contains(s, "/") {
+		_, _, err := names.Disk(s)
+		return err
+	}
+	return names.Part(s)
+}
+
+// mergeReplicaConfig fills what the command line did not set from file.
+func mergeReplicaConfig(c *replicaConfig, file replicaConfig, cmd *cobra.Command) {
+	set := func(flag string) bool { return cmd.Flags().Changed(flag) }
+	if !set("data") {
+		c.Data = file.Data
+	}
+	if !set("listen") {
+		c.Listen = file.Listen
+	}
+	if !set("tls-dir") {
+		c.TLSDir = file.TLSDir
+	}
+	if !set("name") {
+		c.Name = file.Name
+	}
+	if !set("allow") {
+		c.Allow = file.Allow
+	}
+	if !set("allow-any") {
+		c.AllowAny = file.AllowAny
+	}
+	if !set("nbd") {
+		c.NBD = file.NBD
+	}
+	if !set("fuse") {
+		c.FUSE = file.FUSE
+	}
+	if !set("api") {
+		c.API = file.API
+	}
+	if !set("retention") {
+		c.Retention = file.Retention
+	}
+	if !set("keep-app") {
+		c.KeepApp = file.KeepApp
+	}
+	c.Keep = file.Keep
 }

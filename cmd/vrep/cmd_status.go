@@ -1,26 +1,46 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/replicad"
+	"github.com/vrep-io/vrep/internal/units"
 )
 
 func statusCmd() *cobra.Command {
 	var a apiFlags
 	cmd := &cobra.Command{
-		Use:   "status [--state DIR | --api SOCKET] [--json]",
-		Short: "Show protected disks, their health and change logs, and the last point",
+		Use:   "status [--state DIR | --data DIR | --api SOCKET] [--json]",
+		Short: "Show a primary's disks, health and logs, or a replica's disks, points and tests",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st primary.Status
-			if err := a.call("GET", "/v1/status", &st); err != nil {
+			var raw json.RawMessage
+			if err := a.call("GET", "/v1/status", &raw); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			var role struct{ Role string }
+			json.Unmarshal(raw, &role)
+			if role.Role == "replica" {
+				var st replicad.Status
+				if err := json.Unmarshal(raw, &st); err != nil {
+					return err
+				}
+				if a.json {
+					return printJSON(out, st)
+				}
+				return printReplicaStatus(out, st)
+			}
+			var st primary.Status
+			if err := json.Unmarshal(raw, &st); err != nil {
+				return err
+			}
 			if a.json {
 				return printJSON(out, st)
 			}
@@ -48,6 +68,27 @@ func statusCmd() *cobra.Command {
 	}
 	a.register(cmd.Flags())
 	return cmd
+}
+
+func printReplicaStatus(out io.Writer, st replicad.Status) error {
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DISK\tROOT\tSIZE\tINITIAL COPY\tAPPLIED LSN\tPOINTS\tLAST POINT\tHISTORY")
+	for _, d := range st.Disks {
+		seed, last := "in progress", "-"
+		if d.Seeded {
+			seed = "complete"
+		}
+		if p := d.LastPoint; p != nil {
+			last = fmt.Sprintf("%d (%s, %.0f s ago)", p.ID, p.Kind, d.LastPointAge)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Name, d.Root, units.Bytes(d.Size), seed, d.AppliedLSN, d.Points, last, units.Bytes(d.HistoryBytes))
+	}
+	tw.Flush()
+	for _, t := range st.Tests {
+		fmt.Fprintln(out)
+		printTest(out, "test failover of "+t.VM+" running since "+t.Started, t)
+	}
+	return nil
 }
 
 func pointCmd() *cobra.Command {

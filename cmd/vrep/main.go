@@ -32,7 +32,7 @@ served to VMs over NBD and FUSE, and replicated to a replica as recovery points.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), certCmd(), logCheckCmd())
+	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), certCmd(), logCheckCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))
 		os.Exit(exitCode(err))
@@ -48,7 +48,12 @@ func sentence(err error) string {
 }
 
 func exitCode(err error) int {
+	var de *daemonError
 	switch {
+	case errors.As(err, &de) && de.status == 409:
+		return exitConflict
+	case errors.As(err, &de) && de.status == 400:
+		return exitUsage
 	case tracked.IsCorruption(err):
 		return exitCorrupt
 	case errors.Is(err, primary.ErrLocked):

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/replica"
 	"github.com/vrep-io/vrep/snapshot"
@@ -60,7 +61,7 @@ type Status struct {
 }
 
 func pointInfo(p snapshot.Point) PointInfo {
-	return PointInfo{ID: p.ID, Time: p.Time, Kind: KindName(p.Kind), Group: p.Group, LSNs: p.LSNs,
+	return PointInfo{ID: p.ID, Time: p.Time, Kind: hrl.KindName(p.Kind), Group: p.Group, LSNs: p.LSNs,
 		HoldUS: p.Hold.Microseconds(), Reason: p.Reason}
 }
 

@@ -198,7 +198,7 @@ func (d *Daemon) TakePoint(ctx context.Context, target string, app bool) (snapsh
 		p.recent = p.recent[len(p.recent)-keepRecent:]
 	}
 	p.mu.Unlock()
-	d.log.Info("point taken", "group", group, "id", pt.ID, "kind", KindName(pt.Kind), "hold", pt.Hold, "reason", pt.Reason)
+	d.log.Info("point taken", "group", group, "id", pt.ID, "kind", hrl.KindName(pt.Kind), "hold", pt.Hold, "reason", pt.Reason)
 	return pt, nil
 }
 
@@ -209,14 +209,6 @@ func (d *Daemon) disk(name string) *Disk {
 		}
 	}
 	return nil
-}
-
-// KindName is the operator's word for a point kind.
-func KindName(k uint8) string {
-	if k == hrl.KindApp {
-		return "app-consistent"
-	}
-	return "crash-consistent"
 }
 
 // ParseGroups parses --group NAME=VM,VM.

@@ -52,3 +52,16 @@ func (s *Size) Set(v string) error {
 
 // Type names the flag type in help output.
 func (s *Size) Type() string { return "size" }
+
+// Bytes formats a byte count for people: 512 B, 4.0 KiB, 1.5 GiB.
+func Bytes(n int64) string {
+	if n < 1024 {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	v, unit := float64(n), 0
+	for v >= 1024 && unit < 5 {
+		v /= 1024
+		unit++
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64) + " " + []string{"", "KiB", "MiB", "GiB", "TiB", "PiB"}[unit]
+}

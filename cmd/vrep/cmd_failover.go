@@ -1,0 +1,119 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vrep-io/vrep/internal/replicad"
+	"github.com/vrep-io/vrep/internal/units"
+)
+
+func pointsCmd() *cobra.Command {
+	var a apiFlags
+	cmd := &cobra.Command{
+		Use:   "points VM [--data DIR | --api SOCKET] [--json]",
+		Short: "List a VM's recovery points on the replica",
+		Long: `Lists the recovery points a replica holds for a VM, oldest first: id, time,
+kind (crash- or app-consistent), consistency group, and the history it
+takes to keep the point readable. VM may be ROOT/VM when several primaries
+replicate VMs of that name.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var pts []replicad.VMPoint
+			if err := a.call("GET", "/v1/points?vm="+url.QueryEscape(args[0]), &pts); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if a.json {
+				return printJSON(out, pts)
+			}
+			if len(pts) == 0 {
+				fmt.Fprintf(out, "VM %s has no recovery point on this replica yet\n", args[0])
+				return nil
+			}
+			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTIME\tKIND\tGROUP\tHISTORY")
+			for _, p := range pts {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", p.ID, p.Time.Format("2006-01-02 15:04:05.000"), p.Kind, p.Group, units.Bytes(p.HistoryBytes))
+			}
+			return tw.Flush()
+		},
+	}
+	a.register(cmd.Flags())
+	return cmd
+}
+
+func failoverCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "failover",
+		Short: "Fail VMs over to the replica",
+	}
+	var a apiFlags
+	var point string
+	test := &cobra.Command{
+		Use:   "test VM [--point ID] [--data DIR | --api SOCKET]",
+		Short: "Start a test failover: a writable copy of a point, while replication goes on",
+		Long: `Serves every disk of VM, as it was at a recovery point (default the newest),
+as a writable copy-on-write overlay: NBD export VM/DISK-test on the
+replica's --nbd sockets, and VM/DISK-test.img under its --fuse directory.
+Boot a test VM from it; replication keeps applying underneath, and nothing
+written to the test ever reaches the replica. Stop it with
+vrep failover test-stop VM, which discards the test's writes.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q := "/v1/failover/test?vm=" + url.QueryEscape(args[0])
+			if point != "" {
+				if _, err := strconv.ParseUint(point, 10, 64); err != nil {
+					return fmt.Errorf("%w: --point must be a point id, as vrep points shows", errUsage)
+				}
+				q += "&point=" + point
+			}
+			var t replicad.TestInfo
+			if err := a.call("POST", q, &t); err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), t)
+			}
+			printTest(cmd.OutOrStdout(), "test failover of "+t.VM+" started", t)
+			return nil
+		},
+	}
+	a.register(test.Flags())
+	test.Flags().StringVar(&point, "point", "", "the point id to test (default the newest)")
+	var sa apiFlags
+	stop := &cobra.Command{
+		Use:   "test-stop VM [--data DIR | --api SOCKET]",
+		Short: "Stop a test failover and discard what was written to it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var t replicad.TestInfo
+			if err := sa.call("POST", "/v1/failover/test-stop?vm="+url.QueryEscape(args[0]), &t); err != nil {
+				return err
+			}
+			if sa.json {
+				return printJSON(cmd.OutOrStdout(), t)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "test failover of %s stopped; its writes are discarded and point %d is no longer held\n", t.VM, t.Point.ID)
+			return nil
+		},
+	}
+	sa.register(stop.Flags())
+	cmd.AddCommand(test, stop)
+	return cmd
+}
+
+func printTest(out io.Writer, title string, t replicad.TestInfo) {
+	fmt.Fprintf(out, "%s at point %d (%s, %s)\n", title, t.Point.ID, t.Point.Kind, t.Point.Time.Format(time.DateTime))
+	fmt.Fprintf(out, "  NBD exports: %s\n", strings.Join(t.Exports, ", "))
+	if len(t.Files) > 0 {
+		fmt.Fprintf(out, "  files:       %s\n", strings.Join(t.Files, ", "))
+	}
+}

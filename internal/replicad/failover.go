@@ -1,0 +1,135 @@
+package replicad
+
+import (
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vrep-io/vrep/internal/names"
+	"github.com/vrep-io/vrep/internal/vfs"
+	"github.com/vrep-io/vrep/nbd"
+	"github.com/vrep-io/vrep/replica"
+)
+
+// A test failover (Hyper-V's "<vm> - Test"): every disk of a VM, at one
+// point, as a writable copy-on-write overlay over the point's view,
+// served as NBD export VM/DISK-test and FUSE file VM/DISK-test.img.
+// Replication goes on applying underneath; the overlay's writes go to a
+// scratch file and never reach the replica image; the point stays pinned
+// (never pruned) until the test stops, which discards the overlays.
+type test struct {
+	info  TestInfo
+	disks []testDisk
+}
+
+type testDisk struct {
+	export string
+	view   *replica.View
+	ov     *replica.Overlay
+}
+
+// StartTest starts a test failover of VM at point id (0: the newest).
+func (d *Daemon) StartTest(spec string, id uint64) (TestInfo, error) {
+	root, vm, keys, err := d.vmDisks(spec)
+	if err != nil {
+		return TestInfo{}, err
+	}
+	slices.Sort(keys)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k := range d.tests {
+		if strings.HasSuffix(k, "/"+vm) {
+			return TestInfo{}, conflict("a test failover of VM %s is already running; stop it first with vrep failover test-stop %s", vm, spec)
+		}
+	}
+	pts, err := d.points(keys)
+	if err != nil {
+		return TestInfo{}, err
+	}
+	if len(pts) == 0 {
+		return TestInfo{}, notFound("VM %s has no recovery point on this replica yet", spec)
+	}
+	p := pts[len(pts)-1]
+	if id != 0 {
+		i := slices.IndexFunc(pts, func(p VMPoint) bool { return p.ID == id })
+		if i < 0 {
+			return TestInfo{}, notFound("VM %s has no point %d (vrep points %s lists them)", spec, id, spec)
+		}
+		p = pts[i]
+	}
+	t := &test{info: TestInfo{VM: root + "/" + vm, Point: p, Started: time.Now().Format(time.RFC3339)}}
+	for _, k := range keys {
+		td, err := d.startTestDisk(k, p.LSNs[diskName(k)])
+		if err != nil {
+			d.stopTestLocked("", t)
+			return TestInfo{}, err
+		}
+		t.disks = append(t.disks, td)
+		t.info.Exports = append(t.info.Exports, td.export)
+		if d.fuse != nil {
+			t.info.Files = append(t.info.Files, d.fuse.Path(td.export))
+		}
+	}
+	d.tests[t.info.VM] = t
+	d.log.Info("replica: test failover started", "vm", t.info.VM, "point", p.ID, "kind", p.Kind,
+		"point_time", p.Time.Format(time.RFC3339), "exports", strings.Join(t.info.Exports, ","))
+	return t.info, nil
+}
+
+func (d *Daemon) startTestDisk(key string, lsn uint64) (td testDisk, err error) {
+	td.export = diskName(key) + "-test"
+	if _, _, err := names.Disk(td.export); err != nil {
+		return td, err
+	}
+	if td.view, err = d.Catalog.OpenView(key, lsn); err != nil {
+		return td, err
+	}
+	if td.ov, err = replica.NewOverlay(vfs.OS{}, overlayPath(d.cfg.Data, key), td.view); err != nil {
+		td.view.Close()
+		return td, err
+	}
+	d.nbd.Add(nbd.Export{Name: td.export, Device: td.ov})
+	if d.fuse != nil {
+		if err := d.fuse.Add(td.export, td.ov); err != nil {
+			d.nbd.Remove(td.export)
+			td.ov.Discard()
+			td.view.Close()
+			return td, err
+		}
+	}
+	return td, nil
+}
+
+// StopTest stops VM's test failover: its exports go, its overlays are
+// discarded and its point is unpinned.
+func (d *Daemon) StopTest(spec string) (TestInfo, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	key := ""
+	for k := range d.tests {
+		if k == spec || strings.HasSuffix(k, "/"+spec) {
+			key = k
+		}
+	}
+	if key == "" {
+		return TestInfo{}, notFound("no test failover of VM %s is running", spec)
+	}
+	t := d.tests[key]
+	d.stopTestLocked(key, t)
+	d.log.Info("replica: test failover stopped; its writes are discarded", "vm", key, "point", t.info.Point.ID)
+	return t.info, nil
+}
+
+func (d *Daemon) stopTestLocked(key string, t *test) {
+	for _, td := range t.disks {
+		d.nbd.Remove(td.export)
+		if d.fuse != nil {
+			d.fuse.Remove(td.export)
+		}
+		if err := td.ov.Discard(); err != nil {
+			d.log.Warn("replica: discarding a test overlay", "err", err)
+		}
+		td.view.Close()
+	}
+	delete(d.tests, key)
+}
