@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "building vrep: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	// A race-enabled binary sleeps a second at exit by default; the
+	// admin commands run many times.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

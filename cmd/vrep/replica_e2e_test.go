@@ -15,15 +15,16 @@ import (
 
 	"github.com/vrep-io/vrep/internal/nbdclient"
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/wocheck"
 )
 
 // startReplica runs `vrep replica` and returns a kill function.
-func startReplica(t *testing.T, dir, pkiDir, addr string) func() {
+func startReplica(t *testing.T, dir, pkiDir, addr string, extra ...string) func() {
 	t.Helper()
 	var out syncBuffer
-	cmd := exec.Command(vrepBin, "replica", "--data", filepath.Join(dir, "replica"), "--listen", addr,
-		"--tls-dir", pkiDir, "--name", "replica1", "--allow", "primary1")
+	cmd := exec.Command(vrepBin, append([]string{"replica", "--data", filepath.Join(dir, "replica"), "--listen", addr,
+		"--tls-dir", pkiDir, "--name", "replica1", "--allow", "primary1"}, extra...)...)
 	cmd.Stderr = &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -116,9 +117,13 @@ func TestReplicationEndToEnd(t *testing.T) {
 
 // TestReplicationCrashLoop: a stamped workload writes over NBD while the
 // primary, the replica or both are killed with SIGKILL at random moments
-// and restarted. Every primary restart is checked by the write-order
-// checker; no restart after the first initial copy may start another
-// one; at the end the replica converges to the primary byte for byte.
+// and restarted. The primary takes a point every 150 ms; the replica
+// keeps 2 s of them and prunes every 300 ms, so kills land during apply
+// and during pruning. Every primary restart is checked by the write-order
+// checker, and so are points the replica holds, read through test
+// failovers: each must be a prefix of the acknowledged writes. No restart
+// after the first initial copy may start another one; at the end the
+// replica converges to the primary byte for byte.
 // VREP_REPL_CRASH_ITERATIONS sets the count (make soak).
 func TestReplicationCrashLoop(t *testing.T) {
 	need(t, "qemu-img")
@@ -135,13 +140,70 @@ func TestReplicationCrashLoop(t *testing.T) {
 	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "primary1")
 	addr := freePort(t)
 	args := []string{"--replica", addr, "--tls-dir", pkiDir, "--name", "primary1", "--replica-name", "replica1",
-		"--retry-schedule", "50ms,100ms", "--merge-after", "1M"}
-	killReplica := startReplica(t, e.dir, pkiDir, addr)
+		"--retry-schedule", "50ms,100ms", "--merge-after", "1M", "--points-every", "150ms"}
+	repSock := filepath.Join(e.dir, "replica-nbd.sock")
+	repArgs := []string{"--nbd", "unix:" + repSock, "--retention", "2s", "--prune-every", "300ms"}
+	repData := filepath.Join(e.dir, "replica")
+	killReplica := startReplica(t, e.dir, pkiDir, addr, repArgs...)
 	d := e.start(t, args...)
 	waitReplicated(t, e) // the initial copy is done
 	r := rand.New(rand.NewPCG(3, 4))
-	before := make(wocheck.Image, blocks)
-	kills := map[string]int{}
+	// Run i wrote h[i] over befores[i] from starts[i] until kills[i];
+	// from then until starts[i+1] the disk was befores[i+1].
+	var (
+		befores = []wocheck.Image{make(wocheck.Image, blocks)}
+		hists   []*wocheck.History
+		starts  []time.Time
+		stops   []time.Time
+	)
+	pointsChecked, pointsGone := 0, 0
+	checkPoints := func(max int) {
+		t.Helper()
+		var pts []replicad.VMPoint
+		code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json")
+		if code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
+			t.Fatalf("vrep points: %d %s", code, out)
+		}
+		r.Shuffle(len(pts), func(i, j int) { pts[i], pts[j] = pts[j], pts[i] })
+		for _, p := range pts[:min(max, len(pts))] {
+			code, out := vrepRun(t, "failover", "test", "vm1", "--point", strconv.FormatUint(p.ID, 10), "--data", repData)
+			if code != 0 {
+				if strings.Contains(out, "no point") || strings.Contains(out, "no such point") {
+					pointsGone++ // pruned in between
+					continue
+				}
+				t.Fatalf("vrep failover test: %d %s", code, out)
+			}
+			cl, err := nbdclient.Dial("unix", repSock, "vm1/disk0-test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := wocheck.ReadImage(cl, blocks)
+			cl.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code, out := vrepRun(t, "failover", "test-stop", "vm1", "--data", repData); code != 0 {
+				t.Fatalf("vrep failover test-stop: %d %s", code, out)
+			}
+			i := len(starts) - 1
+			for i >= 0 && starts[i].After(p.Time) {
+				i--
+			}
+			var rep wocheck.Report
+			switch {
+			case i >= 0 && p.Time.Before(stops[i]):
+				rep = wocheck.CheckPoint(befores[i], img, hists[i], p.Time)
+			default: // between runs: the disk was still
+				rep = wocheck.CheckPoint(befores[i+1], img, &wocheck.History{}, p.Time)
+			}
+			if !rep.OK() {
+				t.Fatalf("point %d (%s, run %d): %s", p.ID, p.Time.Format("15:04:05.000"), i, strings.Join(rep.Violations, "\n"))
+			}
+			pointsChecked++
+		}
+	}
+	victims := map[string]int{}
 	initialCopies := 0
 	for i := range iterations {
 		cl, err := nbdclient.Dial("unix", e.sock, "vm1/disk0")
@@ -149,10 +211,11 @@ func TestReplicationCrashLoop(t *testing.T) {
 			t.Fatal(err)
 		}
 		victim := []string{"primary", "replica", "both"}[r.IntN(3)]
-		kills[victim]++
-		killed := make(chan struct{})
+		victims[victim]++
+		killed := make(chan time.Time, 1)
 		go func() {
 			time.Sleep(time.Duration(50+r.IntN(250)) * time.Millisecond)
+			at := time.Now()
 			if victim != "primary" {
 				killReplica()
 			}
@@ -161,33 +224,40 @@ func TestReplicationCrashLoop(t *testing.T) {
 			} else {
 				cl.Close() // end the workload
 			}
-			close(killed)
+			killed <- at
 		}()
 		w := wocheck.Workload{Disk: 1, Run: uint32(i + 1), Blocks: blocks, Seed: uint64(i), FlushEvery: 8}
+		starts = append(starts, time.Now())
 		h := w.Write(context.Background(), cl, 1<<30)
-		<-killed
+		stops = append(stops, <-killed)
+		hists = append(hists, h)
 		cl.Close()
 		if victim != "primary" {
-			killReplica = startReplica(t, e.dir, pkiDir, addr)
+			killReplica = startReplica(t, e.dir, pkiDir, addr, repArgs...)
 		}
 		if victim != "replica" {
 			initialCopies += strings.Count(d.stderr.String(), "initial replication started")
 			d = e.start(t, args...)
 		}
 		after := readBack(t, e, blocks)
-		if rep := wocheck.CheckSerial(before, after, h); !rep.OK() {
+		if rep := wocheck.CheckSerial(befores[i], after, h); !rep.OK() {
 			t.Fatalf("iteration %d (killed %s): %s", i, victim, strings.Join(rep.Violations, "\n"))
 		}
-		before = after
+		befores = append(befores, after)
+		checkPoints(2)
 	}
 	waitReplicated(t, e)
+	checkPoints(1 << 20)
 	initialCopies += strings.Count(d.stderr.String(), "initial replication started")
 	if initialCopies != 1 {
 		t.Fatalf("%d initial copies: a crash or disconnect forced a full copy", initialCopies)
 	}
+	if pointsChecked < iterations {
+		t.Fatalf("only %d points checked (%d pruned before they could be)", pointsChecked, pointsGone)
+	}
 	if err := d.stop(); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, filepath.Join(e.dir, "replica", "primary1", "vm1", "disk0", "image"))
-	t.Logf("%d iterations (kills: %v), 1 initial copy, replica equal to the primary, 0 write-order violations", iterations, kills)
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, filepath.Join(repData, "primary1", "vm1", "disk0", "image"))
+	t.Logf("%d iterations (kills: %v), 1 initial copy, replica equal to the primary, 0 write-order violations, %d points checked", iterations, victims, pointsChecked)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"time"
@@ -140,24 +141,51 @@ func (r *Report) add(format string, args ...any) {
 // writes of h up to some K (the newest one found), and K must include
 // every write acknowledged before the last completed flush was submitted.
 func CheckSerial(before, after Image, h *History) Report {
-	var rep Report
-	writes := map[uint64]Op{}
-	for _, op := range h.Ops {
-		if !op.Flush {
-			writes[op.Seq] = op
-			rep.Writes++
-		}
-	}
-	// The flush rule.
 	var lastFlush time.Time
 	for _, op := range h.Ops {
 		if op.Flush && op.Result == OK {
 			lastFlush = op.Submit
 		}
 	}
+	var required uint64
 	for _, op := range h.Ops {
-		if !op.Flush && op.Result == OK && !op.Ack.After(lastFlush) && op.Seq > rep.Required {
-			rep.Required = op.Seq
+		if !op.Flush && op.Result == OK && !op.Ack.After(lastFlush) {
+			required = max(required, op.Seq)
+		}
+	}
+	return checkPrefix(before, after, h, required, math.MaxUint64)
+}
+
+// CheckPoint checks a recovery point taken at time at during a
+// queue-depth-1 history h over before: the point must be before plus
+// exactly the writes of h up to some K, where K includes every write
+// acknowledged before at (it was logged before the barrier) and no write
+// submitted after at (it waited for the barrier, or came later).
+func CheckPoint(before, after Image, h *History, at time.Time) Report {
+	var required, limit uint64
+	for _, op := range h.Ops {
+		if op.Flush {
+			continue
+		}
+		if op.Result == OK && op.Ack.Before(at) {
+			required = max(required, op.Seq)
+		}
+		if !op.Submit.After(at) {
+			limit = max(limit, op.Seq)
+		}
+	}
+	return checkPrefix(before, after, h, required, limit)
+}
+
+// checkPrefix checks that after is before plus the writes of h up to
+// some K with required <= K <= limit.
+func checkPrefix(before, after Image, h *History, required, limit uint64) Report {
+	rep := Report{Required: required}
+	writes := map[uint64]Op{}
+	for _, op := range h.Ops {
+		if !op.Flush {
+			writes[op.Seq] = op
+			rep.Writes++
 		}
 	}
 	// K, and blocks that are not what any write of this run could leave.
@@ -190,7 +218,10 @@ func CheckSerial(before, after Image, h *History) Report {
 		rep.Highest = max(rep.Highest, d.Stamp.Seq)
 	}
 	if rep.Highest < rep.Required {
-		rep.add("flushed write lost: write %d was acknowledged before a completed flush, the image holds writes only up to %d", rep.Required, rep.Highest)
+		rep.add("acknowledged write lost: write %d must be in the image (acknowledged before a completed flush, or before the point), but it holds writes only up to %d", rep.Required, rep.Highest)
+	}
+	if rep.Highest > limit {
+		rep.add("the image holds write %d, submitted after the point was taken (the newest it may hold is %d)", rep.Highest, limit)
 	}
 	// The expected image: before, plus writes up to K in order.
 	expect := make([]Decoded, len(after))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vrep-io/vrep/blockdev"
 )
@@ -118,7 +119,7 @@ func TestCatchesPlantedBugs(t *testing.T) {
 	}), "stale")
 	// An ack before fsync: the image lacks flushed writes.
 	full := check(t, h, apply(h, last, nil, nil))
-	expectViolation("lost flush", apply(h, full.Required-1, nil, nil), "flushed write lost")
+	expectViolation("lost flush", apply(h, full.Required-1, nil, nil), "acknowledged write lost")
 	// A torn write: one sector from another write.
 	img := apply(h, last, nil, nil)
 	lba := h.Ops[len(h.Ops)-1].LBA
@@ -157,4 +158,38 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestCheckPoint: a point at time T must hold every write acknowledged
+// before T and none submitted after it.
+func TestCheckPoint(t *testing.T) {
+	h := run(t, 3)
+	var mid Op
+	for _, op := range h.Ops {
+		if !op.Flush && op.Seq == 200 {
+			mid = op
+		}
+	}
+	at := mid.Ack.Add(time.Nanosecond) // write 200 acknowledged, 201 not yet submitted
+	for _, op := range h.Ops {
+		if op.Seq == 201 {
+			at = mid.Ack.Add(op.Submit.Sub(mid.Ack) / 2)
+		}
+	}
+	pt := func(k uint64) Report {
+		after, err := ReadImage(bytes.NewReader(apply(h, k, nil, nil)), blocks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return CheckPoint(make(Image, blocks), after, h, at)
+	}
+	if rep := pt(200); !rep.OK() {
+		t.Fatalf("the exact point: %v", rep.Violations)
+	}
+	if rep := pt(199); rep.OK() || !strings.Contains(strings.Join(rep.Violations, "\n"), "acknowledged write lost") {
+		t.Fatalf("a point missing a write acknowledged before it: %v", rep.Violations)
+	}
+	if rep := pt(230); rep.OK() || !strings.Contains(strings.Join(rep.Violations, "\n"), "submitted after the point") {
+		t.Fatalf("a point holding later writes: %v", rep.Violations)
+	}
 }
