@@ -34,6 +34,7 @@ soak:
 	VREP_POWERCUT_SEEDS=2000 $(GO) test -race -timeout 60m -run 'TestPowerCut' ./blockdev/tracked
 	VREP_CRASH_ITERATIONS=300 $(GO) test -timeout 60m -run 'TestCrashLoopWriteOrder' -v ./cmd/vrep
 	VREP_REPL_CRASH_ITERATIONS=200 $(GO) test -timeout 60m -run 'TestReplicationCrashLoop' -v ./cmd/vrep
+	$(GO) test -race -timeout 30m -run 'TestHistoryPowerCut|TestApplyPowerCut' ./replica
 
 # fuzz runs every fuzz target for FUZZTIME each.
 fuzz:
@@ -41,7 +42,7 @@ fuzz:
 		./hrl:FuzzOpen ./hrl:FuzzDecodeMarker \
 		./nbd:FuzzHandshake ./nbd:FuzzRequest \
 		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode \
-		./replica:FuzzReadFrame ./replica:FuzzDecodeRecords; do \
+		./replica:FuzzReadFrame ./replica:FuzzDecodeRecords ./replica:FuzzDecodeUndoRef; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "== $$fn ($$pkg)"; \
 		$(GO) test $$pkg -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) 2>&1 | tail -n 3; \
@@ -50,6 +51,7 @@ fuzz:
 # bench: Go benchmarks, each reporting vrep against a peer in one run.
 bench:
 	$(GO) test -run XXX -bench . -benchtime 3x ./hrl ./blockdev/tracked
+	$(GO) test -run XXX -bench . -benchtime 1x ./replica
 
 bench-nbd: tools build
 	bench/nbd.sh

@@ -197,8 +197,8 @@ func (r *undoRef) encode() []byte {
 }
 
 func decodeUndoRef(lsn uint64, v []byte) (*undoRef, error) {
-	if len(v) < 20 {
-		return nil, errors.New("replica: short undo entry in the index")
+	if len(v) < 20 || v[1]|v[2]|v[3] != 0 {
+		return nil, errors.New("replica: malformed undo entry in the index")
 	}
 	r := &undoRef{lsn: lsn, length: int64(binary.LittleEndian.Uint32(v[4:])),
 		off: int64(binary.LittleEndian.Uint64(v[8:])), crc: binary.LittleEndian.Uint32(v[16:])}

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"path/filepath"
+	"slices"
 
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/vfs"
@@ -84,7 +85,21 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 			continue
 		}
 		a, b := d.undoRange(r)
-		old := make([]byte, b-a)
+		var old []byte
+		if d.cat.cfg.Inline {
+			old = make([]byte, b-a)
+		} else {
+			if seg == nil {
+				if err := d.rollUndo(r.LSN); err != nil {
+					return nil, err
+				}
+				segBase = d.undo.off
+			}
+			// Header, then the old bytes read straight into place.
+			seg = slices.Grow(seg, undoHeaderSize+int(b-a))
+			seg = seg[:len(seg)+undoHeaderSize+int(b-a)]
+			old = seg[len(seg)-int(b-a):]
+		}
 		if n, err := d.img.ReadAt(old, a); n != len(old) && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("replica: reading the image for history: %w", err)
 		}
@@ -97,26 +112,20 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 		if d.cat.cfg.Inline {
 			ref.inline = old
 		} else {
-			if seg == nil {
-				if err := d.rollUndo(r.LSN); err != nil {
-					return nil, err
-				}
-				segBase = d.undo.off
-			}
-			var h [undoHeaderSize]byte
-			copy(h[:], "VUND")
+			h := seg[len(seg)-len(old)-undoHeaderSize:]
+			copy(h, "VUND")
 			binary.LittleEndian.PutUint32(h[4:], ref.crc)
 			binary.LittleEndian.PutUint64(h[8:], r.LSN)
 			binary.LittleEndian.PutUint64(h[16:], uint64(a))
 			binary.LittleEndian.PutUint32(h[24:], uint32(b-a))
 			binary.LittleEndian.PutUint32(h[28:], crc32.Checksum(h[:28], castagnoli))
-			seg = append(seg, h[:]...)
-			ref.seg, ref.segOff = d.undo.first, segBase+int64(len(seg))
-			seg = append(seg, old...)
+			ref.seg, ref.segOff = d.undo.first, segBase+int64(len(seg)-len(old))
 		}
 		refs[j] = ref
 		fresh = append(fresh, ref)
 	}
+	// The segment is durable before the index points into it, and both
+	// before the batch touches the image.
 	if len(seg) > 0 {
 		if _, err := d.undo.f.WriteAt(seg, segBase); err != nil {
 			return nil, fmt.Errorf("replica: writing history: %w", err)
@@ -157,9 +166,13 @@ func overlay(buf []byte, at int64, q hrl.Record) {
 }
 
 // rollUndo makes sure an undo segment is open with room, starting a new
-// one (named after lsn, its first entry) when none is or it is full. An
-// existing file of that name — left by a crash before its entries were
-// indexed — is appended to, never truncated.
+// one (named after lsn, its first entry) when none is or it is full. New
+// segments are allocated in full up front where the file system can
+// (fsyncs of a file that does not grow are cheaper: 720 against 450 MB/s
+// of 8 MiB appends here), so a segment's end is found by walking its
+// entries.
+// An existing file of that name — left by a crash — is appended to after
+// its last intact entry, never truncated.
 func (d *Disk) rollUndo(lsn uint64) error {
 	if d.undo.f != nil && d.undo.off < undoSegmentMax {
 		return nil
@@ -178,16 +191,49 @@ func (d *Disk) rollUndo(lsn uint64) error {
 		if f, err = d.fs.Create(name); err != nil {
 			return fmt.Errorf("replica: %w", err)
 		}
-		if err := d.fs.SyncDir(dir); err != nil {
+		if a, ok := f.(interface{ Allocate(int64) error }); ok {
+			// Where the file system cannot allocate, the segment grows.
+			if a.Allocate(undoSegmentMax+(8<<20)) == nil {
+				err = f.Sync()
+			}
+		}
+		if err == nil {
+			err = d.fs.SyncDir(dir)
+		}
+		if err != nil {
 			f.Close()
 			return fmt.Errorf("replica: %w", err)
 		}
+		d.undo = undoWriter{f: f, first: lsn}
+		return nil
 	}
-	size, err := f.Size()
+	end, err := segmentEnd(f)
 	if err != nil {
 		f.Close()
-		return fmt.Errorf("replica: %w", err)
+		return err
 	}
-	d.undo = undoWriter{f: f, first: lsn, off: size}
+	d.undo = undoWriter{f: f, first: lsn, off: end}
 	return nil
+}
+
+// segmentEnd walks a segment's entries and returns where the last intact
+// one ends: a crash leaves at most a torn tail after it, which nothing in
+// the index points at.
+func segmentEnd(f vfs.File) (int64, error) {
+	size, err := f.Size()
+	if err != nil {
+		return 0, fmt.Errorf("replica: %w", err)
+	}
+	var h [undoHeaderSize]byte
+	off := int64(0)
+	for off+undoHeaderSize <= size {
+		if n, _ := f.ReadAt(h[:], off); n != undoHeaderSize {
+			break
+		}
+		if string(h[:4]) != "VUND" || crc32.Checksum(h[:28], castagnoli) != binary.LittleEndian.Uint32(h[28:]) {
+			break
+		}
+		off += undoHeaderSize + int64(binary.LittleEndian.Uint32(h[24:]))
+	}
+	return min(off, size), nil
 }

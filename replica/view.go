@@ -7,7 +7,6 @@ import (
 	"io"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/internal/vfs"
@@ -33,8 +32,37 @@ type View struct {
 
 	// blocks maps an undo block index to the entry that holds the block
 	// as it was at the point; guarded by sh.mu.
-	blocks map[int64]blockRef
+	blocks blockTable
 	closed bool
+}
+
+// blockTable maps block indexes to entries: a two-level table, dense
+// within 1024-block leaves, allocated only where history exists.
+type blockTable struct {
+	leaves map[int64]*[1024]blockRef
+}
+
+func (t *blockTable) get(b int64) (blockRef, bool) {
+	l := t.leaves[b>>10]
+	if l == nil || l[b&1023].ref == nil {
+		return blockRef{}, false
+	}
+	return l[b&1023], true
+}
+
+// add maps b unless it is mapped already.
+func (t *blockTable) add(b int64, r blockRef) {
+	if t.leaves == nil {
+		t.leaves = map[int64]*[1024]blockRef{}
+	}
+	l := t.leaves[b>>10]
+	if l == nil {
+		l = new([1024]blockRef)
+		t.leaves[b>>10] = l
+	}
+	if l[b&1023].ref == nil {
+		l[b&1023] = r
+	}
 }
 
 type blockRef struct {
@@ -45,7 +73,9 @@ type blockRef struct {
 // undoEntry is an undo entry as a view uses it.
 type undoEntry struct {
 	*undoRef
-	checked atomic.Bool // its CRC was verified
+	once sync.Once
+	f    vfs.File // its segment, once checked
+	err  error    // what checking it found
 }
 
 // OpenView opens disk ("ROOT/VM/DISK") as it was at the point at lsn.
@@ -72,7 +102,7 @@ func (c *Catalog) OpenView(disk string, lsn uint64) (*View, error) {
 		return nil, fmt.Errorf("replica: %w", err)
 	}
 	v := &View{cat: c, disk: disk, lsn: lsn, size: st.size, img: img, sh: c.shared(disk),
-		segs: segFiles{fs: c.fs, dir: filepath.Join(c.cfg.Data, disk, "undo")}, blocks: map[int64]blockRef{}}
+		segs: segFiles{fs: c.fs, dir: filepath.Join(c.cfg.Data, disk, "undo")}}
 	// Under the apply lock: no batch can slip between the scan and the
 	// registration; one that committed its entries before the scan is
 	// noted twice, which changes nothing (the oldest entry of a block wins).
@@ -99,10 +129,7 @@ func (v *View) noteLocked(refs []*undoRef) {
 		}
 		e := &undoEntry{undoRef: r}
 		for at := int64(0); at < r.length; at += UndoBlock {
-			b := (r.off + at) / UndoBlock
-			if _, ok := v.blocks[b]; !ok {
-				v.blocks[b] = blockRef{ref: e, at: at}
-			}
+			v.blocks.add((r.off+at)/UndoBlock, blockRef{ref: e, at: at})
 		}
 	}
 }
@@ -138,7 +165,7 @@ func (v *View) ReadAt(p []byte, off int64) (int, error) {
 	for pos := off; pos < end; {
 		b := pos / UndoBlock
 		bEnd := min((b+1)*UndoBlock, end)
-		if br, ok := v.blocks[b]; ok {
+		if br, ok := v.blocks.get(b); ok {
 			if err := v.readUndo(br, p[pos-off:bEnd-off], pos-b*UndoBlock); err != nil {
 				return int(pos - off), err
 			}
@@ -147,7 +174,7 @@ func (v *View) ReadAt(p []byte, off int64) (int, error) {
 		}
 		// A run of blocks the image still holds as they were.
 		for bEnd < end {
-			if _, ok := v.blocks[bEnd/UndoBlock]; ok {
+			if _, ok := v.blocks.get(bEnd / UndoBlock); ok {
 				break
 			}
 			bEnd = min(bEnd+UndoBlock, end)
@@ -166,17 +193,31 @@ func (v *View) ReadAt(p []byte, off int64) (int, error) {
 // entry's checksum the first time this view uses it.
 func (v *View) readUndo(br blockRef, p []byte, inBlock int64) error {
 	e := br.ref
-	if !e.checked.Load() {
+	e.once.Do(func() {
 		all := make([]byte, e.length)
-		if err := v.cat.readUndo(v.disk, e.undoRef, all, 0, &v.segs); err != nil {
-			return err
+		if e.err = v.cat.readUndo(v.disk, e.undoRef, all, 0, &v.segs); e.err != nil {
+			return
 		}
 		if crc32.Checksum(all, castagnoli) != e.crc {
-			return fmt.Errorf("replica: the history of %s is damaged: undo entry of LSN %d fails its checksum", v.disk, e.lsn)
+			e.err = fmt.Errorf("replica: the history of %s is damaged: undo entry of LSN %d fails its checksum", v.disk, e.lsn)
+			return
 		}
-		e.checked.Store(true)
+		if e.inline == nil {
+			e.f, e.err = v.segs.get(e.seg)
+		}
+	})
+	if e.err != nil {
+		return e.err
 	}
-	return v.cat.readUndo(v.disk, e.undoRef, p, br.at+inBlock, &v.segs)
+	at := br.at + inBlock
+	if e.inline != nil {
+		copy(p, e.inline[at:])
+		return nil
+	}
+	if n, err := e.f.ReadAt(p, e.segOff+at); n != len(p) {
+		return fmt.Errorf("replica: reading undo segment %016x of %s: %w", e.seg, v.disk, err)
+	}
+	return nil
 }
 
 // Close closes the view and unpins its point.
@@ -191,7 +232,7 @@ func (v *View) Close() error {
 	if v.sh.pins[v.lsn]--; v.sh.pins[v.lsn] <= 0 {
 		delete(v.sh.pins, v.lsn)
 	}
-	v.blocks = nil
+	v.blocks = blockTable{}
 	v.sh.mu.Unlock()
 	v.segs.close()
 	return v.img.Close()

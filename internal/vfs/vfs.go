@@ -103,6 +103,13 @@ func (f osFile) Sync() error {
 	}
 }
 
+// Allocate reserves the file's first n bytes on disk (fallocate), so
+// later writes into them need no block allocation: a file written
+// sequentially and fsynced often syncs faster.
+func (f osFile) Allocate(n int64) error {
+	return unix.Fallocate(int(f.Fd()), 0, 0, n)
+}
+
 func (f osFile) Size() (int64, error) {
 	st, err := f.Stat()
 	if err != nil {
