@@ -37,12 +37,17 @@ type View struct {
 }
 
 // blockTable maps block indexes to entries: a two-level table, dense
-// within 1024-block leaves, allocated only where history exists.
+// within 1024-block leaves, allocated only where history exists, so a
+// lookup is two indexings (a map, or pointer chasing through entries,
+// made view reads a third slower than image reads).
 type blockTable struct {
-	leaves map[int64]*[1024]blockRef
+	leaves []*[1024]blockRef
 }
 
 func (t *blockTable) get(b int64) (blockRef, bool) {
+	if b>>10 >= int64(len(t.leaves)) {
+		return blockRef{}, false
+	}
 	l := t.leaves[b>>10]
 	if l == nil || l[b&1023].ref == nil {
 		return blockRef{}, false
@@ -52,8 +57,8 @@ func (t *blockTable) get(b int64) (blockRef, bool) {
 
 // add maps b unless it is mapped already.
 func (t *blockTable) add(b int64, r blockRef) {
-	if t.leaves == nil {
-		t.leaves = map[int64]*[1024]blockRef{}
+	if b>>10 >= int64(len(t.leaves)) {
+		t.leaves = append(t.leaves, make([]*[1024]blockRef, b>>10+1-int64(len(t.leaves)))...)
 	}
 	l := t.leaves[b>>10]
 	if l == nil {
@@ -72,7 +77,7 @@ type blockRef struct {
 
 // undoEntry is an undo entry as a view uses it.
 type undoEntry struct {
-	*undoRef
+	undoRef
 	once sync.Once
 	f    vfs.File // its segment, once checked
 	err  error    // what checking it found
@@ -102,7 +107,8 @@ func (c *Catalog) OpenView(disk string, lsn uint64) (*View, error) {
 		return nil, fmt.Errorf("replica: %w", err)
 	}
 	v := &View{cat: c, disk: disk, lsn: lsn, size: st.size, img: img, sh: c.shared(disk),
-		segs: segFiles{fs: c.fs, dir: filepath.Join(c.cfg.Data, disk, "undo")}}
+		segs:   segFiles{fs: c.fs, dir: filepath.Join(c.cfg.Data, disk, "undo")},
+		blocks: blockTable{leaves: make([]*[1024]blockRef, (st.size/UndoBlock+1023)/1024)}}
 	// Under the apply lock: no batch can slip between the scan and the
 	// registration; one that committed its entries before the scan is
 	// noted twice, which changes nothing (the oldest entry of a block wins).
@@ -127,7 +133,7 @@ func (v *View) noteLocked(refs []*undoRef) {
 		if r == nil || r.lsn <= v.lsn {
 			continue
 		}
-		e := &undoEntry{undoRef: r}
+		e := &undoEntry{undoRef: *r}
 		for at := int64(0); at < r.length; at += UndoBlock {
 			v.blocks.add((r.off+at)/UndoBlock, blockRef{ref: e, at: at})
 		}
@@ -195,7 +201,7 @@ func (v *View) readUndo(br blockRef, p []byte, inBlock int64) error {
 	e := br.ref
 	e.once.Do(func() {
 		all := make([]byte, e.length)
-		if e.err = v.cat.readUndo(v.disk, e.undoRef, all, 0, &v.segs); e.err != nil {
+		if e.err = v.cat.readUndo(v.disk, &e.undoRef, all, 0, &v.segs); e.err != nil {
 			return
 		}
 		if crc32.Checksum(all, castagnoli) != e.crc {
