@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/vrep-io/vrep/internal/nbdclient"
@@ -79,54 +80,15 @@ func Run(ctx context.Context, o Options) (err error) {
 	say("vrep demo: a primary protecting one VM with two disks, replicating to a replica, on this machine.")
 	say("Working in %s.\n", dir)
 
-	// 1. Certificates.
-	tlsDir := filepath.Join(dir, "tls")
-	if err := pki.InitCA(tlsDir); err != nil {
+	pair, err := StartPair(dir, []string{"vm1/disk0", "vm1/disk1"}, o.DiskSize, log)
+	if err != nil {
 		return err
 	}
-	for _, n := range []string{"replica", "primary"} {
-		if err := pki.Issue(tlsDir, n, 24*time.Hour); err != nil {
-			return err
-		}
-	}
+	defer pair.Close()
+	rep, pri, repNBD, priNBD, specs := pair.Replica, pair.Primary, pair.ReplicaNBD, pair.PrimaryNBD, pair.Disks
 	say("1. Made a certificate authority and certificates for \"replica\" and \"primary\" (ECDSA P-256);")
 	say("   they authenticate each other with TLS 1.3, and the replica admits only \"primary\".")
-
-	// 2. The replica.
-	tc, err := pki.ServerConfig(tlsDir, "replica")
-	if err != nil {
-		return err
-	}
-	repNBD := filepath.Join(dir, "replica-nbd.sock")
-	rep, err := replicad.Start(replicad.Config{Data: filepath.Join(dir, "replica"), Listen: "127.0.0.1:0", TLS: tc,
-		Allow: map[string]string{"primary": ""}, NBD: []string{"unix:" + repNBD},
-		Retention: replica.Retention{Window: 24 * time.Hour}, Log: log})
-	if err != nil {
-		return err
-	}
-	defer rep.Close()
 	say("2. Started the replica on %s; it keeps 24 hours of recovery points, and serves test failovers over NBD at %s.", rep.Addr(), repNBD)
-
-	// 3. The primary.
-	priNBD := filepath.Join(dir, "primary-nbd.sock")
-	var specs []primary.DiskSpec
-	for _, n := range []string{"disk0", "disk1"} {
-		path := filepath.Join(dir, "vm1-"+n+".img")
-		if err := os.WriteFile(path, nil, 0o600); err != nil {
-			return err
-		}
-		if err := os.Truncate(path, o.DiskSize); err != nil {
-			return err
-		}
-		specs = append(specs, primary.DiskSpec{Name: "vm1/" + n, Path: path})
-	}
-	pri, err := primary.Start(primary.Config{State: filepath.Join(dir, "primary"), Disks: specs, NBD: []string{"unix:" + priNBD},
-		Replica: &primary.ReplicaConfig{Addr: rep.Addr(), TLSDir: tlsDir, Name: "primary", ReplicaName: "replica", Codec: replica.CodecZstd},
-		Log:     log})
-	if err != nil {
-		return err
-	}
-	defer pri.Close()
 	say("3. Started the primary: VM vm1 with disks vm1/disk0 and vm1/disk1 (%s each), served over NBD at %s;", units.Bytes(o.DiskSize), priNBD)
 	say("   every write goes to the disk's change log and is replicated continuously (zstd).")
 	var disks []*shadow
@@ -299,6 +261,70 @@ func Run(ctx context.Context, o Options) (err error) {
 	say("10. Stopped the primary (every write flushed and merged) and the replica.")
 	say("\nAll %d checks passed.", checks)
 	return nil
+}
+
+// Pair is a replica and a primary replicating to it on loopback, with
+// their certificates, under one directory.
+type Pair struct {
+	Replica    *replicad.Daemon
+	Primary    *primary.Daemon
+	ReplicaNBD string // test failovers
+	PrimaryNBD string // the disks
+	Disks      []primary.DiskSpec
+}
+
+// StartPair makes certificates, starts a replica keeping 24 hours of
+// points, and a primary serving the named disks (raw images of size
+// bytes, created empty) over NBD and replicating them with zstd.
+func StartPair(dir string, disks []string, size int64, log *slog.Logger) (*Pair, error) {
+	tlsDir := filepath.Join(dir, "tls")
+	if err := pki.InitCA(tlsDir); err != nil {
+		return nil, err
+	}
+	for _, n := range []string{"replica", "primary"} {
+		if err := pki.Issue(tlsDir, n, 24*time.Hour); err != nil {
+			return nil, err
+		}
+	}
+	tc, err := pki.ServerConfig(tlsDir, "replica")
+	if err != nil {
+		return nil, err
+	}
+	p := &Pair{ReplicaNBD: filepath.Join(dir, "replica-nbd.sock"), PrimaryNBD: filepath.Join(dir, "primary-nbd.sock")}
+	p.Replica, err = replicad.Start(replicad.Config{Data: filepath.Join(dir, "replica"), Listen: "127.0.0.1:0", TLS: tc,
+		Allow: map[string]string{"primary": ""}, NBD: []string{"unix:" + p.ReplicaNBD},
+		Retention: replica.Retention{Window: 24 * time.Hour}, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range disks {
+		path := filepath.Join(dir, strings.ReplaceAll(n, "/", "-")+".img")
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			p.Close()
+			return nil, err
+		}
+		if err := os.Truncate(path, size); err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.Disks = append(p.Disks, primary.DiskSpec{Name: n, Path: path})
+	}
+	p.Primary, err = primary.Start(primary.Config{State: filepath.Join(dir, "primary"), Disks: p.Disks, NBD: []string{"unix:" + p.PrimaryNBD},
+		Replica: &primary.ReplicaConfig{Addr: p.Replica.Addr(), TLSDir: tlsDir, Name: "primary", ReplicaName: "replica", Codec: replica.CodecZstd},
+		Log:     log})
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// Close stops the primary, then the replica.
+func (p *Pair) Close() {
+	if p.Primary != nil {
+		p.Primary.Close()
+	}
+	p.Replica.Close()
 }
 
 // fill makes a block that says which write made it.
