@@ -209,16 +209,40 @@ func (d *Disk) FinishBase(lsn uint64) error {
 // With history on (WithHistory), the batch's undo entries and points are
 // durable in the catalog before any record touches the image.
 func (d *Disk) Apply(recs []hrl.Record) (uint64, error) {
+	return d.apply(recs, 0, 0)
+}
+
+// ApplyRange applies records standing for the LSN range from..through,
+// some of whose records were coalesced away (each fully overwritten by a
+// later one, never across a point): the applied LSN becomes through.
+func (d *Disk) ApplyRange(recs []hrl.Record, from, through uint64) (uint64, error) {
+	if from == 0 || through < from {
+		return d.applied, fmt.Errorf("%w: records range %d..%d", ErrFrame, from, through)
+	}
+	return d.apply(recs, from, through)
+}
+
+// apply applies recs; from 0 means consecutive LSNs, else the records
+// stand for from..through.
+func (d *Disk) apply(recs []hrl.Record, from, through uint64) (uint64, error) {
 	if !d.seeded {
 		return d.applied, ErrNotSeeded
+	}
+	if from != 0 {
+		if through <= d.applied {
+			return d.applied, nil // applied before: a resumed stream
+		}
+		if from > d.applied+1 {
+			return d.applied, fmt.Errorf("%w: records from %d after %d", ErrBrokenChain, from, d.applied)
+		}
 	}
 	next := d.applied
 	first := -1
 	for i, r := range recs {
-		if r.LSN <= next {
+		if r.LSN <= next && (from == 0 || r.LSN <= d.applied) {
 			continue // applied before: a resumed stream
 		}
-		if r.LSN != next+1 {
+		if from == 0 && r.LSN != next+1 || from != 0 && (r.LSN <= next || r.LSN > through) {
 			return d.applied, fmt.Errorf("%w: record %d after %d", ErrBrokenChain, r.LSN, next)
 		}
 		if r.Type != hrl.TypeMarker {
@@ -232,11 +256,17 @@ func (d *Disk) Apply(recs []hrl.Record) (uint64, error) {
 		}
 		next = r.LSN
 	}
-	if first < 0 {
+	if from != 0 {
+		next = through
+	}
+	if first < 0 && next == d.applied {
 		return d.applied, nil
 	}
-	pending := recs[first:]
-	if d.cat != nil {
+	var pending []hrl.Record
+	if first >= 0 {
+		pending = recs[first:]
+	}
+	if d.cat != nil && len(pending) > 0 {
 		refs, err := d.saveHistory(pending)
 		if err != nil {
 			return d.applied, err
@@ -268,14 +298,14 @@ func (d *Disk) Apply(recs []hrl.Record) (uint64, error) {
 
 func (d *Disk) applyAll(recs []hrl.Record) error {
 	for _, r := range recs {
-		if err := d.apply(r); err != nil {
+		if err := d.applyRecord(r); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (d *Disk) apply(r hrl.Record) error {
+func (d *Disk) applyRecord(r hrl.Record) error {
 	off, n := int64(r.Offset), int64(r.Span)
 	switch r.Type {
 	case hrl.TypeWrite:

@@ -36,6 +36,9 @@ const (
 	MsgBaseChunk MsgType = 6
 	MsgAck       MsgType = 7
 	MsgError     MsgType = 8
+	// MsgRecordsRange is Records standing for an LSN range some of whose
+	// records were coalesced away (interval copy frequencies).
+	MsgRecordsRange MsgType = 10
 )
 
 // Codec is a body compression. Part of the format; do not change.

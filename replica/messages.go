@@ -89,6 +89,38 @@ func AppendRecords(dst []byte, disk string, recs []hrl.Record) []byte {
 // consecutive, and the disk name must be valid; on any error nothing after
 // the bad record is delivered. Payloads alias b.
 func DecodeRecords(b []byte, fn func(hrl.Record) error) (disk string, err error) {
+	return decodeRecords(b, false, fn)
+}
+
+// AppendRecordsRange appends a RecordsRange body: the LSN range from
+// through through that the records stand for, then a Records body.
+func AppendRecordsRange(dst []byte, from, through uint64, disk string, recs []hrl.Record) []byte {
+	dst = binary.LittleEndian.AppendUint64(dst, from)
+	dst = binary.LittleEndian.AppendUint64(dst, through)
+	return AppendRecords(dst, disk, recs)
+}
+
+// DecodeRecordsRange checks a RecordsRange body as DecodeRecords does,
+// except that LSNs may skip (coalesced records), and returns the range:
+// every record's LSN lies in it, in increasing order.
+func DecodeRecordsRange(b []byte, fn func(hrl.Record) error) (disk string, from, through uint64, err error) {
+	if len(b) < 16 {
+		return "", 0, 0, fmt.Errorf("%w: short records-range message", ErrFrame)
+	}
+	from, through = binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])
+	if from == 0 || through < from {
+		return "", 0, 0, fmt.Errorf("%w: records range %d..%d", ErrFrame, from, through)
+	}
+	disk, err = decodeRecords(b[16:], true, func(r hrl.Record) error {
+		if r.LSN < from || r.LSN > through {
+			return fmt.Errorf("%w: record LSN %d outside its range %d..%d", ErrFrame, r.LSN, from, through)
+		}
+		return fn(r)
+	})
+	return disk, from, through, err
+}
+
+func decodeRecords(b []byte, gaps bool, fn func(hrl.Record) error) (disk string, err error) {
 	if len(b) < 2 {
 		return "", fmt.Errorf("%w: short records message", ErrFrame)
 	}
@@ -114,7 +146,7 @@ func DecodeRecords(b []byte, fn func(hrl.Record) error) (disk string, err error)
 		if r.Type == hrl.TypeSync {
 			return disk, fmt.Errorf("%w: record %d: sync records are not shipped", ErrFrame, i)
 		}
-		if i > 0 && r.LSN != prev+1 {
+		if i > 0 && (!gaps && r.LSN != prev+1 || gaps && r.LSN <= prev) {
 			return disk, fmt.Errorf("%w: record %d: LSN %d after %d", ErrFrame, i, r.LSN, prev)
 		}
 		prev = r.LSN

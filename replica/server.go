@@ -283,6 +283,16 @@ func (s *Server) serve(nc net.Conn) {
 				applyFailed(err)
 				return
 			}
+		case MsgRecordsRange:
+			recs = recs[:0]
+			_, from, through, err := DecodeRecordsRange(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
+			if err == nil {
+				ack, err = d.ApplyRange(recs, from, through)
+			}
+			if err != nil {
+				applyFailed(err)
+				return
+			}
 		default:
 			fail(CodeBadRequest, fmt.Errorf("%w: unexpected message %d", ErrFrame, t))
 			return

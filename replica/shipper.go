@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -8,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -29,7 +32,14 @@ type ShipperConfig struct {
 	Backoff []time.Duration
 	// Poll is how often a caught-up stream looks for new records.
 	Poll time.Duration
-	Log  *slog.Logger
+	// Through, if set, bounds what is shipped: records up to the LSN it
+	// returns (interval copy frequencies: the point of the last tick).
+	// Nil ships every durable record (continuous).
+	Through func() uint64
+	// Coalesce drops records a later record of the same batch overwrites
+	// entirely, never across a point, and ships the rest as a range.
+	Coalesce bool
+	Log      *slog.Logger
 }
 
 // Health is a disk's replication health, as Hyper-V reports it.
@@ -51,6 +61,9 @@ type ShipStatus struct {
 	Codec    string `json:"codec,omitempty"`
 	WireSent int64  `json:"wire_bytes"`   // frames sent, headers included
 	Shipped  int64  `json:"record_bytes"` // record payload bytes acknowledged
+	// Coalesced counts records not shipped because a later record of the
+	// same interval overwrote them entirely.
+	Coalesced int64 `json:"coalesced_records"`
 }
 
 // Shipper ships one disk's change log to the replica: the initial copy
@@ -194,6 +207,9 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			}
 		}
 		durable := log.SyncedLSN()
+		if s.cfg.Through != nil {
+			durable = min(durable, s.cfg.Through())
+		}
 		if durable <= applied {
 			select {
 			case <-ctx.Done():
@@ -202,11 +218,15 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			}
 			continue
 		}
-		body, last, payload, err := s.batch(applied, durable)
+		typ, build := MsgRecords, s.batch
+		if s.cfg.Coalesce {
+			typ, build = MsgRecordsRange, s.coalescedBatch
+		}
+		body, last, payload, err := build(applied, durable)
 		if err != nil {
 			return progressed, err
 		}
-		c.WriteFrame(MsgRecords, body)
+		c.WriteFrame(typ, body)
 		if err := c.Flush(); err != nil {
 			return progressed, err
 		}
@@ -264,6 +284,81 @@ func (s *Shipper) batch(applied, durable uint64) ([]byte, uint64, int64, error) 
 	}
 	binary.LittleEndian.PutUint32(body[countAt:], count)
 	return body, last, payload, nil
+}
+
+// coalescedBatch builds a RecordsRange body of the records after applied,
+// up to durable, without those a later record of the batch overwrites
+// entirely and no point lies between.
+func (s *Shipper) coalescedBatch(applied, durable uint64) ([]byte, uint64, int64, error) {
+	var recs []hrl.Record
+	size := 0
+	last := applied
+	err := s.vol.Log().Scan(applied+1, func(r hrl.Record) error {
+		if r.LSN > durable || len(recs) > 0 && size+hrl.RecHeaderSize+len(r.Payload) > maxBatch {
+			return errBatchFull
+		}
+		r.Payload = bytes.Clone(r.Payload)
+		recs = append(recs, r)
+		size += hrl.RecHeaderSize + len(r.Payload)
+		last = r.LSN
+		return nil
+	})
+	if err != nil && !errors.Is(err, errBatchFull) {
+		return nil, 0, 0, err
+	}
+	kept := Coalesce(recs)
+	var payload int64
+	for _, r := range kept {
+		payload += int64(len(r.Payload))
+	}
+	s.set(func(st *ShipStatus) { st.Coalesced += int64(len(recs) - len(kept)) })
+	return AppendRecordsRange(nil, applied+1, last, s.disk, kept), last, payload, nil
+}
+
+// Coalesce returns recs without the records that a later record overwrites
+// entirely with no marker in between: at every point the disk reads the
+// same. Markers are always kept, in order.
+func Coalesce(recs []hrl.Record) []hrl.Record {
+	keep := make([]bool, len(recs))
+	var covered spans // ranges later records of the current span write
+	for i := len(recs) - 1; i >= 0; i-- {
+		r := recs[i]
+		if r.Type == hrl.TypeMarker {
+			keep[i] = true
+			covered = covered[:0] // never across a point
+			continue
+		}
+		lo, hi := r.Offset, r.Offset+uint64(r.Span)
+		if !covered.contains(lo, hi) {
+			keep[i] = true
+			covered = covered.add(lo, hi)
+		}
+	}
+	out := recs[:0:0]
+	for i, r := range recs {
+		if keep[i] {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// spans is a sorted set of disjoint half-open byte ranges.
+type spans [][2]uint64
+
+func (s spans) contains(lo, hi uint64) bool {
+	i := sort.Search(len(s), func(i int) bool { return s[i][1] > lo })
+	return i < len(s) && s[i][0] <= lo && s[i][1] >= hi
+}
+
+func (s spans) add(lo, hi uint64) spans {
+	i := sort.Search(len(s), func(i int) bool { return s[i][1] >= lo })
+	j := i
+	for j < len(s) && s[j][0] <= hi {
+		lo, hi = min(lo, s[j][0]), max(hi, s[j][1])
+		j++
+	}
+	return slices.Replace(s, i, j, [2]uint64{lo, hi})
 }
 
 // initialCopy sends the base image at the checkpoint, skipping zero chunks,

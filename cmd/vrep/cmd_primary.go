@@ -32,6 +32,7 @@ func primaryCmd() *cobra.Command {
 		rc         primary.ReplicaConfig
 		codec      string
 		backoff    string
+		frequency  string
 	)
 	cmd := &cobra.Command{
 		Use:   "primary --state DIR --disk VM/DISK=PATH... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -60,6 +61,11 @@ func primaryCmd() *cobra.Command {
 					return fmt.Errorf("%w: --replica needs --tls-dir, --name and --replica-name", errUsage)
 				}
 				var err error
+				if frequency != "continuous" {
+					if rc.Interval, err = time.ParseDuration(frequency); err != nil || rc.Interval <= 0 {
+						return fmt.Errorf("%w: --frequency %q must be continuous or a duration such as 30s, 5m or 15m", errUsage, frequency)
+					}
+				}
 				if rc.Codec, err = replica.ParseCodec(codec); err != nil {
 					return fmt.Errorf("%w: %v", errUsage, err)
 				}
@@ -136,10 +142,11 @@ func primaryCmd() *cobra.Command {
 	f.StringVar(&rc.Name, "name", "", "this primary's certificate name")
 	f.StringVar(&rc.ReplicaName, "replica-name", "", "the name the replica's certificate must carry")
 	f.StringVar(&codec, "compression", "zstd", "zstd, s2 or none")
+	f.StringVar(&frequency, "frequency", "continuous", "copy frequency: continuous, or ship at a point every 30s, 5m or 15m (any duration)")
 	f.StringVar(&backoff, "retry-schedule", "", "retry waits after recoverable errors, e.g. 1m,2m,4m,8m,10m,30m (default Hyper-V's)")
 	f.StringVar(&cfg.API, "api", "", "API socket for vrep status and vrep point (default STATE/api.sock)")
 	f.StringArrayVar(&groups, "group", nil, "consistency group: NAME=VM[,VM...] (repeatable; a VM in no group is its own)")
-	f.DurationVar(&cfg.Points.Every, "points-every", 0, "take a crash-consistent point of every group this often (0: by hand)")
+	f.DurationVar(&cfg.Points.Every, "points-every", 0, "take a crash-consistent point of every group this often (default: at each --frequency tick, every 5s when continuous, by hand without --replica)")
 	f.DurationVar(&cfg.Points.AppEvery, "app-every", 0, "take an app-consistent point of every group this often (0: by hand)")
 	f.StringArrayVar(&freeze, "freeze", nil, "VM=MOUNTPOINT to fsfreeze for app-consistent points (repeatable)")
 	f.StringArrayVar(&preFreeze, "pre-freeze", nil, "VM=COMMAND run before freezing (sh -c)")

@@ -105,6 +105,14 @@ func (d *Daemon) setupPoints(cfg PointsConfig) error {
 		}
 	}
 	d.points = p
+	if rc := d.cfg.Replica; rc != nil && cfg.Every == 0 {
+		// Points at every copy-frequency tick; every few seconds when
+		// continuous.
+		cfg.Every = rc.Interval
+		if cfg.Every == 0 {
+			cfg.Every = DefaultContinuousPoints
+		}
+	}
 	if cfg.Every > 0 {
 		p.schedule(d, cfg.Every, false)
 	}
@@ -184,11 +192,20 @@ func (d *Daemon) TakePoint(ctx context.Context, target string, app bool) (snapsh
 	if err != nil {
 		return pt, err
 	}
-	// A point is only worth having if it survives a crash.
-	for n := range pt.LSNs {
+	// A point is only worth having if it survives a crash. With an
+	// interval copy frequency it closes the interval: the segment is
+	// sealed (new writes go to the next one) and shipped up to the point.
+	for n, lsn := range pt.LSNs {
 		if disk := d.disk(n); disk != nil {
 			if serr := disk.Volume.Log().Sync(); serr != nil {
 				return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
+			}
+			if rc := d.cfg.Replica; rc != nil && rc.Interval > 0 {
+				if _, serr := disk.Volume.Log().Seal(); serr != nil {
+					return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
+				}
+				for cur := disk.shipThrough.Load(); lsn > cur && !disk.shipThrough.CompareAndSwap(cur, lsn); cur = disk.shipThrough.Load() {
+				}
 			}
 		}
 	}

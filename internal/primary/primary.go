@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vrep-io/vrep/blockdev"
@@ -64,6 +65,9 @@ type Disk struct {
 	Path   string
 	Volume *tracked.Volume
 	base   *blockdev.File
+	// shipThrough is the LSN of the disk's newest point: what an interval
+	// copy frequency may ship.
+	shipThrough atomic.Uint64
 }
 
 // Daemon is a running primary.

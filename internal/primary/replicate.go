@@ -16,7 +16,17 @@ type ReplicaConfig struct {
 	ReplicaName string // the name the replica's certificate must carry
 	Codec       replica.Codec
 	Backoff     []time.Duration // nil: Hyper-V's schedule
+	// Interval is the copy frequency: 0 is continuous (every durable
+	// record, as soon as it is durable); otherwise a crash-consistent
+	// point is taken every Interval (unless Points.Every says otherwise)
+	// and each disk ships up to its newest point, with overwritten
+	// records coalesced away, while new writes go to the next segment.
+	Interval time.Duration
 }
+
+// DefaultContinuousPoints is how often a replicating primary takes a
+// crash-consistent point in continuous mode when nothing else is set.
+const DefaultContinuousPoints = 5 * time.Second
 
 func (d *Daemon) startShipping() error {
 	rc := d.cfg.Replica
@@ -31,8 +41,11 @@ func (d *Daemon) startShipping() error {
 	d.stopShip = cancel
 	d.shippers = map[string]*replica.Shipper{}
 	for _, disk := range d.Disks {
-		sh := replica.NewShipper(disk.Name, disk.Volume, replica.ShipperConfig{
-			Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Log: d.log})
+		sc := replica.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Log: d.log}
+		if rc.Interval > 0 {
+			sc.Through, sc.Coalesce = disk.shipThrough.Load, true
+		}
+		sh := replica.NewShipper(disk.Name, disk.Volume, sc)
 		d.shippers[disk.Name] = sh
 		d.shipWG.Add(1)
 		go func() {
