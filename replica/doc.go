@@ -1,6 +1,6 @@
 // Package replica is vrep's replication: the wire protocol between a
-// primary and a replica (this file is its spec), and, in later work, the
-// shipper on the primary and the replica daemon that applies.
+// primary and a replica (this file is its spec), the shipper on the
+// primary, the apply engine, and the replica's history.
 //
 // # Transport
 //
@@ -39,5 +39,7 @@
 // count change-log records in the hrl segment framing (32-byte header
 // with CRC32C, payload), in LSN order. The replica verifies every record's
 // own checksum, so the record checksum made when the VM wrote the block
-// protects it all the way to the replica image.
+// protects it all the way to the replica image. The session messages are
+// specified in session.go; the replica's history (points, undo entries,
+// views, retention) in catalog.go.
 package replica

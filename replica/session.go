@@ -16,6 +16,11 @@ import (
 //	BaseChunk  offset uint64, data (the rest of the body)
 //	BaseDone   LSN uint64: the image sent is the disk at this LSN
 //	Records    see the package doc
+//	RecordsRange  from uint64, through uint64, then a Records body whose
+//	           LSNs increase within from..through but may skip: records a
+//	           later record of the same interval overwrote entirely (never
+//	           across a marker) were coalesced away; applying it makes the
+//	           applied LSN through
 //	Ack        LSN uint64 durable on the replica
 //	Error      code uint16, message (the rest); the sender then closes
 const MsgBaseDone MsgType = 9
