@@ -42,7 +42,8 @@ fuzz:
 		./hrl:FuzzOpen ./hrl:FuzzDecodeMarker \
 		./nbd:FuzzHandshake ./nbd:FuzzRequest \
 		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode \
-		./replica:FuzzReadFrame ./replica:FuzzDecodeRecords ./replica:FuzzDecodeUndoRef; do \
+		./replica:FuzzReadFrame ./replica:FuzzDecodeRecords ./replica:FuzzDecodeRecordsRange \
+		./replica:FuzzDecodeUndoRef; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "== $$fn ($$pkg)"; \
 		$(GO) test $$pkg -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) 2>&1 | tail -n 3; \
