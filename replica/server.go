@@ -33,13 +33,19 @@ type ServerConfig struct {
 	Log     *slog.Logger
 }
 
+// diskStream is a disk's replication stream on the replica.
+type diskStream struct {
+	conn net.Conn
+	done chan struct{} // closed once the stream let go of the disk
+}
+
 // Server is a replica: it receives initial copies and records over mutual
 // TLS and applies them. It is safe for concurrent use.
 type Server struct {
 	cfg    ServerConfig
 	fs     vfs.FS
 	mu     sync.Mutex
-	busy   map[string]bool // disk directories with a stream
+	busy   map[string]*diskStream // disk directories with a stream
 	conns  map[net.Conn]struct{}
 	ls     map[net.Listener]struct{}
 	closed bool
@@ -51,7 +57,7 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Server{cfg: cfg, fs: vfs.OS{}, busy: map[string]bool{}, conns: map[net.Conn]struct{}{}, ls: map[net.Listener]struct{}{}}
+	return &Server{cfg: cfg, fs: vfs.OS{}, busy: map[string]*diskStream{}, conns: map[net.Conn]struct{}{}, ls: map[net.Listener]struct{}{}}
 }
 
 // Close stops accepting, closes every stream (each applied batch is
@@ -130,8 +136,11 @@ func (s *Server) rootName(name string) (string, error) {
 func (s *Server) serve(nc net.Conn) {
 	defer nc.Close()
 	log := s.cfg.Log.With("remote", nc.RemoteAddr().String())
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
-	tc := tls.Server(nc, s.cfg.TLS)
+	// Until the stream is open each exchange must be quick; then a
+	// primary may stay quiet (caught up) for a while, and a frame may
+	// crawl over a thin link as long as it moves.
+	pc := newProgressConn(nc, 30*time.Second)
+	tc := tls.Server(pc, s.cfg.TLS)
 	if err := tc.Handshake(); err != nil {
 		log.Warn("replica: TLS handshake refused", "err", err)
 		return
@@ -200,14 +209,30 @@ func (s *Server) serve(nc net.Conn) {
 	}
 	vm, dname, _ := names.Disk(diskName)
 	dir := filepath.Join(root, vm, dname)
-	s.mu.Lock()
-	if s.busy[dir] {
+	// One stream per disk. A new one from the primary supersedes an old
+	// one, which a dead or black-holed link can leave waiting: the old
+	// connection is closed (each applied batch is durable before its
+	// ack, so nothing is lost) and its end awaited.
+	me := &diskStream{conn: nc, done: make(chan struct{})}
+	defer close(me.done)
+	for {
+		s.mu.Lock()
+		old := s.busy[dir]
+		if old == nil {
+			s.busy[dir] = me
+			s.mu.Unlock()
+			break
+		}
 		s.mu.Unlock()
-		fail(CodeRetry, fmt.Errorf("disk %s is already being replicated by another stream", diskName))
-		return
+		log.Info("replica: a new stream supersedes the old one", "disk", diskName)
+		old.conn.Close()
+		select {
+		case <-old.done:
+		case <-time.After(30 * time.Second):
+			fail(CodeRetry, fmt.Errorf("disk %s is still being replicated by another stream", diskName))
+			return
+		}
 	}
-	s.busy[dir] = true
-	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.busy, dir)
@@ -238,10 +263,9 @@ func (s *Server) serve(nc net.Conn) {
 	}
 	log = log.With("disk", diskName)
 	log.Info("replica: stream open", "applied", applied, "seeded", seeded, "codec", w.Codec)
-	nc.SetDeadline(time.Time{})
+	pc.scale.Store(10) // five minutes
 	var recs []hrl.Record
 	for {
-		nc.SetReadDeadline(time.Now().Add(5 * time.Minute))
 		t, body, err := c.ReadFrame()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {

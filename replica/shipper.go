@@ -39,7 +39,13 @@ type ShipperConfig struct {
 	// Coalesce drops records a later record of the same batch overwrites
 	// entirely, never across a point, and ships the rest as a range.
 	Coalesce bool
-	Log      *slog.Logger
+	// Timeout is how long the connection may stand still while a frame
+	// is sent or an ack awaited (ten times it for the ack of a whole
+	// initial copy): a black-holed or half-open connection is given up
+	// and retried; a slow one that keeps moving is not (default one
+	// minute).
+	Timeout time.Duration
+	Log     *slog.Logger
 }
 
 // Health is a disk's replication health, as Hyper-V reports it.
@@ -81,6 +87,9 @@ type Shipper struct {
 func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
 	if cfg.Backoff == nil {
 		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = time.Minute
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = 50 * time.Millisecond
@@ -147,14 +156,21 @@ func (s *Shipper) Run(ctx context.Context) {
 // session runs one connection; progressed says whether anything was
 // acknowledged (a fresh start of the backoff schedule).
 func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 30 * time.Second}, Config: s.cfg.TLS}
-	nc, err := d.DialContext(ctx, "tcp", s.cfg.Addr)
+	raw, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", s.cfg.Addr)
 	if err != nil {
 		return false, err
 	}
+	pc := newProgressConn(raw, s.cfg.Timeout)
+	nc := tls.Client(pc, s.cfg.TLS)
 	defer nc.Close()
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
+	if err := nc.HandshakeContext(ctx); err != nil {
+		return false, err
+	}
+	// arm scales the progress timeout: 0 while idle, 10 for the ack of a
+	// whole initial copy (the replica makes the image durable).
+	arm := func(n int) { pc.scale.Store(int64(n)) }
 	c := NewConn(nc)
 	defer c.Close()
 	c.WriteFrame(MsgHello, Hello{Version: Version, Codecs: AllCodecs, Prefer: s.cfg.Codec}.Encode())
@@ -183,10 +199,11 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	if !seeded {
-		if applied, err = s.initialCopy(c); err != nil {
+		if applied, err = s.initialCopy(c, arm); err != nil {
 			return false, err
 		}
 		progressed = true
+		s.set(func(st *ShipStatus) { st.Initial = 100 })
 	} else if first := s.vol.Log().Segments()[0].First; first > applied+1 {
 		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d", ErrBrokenChain, applied, first)
 	} else {
@@ -195,6 +212,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	s.acked(applied)
 	sentBefore := c.Sent()
 	log := s.vol.Log()
+	limit := minBatch
 	for {
 		if ctx.Err() != nil {
 			return progressed, ctx.Err()
@@ -222,10 +240,11 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		if s.cfg.Coalesce {
 			typ, build = MsgRecordsRange, s.coalescedBatch
 		}
-		body, last, payload, err := build(applied, durable)
+		body, last, payload, err := build(applied, durable, limit)
 		if err != nil {
 			return progressed, err
 		}
+		arm(1)
 		c.WriteFrame(typ, body)
 		if err := c.Flush(); err != nil {
 			return progressed, err
@@ -243,6 +262,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		}
 		applied = ack
 		progressed = true
+		limit = min(2*limit, maxBatch)
 		s.set(func(st *ShipStatus) { st.WireSent += c.Sent() - sentBefore; st.Shipped += payload })
 		sentBefore = c.Sent()
 		s.acked(ack)
@@ -256,21 +276,28 @@ func (s *Shipper) acked(lsn uint64) {
 	}
 }
 
-// maxBatch bounds the record bytes in one Records message.
-const maxBatch = 8 << 20
+// A session's first batch is at most minBatch bytes of records; each ack
+// doubles the bound up to maxBatch. Large batches amortise the replica's
+// fsyncs; small first ones make progress even on a link that keeps
+// breaking (or a replica that keeps restarting) before a large one could
+// be applied and acknowledged.
+const (
+	minBatch = 256 << 10
+	maxBatch = 8 << 20
+)
 
 var errBatchFull = errors.New("batch full")
 
 // batch builds a Records body of the records after applied, up to durable,
 // and counts their payload bytes.
-func (s *Shipper) batch(applied, durable uint64) ([]byte, uint64, int64, error) {
+func (s *Shipper) batch(applied, durable uint64, limit int) ([]byte, uint64, int64, error) {
 	body := AppendRecords(nil, s.disk, nil)
 	countAt := len(body) - 4
 	var count uint32
 	var payload int64
 	last := applied
 	err := s.vol.Log().Scan(applied+1, func(r hrl.Record) error {
-		if r.LSN > durable || count > 0 && len(body)+hrl.RecHeaderSize+len(r.Payload) > maxBatch {
+		if r.LSN > durable || count > 0 && len(body)+hrl.RecHeaderSize+len(r.Payload) > limit {
 			return errBatchFull // one record alone always fits: MaxBody > MaxPayload
 		}
 		body = hrl.AppendRecord(body, r)
@@ -289,12 +316,12 @@ func (s *Shipper) batch(applied, durable uint64) ([]byte, uint64, int64, error) 
 // coalescedBatch builds a RecordsRange body of the records after applied,
 // up to durable, without those a later record of the batch overwrites
 // entirely and no point lies between.
-func (s *Shipper) coalescedBatch(applied, durable uint64) ([]byte, uint64, int64, error) {
+func (s *Shipper) coalescedBatch(applied, durable uint64, limit int) ([]byte, uint64, int64, error) {
 	var recs []hrl.Record
 	size := 0
 	last := applied
 	err := s.vol.Log().Scan(applied+1, func(r hrl.Record) error {
-		if r.LSN > durable || len(recs) > 0 && size+hrl.RecHeaderSize+len(r.Payload) > maxBatch {
+		if r.LSN > durable || len(recs) > 0 && size+hrl.RecHeaderSize+len(r.Payload) > limit {
 			return errBatchFull
 		}
 		r.Payload = bytes.Clone(r.Payload)
@@ -363,7 +390,7 @@ func (s spans) add(lo, hi uint64) spans {
 
 // initialCopy sends the base image at the checkpoint, skipping zero chunks,
 // while the VM keeps writing into the log.
-func (s *Shipper) initialCopy(c *Conn) (uint64, error) {
+func (s *Shipper) initialCopy(c *Conn, arm func(int)) (uint64, error) {
 	ckpt := s.vol.PauseMerge()
 	defer s.vol.ResumeMerge()
 	base := s.vol.Base()
@@ -377,16 +404,18 @@ func (s *Shipper) initialCopy(c *Conn) (uint64, error) {
 		if _, err := base.ReadAt(data, off); err != nil {
 			return 0, err
 		}
-		pct := int(100 * (off + n) / size)
+		pct := int(99 * (off + n) / size) // 100 once the replica has made it durable
 		s.set(func(st *ShipStatus) { st.Initial = pct })
 		if allZero(data) {
 			continue
 		}
 		binary.LittleEndian.PutUint64(buf, uint64(off))
+		arm(1)
 		if err := c.WriteFrame(MsgBaseChunk, buf[:8+n]); err != nil {
 			return 0, err
 		}
 	}
+	arm(10) // the replica makes the whole image durable
 	c.WriteFrame(MsgBaseDone, encodeU64(ckpt))
 	if err := c.Flush(); err != nil {
 		return 0, err

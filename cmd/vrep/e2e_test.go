@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -28,7 +29,13 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	vrepBin = filepath.Join(dir, "vrep")
-	if out, err := exec.Command("go", "build", "-race", "-o", vrepBin, ".").CombinedOutput(); err != nil {
+	// The daemons run with the race detector, unless VREP_E2E_RACE=0 (the
+	// long soaks, where its 5-10x slowdown would only measure itself).
+	args := []string{"build", "-race", "-o", vrepBin, "."}
+	if os.Getenv("VREP_E2E_RACE") == "0" {
+		args = []string{"build", "-o", vrepBin, "."}
+	}
+	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building vrep: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -38,6 +45,21 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// daemonLog is where a daemon's stderr goes: w, and with VREP_E2E_LOG
+// set, appended to that file too (for a failing soak's post-mortem).
+func daemonLog(t *testing.T, w io.Writer) io.Writer {
+	path := os.Getenv("VREP_E2E_LOG")
+	if path == "" {
+		return w
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return io.MultiWriter(w, f)
 }
 
 func need(t *testing.T, tools ...string) {
@@ -135,7 +157,7 @@ func (e *env) start(t *testing.T, extra ...string) *daemon {
 		}
 	}
 	cmd := exec.Command(vrepBin, args...)
-	cmd.Stderr = d.stderr
+	cmd.Stderr = daemonLog(t, d.stderr)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -273,10 +273,27 @@ type Pair struct {
 	Disks      []primary.DiskSpec
 }
 
+// PairConfig shapes a Pair; the zero value is the demo's.
+type PairConfig struct {
+	// Via, if set, is given the replica's address and returns the one the
+	// primary dials (a fault-injecting proxy).
+	Via func(replicaAddr string) (string, error)
+	// Timeout and Backoff tune the primary's shippers (tests scale them
+	// down).
+	Timeout time.Duration
+	Backoff []time.Duration
+	// Prepare, if set, runs on each disk image before the primary opens it.
+	Prepare func(path string) error
+}
+
 // StartPair makes certificates, starts a replica keeping 24 hours of
 // points, and a primary serving the named disks (raw images of size
 // bytes, created empty) over NBD and replicating them with zstd.
-func StartPair(dir string, disks []string, size int64, log *slog.Logger) (*Pair, error) {
+func StartPair(dir string, disks []string, size int64, log *slog.Logger, cfgs ...PairConfig) (*Pair, error) {
+	var cfg PairConfig
+	if len(cfgs) > 0 {
+		cfg = cfgs[0]
+	}
 	tlsDir := filepath.Join(dir, "tls")
 	if err := pki.InitCA(tlsDir); err != nil {
 		return nil, err
@@ -297,6 +314,13 @@ func StartPair(dir string, disks []string, size int64, log *slog.Logger) (*Pair,
 	if err != nil {
 		return nil, err
 	}
+	addr := p.Replica.Addr()
+	if cfg.Via != nil {
+		if addr, err = cfg.Via(addr); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
 	for _, n := range disks {
 		path := filepath.Join(dir, strings.ReplaceAll(n, "/", "-")+".img")
 		if err := os.WriteFile(path, nil, 0o600); err != nil {
@@ -307,16 +331,29 @@ func StartPair(dir string, disks []string, size int64, log *slog.Logger) (*Pair,
 			p.Close()
 			return nil, err
 		}
+		if cfg.Prepare != nil {
+			if err := cfg.Prepare(path); err != nil {
+				p.Close()
+				return nil, err
+			}
+		}
 		p.Disks = append(p.Disks, primary.DiskSpec{Name: n, Path: path})
 	}
 	p.Primary, err = primary.Start(primary.Config{State: filepath.Join(dir, "primary"), Disks: p.Disks, NBD: []string{"unix:" + p.PrimaryNBD},
-		Replica: &primary.ReplicaConfig{Addr: p.Replica.Addr(), TLSDir: tlsDir, Name: "primary", ReplicaName: "replica", Codec: replica.CodecZstd},
-		Log:     log})
+		Replica: &primary.ReplicaConfig{Addr: addr, TLSDir: tlsDir, Name: "primary", ReplicaName: "replica", Codec: replica.CodecZstd,
+			Timeout: cfg.Timeout, Backoff: cfg.Backoff},
+		Log: log})
 	if err != nil {
 		p.Close()
 		return nil, err
 	}
 	return p, nil
+}
+
+// WaitReplicated waits until the replica acknowledged every record the
+// primary has logged.
+func (p *Pair) WaitReplicated(ctx context.Context, timeout time.Duration) error {
+	return waitReplicated(ctx, p.Primary, timeout)
 }
 
 // Close stops the primary, then the replica.

@@ -22,6 +22,9 @@ type ReplicaConfig struct {
 	// and each disk ships up to its newest point, with overwritten
 	// records coalesced away, while new writes go to the next segment.
 	Interval time.Duration
+	// Timeout is how long a connection to the replica may stand still
+	// mid-exchange before it is given up and retried (default one minute).
+	Timeout time.Duration
 }
 
 // DefaultContinuousPoints is how often a replicating primary takes a
@@ -41,7 +44,7 @@ func (d *Daemon) startShipping() error {
 	d.stopShip = cancel
 	d.shippers = map[string]*replica.Shipper{}
 	for _, disk := range d.Disks {
-		sc := replica.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Log: d.log}
+		sc := replica.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout, Log: d.log}
 		if rc.Interval > 0 {
 			sc.Through, sc.Coalesce = disk.shipThrough.Load, true
 		}
