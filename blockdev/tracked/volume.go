@@ -437,13 +437,21 @@ func (v *Volume) Release(lsn uint64) error {
 	return nil
 }
 
+// recountUnreleased sets unrel to the log bytes after the released LSN.
+// A segment released in part counts in proportion to its unreleased
+// records: counting it whole made a caught-up replica look a whole
+// segment (64 MiB, the default overflow bound of small disks) behind.
 func (v *Volume) recountUnreleased() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	var n int64
 	for _, s := range v.log.Segments() {
-		if s.Last > v.released {
+		switch {
+		case s.Last <= v.released:
+		case s.First > v.released:
 			n += s.Size
+		default:
+			n += int64(float64(s.Size) * float64(s.Last-v.released) / float64(s.Last-s.First+1))
 		}
 	}
 	v.unrel = n

@@ -447,3 +447,27 @@ func TestRetainKeepsSegmentsUntilReleased(t *testing.T) {
 		t.Fatalf("%d segments after releasing everything sealed, want only the active one", got)
 	}
 }
+
+// TestNoOverflowWhileKeepingUp: a consumer that releases all but the
+// newest record never trips the overflow bound, however large the one
+// active segment grows.
+func TestNoOverflowWhileKeepingUp(t *testing.T) {
+	fs := vfs.NewMem(17)
+	v, err := Open("/vol", blockdev.NewMem(16<<20), Options{FS: fs, Retain: true, OverflowBytes: 1 << 20,
+		SegmentSize: 64 << 20, MergeIdle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for i := range 1000 { // 4 MiB into one segment, four times the bound
+		if _, err := v.WriteAt(payload(uint64(i), 4096), int64(i%4096)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Release(v.Log().LastLSN() - 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v.ResyncRequired() {
+		t.Fatal("overflow reported for a consumer one record behind")
+	}
+}
