@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/vfs"
 )
 
@@ -601,6 +602,7 @@ func (l *Log) write(p *pending) {
 		l.fail(err)
 		err = l.failed()
 	} else if p.last > 0 {
+		faultpoint.Hit(faultpoint.LogAfterWrite)
 		l.written.Store(p.last)
 	}
 	p.b.err = err
@@ -637,6 +639,7 @@ func (l *Log) syncActive() error {
 		}
 		l.dirDirty = false
 	}
+	faultpoint.Hit(faultpoint.LogAfterSync)
 	l.synced.Store(w)
 	l.mu.Lock()
 	if seg := l.segs[len(l.segs)-1]; seg == l.wseg && l.err == nil && !l.closed {

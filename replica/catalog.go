@@ -17,6 +17,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/vfs"
 )
 
@@ -514,6 +515,9 @@ func (c *Catalog) pruneDisk(disk string) error {
 	}
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("replica: pruning points of %s: %w", disk, err)
+	}
+	if dropped > 0 {
+		faultpoint.Hit(faultpoint.PruneBetweenDelete)
 	}
 	lsns, _, err := c.undoSizes(disk)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/vfs"
 )
 
@@ -271,6 +272,7 @@ func (d *Disk) apply(recs []hrl.Record, from, through uint64) (uint64, error) {
 		if err != nil {
 			return d.applied, err
 		}
+		faultpoint.Hit(faultpoint.ApplyBeforeImage)
 		d.sh.mu.Lock()
 		for v := range d.sh.views {
 			v.note(refs)
@@ -287,6 +289,7 @@ func (d *Disk) apply(recs []hrl.Record, from, through uint64) (uint64, error) {
 	if err := d.img.Sync(); err != nil {
 		return d.applied, fmt.Errorf("replica: %w", err)
 	}
+	faultpoint.Hit(faultpoint.ApplyBeforeState)
 	prev := d.applied
 	d.applied = next
 	if err := d.writeState(); err != nil {

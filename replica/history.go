@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/vfs"
 )
 
@@ -135,6 +136,7 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 		}
 		d.undo.off = segBase + int64(len(seg))
 	}
+	faultpoint.Hit(faultpoint.ApplyBeforeIndex)
 	if len(fresh)+len(markers) > 0 {
 		if err := d.cat.indexBatch(d.key, fresh, markers); err != nil {
 			return nil, err

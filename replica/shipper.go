@@ -16,6 +16,7 @@ import (
 
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/faultpoint"
 )
 
 // DefaultBackoff is Hyper-V's retry schedule: 1, 2, 4, 8, 10 minutes, then
@@ -244,6 +245,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		if err != nil {
 			return progressed, err
 		}
+		faultpoint.Hit(faultpoint.ShipBeforeSend)
 		arm(1)
 		c.WriteFrame(typ, body)
 		if err := c.Flush(); err != nil {
@@ -260,6 +262,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		if ack != last {
 			return progressed, fmt.Errorf("%w: sent through %d, acknowledged %d", ErrBrokenChain, last, ack)
 		}
+		faultpoint.Hit(faultpoint.ShipAfterAck)
 		applied = ack
 		progressed = true
 		limit = min(2*limit, maxBatch)

@@ -124,6 +124,8 @@ func (b *syncBuffer) String() string {
 // env is one test's files: an image and a state directory.
 type env struct {
 	dir, img, state, sock string
+	// daemonEnv is added to the environment of daemons started from now on.
+	daemonEnv []string
 }
 
 func newEnv(t *testing.T, size int64) *env {
@@ -157,6 +159,7 @@ func (e *env) start(t *testing.T, extra ...string) *daemon {
 		}
 	}
 	cmd := exec.Command(vrepBin, args...)
+	cmd.Env = append(os.Environ(), e.daemonEnv...)
 	cmd.Stderr = daemonLog(t, d.stderr)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -224,4 +227,18 @@ func randomFile(t *testing.T, path string, size int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// exitedWithin reports whether the daemon exited on its own within d.
+func (d *daemon) exitedWithin(timeout time.Duration) bool {
+	if d.waitCh == nil {
+		return true
+	}
+	select {
+	case <-d.waitCh:
+		d.waitCh = nil
+		return true
+	case <-time.After(timeout):
+		return false
+	}
 }

@@ -22,9 +22,18 @@ import (
 // startReplica runs `vrep replica` and returns a kill function.
 func startReplica(t *testing.T, dir, pkiDir, addr string, extra ...string) func() {
 	t.Helper()
+	kill, _ := startReplicaEnv(t, nil, dir, pkiDir, addr, extra...)
+	return kill
+}
+
+// startReplicaEnv runs `vrep replica` with more environment and returns a
+// kill function and a channel closed when the process has exited.
+func startReplicaEnv(t *testing.T, env []string, dir, pkiDir, addr string, extra ...string) (func(), <-chan struct{}) {
+	t.Helper()
 	var out syncBuffer
 	cmd := exec.Command(vrepBin, append([]string{"replica", "--data", filepath.Join(dir, "replica"), "--listen", addr,
 		"--tls-dir", pkiDir, "--name", "replica1", "--allow", "primary1"}, extra...)...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = daemonLog(t, &out)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -45,7 +54,7 @@ func startReplica(t *testing.T, dir, pkiDir, addr string, extra ...string) func(
 		<-done
 	}
 	t.Cleanup(kill)
-	return kill
+	return kill, done
 }
 
 func freePort(t *testing.T) string {
@@ -148,65 +157,7 @@ func TestReplicationCrashLoop(t *testing.T) {
 	d := e.start(t, args...)
 	waitReplicated(t, e) // the initial copy is done
 	r := rand.New(rand.NewPCG(3, 4))
-	// Run i wrote h[i] over befores[i] from starts[i] until kills[i];
-	// from then until starts[i+1] the disk was befores[i+1].
-	var (
-		befores = []wocheck.Image{make(wocheck.Image, blocks)}
-		hists   []*wocheck.History
-		starts  []time.Time
-		stops   []time.Time
-		// primaryDied[i]: run i ended with the primary killed.
-		primaryDied []bool
-	)
-	pointsChecked, pointsGone := 0, 0
-	checkPoints := func(max int) {
-		t.Helper()
-		var pts []replicad.VMPoint
-		code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json")
-		if code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
-			t.Fatalf("vrep points: %d %s", code, out)
-		}
-		r.Shuffle(len(pts), func(i, j int) { pts[i], pts[j] = pts[j], pts[i] })
-		for _, p := range pts[:min(max, len(pts))] {
-			code, out := vrepRun(t, "failover", "test", "vm1", "--point", strconv.FormatUint(p.ID, 10), "--data", repData)
-			if code != 0 {
-				if strings.Contains(out, "no point") || strings.Contains(out, "no such point") {
-					pointsGone++ // pruned in between
-					continue
-				}
-				t.Fatalf("vrep failover test: %d %s", code, out)
-			}
-			cl, err := nbdclient.Dial("unix", repSock, "vm1/disk0-test")
-			if err != nil {
-				t.Fatal(err)
-			}
-			img, err := wocheck.ReadImage(cl, blocks)
-			cl.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if code, out := vrepRun(t, "failover", "test-stop", "vm1", "--data", repData); code != 0 {
-				t.Fatalf("vrep failover test-stop: %d %s", code, out)
-			}
-			i := len(starts) - 1
-			for i >= 0 && starts[i].After(p.Time) {
-				i--
-			}
-			var rep wocheck.Report
-			switch {
-			case i >= 0 && (p.Time.Before(stops[i]) || !primaryDied[i]):
-				// During run i, or after it on a primary that lived on
-				// (a write in flight when the client hung up may land).
-				rep = wocheck.CheckPoint(befores[i], img, hists[i], p.Time)
-			default: // after a restart, before the next run: the disk was still
-				rep = wocheck.CheckPoint(befores[i+1], img, &wocheck.History{}, p.Time)
-			}
-			if !rep.OK() {
-				t.Fatalf("point %d (%s, run %d): %s", p.ID, p.Time.Format("15:04:05.000"), i, strings.Join(rep.Violations, "\n"))
-			}
-			pointsChecked++
-		}
-	}
+	runs := newRuns(t, blocks, repData, repSock, r)
 	victims := map[string]int{}
 	initialCopies := 0
 	for i := range iterations {
@@ -230,11 +181,9 @@ func TestReplicationCrashLoop(t *testing.T) {
 			killed <- time.Now() // no write of this run lands after this
 		}()
 		w := wocheck.Workload{Disk: 1, Run: uint32(i + 1), Blocks: blocks, Seed: uint64(i), FlushEvery: 8}
-		starts = append(starts, time.Now())
+		start := time.Now()
 		h := w.Write(context.Background(), cl, 1<<30)
-		stops = append(stops, <-killed)
-		primaryDied = append(primaryDied, victim != "replica")
-		hists = append(hists, h)
+		stop := <-killed
 		cl.Close()
 		if victim != "primary" {
 			killReplica = startReplica(t, e.dir, pkiDir, addr, repArgs...)
@@ -243,12 +192,8 @@ func TestReplicationCrashLoop(t *testing.T) {
 			initialCopies += strings.Count(d.stderr.String(), "initial replication started")
 			d = e.start(t, args...)
 		}
-		after := readBack(t, e, blocks)
-		if rep := wocheck.CheckSerial(befores[i], after, h); !rep.OK() {
-			t.Fatalf("iteration %d (killed %s): %s", i, victim, strings.Join(rep.Violations, "\n"))
-		}
-		befores = append(befores, after)
-		checkPoints(2)
+		runs.add(h, start, stop, victim != "replica", readBack(t, e, blocks), "killed "+victim)
+		runs.checkPoints(2)
 		if i%10 == 9 {
 			// Kills far more often than any real machine sees them keep
 			// the replica from ever keeping up; let it catch up now and
@@ -258,19 +203,19 @@ func TestReplicationCrashLoop(t *testing.T) {
 		}
 	}
 	waitReplicated(t, e)
-	checkPoints(1 << 20)
+	runs.checkPoints(1 << 20)
 	initialCopies += strings.Count(d.stderr.String(), "initial replication started")
 	if initialCopies != 1 {
 		t.Fatalf("%d initial copies: a crash or disconnect forced a full copy", initialCopies)
 	}
-	if pointsChecked < iterations {
-		t.Fatalf("only %d points checked (%d pruned before they could be)", pointsChecked, pointsGone)
+	if runs.pointsChecked < iterations {
+		t.Fatalf("only %d points checked (%d pruned before they could be)", runs.pointsChecked, runs.pointsGone)
 	}
 	if err := d.stop(); err != nil {
 		t.Fatal(err)
 	}
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, filepath.Join(repData, "primary1", "vm1", "disk0", "image"))
-	t.Logf("%d iterations (kills: %v), 1 initial copy, replica equal to the primary, 0 write-order violations, %d points checked", iterations, victims, pointsChecked)
+	t.Logf("%d iterations (kills: %v), 1 initial copy, replica equal to the primary, 0 write-order violations, %d points checked", iterations, victims, runs.pointsChecked)
 }
 
 // TestReplicationInterval: with --frequency, a disk ships only at points
