@@ -71,6 +71,11 @@ type ShipStatus struct {
 	// Coalesced counts records not shipped because a later record of the
 	// same interval overwrote them entirely.
 	Coalesced int64 `json:"coalesced_records"`
+	// Lag: records and bytes of log the replica has not acknowledged, and
+	// for how long it has been behind.
+	LagRecords uint64  `json:"lag_records"`
+	LagBytes   int64   `json:"lag_bytes"`
+	LagSeconds float64 `json:"lag_seconds"`
 }
 
 // Shipper ships one disk's change log to the replica: the initial copy
@@ -80,8 +85,9 @@ type Shipper struct {
 	vol  *tracked.Volume
 	cfg  ShipperConfig
 
-	mu sync.Mutex
-	st ShipStatus
+	mu       sync.Mutex
+	st       ShipStatus
+	caughtUp time.Time // when the replica last had every logged record
 }
 
 // NewShipper returns a shipper for a tracked volume opened with Retain.
@@ -104,8 +110,26 @@ func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
 // Status returns the shipper's state.
 func (s *Shipper) Status() ShipStatus {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.st
+	st, caughtUp := s.st, s.caughtUp
+	s.mu.Unlock()
+	// Lag: the log after the acknowledged LSN, and how long the replica
+	// has not had everything the primary logged.
+	for _, seg := range s.vol.Log().Segments() {
+		switch {
+		case seg.Last <= st.Acked:
+		case seg.First > st.Acked:
+			st.LagBytes += seg.Size
+		default:
+			st.LagBytes += int64(float64(seg.Size) * float64(seg.Last-st.Acked) / float64(seg.Last-seg.First+1))
+		}
+	}
+	if last := s.vol.Log().LastLSN(); last > st.Acked {
+		st.LagRecords = last - st.Acked
+		if !caughtUp.IsZero() {
+			st.LagSeconds = time.Since(caughtUp).Seconds()
+		}
+	}
+	return st
 }
 
 func (s *Shipper) set(fn func(*ShipStatus)) {
@@ -230,6 +254,11 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			durable = min(durable, s.cfg.Through())
 		}
 		if durable <= applied {
+			if log.LastLSN() <= applied {
+				s.mu.Lock()
+				s.caughtUp = time.Now()
+				s.mu.Unlock()
+			}
 			select {
 			case <-ctx.Done():
 				return progressed, ctx.Err()
@@ -273,7 +302,13 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 }
 
 func (s *Shipper) acked(lsn uint64) {
+	caughtUp := lsn >= s.vol.Log().LastLSN()
 	s.set(func(st *ShipStatus) { st.Acked = lsn; st.Health, st.Reason = Normal, "" })
+	if caughtUp {
+		s.mu.Lock()
+		s.caughtUp = time.Now()
+		s.mu.Unlock()
+	}
 	if err := s.vol.Release(lsn); err != nil {
 		s.cfg.Log.Warn("releasing shipped log", "disk", s.disk, "err", err)
 	}

@@ -45,9 +45,16 @@ func statusCmd() *cobra.Command {
 				return printJSON(out, st)
 			}
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DISK\tSIZE\tHEALTH\tLAST LSN\tSYNCED LSN\tMERGED LSN\tSEGMENTS")
+			fmt.Fprintln(tw, "DISK\tSIZE\tHEALTH\tLAST LSN\tSYNCED LSN\tMERGED LSN\tSEGMENTS\tREPLICATION")
 			for _, d := range st.Disks {
-				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%d\t%d\t%d\t%d\n", d.Name, d.Size>>20, d.Health, d.LastLSN, d.SyncedLSN, d.Checkpoint, d.Segments)
+				repl := "-"
+				if r := d.Replication; r != nil {
+					repl = fmt.Sprintf("%s, acked %d, lag %s / %.1f s", r.Health, r.Acked, units.Bytes(r.LagBytes), r.LagSeconds)
+					if r.Initial < 100 {
+						repl += fmt.Sprintf(", initial copy %d%%", r.Initial)
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%d\t%d\t%d\t%d\t%s\n", d.Name, d.Size>>20, d.Health, d.LastLSN, d.SyncedLSN, d.Checkpoint, d.Segments, repl)
 			}
 			tw.Flush()
 			fmt.Fprintln(out)
