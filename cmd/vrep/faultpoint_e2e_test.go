@@ -35,13 +35,8 @@ func TestFaultPointCrashes(t *testing.T) {
 	const size = 16 << 20
 	const blocks = size / wocheck.BlockSize
 	e := newEnv(t, size)
-	pkiDir := filepath.Join(e.dir, "pki")
-	vrepRun(t, "cert", "init", "--dir", pkiDir)
-	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "replica1")
-	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "primary1")
-	addr := freePort(t)
-	args := []string{"--replica", addr, "--tls-dir", pkiDir, "--name", "primary1", "--replica-name", "replica1",
-		"--retry-schedule", "50ms,100ms", "--merge-after", "1M", "--points-every", "100ms"}
+	pkiDir, addr := replicationSetup(t, e)
+	args := replicaFlags(addr, pkiDir, "--retry-schedule", "50ms,100ms", "--merge-after", "1M", "--points-every", "100ms")
 	repSock := filepath.Join(e.dir, "replica-nbd.sock")
 	repData := filepath.Join(e.dir, "replica")
 	repArgs := []string{"--nbd", "unix:" + repSock, "--retention", "1s", "--prune-every", "150ms"}

@@ -57,6 +57,22 @@ func startReplicaEnv(t *testing.T, env []string, dir, pkiDir, addr string, extra
 	return kill, done
 }
 
+// replicationSetup makes a CA and certificates for "replica1" and
+// "primary1" under the test's directory, and picks the replica's port.
+func replicationSetup(t *testing.T, e *env) (pkiDir, addr string) {
+	pkiDir = filepath.Join(e.dir, "pki")
+	vrepRun(t, "cert", "init", "--dir", pkiDir)
+	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "replica1")
+	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "primary1")
+	return pkiDir, freePort(t)
+}
+
+// replicaFlags are vrep primary's flags to replicate to replicationSetup's
+// replica, then more.
+func replicaFlags(addr, pkiDir string, more ...string) []string {
+	return append([]string{"--replica", addr, "--tls-dir", pkiDir, "--name", "primary1", "--replica-name", "replica1"}, more...)
+}
+
 func freePort(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -95,14 +111,9 @@ func TestReplicationEndToEnd(t *testing.T) {
 	data := randomFile(t, src, 32<<20)
 	clear(data[8<<20 : 16<<20]) // zero chunks are skipped, and must still read as zeros
 	os.WriteFile(e.img, data, 0o600)
-	pkiDir := filepath.Join(e.dir, "pki")
-	vrepRun(t, "cert", "init", "--dir", pkiDir)
-	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "replica1")
-	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "primary1")
-	addr := freePort(t)
+	pkiDir, addr := replicationSetup(t, e)
 	killReplica := startReplica(t, e.dir, pkiDir, addr)
-	d := e.start(t, "--replica", addr, "--tls-dir", pkiDir, "--name", "primary1", "--replica-name", "replica1",
-		"--retry-schedule", "100ms,200ms")
+	d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms")...)
 	u := e.uri("vm1/disk0")
 	for i := range 8 { // the VM writes during and after the initial copy
 		qemuIO(t, u, "write -P "+strconv.Itoa(0x30+i)+" "+strconv.Itoa(i*3)+"M 512k", "flush")
@@ -143,13 +154,8 @@ func TestReplicationCrashLoop(t *testing.T) {
 	const size = 16 << 20
 	const blocks = size / wocheck.BlockSize
 	e := newEnv(t, size)
-	pkiDir := filepath.Join(e.dir, "pki")
-	vrepRun(t, "cert", "init", "--dir", pkiDir)
-	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "replica1")
-	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "primary1")
-	addr := freePort(t)
-	args := []string{"--replica", addr, "--tls-dir", pkiDir, "--name", "primary1", "--replica-name", "replica1",
-		"--retry-schedule", "50ms,100ms", "--merge-after", "1M", "--points-every", "150ms"}
+	pkiDir, addr := replicationSetup(t, e)
+	args := replicaFlags(addr, pkiDir, "--retry-schedule", "50ms,100ms", "--merge-after", "1M", "--points-every", "150ms")
 	repSock := filepath.Join(e.dir, "replica-nbd.sock")
 	repArgs := []string{"--nbd", "unix:" + repSock, "--retention", "2s", "--prune-every", "300ms"}
 	repData := filepath.Join(e.dir, "replica")
@@ -224,14 +230,9 @@ func TestReplicationCrashLoop(t *testing.T) {
 func TestReplicationInterval(t *testing.T) {
 	need(t, "qemu-io", "qemu-img")
 	e := newEnv(t, 16<<20)
-	pkiDir := filepath.Join(e.dir, "pki")
-	vrepRun(t, "cert", "init", "--dir", pkiDir)
-	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "replica1")
-	vrepRun(t, "cert", "issue", "--dir", pkiDir, "--name", "primary1")
-	addr := freePort(t)
+	pkiDir, addr := replicationSetup(t, e)
 	startReplica(t, e.dir, pkiDir, addr)
-	d := e.start(t, "--replica", addr, "--tls-dir", pkiDir, "--name", "primary1", "--replica-name", "replica1",
-		"--retry-schedule", "100ms", "--frequency", "700ms")
+	d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms", "--frequency", "700ms")...)
 	first := waitReplicated(t, e).Replication.Acked
 	type sample struct {
 		at    time.Time
