@@ -104,14 +104,17 @@ func newID() uint64 {
 func (g *Group) Take(kind uint8, reason string) (Point, error) {
 	g.take.Lock()
 	defer g.take.Unlock()
-	now := time.Now()
-	p := Point{ID: newID(), Time: now, Kind: kind, Group: g.name, LSNs: map[string]uint64{}, Reason: reason}
-	m := hrl.Marker{ID: p.ID, Time: now.UnixNano(), Kind: kind, Group: g.name}
+	id := newID()
 	releases := make([]func(), 0, len(g.disks))
 	start := time.Now()
 	for _, d := range g.disks {
 		releases = append(releases, d.Hold())
 	}
+	// The point's time is read inside the hold: every write acknowledged
+	// before it is in the point, and none submitted after it.
+	now := time.Now()
+	p := Point{ID: id, Time: now, Kind: kind, Group: g.name, LSNs: map[string]uint64{}, Reason: reason}
+	m := hrl.Marker{ID: p.ID, Time: now.UnixNano(), Kind: kind, Group: g.name}
 	batches := make([]*hrl.Batch, 0, len(g.disks))
 	var err error
 	for i, d := range g.disks {
