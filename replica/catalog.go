@@ -681,17 +681,6 @@ func (c *Catalog) History(disk string) (DiskHistory, error) {
 	return h, nil
 }
 
-// pin keeps the point at lsn of disk from pruning until unpinned.
-func (c *Catalog) pin(disk string, lsn uint64, delta int) {
-	s := c.shared(disk)
-	s.mu.Lock()
-	s.pins[lsn] += delta
-	if s.pins[lsn] <= 0 {
-		delete(s.pins, lsn)
-	}
-	s.mu.Unlock()
-}
-
 // indexBatch commits undo entries and markers of one batch, durably.
 func (c *Catalog) indexBatch(disk string, refs []*undoRef, markers []hrl.Record) error {
 	wb := c.db.NewWriteBatch()
