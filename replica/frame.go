@@ -39,6 +39,10 @@ const (
 	// MsgRecordsRange is Records standing for an LSN range some of whose
 	// records were coalesced away (interval copy frequencies).
 	MsgRecordsRange MsgType = 10
+	// MsgKeepalive (empty, unanswered) tells the replica an idle stream
+	// is alive, so an interval copy frequency longer than the replica's
+	// idle timeout keeps its connection.
+	MsgKeepalive MsgType = 11
 )
 
 // Codec is a body compression. Part of the format; do not change.

@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -240,5 +242,64 @@ func TestReplicaIOErrorIsRetried(t *testing.T) {
 	}
 	if !bytes.Equal(got, rg.primaryImage(t)) {
 		t.Fatal("replica differs from the primary after the fault cleared")
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+// TestIdleStreamKeptAlive: a replica gives up on a stream silent past its
+// idle timeout; a primary with nothing to ship sends keepalives, so a
+// long copy interval keeps its one stream open.
+func TestIdleStreamKeptAlive(t *testing.T) {
+	for _, keepalive := range []time.Duration{100 * time.Millisecond, time.Hour} {
+		rg := newRig(t, 8<<20)
+		cfg, err := pki.ServerConfig(rg.pkiDir, "replica1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logs lockedBuffer
+		srv := NewServer(ServerConfig{Data: rg.data, TLS: cfg, Allow: map[string]string{"primary1": ""},
+			IdleTimeout: 400 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+		go srv.Serve(l)
+		sh := rg.shipper(t, "primary1", l.Addr().String())
+		sh.cfg.Keepalive = keepalive
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { sh.Run(ctx); close(done) }()
+		r := rand.New(rand.NewPCG(1, 1))
+		for range 2 {
+			writeSome(t, rg.vol, r, 20)
+			waitFor(t, "the replica to catch up", func() bool { return sh.Status().Acked == rg.vol.Log().LastLSN() })
+			time.Sleep(1200 * time.Millisecond) // three idle timeouts
+		}
+		cancel()
+		<-done
+		srv.Close()
+		opens := logs.count("replica: stream open")
+		if keepalive < time.Second && opens != 1 {
+			t.Fatalf("with keepalives: %d streams opened, want 1", opens)
+		}
+		if keepalive > time.Second && opens < 2 {
+			t.Fatalf("without keepalives the idle stream was never dropped (%d opens)", opens)
+		}
 	}
 }

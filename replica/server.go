@@ -30,7 +30,12 @@ type ServerConfig struct {
 	// Catalog, if set, keeps the history of every disk: points and undo
 	// entries (see Catalog).
 	Catalog *Catalog
-	Log     *slog.Logger
+	// IdleTimeout is how long an open stream may stay silent (a primary
+	// sends keepalives while it has nothing to ship), or a frame stand
+	// still mid-transfer, before the replica gives up on it (default 5
+	// minutes).
+	IdleTimeout time.Duration
+	Log         *slog.Logger
 }
 
 // diskStream is a disk's replication stream on the replica.
@@ -56,6 +61,9 @@ type Server struct {
 func NewServer(cfg ServerConfig) *Server {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 5 * time.Minute
 	}
 	return &Server{cfg: cfg, fs: vfs.OS{}, busy: map[string]*diskStream{}, conns: map[net.Conn]struct{}{}, ls: map[net.Listener]struct{}{}}
 }
@@ -139,7 +147,8 @@ func (s *Server) serve(nc net.Conn) {
 	// Until the stream is open each exchange must be quick; then a
 	// primary may stay quiet (caught up) for a while, and a frame may
 	// crawl over a thin link as long as it moves.
-	pc := newProgressConn(nc, 30*time.Second)
+	base := min(30*time.Second, s.cfg.IdleTimeout)
+	pc := newProgressConn(nc, base)
 	tc := tls.Server(pc, s.cfg.TLS)
 	if err := tc.Handshake(); err != nil {
 		log.Warn("replica: TLS handshake refused", "err", err)
@@ -263,7 +272,7 @@ func (s *Server) serve(nc net.Conn) {
 	}
 	log = log.With("disk", diskName)
 	log.Info("replica: stream open", "applied", applied, "seeded", seeded, "codec", w.Codec)
-	pc.scale.Store(10) // five minutes
+	pc.scale.Store(int64(s.cfg.IdleTimeout / base))
 	var recs []hrl.Record
 	for {
 		t, body, err := c.ReadFrame()
@@ -275,6 +284,8 @@ func (s *Server) serve(nc net.Conn) {
 		}
 		var ack uint64
 		switch t {
+		case MsgKeepalive:
+			continue
 		case MsgBaseChunk:
 			if len(body) < 8 {
 				fail(CodeBadRequest, fmt.Errorf("%w: short base chunk", ErrFrame))

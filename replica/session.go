@@ -22,6 +22,8 @@ import (
 //	           across a marker) were coalesced away; applying it makes the
 //	           applied LSN through
 //	Ack        LSN uint64 durable on the replica
+//	Keepalive  empty; sent by an idle primary (every minute by default),
+//	           not answered
 //	Error      code uint16, message (the rest); the sender then closes
 const MsgBaseDone MsgType = 9
 

@@ -46,7 +46,10 @@ type ShipperConfig struct {
 	// and retried; a slow one that keeps moving is not (default one
 	// minute).
 	Timeout time.Duration
-	Log     *slog.Logger
+	// Keepalive is how often an idle stream tells the replica it is alive
+	// (default one minute, well inside the replica's idle timeout).
+	Keepalive time.Duration
+	Log       *slog.Logger
 }
 
 // Health is a disk's replication health, as Hyper-V reports it.
@@ -97,6 +100,9 @@ func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = time.Minute
+	}
+	if cfg.Keepalive <= 0 {
+		cfg.Keepalive = time.Minute
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = 50 * time.Millisecond
@@ -238,6 +244,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	sentBefore := c.Sent()
 	log := s.vol.Log()
 	limit := minBatch
+	lastSent := time.Now()
 	for {
 		if ctx.Err() != nil {
 			return progressed, ctx.Err()
@@ -259,6 +266,14 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 				s.caughtUp = time.Now()
 				s.mu.Unlock()
 			}
+			if time.Since(lastSent) >= s.cfg.Keepalive {
+				arm(1)
+				c.WriteFrame(MsgKeepalive, nil)
+				if err := c.Flush(); err != nil {
+					return progressed, err
+				}
+				lastSent = time.Now()
+			}
 			select {
 			case <-ctx.Done():
 				return progressed, ctx.Err()
@@ -276,6 +291,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		}
 		faultpoint.Hit(faultpoint.ShipBeforeSend)
 		arm(1)
+		lastSent = time.Now()
 		c.WriteFrame(typ, body)
 		if err := c.Flush(); err != nil {
 			return progressed, err
