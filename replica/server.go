@@ -272,7 +272,7 @@ func (s *Server) serve(nc net.Conn) {
 	}
 	log = log.With("disk", diskName)
 	log.Info("replica: stream open", "applied", applied, "seeded", seeded, "codec", w.Codec)
-	pc.scale.Store(int64(s.cfg.IdleTimeout / base))
+	pc.scale.Store(int64((s.cfg.IdleTimeout + base - 1) / base))
 	var recs []hrl.Record
 	for {
 		t, body, err := c.ReadFrame()

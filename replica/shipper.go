@@ -199,8 +199,8 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	if err := nc.HandshakeContext(ctx); err != nil {
 		return false, err
 	}
-	// arm scales the progress timeout: 0 while idle, 10 for the ack of a
-	// whole initial copy (the replica makes the image durable).
+	// arm scales the progress timeout: 10 for the ack of a whole initial
+	// copy (the replica makes the image durable), else 1.
 	arm := func(n int) { pc.scale.Store(int64(n)) }
 	c := NewConn(nc)
 	defer c.Close()
