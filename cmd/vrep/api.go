@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -20,7 +21,7 @@ type apiFlags struct {
 }
 
 func (a *apiFlags) register(f *pflag.FlagSet) {
-	f.StringVar(&a.api, "api", "", "the daemon's API socket")
+	f.StringVar(&a.api, "api", "", "the daemon's API socket, [unix:]PATH")
 	f.StringVar(&a.state, "state", "", "the primary's state directory (its API socket is STATE/api.sock)")
 	f.StringVar(&a.data, "data", "", "the replica's data directory (its API socket is DATA/api.sock)")
 	f.BoolVar(&a.json, "json", false, "print JSON, for scripts")
@@ -29,7 +30,7 @@ func (a *apiFlags) register(f *pflag.FlagSet) {
 func (a *apiFlags) socket() (string, error) {
 	switch {
 	case a.api != "":
-		return a.api, nil
+		return strings.TrimPrefix(a.api, "unix:"), nil
 	case a.state != "":
 		return filepath.Join(a.state, "api.sock"), nil
 	case a.data != "":

@@ -144,7 +144,7 @@ func primaryCmd() *cobra.Command {
 	f.StringVar(&codec, "compression", "zstd", "zstd, s2 or none")
 	f.StringVar(&frequency, "frequency", "continuous", "copy frequency: continuous, or ship at a point every 30s, 5m or 15m (any duration)")
 	f.StringVar(&backoff, "retry-schedule", "", "retry waits after recoverable errors, e.g. 1m,2m,4m,8m,10m,30m (default Hyper-V's)")
-	f.StringVar(&cfg.API, "api", "", "API socket for vrep status and vrep point (default STATE/api.sock)")
+	f.StringVar(&cfg.API, "api", "", "API socket, [unix:]PATH, for vrep status and vrep point (default STATE/api.sock)")
 	f.StringArrayVar(&groups, "group", nil, "consistency group: NAME=VM[,VM...] (repeatable; a VM in no group is its own)")
 	f.DurationVar(&cfg.Points.Every, "points-every", 0, "take a crash-consistent point of every group this often (default: at each --frequency tick, every 5s when continuous, by hand without --replica)")
 	f.DurationVar(&cfg.Points.AppEvery, "app-every", 0, "take an app-consistent point of every group this often (0: by hand)")

@@ -146,7 +146,7 @@ of VM or VM/DISK to a retention); flags override it.`,
 	f.BoolVar(&c.AllowAny, "allow-any", false, "authorize any primary the CA vouches for, rooted at its name")
 	f.StringArrayVar(&c.NBD, "nbd", nil, "serve test failovers over NBD on unix:PATH or tcp:HOST:PORT (repeatable)")
 	f.StringVar(&c.FUSE, "fuse", "", "serve test failovers as files under this directory")
-	f.StringVar(&c.API, "api", "", "API socket for vrep status, points and failover (default DATA/api.sock)")
+	f.StringVar(&c.API, "api", "", "API socket, [unix:]PATH, for vrep status, points and failover (default DATA/api.sock)")
 	f.DurationVar(&retention, "retention", 24*time.Hour, "keep recovery points this long (0: the latest point only)")
 	f.IntVar(&c.KeepApp, "keep-app", 0, "also keep this many newest app-consistent points, however old")
 	f.StringArrayVar(&keep, "keep", nil, "VM[/DISK]=DURATION: another retention for a VM or disk (repeatable)")

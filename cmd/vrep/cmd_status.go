@@ -79,7 +79,7 @@ func statusCmd() *cobra.Command {
 
 func printReplicaStatus(out io.Writer, st replicad.Status) error {
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DISK\tROOT\tSIZE\tINITIAL COPY\tAPPLIED LSN\tPOINTS\tLAST POINT\tHISTORY")
+	fmt.Fprintln(tw, "DISK\tROOT\tSIZE\tHEALTH\tINITIAL COPY\tAPPLIED LSN\tPOINTS\tLAST POINT\tHISTORY")
 	for _, d := range st.Disks {
 		seed, last := "in progress", "-"
 		if d.Seeded {
@@ -88,7 +88,7 @@ func printReplicaStatus(out io.Writer, st replicad.Status) error {
 		if p := d.LastPoint; p != nil {
 			last = fmt.Sprintf("%d (%s, %.0f s ago)", p.ID, p.Kind, d.LastPointAge)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Name, d.Root, units.Bytes(d.Size), seed, d.AppliedLSN, d.Points, last, units.Bytes(d.HistoryBytes))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Name, d.Root, units.Bytes(d.Size), d.Health, seed, d.AppliedLSN, d.Points, last, units.Bytes(d.HistoryBytes))
 	}
 	tw.Flush()
 	for _, t := range st.Tests {

@@ -141,8 +141,11 @@ func TestAppPointTestFailover(t *testing.T) {
 	}
 	var st replicad.Status
 	if code, out = vrepRun(t, "status", "--data", repData, "--json"); code != 0 || json.Unmarshal([]byte(out), &st) != nil ||
-		len(st.Disks) != 1 || !st.Disks[0].Seeded || len(st.Tests) != 1 {
+		len(st.Disks) != 1 || !st.Disks[0].Seeded || st.Disks[0].Health != "Normal" || st.Disks[0].LastApplied.IsZero() || len(st.Tests) != 1 {
 		t.Fatalf("replica status: exit %d\n%s", code, out)
+	}
+	if code, out = vrepRun(t, "status", "--api", "unix:"+filepath.Join(repData, "api.sock")); code != 0 || !strings.Contains(out, "Normal") || !strings.Contains(out, "vm1/disk0-test") {
+		t.Fatalf("replica status table: exit %d\n%s", code, out)
 	}
 	if code, out = vrepRun(t, "failover", "test-stop", "vm1", "--data", repData); code != 0 {
 		t.Fatalf("test-stop: exit %d\n%s", code, out)

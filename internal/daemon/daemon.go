@@ -68,8 +68,10 @@ type API struct {
 	path string
 }
 
-// ServeAPI serves h on the unix socket at path.
+// ServeAPI serves h on the unix socket at path ("unix:" before it is
+// allowed, as in the NBD listen addresses).
 func ServeAPI(path string, h http.Handler) (*API, error) {
+	path = strings.TrimPrefix(path, "unix:")
 	if err := takeSocket(path); err != nil {
 		return nil, fmt.Errorf("API %w", err)
 	}

@@ -2,7 +2,9 @@ package replicad
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -35,14 +37,16 @@ type Status struct {
 
 // DiskStatus is one replicated disk.
 type DiskStatus struct {
-	Name         string   `json:"name"` // VM/DISK
-	Root         string   `json:"root"` // the primary's storage root
-	Size         int64    `json:"size"`
-	Seeded       bool     `json:"initial_copy_complete"`
-	AppliedLSN   uint64   `json:"applied_lsn"`
-	Points       int      `json:"points"`
-	LastPoint    *VMPoint `json:"last_point,omitempty"`
-	HistoryBytes int64    `json:"history_bytes"`
+	Name         string    `json:"name"` // VM/DISK
+	Root         string    `json:"root"` // the primary's storage root
+	Size         int64     `json:"size"`
+	Health       string    `json:"health"`
+	Seeded       bool      `json:"initial_copy_complete"`
+	LastApplied  time.Time `json:"last_applied"`
+	AppliedLSN   uint64    `json:"applied_lsn"`
+	Points       int       `json:"points"`
+	LastPoint    *VMPoint  `json:"last_point,omitempty"`
+	HistoryBytes int64     `json:"history_bytes"`
 	// LastPointAge is how old the newest point is: how much an unplanned
 	// failover to it would lose, at most.
 	LastPointAge float64 `json:"last_point_age_seconds"`
@@ -183,6 +187,10 @@ func (d *Daemon) Status() (Status, error) {
 			ds.LastPoint = &vp
 			ds.LastPointAge = time.Since(vp.Time).Seconds()
 		}
+		if fi, err := os.Stat(filepath.Join(d.cfg.Data, filepath.FromSlash(k), "state")); err == nil {
+			ds.LastApplied = fi.ModTime()
+		}
+		ds.Health = health(ds)
 		st.Disks = append(st.Disks, ds)
 	}
 	d.mu.Lock()
@@ -192,6 +200,28 @@ func (d *Daemon) Status() (Status, error) {
 	d.mu.Unlock()
 	slices.SortFunc(st.Tests, func(a, b TestInfo) int { return strings.Compare(a.VM, b.VM) })
 	return st, nil
+}
+
+// Health thresholds on the replica, as Hyper-V judges a replica by how
+// old its newest recovery point is.
+const (
+	warnAfter     = 30 * time.Minute
+	criticalAfter = 2 * time.Hour
+)
+
+func health(ds DiskStatus) string {
+	age := time.Duration(ds.LastPointAge * float64(time.Second))
+	switch {
+	case !ds.Seeded:
+		return "Warning: initial replication not complete"
+	case ds.LastPoint == nil:
+		return "Warning: no recovery point yet"
+	case age > criticalAfter:
+		return fmt.Sprintf("Critical: the newest recovery point is %s old", age.Round(time.Minute))
+	case age > warnAfter:
+		return fmt.Sprintf("Warning: the newest recovery point is %s old", age.Round(time.Minute))
+	}
+	return "Normal"
 }
 
 func (d *Daemon) handler() http.Handler {
