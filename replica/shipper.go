@@ -90,7 +90,8 @@ type Shipper struct {
 
 	mu       sync.Mutex
 	st       ShipStatus
-	caughtUp time.Time // when the replica last had every logged record
+	caughtUp time.Time // when the replica last had all the previous ack had seen logged
+	target   uint64    // the log's last LSN at the previous ack
 }
 
 // NewShipper returns a shipper for a tracked volume opened with Retain.
@@ -318,13 +319,17 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 }
 
 func (s *Shipper) acked(lsn uint64) {
-	caughtUp := lsn >= s.vol.Log().LastLSN()
-	s.set(func(st *ShipStatus) { st.Acked = lsn; st.Health, st.Reason = Normal, "" })
-	if caughtUp {
-		s.mu.Lock()
+	last := s.vol.Log().LastLSN()
+	s.mu.Lock()
+	s.st.Acked, s.st.Health, s.st.Reason = lsn, Normal, ""
+	// Lag in seconds counts from when the replica last had everything
+	// logged at the previous ack: with points every few seconds the log
+	// is never still, and "had everything, now" would never hold.
+	if lsn >= s.target {
 		s.caughtUp = time.Now()
-		s.mu.Unlock()
 	}
+	s.target = last
+	s.mu.Unlock()
 	if err := s.vol.Release(lsn); err != nil {
 		s.cfg.Log.Warn("releasing shipped log", "disk", s.disk, "err", err)
 	}

@@ -374,15 +374,19 @@ func fill(b []byte, seq uint64) {
 }
 
 // waitReplicated waits until the replica acknowledged every record the
-// primary has logged.
+// primary had logged when the wait began.
 func waitReplicated(ctx context.Context, pri *primary.Daemon, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	targets := map[string]uint64{}
+	for _, d := range pri.Status().Disks {
+		targets[d.Name] = d.LastLSN
+	}
 	for {
 		done := true
 		var why string
 		for _, d := range pri.Status().Disks {
 			rs := d.Replication
-			if rs == nil || rs.Acked < d.LastLSN || rs.Initial < 100 {
+			if rs == nil || rs.Acked < targets[d.Name] || rs.Initial < 100 {
 				done = false
 				if rs != nil {
 					why = fmt.Sprintf("%s: acked %d of %d, health %s %s", d.Name, rs.Acked, d.LastLSN, rs.Health, rs.Reason)
