@@ -434,12 +434,12 @@ func (c *Catalog) keep(disk string, pts []PointInfo) (kept []PointInfo, oldest u
 	cut := c.cfg.Now().Add(-pol.Window).UnixNano()
 	s := c.shared(disk)
 	s.mu.RLock()
-	pinned := maps0(s.pins)
+	pinned := maps.Clone(s.pins) // counts; an unpinned point is deleted
 	s.mu.RUnlock()
 	apps := 0
 	for i := len(pts) - 1; i >= 0; i-- {
 		p := pts[i]
-		k := i == len(pts)-1 || p.Time >= cut || pinned[p.LSN]
+		k := i == len(pts)-1 || p.Time >= cut || pinned[p.LSN] > 0
 		if p.Kind == hrl.KindApp {
 			apps++
 			k = k || apps <= pol.KeepApp
@@ -450,16 +450,6 @@ func (c *Catalog) keep(disk string, pts []PointInfo) (kept []PointInfo, oldest u
 	}
 	slices.Reverse(kept)
 	return kept, kept[0].LSN
-}
-
-func maps0(m map[uint64]int) map[uint64]bool {
-	out := make(map[uint64]bool, len(m))
-	for k, v := range m {
-		if v > 0 {
-			out[k] = true
-		}
-	}
-	return out
 }
 
 // Prune applies retention to every disk: points outside the window go,
@@ -485,10 +475,11 @@ func (c *Catalog) Prune() error {
 func (c *Catalog) pruneDisk(disk string) error {
 	c.pruneMu.Lock()
 	defer c.pruneMu.Unlock()
-	applied, _, err := c.applied(disk)
+	st, err := c.state(disk)
 	if err != nil {
 		return err
 	}
+	applied := st.applied
 	pts, err := c.diskPoints(disk, applied)
 	if err != nil {
 		return err
@@ -540,7 +531,7 @@ func (c *Catalog) pruneDisk(disk string) error {
 	}
 	// Segments: one covers its first LSN up to the next one's; the newest
 	// may still be written to and stays.
-	dir := filepath.Join(c.cfg.Data, disk, "undo")
+	dir := filepath.Join(c.dir(disk), "undo")
 	segs, err := listSegments(c.fs, dir)
 	if err != nil {
 		return err
@@ -627,14 +618,11 @@ func (c *Catalog) indexDisks() ([]string, error) {
 	return out, err
 }
 
-// applied reads a disk's applied LSN and size from its state file.
-func (c *Catalog) applied(disk string) (uint64, int64, error) {
-	st, err := readState(c.fs, filepath.Join(c.cfg.Data, disk))
-	if err != nil {
-		return 0, 0, err
-	}
-	return st.applied, st.size, nil
-}
+// dir returns the directory of disk ("ROOT/VM/DISK").
+func (c *Catalog) dir(disk string) string { return filepath.Join(c.cfg.Data, disk) }
+
+// state reads a disk's state file.
+func (c *Catalog) state(disk string) (diskState, error) { return readState(c.fs, c.dir(disk)) }
 
 // DiskHistory is what the catalog knows of one disk.
 type DiskHistory struct {
@@ -652,7 +640,7 @@ type DiskHistory struct {
 
 // History returns the points and history of disk.
 func (c *Catalog) History(disk string) (DiskHistory, error) {
-	st, err := readState(c.fs, filepath.Join(c.cfg.Data, disk))
+	st, err := c.state(disk)
 	if err != nil {
 		return DiskHistory{}, err
 	}

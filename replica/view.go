@@ -87,7 +87,7 @@ type undoEntry struct {
 func (c *Catalog) OpenView(disk string, lsn uint64) (*View, error) {
 	c.pruneMu.Lock()
 	defer c.pruneMu.Unlock()
-	st, err := readState(c.fs, filepath.Join(c.cfg.Data, disk))
+	st, err := c.state(disk)
 	if err != nil {
 		return nil, err
 	}
@@ -102,12 +102,12 @@ func (c *Catalog) OpenView(disk string, lsn uint64) (*View, error) {
 	if !found {
 		return nil, fmt.Errorf("%w: %s has no point at LSN %d", ErrNoPoint, disk, lsn)
 	}
-	img, err := c.fs.Open(filepath.Join(c.cfg.Data, disk, "image"))
+	img, err := c.fs.Open(filepath.Join(c.dir(disk), "image"))
 	if err != nil {
 		return nil, fmt.Errorf("replica: %w", err)
 	}
 	v := &View{cat: c, disk: disk, lsn: lsn, size: st.size, img: img, sh: c.shared(disk),
-		segs:   segFiles{fs: c.fs, dir: filepath.Join(c.cfg.Data, disk, "undo")},
+		segs:   segFiles{fs: c.fs, dir: filepath.Join(c.dir(disk), "undo")},
 		blocks: blockTable{leaves: make([]*[1024]blockRef, (st.size/UndoBlock+1023)/1024)}}
 	// Under the apply lock: no batch can slip between the scan and the
 	// registration; one that committed its entries before the scan is
@@ -119,16 +119,16 @@ func (c *Catalog) OpenView(disk string, lsn uint64) (*View, error) {
 		img.Close()
 		return nil, err
 	}
-	v.noteLocked(refs)
+	v.note(refs)
 	v.sh.views[v] = struct{}{}
 	v.sh.pins[lsn]++
 	return v, nil
 }
 
-// note records entries a batch is about to make current (sh.mu held).
-func (v *View) note(refs []*undoRef) { v.noteLocked(refs) }
-
-func (v *View) noteLocked(refs []*undoRef) {
+// note maps the blocks of entries newer than the point that no older
+// entry maps yet: entries a batch is about to make current, or those found
+// when the view opens (sh.mu held).
+func (v *View) note(refs []*undoRef) {
 	for _, r := range refs {
 		if r == nil || r.lsn <= v.lsn {
 			continue

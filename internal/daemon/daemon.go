@@ -24,6 +24,17 @@ import (
 // in use by another process.
 var ErrLocked = errors.New("in use by another process")
 
+// Wait returns nil when ctx ends, or the first error a server reports on
+// errc (a listener that failed).
+func Wait(ctx context.Context, errc <-chan error) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
 // Lock takes an exclusive lock on f, or says what is in use.
 func Lock(f *os.File, what string) error {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {

@@ -183,15 +183,8 @@ func (d *Daemon) openDisk(spec DiskSpec) (*Disk, error) {
 	return &Disk{Name: spec.Name, Path: spec.Path, Volume: v, base: base}, nil
 }
 
-// Wait returns when a listener fails.
-func (d *Daemon) Wait(ctx context.Context) error {
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-d.serveErr:
-		return err
-	}
-}
+// Wait returns when ctx ends or a listener fails.
+func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.serveErr) }
 
 // Close drains in-flight NBD requests, unmounts, merges and syncs every
 // disk, and releases the locks. It is idempotent.

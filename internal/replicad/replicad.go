@@ -139,14 +139,7 @@ func (d *Daemon) pruneLoop() {
 }
 
 // Wait returns when ctx ends or a listener fails.
-func (d *Daemon) Wait(ctx context.Context) error {
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-d.serveErr:
-		return err
-	}
-}
+func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.serveErr) }
 
 // Close stops test failovers, the servers and the catalog. Every applied
 // batch is durable before its ack, so nothing acknowledged is lost. It is
