@@ -16,6 +16,7 @@ const (
 	MaxPayload = 32 << 20
 	magic      = "VREPHRL\n"
 	suffix     = ".hrl"
+	freeSuffix = ".free" // a dropped segment file kept for reuse
 )
 
 // Type is a record type. Part of the format; do not change.

@@ -28,16 +28,23 @@ type Options struct {
 	// FirstLSN is where a log with no surviving records starts (default 1):
 	// its owner may have merged records away before a crash cut the rest.
 	FirstLSN uint64
+	// Recycle keeps up to this many dropped segment files for reuse as new
+	// segments (default 0: dropped files are removed). Writing over a
+	// file's cached pages costs a fraction of filling a new file (page and
+	// block allocation); see the package documentation for how stale
+	// records left in a reused file are told apart.
+	Recycle int
 }
 
 // Segment is one segment file of a log.
 type Segment struct {
-	first uint64
-	name  string
-	file  vfs.File     // set before the first batch for it is reported written
-	last  uint64       // last LSN appended to it; guarded by Log.mu
-	size  int64        // bytes appended, queued included; guarded by Log.mu
-	wsize atomic.Int64 // bytes written to the file
+	first  uint64
+	name   string
+	file   vfs.File     // set before the first batch for it is reported written
+	reused bool         // the file was recycled: stale bytes may follow wsize
+	last   uint64       // last LSN appended to it; guarded by Log.mu
+	size   int64        // bytes appended, queued included; guarded by Log.mu
+	wsize  atomic.Int64 // bytes written to the file
 }
 
 // First is the LSN of the segment's first record.
@@ -62,6 +69,12 @@ type Pos struct {
 	LSN uint64
 	Seg *Segment
 	Off int64 // file offset of the payload
+}
+
+// freeFile is a dropped segment file waiting to be reused.
+type freeFile struct {
+	name string
+	file vfs.File
 }
 
 type pending struct {
@@ -89,7 +102,8 @@ type Log struct {
 	next    uint64     // LSN of the next record
 	cur     *pending   // the batch accepting appends
 	queue   []*pending // batches closed by a roll, not yet taken
-	waiters []chan error
+	waiters []syncWaiter
+	syncing bool // a sync job is with the syncer goroutine
 	drops   []dropReq
 	err     error // sticky: once the log failed a write, it fails every call
 	closed  bool
@@ -102,8 +116,11 @@ type Log struct {
 	unsynced []*Segment              // segments before wseg not yet fsynced; the writer's own
 	dirDirty bool                    // a segment was created since the last directory sync
 	wsegPub  atomic.Pointer[Segment] // wseg, published for DropThrough
+	free     []freeFile              // dropped files kept for reuse; the writer's own (recover's before it starts)
 	kick     chan struct{}
 	quit     chan struct{}
+	jobs     chan syncJob // writer → syncer
+	hints    chan hint    // writer → flusher: start writeback of written bytes
 	wg       sync.WaitGroup
 	pool     sync.Pool
 }
@@ -120,23 +137,35 @@ func Open(fs vfs.FS, dir string, opts Options) (*Log, error) {
 	l := &Log{fs: fs, dir: dir, opts: opts, kick: make(chan struct{}, 1), quit: make(chan struct{})}
 	l.wcond.L = &l.mu
 	if err := l.recover(); err != nil {
-		for _, s := range l.segs {
-			if s.file != nil {
-				s.file.Close()
-			}
-		}
+		l.closeFiles()
 		return nil, err
 	}
 	l.wseg = l.segs[len(l.segs)-1]
 	l.wsegPub.Store(l.wseg)
 	l.written.Store(l.next - 1)
 	l.synced.Store(l.next - 1)
-	l.wg.Add(1)
+	l.jobs = make(chan syncJob, 1)
+	l.hints = make(chan hint, 64)
+	l.wg.Add(3)
 	go l.run()
+	go l.syncer()
+	go l.flusher()
 	return l, nil
 }
 
 func (l *Log) path(name string) string { return filepath.Join(l.dir, name) }
+
+// closeFiles closes every file of a log that failed to open.
+func (l *Log) closeFiles() {
+	for _, s := range l.segs {
+		if s.file != nil {
+			s.file.Close()
+		}
+	}
+	for _, f := range l.free {
+		f.file.Close()
+	}
+}
 
 func (l *Log) recover() error {
 	names, err := l.fs.List(l.dir)
@@ -145,8 +174,14 @@ func (l *Log) recover() error {
 	}
 	var files []string
 	for _, n := range names {
-		if strings.HasSuffix(n, suffix) {
+		switch {
+		case strings.HasSuffix(n, suffix):
 			files = append(files, n)
+		case strings.HasSuffix(n, freeSuffix):
+			// A dropped file kept for reuse: its content means nothing.
+			if err := l.keepFree(n); err != nil {
+				return err
+			}
 		}
 	}
 	opened := make([]vfs.File, len(files))
@@ -196,6 +231,13 @@ func (l *Log) recover() error {
 		default:
 			end, last, bad = scanSegment(f, size, first)
 		}
+		if bad != nil && herr == nil && hfirst == first && (i == 0 || first == l.next) &&
+			i+1 < len(files) && headerFirst(opened[i+1], files[i+1]) == last+1 {
+			// The next segment starts right after the last good record:
+			// this one is complete, and what follows is what a recycled
+			// file held before (a torn record would leave a gap).
+			bad = nil
+		}
 		if bad == nil {
 			seg := &Segment{first: first, name: name, file: f, last: last, size: end}
 			seg.wsize.Store(end)
@@ -209,7 +251,7 @@ func (l *Log) recover() error {
 		if i > 0 && first != l.next && herr == nil && hfirst == first {
 			badSeg, badOff = i-1, l.segs[len(l.segs)-1].size // the gap is at the end of the previous one
 		}
-		if vouched(opened, sizes, badSeg, badOff) {
+		if vouched(files, opened, sizes, badSeg, badOff) {
 			return &CorruptionError{Segment: files[badSeg], Offset: badOff, Reason: bad.Error() + " (in data a completed sync had made durable)"}
 		}
 		if err := l.cutTail(files, opened, i, end, badSeg == i && end >= HeaderSize); err != nil {
@@ -245,16 +287,56 @@ func (l *Log) recover() error {
 // seg shows that the bytes at off had been made durable. Sync fsyncs the
 // segments in order before it writes its sync record, so a sync record in
 // a later segment vouches for every earlier one.
-func vouched(files []vfs.File, sizes []int64, seg int, off int64) bool {
-	if syncedPast(files[seg], off, sizes[seg], off) {
+func vouched(names []string, files []vfs.File, sizes []int64, seg int, off int64) bool {
+	if syncedPast(files[seg], nameFirst(names[seg]), off, sizes[seg], off) {
 		return true
 	}
 	for j := seg + 1; j < len(files); j++ {
-		if syncedPast(files[j], 0, sizes[j], -1) {
+		if syncedPast(files[j], nameFirst(names[j]), 0, sizes[j], -1) {
 			return true
 		}
 	}
 	return false
+}
+
+// nameFirst is the first LSN a segment's file name gives, or 0.
+func nameFirst(name string) uint64 {
+	first, err := strconv.ParseUint(strings.TrimSuffix(name, suffix), 16, 64)
+	if err != nil {
+		return 0
+	}
+	return first
+}
+
+// headerFirst is the first LSN of a segment file whose header is valid
+// and agrees with its name, or 0.
+func headerFirst(f vfs.File, name string) uint64 {
+	hdr := make([]byte, HeaderSize)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		return 0
+	}
+	first, err := decodeSegmentHeader(hdr)
+	if err != nil || segmentName(first) != name {
+		return 0
+	}
+	return first
+}
+
+// keepFree adopts a dropped file found in the directory as one to reuse,
+// or removes it when enough are kept.
+func (l *Log) keepFree(name string) error {
+	if len(l.free) >= l.opts.Recycle {
+		if err := l.fs.Remove(l.path(name)); err != nil {
+			return fmt.Errorf("hrl: %w", err)
+		}
+		return nil
+	}
+	f, err := l.fs.Open(l.path(name))
+	if err != nil {
+		return fmt.Errorf("hrl: %w", err)
+	}
+	l.free = append(l.free, freeFile{name: name, file: f})
+	return nil
 }
 
 // cutTail cuts segment i at off (keeping it only if keep) and removes
@@ -321,8 +403,10 @@ func scanSegment(f vfs.File, size int64, first uint64) (end int64, last uint64, 
 }
 
 // syncedPast reports whether a valid sync record found after byte from of
-// a segment says that its bytes past off had been made durable.
-func syncedPast(f vfs.File, from, size, off int64) bool {
+// the segment that starts at LSN first says that its bytes past off had
+// been made durable. A sync record with an LSN before first-1 was left by
+// an earlier use of a recycled file and says nothing about this one.
+func syncedPast(f vfs.File, first uint64, from, size, off int64) bool {
 	if size-from < RecHeaderSize {
 		return false
 	}
@@ -336,7 +420,7 @@ func syncedPast(f vfs.File, from, size, off int64) bool {
 			continue
 		}
 		crc, r, _ := parseRecHeader(h)
-		if crc32.Checksum(h[4:], castagnoli) == crc && int64(r.Offset) > off {
+		if crc32.Checksum(h[4:], castagnoli) == crc && r.LSN+1 >= first && int64(r.Offset) > off {
 			return true
 		}
 	}
@@ -344,15 +428,27 @@ func syncedPast(f vfs.File, from, size, off int64) bool {
 }
 
 // createSegment writes a new segment file holding the header and records
-// in parts. Neither the file nor its name is durable until the next Sync.
+// in parts, reusing a dropped file when one is kept. Neither the file nor
+// its name is durable until the next Sync.
 func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 	seg := &Segment{first: first, name: segmentName(first), last: first - 1, size: HeaderSize}
 	if parts == nil {
 		parts = [][]byte{encodeSegmentHeader(first)}
 	}
-	f, err := l.fs.Create(l.path(seg.name))
-	if err != nil {
-		return nil, fmt.Errorf("hrl: %w", err)
+	var f vfs.File
+	if n := len(l.free); n > 0 {
+		ff := l.free[n-1]
+		l.free = l.free[:n-1]
+		if err := l.fs.Rename(l.path(ff.name), l.path(seg.name)); err != nil {
+			ff.file.Close()
+			return nil, fmt.Errorf("hrl: %w", err)
+		}
+		f, seg.reused = ff.file, true
+	} else {
+		var err error
+		if f, err = l.fs.Create(l.path(seg.name)); err != nil {
+			return nil, fmt.Errorf("hrl: %w", err)
+		}
 	}
 	if err := writeParts(f, parts, 0); err != nil {
 		f.Close()
@@ -492,9 +588,25 @@ func (l *Log) wake() {
 	}
 }
 
-// run is the writer goroutine.
+// syncWaiter is a Sync call waiting for its LSN to be durable.
+type syncWaiter struct {
+	lsn uint64
+	ch  chan error
+}
+
+// syncJob is one round of fsyncs, handed from the writer to the syncer.
+type syncJob struct {
+	segs    []*Segment // in log order; the last is the active one
+	written uint64     // every record up to here is in segs' files
+	size    int64      // the active segment's written size
+	dir     bool       // a segment was created: sync the directory too
+}
+
+// run is the writer goroutine. Writes go on while the syncer fsyncs: a
+// flush from one client does not stall every other client's writes.
 func (l *Log) run() {
 	defer l.wg.Done()
+	defer close(l.jobs)
 	for {
 		quit := false
 		select {
@@ -507,24 +619,102 @@ func (l *Log) run() {
 			l.queue = append(l.queue, l.cur)
 			l.cur = nil
 		}
-		q, waiters, drops := l.queue, l.waiters, l.drops
-		l.queue, l.waiters, l.drops = nil, nil, nil
+		q := l.queue
+		l.queue = nil
+		// Drops wait while a sync job is out: it may hold a segment that
+		// the synced LSN already covers (its records were synced as the
+		// active segment before a roll put it in the job).
+		var drops []dropReq
+		if !l.syncing {
+			drops, l.drops = l.drops, nil
+		}
+		startSync := !l.syncing && len(l.waiters) > 0
+		l.syncing = l.syncing || startSync
 		l.mu.Unlock()
 		for _, p := range q {
 			l.write(p)
 		}
-		if len(waiters) > 0 {
-			err := l.syncActive()
-			for _, w := range waiters {
-				w <- err
-			}
-		}
 		for _, d := range drops {
 			l.drop(d)
+		}
+		if startSync {
+			// Every record a waiter asked for was appended before it
+			// registered, so it is in q or earlier: written now.
+			job := syncJob{segs: append(l.unsynced[:len(l.unsynced):len(l.unsynced)], l.wseg),
+				written: l.written.Load(), size: l.wseg.wsize.Load(), dir: l.dirDirty}
+			l.unsynced, l.dirDirty = nil, false
+			l.jobs <- job
 		}
 		if quit {
 			return
 		}
+	}
+}
+
+// writebackEvery is how many bytes of a segment are written before the
+// flusher starts their writeback.
+const writebackEvery = 8 << 20
+
+// hint asks the flusher to start writeback of a file range.
+type hint struct {
+	f      vfs.Writebacker
+	off, n int64
+}
+
+// hintWriteback passes a range of a segment to the flusher once
+// writebackEvery bytes have piled up past the last hint; only the writer
+// calls it.
+func (l *Log) hintWriteback(s *Segment, from, to int64) {
+	wb, ok := s.file.(vfs.Writebacker)
+	if !ok || from/writebackEvery == to/writebackEvery {
+		return
+	}
+	start := from / writebackEvery * writebackEvery
+	select {
+	case l.hints <- hint{wb, start, to/writebackEvery*writebackEvery - start}:
+	default: // the flusher is behind; the next fsync does it
+	}
+}
+
+// flusher starts writeback of segment ranges as they fill (the way
+// RocksDB's wal_bytes_per_sync does), so the data is mostly on disk when
+// a flush or a merge needs it durable: the disk works steadily instead of
+// in bursts, and an fsync waits for little. Errors are ignored: this is a
+// hint; the fsync that follows reports real ones.
+func (l *Log) flusher() {
+	defer l.wg.Done()
+	for {
+		select {
+		case h := <-l.hints:
+			h.f.StartWriteback(h.off, h.n)
+		case <-l.quit:
+			return
+		}
+	}
+}
+
+// syncer is the goroutine that makes written records durable.
+func (l *Log) syncer() {
+	defer l.wg.Done()
+	for job := range l.jobs {
+		err := l.syncJob(job)
+		l.mu.Lock()
+		l.syncing = false
+		synced := l.synced.Load()
+		keep := l.waiters[:0]
+		for _, w := range l.waiters {
+			switch {
+			case err != nil:
+				w.ch <- err
+			case w.lsn <= synced:
+				w.ch <- nil
+			default:
+				keep = append(keep, w)
+			}
+		}
+		l.waiters = keep
+		l.mu.Unlock()
+		l.wake() // the next round, and drops held back
 	}
 }
 
@@ -586,7 +776,7 @@ func (l *Log) write(p *pending) {
 		// roll costs no more than any other write.
 		var seg *Segment
 		if seg, err = l.createSegment(p.seg.first, p.gather()); err == nil {
-			p.seg.file = seg.file
+			p.seg.file, p.seg.reused = seg.file, seg.reused
 			p.seg.wsize.Store(p.size)
 			l.unsynced = append(l.unsynced, l.wseg)
 			l.dirDirty = true
@@ -596,6 +786,7 @@ func (l *Log) write(p *pending) {
 	} else if err == nil {
 		if err = writeParts(p.seg.file, p.gather(), p.off); err == nil {
 			p.seg.wsize.Store(p.off + p.size)
+			l.hintWriteback(p.seg, p.off, p.off+p.size)
 		}
 	}
 	if err != nil {
@@ -617,33 +808,35 @@ func (l *Log) write(p *pending) {
 	l.mu.Unlock()
 }
 
-// syncActive makes the active segment durable and notes it in the log.
-func (l *Log) syncActive() error {
+// syncJob makes a job's segments durable and notes it in the log. A
+// segment in a job is never dropped before the job is done: DropThrough
+// takes only segments the synced LSN covers.
+func (l *Log) syncJob(job syncJob) error {
 	if err := l.failed(); err != nil {
 		return err
 	}
-	w := l.written.Load()
-	size := l.wseg.wsize.Load()
 	// In order: a later segment is never durable before an earlier one.
-	for _, s := range append(l.unsynced, l.wseg) {
+	for _, s := range job.segs {
 		if err := s.file.Sync(); err != nil {
 			l.fail(err)
 			return l.failed()
 		}
 	}
-	l.unsynced = l.unsynced[:0]
-	if l.dirDirty {
+	if job.dir {
 		if err := l.fs.SyncDir(l.dir); err != nil {
 			l.fail(err)
 			return l.failed()
 		}
-		l.dirDirty = false
 	}
 	faultpoint.Hit(faultpoint.LogAfterSync)
-	l.synced.Store(w)
+	l.synced.Store(job.written)
+	// The sync record vouches for the bytes before job.size of the segment
+	// it lands in, so it goes only where that segment is still the active
+	// one: in a later segment it would vouch for what this job did not
+	// sync.
 	l.mu.Lock()
-	if seg := l.segs[len(l.segs)-1]; seg == l.wseg && l.err == nil && !l.closed {
-		l.appendLocked(seg, RecHeaderSize, 0, TypeSync, 0, 0, l.next-1, uint64(size), nil)
+	if seg := l.segs[len(l.segs)-1]; seg == job.segs[len(job.segs)-1] && l.err == nil && !l.closed {
+		l.appendLocked(seg, RecHeaderSize, 0, TypeSync, 0, 0, l.next-1, uint64(job.size), nil)
 		l.wake()
 	}
 	l.mu.Unlock()
@@ -663,7 +856,7 @@ func (l *Log) Sync() error {
 		return nil
 	}
 	ch := make(chan error, 1)
-	l.waiters = append(l.waiters, ch)
+	l.waiters = append(l.waiters, syncWaiter{lsn: l.next - 1, ch: ch})
 	l.mu.Unlock()
 	l.wake()
 	return <-ch
@@ -732,6 +925,21 @@ func (l *Log) ReadAt(p []byte, seg *Segment, off int64, lsn uint64) error {
 	return nil
 }
 
+// ReadSpan reads up to len(p) bytes of seg's file from off, stopping at
+// the end of what is written; it returns how many it read. It does not
+// wait: the caller reads only records it knows are written (a merge
+// reading synced records in bulk).
+func (l *Log) ReadSpan(p []byte, seg *Segment, off int64) (int, error) {
+	n := min(int64(len(p)), seg.wsize.Load()-off)
+	if n <= 0 {
+		return 0, fmt.Errorf("hrl: reading %s at %d: past the written end", seg.name, off)
+	}
+	if _, err := seg.file.ReadAt(p[:n], off); err != nil {
+		return 0, fmt.Errorf("hrl: reading %s: %w", seg.name, err)
+	}
+	return int(n), nil
+}
+
 // SegmentInfo describes a segment, for shippers and tools.
 type SegmentInfo struct {
 	Name        string
@@ -782,11 +990,23 @@ type dropReq struct {
 	done chan error
 }
 
-// drop removes segment files; only the writer goroutine calls it.
+// drop removes segment files, or keeps them for reuse; only the writer
+// goroutine calls it.
 func (l *Log) drop(req dropReq) {
 	var err error
 	for _, s := range req.segs {
 		l.unsynced = slices.DeleteFunc(l.unsynced, func(u *Segment) bool { return u == s })
+		if len(l.free) < l.opts.Recycle {
+			name := strings.TrimSuffix(s.name, suffix) + freeSuffix
+			rerr := l.fs.Rename(l.path(s.name), l.path(name))
+			if rerr == nil {
+				l.free = append(l.free, freeFile{name: name, file: s.file})
+				continue
+			}
+			if err == nil {
+				err = fmt.Errorf("hrl: %w", rerr)
+			}
+		}
 		s.file.Close()
 		if rerr := l.fs.Remove(l.path(s.name)); rerr != nil && err == nil {
 			err = fmt.Errorf("hrl: %w", rerr)
@@ -862,12 +1082,32 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	close(l.quit)
 	l.wg.Wait()
+	// Calls that raced Close and were not served.
+	l.mu.Lock()
+	for _, w := range l.waiters {
+		w.ch <- ErrClosed
+	}
+	for _, d := range l.drops {
+		d.done <- ErrClosed
+	}
+	l.waiters, l.drops = nil, nil
+	l.mu.Unlock()
+	if s := l.wseg; err == nil && s.reused {
+		// Cut what the file held before its reuse, so that the log reads
+		// as complete (Check) without knowing how it was written.
+		if err = s.file.Truncate(s.wsize.Load()); err == nil {
+			err = s.file.Sync()
+		}
+	}
 	for _, s := range l.segs {
 		if s.file != nil {
 			if cerr := s.file.Close(); err == nil {
 				err = cerr
 			}
 		}
+	}
+	for _, f := range l.free {
+		f.file.Close()
 	}
 	if errors.Is(err, ErrClosed) {
 		err = nil
@@ -877,68 +1117,90 @@ func (l *Log) Close() error {
 
 // Check reads the log in dir without changing it and calls fn for every
 // record (sync records aside). Damage is a *CorruptionError; a torn tail
-// is an error too (it would be cut at the next Open).
+// is an error too (it would be cut at the next Open). A sealed segment
+// ends at its last record when the next segment starts right after it:
+// what follows is what a recycled file held before.
 func Check(fs vfs.FS, dir string, fn func(Record)) error {
 	names, err := fs.List(dir)
 	if err != nil {
 		return fmt.Errorf("hrl: %w", err)
 	}
+	var segs []string
+	for _, name := range names {
+		if strings.HasSuffix(name, suffix) {
+			segs = append(segs, name)
+		}
+	}
 	var next uint64
-	for i, name := range names {
-		if !strings.HasSuffix(name, suffix) {
-			continue
+	for i, name := range segs {
+		var nextFirst uint64 // where the next segment starts; 0 if none or unreadable
+		if i+1 < len(segs) {
+			if nf, err := fs.Open(filepath.Join(dir, segs[i+1])); err == nil {
+				nextFirst = headerFirst(nf, segs[i+1])
+				nf.Close()
+			}
 		}
-		f, err := fs.Open(filepath.Join(dir, name))
-		if err != nil {
-			return fmt.Errorf("hrl: %w", err)
-		}
-		err = func() error {
-			defer f.Close()
-			size, err := f.Size()
-			if err != nil {
-				return err
-			}
-			hdr := make([]byte, HeaderSize)
-			f.ReadAt(hdr, 0)
-			first, herr := decodeSegmentHeader(hdr)
-			if herr != nil {
-				return &CorruptionError{Segment: name, Reason: herr.Error()}
-			}
-			if i > 0 && first != next {
-				return &CorruptionError{Segment: name, Reason: fmt.Sprintf("broken chain: expected first LSN %d", next)}
-			}
-			br := bufio.NewReaderSize(io.NewSectionReader(f, HeaderSize, size-HeaderSize), 1<<20)
-			rh := make([]byte, RecHeaderSize)
-			last := first - 1
-			for off := int64(HeaderSize); off < size; {
-				if _, err := io.ReadFull(br, rh); err != nil {
-					return &CorruptionError{Segment: name, Offset: off, Reason: "torn or short record"}
-				}
-				_, _, n := parseRecHeader(rh)
-				if n > MaxPayload || int64(n) > size-off-RecHeaderSize {
-					return &CorruptionError{Segment: name, Offset: off, Reason: "record runs past the segment"}
-				}
-				payload := make([]byte, n)
-				io.ReadFull(br, payload)
-				r, err := checkRecord(rh, payload)
-				if err != nil {
-					return &CorruptionError{Segment: name, Offset: off, Reason: err.Error()}
-				}
-				if r.Type != TypeSync {
-					if r.LSN != last+1 {
-						return &CorruptionError{Segment: name, Offset: off, Reason: "LSN out of sequence"}
-					}
-					last = r.LSN
-					fn(r)
-				}
-				off += RecHeaderSize + int64(n)
-			}
-			next = last + 1
-			return nil
-		}()
-		if err != nil {
+		if next, err = checkSegment(fs, filepath.Join(dir, name), name, i == 0, next, nextFirst, fn); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// checkSegment checks one segment for Check and returns the LSN after its
+// last record.
+func checkSegment(fs vfs.FS, path, name string, head bool, next, nextFirst uint64, fn func(Record)) (uint64, error) {
+	f, err := fs.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("hrl: %w", err)
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return 0, fmt.Errorf("hrl: %w", err)
+	}
+	hdr := make([]byte, HeaderSize)
+	f.ReadAt(hdr, 0)
+	first, herr := decodeSegmentHeader(hdr)
+	if herr != nil {
+		return 0, &CorruptionError{Segment: name, Reason: herr.Error()}
+	}
+	if !head && first != next {
+		return 0, &CorruptionError{Segment: name, Reason: fmt.Sprintf("broken chain: expected first LSN %d", next)}
+	}
+	br := bufio.NewReaderSize(io.NewSectionReader(f, HeaderSize, size-HeaderSize), 1<<20)
+	rh := make([]byte, RecHeaderSize)
+	last := first - 1
+	bad := func(off int64, reason string) (uint64, error) {
+		if nextFirst != 0 && nextFirst == last+1 {
+			return last + 1, nil
+		}
+		return 0, &CorruptionError{Segment: name, Offset: off, Reason: reason}
+	}
+	for off := int64(HeaderSize); off < size; {
+		if _, err := io.ReadFull(br, rh); err != nil {
+			return bad(off, "torn or short record")
+		}
+		_, _, n := parseRecHeader(rh)
+		if n > MaxPayload || int64(n) > size-off-RecHeaderSize {
+			return bad(off, "record runs past the segment")
+		}
+		payload := make([]byte, n)
+		if _, err := io.ReadFull(br, payload); err != nil {
+			return bad(off, "torn or short record")
+		}
+		r, err := checkRecord(rh, payload)
+		if err != nil {
+			return bad(off, err.Error())
+		}
+		if r.Type != TypeSync {
+			if r.LSN != last+1 {
+				return bad(off, "LSN out of sequence")
+			}
+			last = r.LSN
+			fn(r)
+		}
+		off += RecHeaderSize + int64(n)
+	}
+	return last + 1, nil
 }
