@@ -62,4 +62,23 @@
 // *CorruptionError (IsCorruption), never skipped. Sync records are what let
 // recovery tell a tail that kernel writeback left with holes after a power
 // cut from damage to data that was already durable.
+//
+// # Reused files
+//
+// With Options.Recycle a dropped segment file is renamed to FIRST.free
+// and later renamed to a new segment's name and written over from byte 0,
+// so a new segment writes over allocated, cached pages (several times
+// cheaper than filling a new file). Past a reused segment's last record
+// the file holds what its earlier use left. Those bytes are never taken
+// for records or for damage:
+//
+//   - a record left by the earlier use has an LSN below the segment's
+//     first, so it fails the sequence check, like a torn record;
+//   - a sealed segment ends at its last good record when the next segment
+//     starts right after it (its header's first LSN is that record's LSN
+//     plus one): a record torn inside it would leave a gap instead;
+//   - a sync record counts only when its LSN is at least the segment's
+//     first minus one: an old one cannot vouch for the new segment's bytes;
+//   - Close cuts the active segment at its end, so a cleanly closed log
+//     passes Check as it is.
 package hrl
