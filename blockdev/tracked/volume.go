@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io/fs"
+	"maps"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -97,14 +98,17 @@ type Volume struct {
 	active   *index
 	frozen   *index // being merged; nil between merges
 	merged   sync.Cond
-	ckpt     uint64 // LSN merged into the base
+	ckpt     uint64 // LSN the base durably holds (the checkpoint file)
+	applied  uint64 // LSN the base holds as read (page cache); ≥ ckpt
+	unckpt   int64  // bytes merged since the checkpoint
 	released uint64 // LSN the consumer no longer needs
 	unrel    int64  // bytes appended after released (approximate)
 	dirty    []byte // dirty-region bitmap; non-nil: resync required
 	paused   int
 	closed   bool
 
-	mergeMu   sync.Mutex // one merge at a time
+	mergeMu   sync.Mutex // one merge or checkpoint at a time
+	ckptAt    time.Time  // when the checkpoint was last written; guarded by mu
 	lastWrite atomic.Int64
 	kick      chan struct{}
 	quit      chan struct{}
@@ -177,6 +181,7 @@ func Open(dir string, base blockdev.Device, opts Options) (*Volume, error) {
 		v.recountUnreleased()
 	}
 	v.lastWrite.Store(time.Now().UnixNano())
+	v.ckptAt = time.Now()
 	v.wg.Add(1)
 	go v.merger()
 	return v, nil
@@ -192,7 +197,7 @@ func (v *Volume) replay(ckpt uint64) error {
 	case segs[0].First > ckpt+1:
 		return fmt.Errorf("%w: the log starts at LSN %d but the base holds only up to %d", ErrCorrupt, segs[0].First, ckpt)
 	}
-	v.ckpt = ckpt
+	v.ckpt, v.applied = ckpt, ckpt
 	if ckpt == last {
 		return nil
 	}
@@ -208,7 +213,7 @@ func (v *Volume) replay(ckpt uint64) error {
 	if err := v.writeCheckpoint(last); err != nil {
 		return err
 	}
-	v.ckpt = last
+	v.ckpt, v.applied = last, last
 	return nil
 }
 
@@ -421,7 +426,7 @@ func (v *Volume) PauseMerge() uint64 {
 	defer v.mergeMu.Unlock()
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return v.ckpt
+	return v.applied
 }
 
 // ResumeMerge undoes one PauseMerge.
@@ -478,11 +483,56 @@ func (v *Volume) Checkpoint() uint64 {
 	return v.ckpt
 }
 
-// Merge merges every record appended so far into the base now.
+// Merge merges every record appended so far into the base now and makes
+// it durable there (a checkpoint).
 func (v *Volume) Merge() error {
 	v.mergeMu.Lock()
 	defer v.mergeMu.Unlock()
-	return v.mergeLocked()
+	if err := v.mergeLocked(); err != nil {
+		return err
+	}
+	return v.checkpointLocked(true)
+}
+
+// checkpointEvery bounds the time a merged record waits for the
+// checkpoint that lets its log segment go.
+const checkpointEvery = 30 * time.Second
+
+// checkpointLocked makes what merges wrote to the base durable, publishes
+// the checkpoint and drops the log segments no one needs any more. Unless
+// forced it waits until twice MergeAfter has been merged since the last
+// checkpoint or checkpointEvery has passed: a merge then costs no base
+// fsync, and the kernel writes the base back at its own pace meanwhile.
+// After a crash, replay from the older checkpoint rewrites what a merge
+// had put in the base: replay is idempotent. Called with mergeMu held.
+func (v *Volume) checkpointLocked(force bool) error {
+	v.mu.RLock()
+	applied, ckpt, unckpt, at := v.applied, v.ckpt, v.unckpt, v.ckptAt
+	v.mu.RUnlock()
+	if applied == ckpt {
+		return nil
+	}
+	if !force && unckpt < 2*v.opts.MergeAfter && time.Since(at) < checkpointEvery {
+		return nil
+	}
+	if err := v.base.Sync(); err != nil {
+		err = fmt.Errorf("tracked: checkpoint: %w", err)
+		v.mergeErr.Store(&err)
+		return err
+	}
+	if err := v.writeCheckpoint(applied); err != nil {
+		v.mergeErr.Store(&err)
+		return err
+	}
+	v.mu.Lock()
+	v.ckpt, v.ckptAt = applied, time.Now()
+	v.unckpt = 0
+	rel := v.released
+	v.mu.Unlock()
+	if err := v.log.DropThrough(min(rel, applied)); err != nil {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	return nil
 }
 
 func (v *Volume) mergeLocked() error {
@@ -500,11 +550,12 @@ func (v *Volume) mergeLocked() error {
 	through := v.log.LastLSN()
 	v.mu.Unlock()
 
-	err := v.copyToBase(frozen, through)
+	err := v.copyToBase(frozen)
 	v.mu.Lock()
 	if err == nil {
-		v.ckpt = through
-		v.frozen = nil // the base now holds it all
+		v.applied = through
+		v.unckpt += frozen.bytes
+		v.frozen = nil // the base now holds it all (not yet durably)
 	} else {
 		// Put the frozen extents back under the new ones so nothing is lost.
 		for _, k := range frozen.sortedBuckets() {
@@ -515,14 +566,10 @@ func (v *Volume) mergeLocked() error {
 		v.frozen = nil
 	}
 	v.merged.Broadcast()
-	rel := v.released
 	v.mu.Unlock()
 	if err != nil {
 		v.mergeErr.Store(&err)
 		return err
-	}
-	if err := v.log.DropThrough(min(rel, through)); err != nil {
-		return fmt.Errorf("tracked: %w", err)
 	}
 	return nil
 }
@@ -547,17 +594,12 @@ func (v *Volume) reinsertUnder(e extent) {
 	}
 }
 
-const (
-	// mergeWindow is how much log a merge reads at once.
-	mergeWindow = 4 << 20
-	// mergeWritebackEvery is how many bytes a merge writes to the base
-	// between writeback starts.
-	mergeWritebackEvery = 32 << 20
-)
+// mergeWindow is how much log a merge reads at once.
+const mergeWindow = 4 << 20
 
-// copyToBase writes frozen extents (all with LSNs up to through) into the
-// base, makes the base durable and publishes the checkpoint.
-func (v *Volume) copyToBase(frozen *index, through uint64) error {
+// copyToBase writes frozen extents into the base, not durably: see
+// checkpointLocked.
+func (v *Volume) copyToBase(frozen *index) error {
 	// Only durable records may reach the base.
 	if err := v.log.Sync(); err != nil {
 		return fmt.Errorf("tracked: merge: %w", err)
@@ -566,26 +608,23 @@ func (v *Volume) copyToBase(frozen *index, through uint64) error {
 	// the log: one read per mergeWindow of log instead of one per extent
 	// (random 4 KiB writes leave a quarter of a million extents per GiB).
 	// Extents never overlap, so the order of their writes is free.
-	var exts []extent
+	bySeg := map[*hrl.Segment][]extent{}
 	for _, k := range frozen.sortedBuckets() {
 		for _, e := range frozen.buckets[k] {
 			if e.seg != nil {
-				exts = append(exts, e)
+				bySeg[e.seg] = append(bySeg[e.seg], e)
 			} else if err := blockdev.Trim(v.base, e.off, int64(e.n)); err != nil {
 				return fmt.Errorf("tracked: merge: %w", err)
 			}
 		}
 	}
-	slices.SortFunc(exts, func(a, b extent) int {
-		if c := cmp.Compare(a.seg.First(), b.seg.First()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.foff, b.foff)
-	})
-	// Start the base's writeback as the merge goes, so that its fsync at
-	// the end has little left to wait for.
-	wb, _ := v.base.(vfs.Writebacker)
-	var pending int64
+	segs := slices.SortedFunc(maps.Keys(bySeg), func(a, b *hrl.Segment) int { return cmp.Compare(a.First(), b.First()) })
+	exts := make([]extent, 0, frozen.extents)
+	for _, s := range segs {
+		es := bySeg[s]
+		slices.SortFunc(es, func(a, b extent) int { return cmp.Compare(a.foff, b.foff) })
+		exts = append(exts, es...)
+	}
 	buf := make([]byte, mergeWindow)
 	var wseg *hrl.Segment
 	var wstart, wend int64
@@ -603,15 +642,8 @@ func (v *Volume) copyToBase(frozen *index, through uint64) error {
 		if _, err := v.base.WriteAt(buf[e.foff-wstart:e.foff-wstart+int64(e.n)], e.off); err != nil {
 			return fmt.Errorf("tracked: merge: %w", err)
 		}
-		if pending += int64(e.n); wb != nil && pending >= mergeWritebackEvery {
-			wb.StartWriteback(0, 0) // a hint: the fsync below reports errors
-			pending = 0
-		}
 	}
-	if err := v.base.Sync(); err != nil {
-		return fmt.Errorf("tracked: merge: %w", err)
-	}
-	return v.writeCheckpoint(through)
+	return nil
 }
 
 func (v *Volume) wakeMerger() {
@@ -642,12 +674,19 @@ func (v *Volume) merger() {
 				v.mergeErr.Store(&err)
 			}
 		}
-		if paused > 0 || n == 0 {
-			continue
-		}
 		idle := v.opts.MergeIdle > 0 && time.Since(time.Unix(0, v.lastWrite.Load())) >= v.opts.MergeIdle
-		if idle || bytes >= v.opts.MergeAfter || ext >= v.opts.MaxExtents {
-			v.Merge()
+		switch {
+		case paused > 0:
+		case n > 0 && (idle || bytes >= v.opts.MergeAfter || ext >= v.opts.MaxExtents):
+			v.mergeMu.Lock()
+			if v.mergeLocked() == nil {
+				v.checkpointLocked(idle)
+			}
+			v.mergeMu.Unlock()
+		case idle:
+			v.mergeMu.Lock()
+			v.checkpointLocked(true)
+			v.mergeMu.Unlock()
 		}
 	}
 }
