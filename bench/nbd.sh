@@ -5,7 +5,8 @@
 # medians with the ratios vrep/nbdkit and vrep/qemu-nbd and saves it under
 # bench/results/. Peers are rotated between runs and the page cache is
 # written back (sync) between servers, so no server inherits another's
-# dirty pages.
+# dirty pages. BARE=1 adds vrep's NBD server with no change tracking
+# (bench/nbdbare), to tell the server loop's cost from the tracking's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -31,6 +32,10 @@ start() { # start SERVER; sets uri
 		qemu-nbd -t -f raw -x disk -k "$sock" --aio=threads "$img" &
 		pid=$!
 		uri="nbd+unix:///disk?socket=$sock" ;;
+	bare)
+		"$work/nbdbare" "$img" "$sock" &
+		pid=$!
+		uri="nbd+unix:///vm1/disk0?socket=$sock" ;;
 	vrep)
 		rm -rf "$work/state"
 		"$vrep" primary --state "$work/state" --disk vm1/disk0="$img" --nbd "unix:$sock" 2>"$work/vrep.log" &
@@ -56,9 +61,14 @@ measure() { # measure WORKLOAD -> prints "iops MB/s"
 
 declare -A res
 servers=(nbdkit qemu-nbd vrep)
+if [ "${BARE:-0}" = 1 ]; then
+	go build -o "$work/nbdbare" ./bench/nbdbare
+	servers+=(bare)
+fi
 for run in $(seq "$RUNS"); do
 	# Rotate the order so no peer always runs first.
-	order=("${servers[@]:$((run % 3))}" "${servers[@]:0:$((run % 3))}")
+	k=$((run % ${#servers[@]}))
+	order=("${servers[@]:$k}" "${servers[@]:0:$k}")
 	for s in "${order[@]}"; do
 		start "$s"
 		for w in randwrite randread seqwrite; do
@@ -85,5 +95,18 @@ out=bench/results/nbd-$(date -u +%Y%m%d-%H%M).md
 		printf '| %s | %.0f %s | %.0f | %.0f | %.2f | %.2f |\n' "$label" "$k" "$unit" "$q" "$v" \
 			"$(echo "$v / $k" | bc -l)" "$(echo "$v / $q" | bc -l)"
 	done
+	if [ "${BARE:-0}" = 1 ]; then
+		echo
+		echo "vrep's NBD server without change tracking (bench/nbdbare), same run:"
+		echo
+		echo "| workload | bare | bare/nbdkit | vrep/bare |"
+		echo "|---|---|---|---|"
+		for w in randwrite randread seqwrite; do
+			f=1; label="4k $w QD32"
+			if [ "$w" = seqwrite ]; then f=2; label="1M write QD8"; fi
+			k=$(pick nbdkit $w $f); b=$(pick bare $w $f); v=$(pick vrep $w $f)
+			printf '| %s | %.0f | %.2f | %.2f |\n' "$label" "$b" "$(echo "$b / $k" | bc -l)" "$(echo "$v / $b" | bc -l)"
+		done
+	fi
 } | tee "$out"
 echo "saved $out"

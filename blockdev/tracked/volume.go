@@ -500,9 +500,10 @@ const checkpointEvery = 30 * time.Second
 
 // checkpointLocked makes what merges wrote to the base durable, publishes
 // the checkpoint and drops the log segments no one needs any more. Unless
-// forced it waits until twice MergeAfter has been merged since the last
-// checkpoint or checkpointEvery has passed: a merge then costs no base
-// fsync, and the kernel writes the base back at its own pace meanwhile.
+// forced (Merge, Close) it waits until twice MergeAfter has been merged
+// since the last checkpoint or checkpointEvery has passed: a merge then
+// costs no base fsync, and the kernel writes the base back at its own
+// pace meanwhile.
 // After a crash, replay from the older checkpoint rewrites what a merge
 // had put in the base: replay is idempotent. Called with mergeMu held.
 func (v *Volume) checkpointLocked(force bool) error {
@@ -675,19 +676,18 @@ func (v *Volume) merger() {
 			}
 		}
 		idle := v.opts.MergeIdle > 0 && time.Since(time.Unix(0, v.lastWrite.Load())) >= v.opts.MergeIdle
-		switch {
-		case paused > 0:
-		case n > 0 && (idle || bytes >= v.opts.MergeAfter || ext >= v.opts.MaxExtents):
-			v.mergeMu.Lock()
-			if v.mergeLocked() == nil {
-				v.checkpointLocked(idle)
-			}
-			v.mergeMu.Unlock()
-		case idle:
-			v.mergeMu.Lock()
-			v.checkpointLocked(true)
-			v.mergeMu.Unlock()
+		if paused > 0 {
+			continue
 		}
+		v.mergeMu.Lock()
+		if n > 0 && (idle || bytes >= v.opts.MergeAfter || ext >= v.opts.MaxExtents) {
+			v.mergeLocked()
+		}
+		// Due by size or by time, not on idle: a checkpoint after a burst
+		// of random writes fsyncs that many scattered pages, and the
+		// reads that often follow a burst should not pay for it.
+		v.checkpointLocked(false)
+		v.mergeMu.Unlock()
 	}
 }
 
