@@ -57,10 +57,10 @@ bench:
 	$(GO) test -run XXX -bench . -benchtime 1x ./replica
 
 bench-nbd: tools build
-	bench/nbd.sh
+	BARE=1 bench/nbd.sh
 
 bench-fuse: tools build
-	bench/fuse.sh
+	BARE=1 bench/fuse.sh
 
 clean:
 	rm -rf bin

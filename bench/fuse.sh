@@ -4,6 +4,8 @@
 # system, one after the other in one run: 4k random write and read (QD32,
 # libaio, O_DIRECT) and 1M sequential write (QD8). Prints a table of
 # medians with the ratio and saves it under bench/results/. Needs root.
+# BARE=1 adds the same FUSE file system with no change tracking
+# (bench/fusebare), to tell the cost of FUSE from the cost of tracking.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -30,12 +32,22 @@ measure() { # measure FILE WORKLOAD
 }
 
 declare -A res
+kinds=(raw fuse)
+if [ "${BARE:-0}" = 1 ]; then
+	go build -o "$work/fusebare" ./bench/fusebare
+	kinds+=(bare)
+fi
 for run in $(seq "$RUNS"); do
-	order=(raw fuse)
-	[ $((run % 2)) = 0 ] && order=(fuse raw)
+	k=$((run % ${#kinds[@]}))
+	order=("${kinds[@]:$k}" "${kinds[@]:0:$k}")
 	for s in "${order[@]}"; do
 		file=$img
-		if [ "$s" = fuse ]; then
+		if [ "$s" = bare ]; then
+			"$work/fusebare" "$img" "$mnt" 2>"$work/fusebare.log" &
+			pid=$!
+			for _ in $(seq 200); do [ -f "$mnt/vm1/disk0.img" ] && break; sleep 0.05; done
+			file=$mnt/vm1/disk0.img
+		elif [ "$s" = fuse ]; then
 			rm -rf "$work/state"
 			"$vrep" primary --state "$work/state" --disk vm1/disk0="$img" --fuse "$mnt" 2>"$work/vrep.log" &
 			pid=$!
@@ -65,5 +77,18 @@ out=bench/results/fuse-$(date -u +%Y%m%d-%H%M).md
 		r=$(pick raw $w $f); v=$(pick fuse $w $f)
 		printf '| %s | %.0f %s | %.0f | %.2f |\n' "$label" "$r" "$unit" "$v" "$(echo "$v / $r" | bc -l)"
 	done
+	if [ "${BARE:-0}" = 1 ]; then
+		echo
+		echo "The same FUSE file system without change tracking (bench/fusebare), same run:"
+		echo
+		echo "| workload | bare FUSE | bare/raw | vrep/bare |"
+		echo "|---|---|---|---|"
+		for w in randwrite randread seqwrite; do
+			f=1; label="4k $w QD32"
+			if [ "$w" = seqwrite ]; then f=2; label="1M write QD8"; fi
+			r=$(pick raw $w $f); b=$(pick bare $w $f); v=$(pick fuse $w $f)
+			printf '| %s | %.0f | %.2f | %.2f |\n' "$label" "$b" "$(echo "$b / $r" | bc -l)" "$(echo "$v / $b" | bc -l)"
+		done
+	fi
 } | tee "$out"
 echo "saved $out"
