@@ -41,7 +41,7 @@ soak:
 # fuzz runs every fuzz target for FUZZTIME each.
 fuzz:
 	@set -e; for spec in \
-		./hrl:FuzzOpen ./hrl:FuzzDecodeMarker \
+		./hrl:FuzzOpen ./hrl:FuzzOpenChain ./hrl:FuzzDecodeMarker \
 		./nbd:FuzzHandshake ./nbd:FuzzRequest \
 		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode \
 		./replica:FuzzReadFrame ./replica:FuzzDecodeRecords ./replica:FuzzDecodeRecordsRange \

@@ -121,6 +121,7 @@ type Log struct {
 	quit     chan struct{}
 	jobs     chan syncJob // writer → syncer
 	hints    chan hint    // writer → flusher: start writeback of written bytes
+	hintMu   sync.Mutex   // held by the flusher on a file and by drop closing one
 	wg       sync.WaitGroup
 	pool     sync.Pool
 }
@@ -440,7 +441,7 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		ff := l.free[n-1]
 		l.free = l.free[:n-1]
 		if err := l.fs.Rename(l.path(ff.name), l.path(seg.name)); err != nil {
-			ff.file.Close()
+			l.closeFile(ff.file)
 			return nil, fmt.Errorf("hrl: %w", err)
 		}
 		f, seg.reused = ff.file, true
@@ -451,7 +452,7 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		}
 	}
 	if err := writeParts(f, parts, 0); err != nil {
-		f.Close()
+		l.closeFile(f)
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
 	seg.file = f
@@ -686,11 +687,20 @@ func (l *Log) flusher() {
 	for {
 		select {
 		case h := <-l.hints:
+			l.hintMu.Lock()
 			h.f.StartWriteback(h.off, h.n)
+			l.hintMu.Unlock()
 		case <-l.quit:
 			return
 		}
 	}
+}
+
+// closeFile closes a file the flusher may be starting writeback on.
+func (l *Log) closeFile(f vfs.File) {
+	l.hintMu.Lock()
+	defer l.hintMu.Unlock()
+	f.Close()
 }
 
 // syncer is the goroutine that makes written records durable.
@@ -1007,7 +1017,7 @@ func (l *Log) drop(req dropReq) {
 				err = fmt.Errorf("hrl: %w", rerr)
 			}
 		}
-		s.file.Close()
+		l.closeFile(s.file)
 		if rerr := l.fs.Remove(l.path(s.name)); rerr != nil && err == nil {
 			err = fmt.Errorf("hrl: %w", rerr)
 		}

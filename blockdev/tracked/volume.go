@@ -4,11 +4,14 @@
 //
 // A write returns once its record is in the log file; a flush (Sync) or a
 // FUA write returns once the log is fsynced. The base image is written only
-// by merging records that are already durable, after which a checkpoint
-// records the LSN merged through; so after any crash the base is the state
-// at a prefix of the log, and replaying the log from the checkpoint is
-// idempotent. Reads consult an in-memory extent index of unmerged records,
-// then the base.
+// by merging records that are already durable. A merge writes into the
+// base without an fsync; a checkpoint, later (by size or time), fsyncs the
+// base and records the LSN merged through, and only then may log segments
+// up to it go. After any crash the base holds the state at the checkpoint
+// plus, possibly, parts of later merges; replaying the log from the
+// checkpoint rewrites all of those in order, so replay is idempotent and
+// ends at the state of the durable log. Reads consult an in-memory extent
+// index of unmerged records, then the base.
 //
 // On-disk state, in the volume's directory:
 //
@@ -47,7 +50,9 @@ type Options struct {
 	// SegmentSize seals log segments past this size (default 64 MiB).
 	SegmentSize int64
 	// MergeAfter starts a merge once this many bytes await it
-	// (default 1 GiB); writers are held back at twice that.
+	// (default 1 GiB); writers are held back at twice that. A checkpoint
+	// follows once twice this much is merged (or after 30 s), so the log
+	// holds up to about four times this on disk.
 	MergeAfter int64
 	// MaxExtents starts a merge once the index holds this many extents
 	// (default 1M), bounding memory; writers are held back at twice that.
