@@ -668,7 +668,8 @@ func TestConcurrentSyncSealDrop(t *testing.T) {
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	var appended sync.Map // LSN → payload
-	for w := range 4 {
+	// loop runs step in a goroutine until stop or its first error.
+	loop := func(step func(i int) error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -678,54 +679,32 @@ func TestConcurrentSyncSealDrop(t *testing.T) {
 					return
 				default:
 				}
-				p := fmt.Sprintf("w%d-%d-%s", w, i, bytes.Repeat([]byte{'x'}, i%500))
-				pos, b, err := l.Append(write(uint64(i), p))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				appended.Store(pos.LSN, p)
-				if err := b.Wait(); err != nil {
+				if err := step(i); err != nil {
 					t.Error(err)
 					return
 				}
 			}
 		}()
 	}
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if err := l.Sync(); err != nil {
-				t.Error(err)
-				return
-			}
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			last, err := l.Seal()
+	for w := range 4 {
+		loop(func(i int) error {
+			p := fmt.Sprintf("w%d-%d-%s", w, i, bytes.Repeat([]byte{'x'}, i%500))
+			pos, b, err := l.Append(write(uint64(i), p))
 			if err != nil {
-				t.Error(err)
-				return
+				return err
 			}
-			if err := l.DropThrough(min(last, l.SyncedLSN())); err != nil {
-				t.Error(err)
-				return
-			}
+			appended.Store(pos.LSN, p)
+			return b.Wait()
+		})
+	}
+	loop(func(int) error { return l.Sync() })
+	loop(func(int) error {
+		last, err := l.Seal()
+		if err != nil {
+			return err
 		}
-	}()
+		return l.DropThrough(min(last, l.SyncedLSN()))
+	})
 	time.Sleep(time.Second)
 	close(stop)
 	wg.Wait()
