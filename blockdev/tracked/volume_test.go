@@ -474,3 +474,97 @@ func TestNoOverflowWhileKeepingUp(t *testing.T) {
 		t.Fatal("overflow reported for a consumer one record behind")
 	}
 }
+
+// TestLazyCheckpoint: background merges write the base without a
+// checkpoint until twice MergeAfter is merged; segments stay until the
+// checkpoint covers them; reads and PauseMerge see what merges wrote; a
+// power cut before the checkpoint replays from the older one to the same
+// disk.
+func TestLazyCheckpoint(t *testing.T) {
+	fs := vfs.NewMem(21)
+	fs.MkdirAll("/")
+	const size = 4 << 20
+	f, _ := fs.Create("/base.img")
+	f.Truncate(size)
+	f.Sync()
+	fs.SyncDir("/")
+	opts := Options{FS: fs, SegmentSize: 32 << 10, MergeAfter: 256 << 10, MergeIdle: -1}
+	v, err := Open("/vol", openBase(t, fs, size), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := make([]byte, size)
+	write := func(i int) {
+		t.Helper()
+		p := payload(uint64(i), 4096)
+		off := int64(i*7919%1024) * 4096
+		if _, err := v.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		copy(model[off:], p)
+	}
+	applied := func() uint64 {
+		v.mu.RLock()
+		defer v.mu.RUnlock()
+		return v.applied
+	}
+	// Past MergeAfter but short of twice it: a merge runs, no checkpoint.
+	i := 0
+	for ; i < 80; i++ {
+		write(i)
+	}
+	if err := v.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for applied() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if applied() == 0 {
+		t.Fatal("no background merge ran past MergeAfter")
+	}
+	if v.Checkpoint() != 0 {
+		t.Fatalf("checkpoint %d after %d KiB merged: want none before twice MergeAfter", v.Checkpoint(), 80*4)
+	}
+	if got := v.PauseMerge(); got != applied() {
+		t.Errorf("PauseMerge = %d, want the LSN the base holds as read, %d", got, applied())
+	}
+	v.ResumeMerge()
+	if first := v.Log().Segments()[0].First; first != 1 {
+		t.Fatalf("log starts at %d before any checkpoint: merged segments went too early", first)
+	}
+	got := make([]byte, size)
+	if _, err := v.ReadAt(got, 0); err != nil || !bytes.Equal(got, model) {
+		t.Fatalf("reads after an unchecked merge differ from the writes (%v)", err)
+	}
+	// A power cut now: the base may hold parts of the merge; replay from
+	// checkpoint 0 gives the same disk.
+	fs.Cut()
+	v.Close()
+	fs.Revive()
+	v, err = Open("/vol", openBase(t, fs, size), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.ReadAt(got, 0); err != nil || !bytes.Equal(got, model) {
+		t.Fatalf("after a cut before the checkpoint the disk differs from the flushed writes (%v)", err)
+	}
+	// Past twice MergeAfter merged: the checkpoint follows and the log
+	// lets its merged segments go.
+	for ; i < 300; i++ {
+		write(i)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for v.Checkpoint() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v.Checkpoint() == 0 {
+		t.Fatal("no checkpoint after twice MergeAfter was merged")
+	}
+	if first := v.Log().Segments()[0].First; first == 1 {
+		t.Error("the checkpoint let no segment go")
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
