@@ -114,13 +114,6 @@ func (d *File) Sync() error {
 	}
 }
 
-// StartWriteback starts writing dirty pages in [off, off+n) (n 0: to the
-// end) to disk without waiting, and without making them durable
-// (sync_file_range WRITE), so that a later Sync has little left to do.
-func (d *File) StartWriteback(off, n int64) error {
-	return unix.SyncFileRange(d.fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
-}
-
 // Trim punches a hole; the range reads back as zeros.
 func (d *File) Trim(off, n int64) error {
 	return d.WriteZeroes(off, n, false)
