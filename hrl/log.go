@@ -818,6 +818,10 @@ func (l *Log) write(p *pending) {
 	l.mu.Unlock()
 }
 
+// afterJobSync, when set by a test, runs after a sync job's fsyncs and
+// before its sync record is appended.
+var afterJobSync func(*Log)
+
 // syncJob makes a job's segments durable and notes it in the log. A
 // segment in a job is never dropped before the job is done: DropThrough
 // takes only segments the synced LSN covers.
@@ -839,6 +843,9 @@ func (l *Log) syncJob(job syncJob) error {
 		}
 	}
 	faultpoint.Hit(faultpoint.LogAfterSync)
+	if afterJobSync != nil {
+		afterJobSync(l)
+	}
 	l.synced.Store(job.written)
 	// The sync record vouches for the bytes before job.size of the segment
 	// it lands in, so it goes only where that segment is still the active
