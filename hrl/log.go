@@ -818,9 +818,9 @@ func (l *Log) write(p *pending) {
 	l.mu.Unlock()
 }
 
-// afterJobSync, when set by a test, runs after a sync job's fsyncs and
-// before its sync record is appended.
-var afterJobSync func(*Log)
+// jobHook, when set by a test, runs in a sync job before its fsyncs
+// (after false) and after them, before its sync record (after true).
+var jobHook func(l *Log, after bool)
 
 // syncJob makes a job's segments durable and notes it in the log. A
 // segment in a job is never dropped before the job is done: DropThrough
@@ -828,6 +828,9 @@ var afterJobSync func(*Log)
 func (l *Log) syncJob(job syncJob) error {
 	if err := l.failed(); err != nil {
 		return err
+	}
+	if jobHook != nil {
+		jobHook(l, false)
 	}
 	// In order: a later segment is never durable before an earlier one.
 	for _, s := range job.segs {
@@ -843,8 +846,8 @@ func (l *Log) syncJob(job syncJob) error {
 		}
 	}
 	faultpoint.Hit(faultpoint.LogAfterSync)
-	if afterJobSync != nil {
-		afterJobSync(l)
+	if jobHook != nil {
+		jobHook(l, true)
 	}
 	l.synced.Store(job.written)
 	// The sync record vouches for the bytes before job.size of the segment

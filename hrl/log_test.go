@@ -746,7 +746,7 @@ func TestConcurrentSyncSealDrop(t *testing.T) {
 // vouch for the old segment's unsynced tail and turn a torn tail after a
 // power cut into reported corruption.
 func TestSyncRecordStaysInItsSegment(t *testing.T) {
-	defer func() { afterJobSync = nil }()
+	defer func() { jobHook = nil }()
 	for seed := range uint64(40) {
 		fs := vfs.NewMem(seed)
 		l := mustOpen(t, fs, "/log", Options{SegmentSize: 16 << 10})
@@ -758,8 +758,8 @@ func TestSyncRecordStaysInItsSegment(t *testing.T) {
 		}
 		appendWait(t, l, write(0, "durable too"))
 		rolled := false
-		afterJobSync = func(l *Log) {
-			if rolled {
+		jobHook = func(l *Log, after bool) {
+			if !after || rolled {
 				return
 			}
 			rolled = true
@@ -772,7 +772,7 @@ func TestSyncRecordStaysInItsSegment(t *testing.T) {
 		if err := l.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		afterJobSync = nil
+		jobHook = nil
 		if len(l.Segments()) < 2 {
 			t.Fatalf("seed %d: no roll while the sync job was out", seed)
 		}
@@ -794,5 +794,49 @@ func TestSyncRecordStaysInItsSegment(t *testing.T) {
 			t.Fatalf("seed %d: the synced record was lost", seed)
 		}
 		l.Close()
+	}
+}
+
+// TestDropWaitsForSyncJob: a sealed segment the synced LSN already covers
+// may still be in the sync job under way (it was synced as the active
+// segment, then a roll queued it again); dropping it then would close the
+// file under the job's fsync and fail the log.
+func TestDropWaitsForSyncJob(t *testing.T) {
+	defer func() { jobHook = nil }()
+	l := mustOpen(t, vfs.OS{}, t.TempDir(), Options{})
+	defer l.Close()
+	appendWait(t, l, write(0, "a"))
+	if err := l.Sync(); err != nil { // the segment is synced as the active one
+		t.Fatal(err)
+	}
+	if _, err := l.Seal(); err != nil { // sealed: queued for the next sync job
+		t.Fatal(err)
+	}
+	appendWait(t, l, write(0, "b"))
+	dropped := make(chan error, 1)
+	jobHook = func(l *Log, after bool) {
+		if after {
+			return
+		}
+		jobHook = nil
+		go func() { dropped <- l.DropThrough(1) }()
+		select { // give a drop that does not wait the time to happen
+		case err := <-dropped:
+			dropped <- err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if err := l.Sync(); err != nil { // the job holds the sealed segment again
+		t.Fatalf("Sync: %v", err)
+	}
+	if err := <-dropped; err != nil {
+		t.Fatalf("DropThrough: %v", err)
+	}
+	if segs := l.Segments(); len(segs) != 1 || segs[0].First != 2 {
+		t.Fatalf("segments after the drop: %+v", segs)
+	}
+	appendWait(t, l, write(0, "b"))
+	if err := l.Sync(); err != nil {
+		t.Fatalf("the log failed: %v", err)
 	}
 }
