@@ -208,8 +208,8 @@ func (l *Log) recover() error {
 	l.next = max(1, l.opts.FirstLSN)
 	for i, name := range files {
 		f, size := opened[i], sizes[i]
-		first, perr := strconv.ParseUint(strings.TrimSuffix(name, suffix), 16, 64)
-		if perr != nil || segmentName(first) != name {
+		first, ok := nameFirst(name)
+		if !ok {
 			return &CorruptionError{Segment: name, Reason: "segment file name is not 16 hex digits"}
 		}
 		// bad is where this segment stops being readable, and why.
@@ -289,24 +289,23 @@ func (l *Log) recover() error {
 // segments in order before it writes its sync record, so a sync record in
 // a later segment vouches for every earlier one.
 func vouched(names []string, files []vfs.File, sizes []int64, seg int, off int64) bool {
-	if syncedPast(files[seg], nameFirst(names[seg]), off, sizes[seg], off) {
+	first, _ := nameFirst(names[seg])
+	if syncedPast(files[seg], first, off, sizes[seg], off) {
 		return true
 	}
 	for j := seg + 1; j < len(files); j++ {
-		if syncedPast(files[j], nameFirst(names[j]), 0, sizes[j], -1) {
+		if first, _ := nameFirst(names[j]); syncedPast(files[j], first, 0, sizes[j], -1) {
 			return true
 		}
 	}
 	return false
 }
 
-// nameFirst is the first LSN a segment's file name gives, or 0.
-func nameFirst(name string) uint64 {
+// nameFirst is the first LSN a segment's file name gives; ok is false
+// unless the name is exactly 16 lower-case hex digits and the suffix.
+func nameFirst(name string) (first uint64, ok bool) {
 	first, err := strconv.ParseUint(strings.TrimSuffix(name, suffix), 16, 64)
-	if err != nil {
-		return 0
-	}
-	return first
+	return first, err == nil && segmentName(first) == name
 }
 
 // headerFirst is the first LSN of a segment file whose header is valid

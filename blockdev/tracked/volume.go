@@ -624,29 +624,25 @@ func (v *Volume) copyToBase(frozen *index) error {
 			}
 		}
 	}
-	segs := slices.SortedFunc(maps.Keys(bySeg), func(a, b *hrl.Segment) int { return cmp.Compare(a.First(), b.First()) })
-	exts := make([]extent, 0, frozen.extents)
-	for _, s := range segs {
-		es := bySeg[s]
-		slices.SortFunc(es, func(a, b extent) int { return cmp.Compare(a.foff, b.foff) })
-		exts = append(exts, es...)
-	}
 	buf := make([]byte, mergeWindow)
-	var wseg *hrl.Segment
-	var wstart, wend int64
-	for _, e := range exts {
-		if e.seg != wseg || e.foff < wstart || e.foff+int64(e.n) > wend {
-			n, err := v.log.ReadSpan(buf, e.seg, e.foff)
-			if err != nil {
+	for _, seg := range slices.SortedFunc(maps.Keys(bySeg), func(a, b *hrl.Segment) int { return cmp.Compare(a.First(), b.First()) }) {
+		exts := bySeg[seg]
+		slices.SortFunc(exts, func(a, b extent) int { return cmp.Compare(a.foff, b.foff) })
+		var wstart, wend int64 // the window of seg in buf
+		for _, e := range exts {
+			if e.foff < wstart || e.foff+int64(e.n) > wend {
+				n, err := v.log.ReadSpan(buf, seg, e.foff)
+				if err != nil {
+					return fmt.Errorf("tracked: merge: %w", err)
+				}
+				if n < int(e.n) {
+					return fmt.Errorf("tracked: merge: record at %d of a log segment runs past its written end", e.foff)
+				}
+				wstart, wend = e.foff, e.foff+int64(n)
+			}
+			if _, err := v.base.WriteAt(buf[e.foff-wstart:e.foff-wstart+int64(e.n)], e.off); err != nil {
 				return fmt.Errorf("tracked: merge: %w", err)
 			}
-			if n < int(e.n) {
-				return fmt.Errorf("tracked: merge: record at %d of a log segment runs past its written end", e.foff)
-			}
-			wseg, wstart, wend = e.seg, e.foff, e.foff+int64(n)
-		}
-		if _, err := v.base.WriteAt(buf[e.foff-wstart:e.foff-wstart+int64(e.n)], e.off); err != nil {
-			return fmt.Errorf("tracked: merge: %w", err)
 		}
 	}
 	return nil
