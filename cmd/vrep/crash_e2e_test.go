@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"math/rand/v2"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,10 +18,7 @@ import (
 // run's writes that holds every write acknowledged before the last
 // completed flush. VREP_CRASH_ITERATIONS sets the count (make soak).
 func TestCrashLoopWriteOrder(t *testing.T) {
-	iterations := 12
-	if s := os.Getenv("VREP_CRASH_ITERATIONS"); s != "" {
-		iterations, _ = strconv.Atoi(s)
-	}
+	iterations := envInt(t, "VREP_CRASH_ITERATIONS", 12)
 	const size = 16 << 20
 	const blocks = size / wocheck.BlockSize
 	e := newEnv(t, size)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -122,6 +123,20 @@ func (b *syncBuffer) String() string {
 }
 
 // env is one test's files: an image and a state directory.
+// envInt reads a count for a longer tier of a test (make soak) from the
+// environment; def when it is unset.
+func envInt(t *testing.T, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		t.Fatalf("%s=%q: want a count", name, s)
+	}
+	return n
+}
+
 type env struct {
 	dir, img, state, sock string
 	// daemonEnv is added to the environment of daemons started from now on.

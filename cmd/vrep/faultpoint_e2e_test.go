@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,10 +27,7 @@ import (
 // sets how many times every point is visited (make soak).
 func TestFaultPointCrashes(t *testing.T) {
 	need(t, "qemu-img")
-	rounds := 1
-	if s := os.Getenv("VREP_FAULTPOINT_ROUNDS"); s != "" {
-		rounds, _ = strconv.Atoi(s)
-	}
+	rounds := envInt(t, "VREP_FAULTPOINT_ROUNDS", 1)
 	const size = 16 << 20
 	const blocks = size / wocheck.BlockSize
 	e := newEnv(t, size)

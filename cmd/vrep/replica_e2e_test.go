@@ -153,10 +153,7 @@ func TestReplicationEndToEnd(t *testing.T) {
 // VREP_REPL_CRASH_ITERATIONS sets the count (make soak).
 func TestReplicationCrashLoop(t *testing.T) {
 	need(t, "qemu-img")
-	iterations := 20
-	if s := os.Getenv("VREP_REPL_CRASH_ITERATIONS"); s != "" {
-		iterations, _ = strconv.Atoi(s)
-	}
+	iterations := envInt(t, "VREP_REPL_CRASH_ITERATIONS", 20)
 	const size = 16 << 20
 	const blocks = size / wocheck.BlockSize
 	e := newEnv(t, size)
