@@ -640,7 +640,7 @@ func (l *Log) run() {
 		if startSync {
 			// Every record a waiter asked for was appended before it
 			// registered, so it is in q or earlier: written now.
-			job := syncJob{segs: append(l.unsynced[:len(l.unsynced):len(l.unsynced)], l.wseg),
+			job := syncJob{segs: append(l.unsynced, l.wseg), // the job takes the list
 				written: l.written.Load(), size: l.wseg.wsize.Load(), dir: l.dirDirty}
 			l.unsynced, l.dirDirty = nil, false
 			l.jobs <- job
