@@ -81,4 +81,9 @@
 //     first minus one: an old one cannot vouch for the new segment's bytes;
 //   - Close cuts the active segment at its end, so a cleanly closed log
 //     passes Check as it is.
+//
+// A segment file that is not reused reserves SegmentSize bytes of disk
+// past its end when it is created (fallocate KEEP_SIZE), so appends need
+// no block allocation; its size stays that of what was written, and the
+// reservation not used is given back when it is sealed or closed.
 package hrl

@@ -38,13 +38,14 @@ type Options struct {
 
 // Segment is one segment file of a log.
 type Segment struct {
-	first  uint64
-	name   string
-	file   vfs.File     // set before the first batch for it is reported written
-	reused bool         // the file was recycled: stale bytes may follow wsize
-	last   uint64       // last LSN appended to it; guarded by Log.mu
-	size   int64        // bytes appended, queued included; guarded by Log.mu
-	wsize  atomic.Int64 // bytes written to the file
+	first    uint64
+	name     string
+	file     vfs.File     // set before the first batch for it is reported written
+	reused   bool         // the file was recycled: stale bytes may follow wsize
+	reserved bool         // blocks past the end were reserved for appends
+	last     uint64       // last LSN appended to it; guarded by Log.mu
+	size     int64        // bytes appended, queued included; guarded by Log.mu
+	wsize    atomic.Int64 // bytes written to the file
 }
 
 // First is the LSN of the segment's first record.
@@ -449,6 +450,12 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		if f, err = l.fs.Create(l.path(seg.name)); err != nil {
 			return nil, fmt.Errorf("hrl: %w", err)
 		}
+		// Appending into reserved blocks costs about a fifth less CPU
+		// than appending to a bare file here (ext4). Without it the log
+		// still works: the reservation is a hint.
+		if r, ok := f.(vfs.Reserver); ok && r.Reserve(l.opts.SegmentSize) == nil {
+			seg.reserved = true
+		}
 	}
 	if err := writeParts(f, parts, 0); err != nil {
 		l.closeFile(f)
@@ -785,8 +792,9 @@ func (l *Log) write(p *pending) {
 		// roll costs no more than any other write.
 		var seg *Segment
 		if seg, err = l.createSegment(p.seg.first, p.gather()); err == nil {
-			p.seg.file, p.seg.reused = seg.file, seg.reused
+			p.seg.file, p.seg.reused, p.seg.reserved = seg.file, seg.reused, seg.reserved
 			p.seg.wsize.Store(p.size)
+			l.release(l.wseg)
 			l.unsynced = append(l.unsynced, l.wseg)
 			l.dirDirty = true
 			l.wseg = p.seg
@@ -815,6 +823,19 @@ func (l *Log) write(p *pending) {
 	l.mu.Lock()
 	l.wcond.Broadcast()
 	l.mu.Unlock()
+}
+
+// release gives back the blocks a sealed segment reserved and did not
+// use (a segment sealed by a copy-frequency tick may hold a few KiB of its
+// 64 MiB), so the log takes no more disk than it holds. Only the writer
+// calls it (and Close, once the writer is gone); a failure costs disk
+// space only, until the file goes.
+func (l *Log) release(s *Segment) {
+	if s == nil || !s.reserved {
+		return
+	}
+	s.reserved = false
+	s.file.Truncate(s.wsize.Load())
 }
 
 // jobHook, when set by a test, runs in a sync job before its fsyncs
@@ -1111,6 +1132,7 @@ func (l *Log) Close() error {
 	}
 	l.waiters, l.drops = nil, nil
 	l.mu.Unlock()
+	l.release(l.wseg)
 	if s := l.wseg; err == nil && s.reused {
 		// Cut what the file held before its reuse, so that the log reads
 		// as complete (Check) without knowing how it was written.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -838,5 +839,52 @@ func TestDropWaitsForSyncJob(t *testing.T) {
 	appendWait(t, l, write(0, "b"))
 	if err := l.Sync(); err != nil {
 		t.Fatalf("the log failed: %v", err)
+	}
+}
+
+// allocated returns the bytes of disk a file takes.
+func allocated(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// TestReservedSegmentsGiveBackTheirSpace checks that a new segment file
+// reserves its size on disk for appends and that a sealed or closed
+// segment takes no more disk than it holds.
+func TestReservedSegmentsGiveBackTheirSpace(t *testing.T) {
+	dir := t.TempDir()
+	const segSize = 8 << 20
+	l := mustOpen(t, vfs.OS{}, dir, Options{SegmentSize: segSize})
+	appendWait(t, l, write(0, "first"))
+	segs := l.Segments()
+	first := filepath.Join(dir, segs[0].Name)
+	if allocated(t, first) < segSize {
+		t.Skipf("this file system did not reserve blocks (%d bytes taken)", allocated(t, first))
+	}
+	if _, err := l.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	appendWait(t, l, write(0, "second")) // the writer opens the next segment
+	if n := allocated(t, first); n > 1<<20 {
+		t.Errorf("the sealed segment takes %d bytes of disk for a few bytes of records", n)
+	}
+	second := filepath.Join(dir, l.Segments()[1].Name)
+	if allocated(t, second) < segSize {
+		t.Errorf("the new segment reserved %d bytes, want %d", allocated(t, second), segSize)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := allocated(t, second); n > 1<<20 {
+		t.Errorf("the closed active segment takes %d bytes of disk for a few bytes of records", n)
+	}
+	l = mustOpen(t, vfs.OS{}, dir, Options{SegmentSize: segSize})
+	defer l.Close()
+	if got := scanAll(t, l, 1); len(got) != 2 || got[1].P != "second" {
+		t.Errorf("records after reopening: %+v", got)
 	}
 }
