@@ -47,6 +47,25 @@ type SyncWriter interface {
 	WriteAtSync(p []byte, off int64) (int, error)
 }
 
+// Submitter is a device that can take a write without waiting for it:
+// Submit places the write after every write submitted or completed
+// before it (a later write to the same bytes wins) and returns; the write
+// has completed, as WriteAt would have returned, once Wait on the result
+// returns nil. p must not change until then. A server answers many
+// writes with one wake-up this way instead of a goroutine per write.
+// Submit may block while the device holds writers back.
+type Submitter interface {
+	Submit(p []byte, off int64) (Pending, error)
+}
+
+// Pending is a submitted write.
+type Pending interface {
+	// Wait returns once the write has completed, with its error.
+	Wait() error
+	// Done is closed once the write has completed.
+	Done() <-chan struct{}
+}
+
 var (
 	// ErrOutOfRange is returned for a negative offset or a range that ends
 	// past the device size.

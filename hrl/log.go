@@ -65,6 +65,9 @@ func (b *Batch) Wait() error {
 	return b.err
 }
 
+// Done is closed once the batch is written; Wait then returns at once.
+func (b *Batch) Done() <-chan struct{} { return b.done }
+
 // Pos is where an appended record lives.
 type Pos struct {
 	LSN uint64

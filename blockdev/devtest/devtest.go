@@ -34,6 +34,74 @@ func Run(t *testing.T, f Factory) {
 	t.Run("Zeroes", func(t *testing.T) { testZeroes(t, f(t, Size)) })
 	t.Run("RandomOps", func(t *testing.T) { testRandom(t, f(t, Size), 1) })
 	t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, f(t, Size)) })
+	t.Run("Submit", func(t *testing.T) {
+		d, ok := f(t, Size).(blockdev.Submitter)
+		if !ok {
+			t.Skip("not a blockdev.Submitter")
+		}
+		testSubmit(t, d.(blockdev.Device), d)
+	})
+}
+
+// testSubmit submits overlapping writes with up to 32 outstanding: each
+// completed write reads back at once, and in the end the device holds
+// what the writes give in submission order.
+func testSubmit(t *testing.T, d blockdev.Device, s blockdev.Submitter) {
+	size := d.Size()
+	if _, err := s.Submit(make([]byte, 4096), size-2048); !errors.Is(err, blockdev.ErrOutOfRange) {
+		t.Errorf("Submit past the end: %v, want ErrOutOfRange", err)
+	}
+	if p, err := s.Submit(nil, 0); err != nil || p.Wait() != nil {
+		t.Errorf("empty Submit: %v", err)
+	}
+	type sub struct {
+		p   blockdev.Pending
+		off int64
+		buf []byte
+	}
+	r := rand.New(rand.NewPCG(7, 7))
+	model := snapshot(t, d)
+	var out []sub
+	wait := func(x sub) {
+		t.Helper()
+		if err := x.p.Wait(); err != nil {
+			t.Fatalf("Wait: %v", err)
+		}
+		select {
+		case <-x.p.Done():
+		default:
+			t.Fatal("Done is open after Wait returned")
+		}
+		got := make([]byte, len(x.buf))
+		if _, err := d.ReadAt(got, x.off); err != nil {
+			t.Fatal(err)
+		}
+		// Later writes may already cover parts: compare with the model.
+		if want := model[x.off : x.off+int64(len(x.buf))]; !bytes.Equal(got, want) {
+			t.Fatalf("a completed write at %d reads back wrong at +%s", x.off, firstDiff(got, want))
+		}
+	}
+	for i := range 400 {
+		n := int64(4096 * (1 + r.IntN(8)))
+		off := r.Int64N(64) * 4096 // a small area: writes overlap
+		p := fill(uint64(i)+1000, int(n))
+		pend, err := s.Submit(p, off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(model[off:], p)
+		out = append(out, sub{pend, off, p})
+		if len(out) == 32 {
+			wait(out[0])
+			out = out[1:]
+		}
+	}
+	for _, x := range out {
+		wait(x)
+	}
+	if got := snapshot(t, d); !bytes.Equal(got, model) {
+		t.Fatalf("device differs from the submitted writes at %s", firstDiff(got, model))
+	}
 }
 
 func snapshot(t *testing.T, d blockdev.Device) []byte {

@@ -126,6 +126,7 @@ var (
 	_ blockdev.Trimmer    = (*Volume)(nil)
 	_ blockdev.Zeroer     = (*Volume)(nil)
 	_ blockdev.SyncWriter = (*Volume)(nil)
+	_ blockdev.Submitter  = (*Volume)(nil)
 )
 
 // Open opens the tracked volume whose state lives in dir, over base.
@@ -298,6 +299,37 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	return done, nil
 }
 
+// Submit logs p at off and returns without waiting for its records to be
+// written (blockdev.Submitter): the write is ordered and indexed, and
+// completes when its last batch is written. Batches are written in order
+// and a log error fails every later batch, so the last one answers for
+// them all.
+func (v *Volume) Submit(p []byte, off int64) (blockdev.Pending, error) {
+	if err := blockdev.CheckRange(v.Size(), off, int64(len(p))); err != nil {
+		return nil, err
+	}
+	var last blockdev.Pending = completed{}
+	for done := 0; done < len(p); {
+		c := min(len(p)-done, hrl.MaxPayload)
+		e := hrl.Entry{Type: hrl.TypeWrite, Offset: uint64(off) + uint64(done), Payload: p[done : done+c]}
+		b, err := v.submit(&e)
+		if err != nil {
+			return nil, err
+		}
+		last = b
+		done += c
+	}
+	return last, nil
+}
+
+// completed is a write with nothing left to wait for.
+type completed struct{}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (completed) Wait() error           { return nil }
+func (completed) Done() <-chan struct{} { return closedChan }
+
 // WriteAtSync writes p at off durably (FUA).
 func (v *Volume) WriteAtSync(p []byte, off int64) (int, error) {
 	n, err := v.WriteAt(p, off)
@@ -340,6 +372,19 @@ func (v *Volume) zero(t hrl.Type, flags uint8, off, n int64) error {
 
 // append logs one record, indexes it, and waits for it to be written.
 func (v *Volume) append(e *hrl.Entry) error {
+	b, err := v.submit(e)
+	if err != nil {
+		return err
+	}
+	if err := b.Wait(); err != nil {
+		return fmt.Errorf("tracked: %w", err)
+	}
+	return nil
+}
+
+// submit logs one record and indexes it; the batch says when it is
+// written.
+func (v *Volume) submit(e *hrl.Entry) (*hrl.Batch, error) {
 	e.Prepare()
 	n := int64(len(e.Payload))
 	if e.Type != hrl.TypeWrite {
@@ -355,12 +400,12 @@ func (v *Volume) append(e *hrl.Entry) error {
 	}
 	if v.closed {
 		v.mu.Unlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	pos, b, err := v.log.Append(*e)
 	if err != nil {
 		v.mu.Unlock()
-		return fmt.Errorf("tracked: %w", err)
+		return nil, fmt.Errorf("tracked: %w", err)
 	}
 	if e.Type == hrl.TypeWrite {
 		v.active.insert(int64(e.Offset), n, pos.Seg, pos.Off, pos.LSN)
@@ -381,10 +426,7 @@ func (v *Volume) append(e *hrl.Entry) error {
 	if backlog || overflow {
 		v.wakeMerger()
 	}
-	if err := b.Wait(); err != nil {
-		return fmt.Errorf("tracked: %w", err)
-	}
-	return nil
+	return b, nil
 }
 
 // Sync makes every acknowledged write durable: one fsync of the log.
