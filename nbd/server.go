@@ -188,7 +188,14 @@ type conn struct {
 	budget chan struct{} // payload budget, in 1 MiB tokens
 	work   chan job      // to an idle worker
 	idle   chan struct{} // closed when no more work comes: workers end
+	subs   chan sub      // submitted writes, in order, to the completer
 	wg     sync.WaitGroup
+}
+
+// sub is a write submitted to a blockdev.Submitter, waiting for its reply.
+type sub struct {
+	j job
+	p blockdev.Pending
 }
 
 // job is a request handed to a worker: its payload buffer (for a read or a
@@ -233,8 +240,16 @@ func (c *conn) serve() {
 	c.budget = make(chan struct{}, maxBuffered>>20)
 	c.work = make(chan job)
 	c.idle = make(chan struct{})
+	if _, ok := c.exp.Device.(blockdev.Submitter); ok && !c.exp.ReadOnly {
+		c.subs = make(chan sub, maxInFlight)
+		c.wg.Add(1)
+		go c.completer()
+	}
 	err := c.transmit()
 	close(c.idle)
+	if c.subs != nil {
+		close(c.subs)
+	}
 	c.wg.Wait()
 	c.wmu.Lock()
 	c.w.Flush()
@@ -498,7 +513,7 @@ func (c *conn) transmit() error {
 			}
 			c.logf(slog.LevelInfo, "nbd: refused request", "export", c.exp.Name, "cmd", q.typ,
 				"flags", q.flags, "offset", q.off, "length", q.length, "errno", code)
-			c.reply(q.cookie, code, nil)
+			c.reply(q.cookie, code, nil, true)
 			continue
 		}
 		var buf []byte
@@ -522,7 +537,62 @@ func (c *conn) transmit() error {
 			putBuf(buf)
 			return errDisc
 		}
+		if q.typ == cmdWrite && q.flags&cfFUA == 0 && c.subs != nil {
+			c.submit(job{q, buf, tokens})
+			continue
+		}
 		c.dispatch(job{q, buf, tokens})
+	}
+}
+
+// submit hands a plain write to the device without waiting for it; the
+// completer replies once it has completed. The reader goes on to the next
+// request, and a group commit of many writes costs the completer one
+// wake-up and one reply write instead of a worker's per write.
+func (c *conn) submit(j job) {
+	p, err := c.exp.Device.(blockdev.Submitter).Submit(j.buf, int64(j.q.off))
+	if err != nil {
+		c.finish(j, err, true)
+		return
+	}
+	c.subs <- sub{j, p} // never blocks: slots bound the writes in flight
+}
+
+// completer replies to submitted writes in the order they were submitted,
+// which is the order they complete in. Replies gather in the connection's
+// buffer and go out in one write whenever the next write has not
+// completed yet, or none is waiting.
+func (c *conn) completer() {
+	defer c.wg.Done()
+	for {
+		var s sub
+		var ok bool
+		select {
+		case s, ok = <-c.subs:
+		default:
+			c.flushReplies()
+			s, ok = <-c.subs
+		}
+		if !ok {
+			c.flushReplies()
+			return
+		}
+		select {
+		case <-s.p.Done():
+		default:
+			c.flushReplies()
+		}
+		c.finish(s.j, s.p.Wait(), false)
+	}
+}
+
+func (c *conn) flushReplies() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.w.Buffered() > 0 {
+		if err := c.w.Flush(); err != nil {
+			c.nc.Close() // the peer is gone; the reader sees it next
+		}
 	}
 }
 
@@ -587,6 +657,13 @@ func (c *conn) do(q request, buf []byte, tokens int) {
 			err = dev.Sync()
 		}
 	}
+	c.finish(job{q, buf, tokens}, err, true)
+}
+
+// finish replies to a request served with err and releases what it held.
+// With flush false the reply stays buffered for the caller to flush.
+func (c *conn) finish(j job, err error, flush bool) {
+	q := j.q
 	code := uint32(0)
 	if err != nil {
 		code = errIO
@@ -597,11 +674,11 @@ func (c *conn) do(q request, buf []byte, tokens int) {
 	}
 	var data []byte
 	if q.typ == cmdRead && code == 0 {
-		data = buf
+		data = j.buf
 	}
-	c.reply(q.cookie, code, data)
-	putBuf(buf)
-	for range tokens {
+	c.reply(q.cookie, code, data, flush)
+	putBuf(j.buf)
+	for range j.tokens {
 		<-c.budget
 	}
 	<-c.slots
@@ -609,9 +686,10 @@ func (c *conn) do(q request, buf []byte, tokens int) {
 
 // reply sends a simple reply. Replies that are ready at the same moment
 // share one write: a reply is flushed unless another is already waiting
-// to be written after it (which will flush). Waiting for requests still
-// being served would hold finished replies back and stall the client.
-func (c *conn) reply(cookie uint64, code uint32, data []byte) {
+// to be written after it (which will flush), or flush is false (the
+// caller flushes). Waiting for requests still being served would hold
+// finished replies back and stall the client.
+func (c *conn) reply(cookie uint64, code uint32, data []byte, flush bool) {
 	var h [16]byte
 	binary.BigEndian.PutUint32(h[0:], magicReply)
 	binary.BigEndian.PutUint32(h[4:], code)
@@ -621,7 +699,7 @@ func (c *conn) reply(cookie uint64, code uint32, data []byte) {
 	defer c.wmu.Unlock()
 	c.w.Write(h[:])
 	c.w.Write(data)
-	if c.ready.Add(-1) == 0 {
+	if c.ready.Add(-1) == 0 && flush {
 		if err := c.w.Flush(); err != nil {
 			c.nc.Close() // the peer is gone; the reader sees it next
 		}

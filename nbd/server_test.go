@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -446,5 +447,94 @@ func TestManyConnections(t *testing.T) {
 	close(errs)
 	for e := range errs {
 		t.Fatal(e)
+	}
+}
+
+// gatedDev is a blockdev.Submitter whose writes complete only when the
+// test opens the gate; writes at failOff fail at Submit, writes at
+// waitFailOff fail at Wait.
+type gatedDev struct {
+	blockdev.Device
+	gate chan struct{}
+}
+
+const (
+	failOff     = 64 << 10
+	waitFailOff = 128 << 10
+)
+
+type gatedPending struct {
+	gate chan struct{}
+	err  error
+}
+
+func (p gatedPending) Wait() error           { <-p.gate; return p.err }
+func (p gatedPending) Done() <-chan struct{} { return p.gate }
+
+func (d gatedDev) Submit(p []byte, off int64) (blockdev.Pending, error) {
+	switch off {
+	case failOff:
+		return nil, errors.New("submit refused")
+	case waitFailOff:
+		return gatedPending{d.gate, errors.New("write failed")}, nil
+	}
+	if _, err := d.Device.WriteAt(p, off); err != nil {
+		return nil, err
+	}
+	return gatedPending{gate: d.gate}, nil
+}
+
+// TestSubmittedWrites: on a device that takes writes without waiting
+// (blockdev.Submitter), a plain write is answered only once it has
+// completed, a failure at either step is an error reply that keeps the
+// connection, and reads, FUA writes and flushes are served meanwhile.
+func TestSubmittedWrites(t *testing.T) {
+	dev := gatedDev{blockdev.NewMem(testSize), make(chan struct{})}
+	_, sock := serve(t, dev, false)
+	cl := dial(t, sock, "vm1/disk0")
+	var buf bytes.Buffer
+	for i := range 10 {
+		buf.Write(reqBytes(cmdWrite, 0, uint64(i), uint64(i)*4096, 4096))
+		buf.Write(bytes.Repeat([]byte{byte(i + 1)}, 4096))
+	}
+	buf.Write(reqBytes(cmdWrite, 0, 100, failOff, 4096))
+	buf.Write(make([]byte, 4096))
+	buf.Write(reqBytes(cmdWrite, 0, 101, waitFailOff, 4096))
+	buf.Write(make([]byte, 4096))
+	cl.write(buf.Bytes())
+	// The refused submission is answered at once, and nothing else.
+	if cookie, code, _ := cl.reply(0); cookie != 100 || code != errIO {
+		t.Fatalf("first reply: cookie %d errno %d, want the refused write (100) with EIO", cookie, code)
+	}
+	cl.c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var one [1]byte
+	if n, _ := cl.c.Read(one[:]); n != 0 {
+		t.Fatal("a reply came before any submitted write completed")
+	}
+	cl.c.SetReadDeadline(time.Time{})
+	close(dev.gate)
+	seen := map[uint64]bool{}
+	for range 11 {
+		cookie, code, _ := cl.reply(0)
+		want := uint32(0)
+		if cookie == 101 {
+			want = errIO
+		}
+		if code != want || seen[cookie] {
+			t.Fatalf("cookie %d: errno %d, want %d (seen before: %v)", cookie, code, want, seen[cookie])
+		}
+		seen[cookie] = true
+	}
+	for i := range 10 {
+		code, data := cl.do(cmdRead, 0, uint64(i)*4096, nil, 4096)
+		if code != 0 || !bytes.Equal(data, bytes.Repeat([]byte{byte(i + 1)}, 4096)) {
+			t.Fatalf("block %d: errno %d", i, code)
+		}
+	}
+	if code, _ := cl.do(cmdWrite, cfFUA, 0, bytes.Repeat([]byte{7}, 4096), 4096); code != 0 {
+		t.Fatalf("FUA write: errno %d", code)
+	}
+	if code, _ := cl.do(cmdFlush, 0, 0, nil, 0); code != 0 {
+		t.Fatalf("flush: errno %d", code)
 	}
 }
