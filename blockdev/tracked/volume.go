@@ -57,8 +57,10 @@ type Options struct {
 	// MaxExtents starts a merge once the index holds this many extents
 	// (default 1M), bounding memory; writers are held back at twice that.
 	MaxExtents int
-	// MergeIdle starts a merge after this long without writes
-	// (default 300 ms; negative: never on idle).
+	// MergeIdle starts a merge after this long without reads or writes
+	// (default 300 ms; negative: never on idle). Reads count: a merge
+	// started when writes pause would compete with the reads that often
+	// follow, for CPU and for the disk.
 	MergeIdle time.Duration
 	// Retain keeps merged segments until Release: set when the disk is
 	// replicated, so the shipper can read them.
@@ -112,13 +114,13 @@ type Volume struct {
 	paused   int
 	closed   bool
 
-	mergeMu   sync.Mutex // one merge or checkpoint at a time
-	ckptAt    time.Time  // when the checkpoint was last written; guarded by mu
-	lastWrite atomic.Int64
-	kick      chan struct{}
-	quit      chan struct{}
-	wg        sync.WaitGroup
-	mergeErr  atomic.Pointer[error]
+	mergeMu  sync.Mutex   // one merge or checkpoint at a time
+	ckptAt   time.Time    // when the checkpoint was last written; guarded by mu
+	lastIO   atomic.Int64 // UnixNano of the last read or write
+	kick     chan struct{}
+	quit     chan struct{}
+	wg       sync.WaitGroup
+	mergeErr atomic.Pointer[error]
 }
 
 var (
@@ -186,7 +188,7 @@ func Open(dir string, base blockdev.Device, opts Options) (*Volume, error) {
 		// Nothing is released until the consumer says so after a restart.
 		v.recountUnreleased()
 	}
-	v.lastWrite.Store(time.Now().UnixNano())
+	v.lastIO.Store(time.Now().UnixNano())
 	v.ckptAt = time.Now()
 	v.wg.Add(1)
 	go v.merger()
@@ -252,6 +254,7 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(v.Size(), off, int64(len(p))); err != nil {
 		return 0, err
 	}
+	v.lastIO.Store(time.Now().UnixNano())
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	if v.closed {
@@ -422,7 +425,7 @@ func (v *Volume) submit(e *hrl.Entry) (*hrl.Batch, error) {
 		v.startOverflowLocked()
 	}
 	v.mu.Unlock()
-	v.lastWrite.Store(time.Now().UnixNano())
+	v.lastIO.Store(time.Now().UnixNano())
 	if backlog || overflow {
 		v.wakeMerger()
 	}
@@ -718,7 +721,7 @@ func (v *Volume) merger() {
 				v.mergeErr.Store(&err)
 			}
 		}
-		idle := v.opts.MergeIdle > 0 && time.Since(time.Unix(0, v.lastWrite.Load())) >= v.opts.MergeIdle
+		idle := v.opts.MergeIdle > 0 && time.Since(time.Unix(0, v.lastIO.Load())) >= v.opts.MergeIdle
 		if paused > 0 {
 			continue
 		}

@@ -571,3 +571,41 @@ func TestLazyCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestIdleMergeWaitsForReads: a merge on idle waits until neither writes
+// nor reads come; a read workload after a burst of writes is not made to
+// share the machine with the burst's merge.
+func TestIdleMergeWaitsForReads(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	v, err := Open("/vol", blockdev.NewMem(1<<20), Options{FS: vfs.NewMem(3), MergeIdle: idle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	applied := func() uint64 {
+		v.mu.RLock()
+		defer v.mu.RUnlock()
+		return v.applied
+	}
+	for i := range 16 {
+		if _, err := v.WriteAt(payload(uint64(i), 4096), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 4096)
+	for end := time.Now().Add(5 * idle); time.Now().Before(end); time.Sleep(idle / 20) {
+		if _, err := v.ReadAt(buf, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := applied(); got != 0 {
+		t.Fatalf("merged through LSN %d while reads kept coming", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for applied() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if applied() != 16 {
+		t.Fatalf("merged through %d once reads stopped, want 16", applied())
+	}
+}
