@@ -317,6 +317,9 @@ func (v *Volume) Submit(p []byte, off int64) (blockdev.Pending, error) {
 		e := hrl.Entry{Type: hrl.TypeWrite, Offset: uint64(off) + uint64(done), Payload: p[done : done+c]}
 		b, err := v.submit(&e)
 		if err != nil {
+			// The chunks already queued may still read p: the caller may
+			// reuse it once this returns.
+			last.Wait()
 			return nil, err
 		}
 		last = b
