@@ -51,9 +51,10 @@ type SyncWriter interface {
 // Submit places the write after every write submitted or completed
 // before it (a later write to the same bytes wins) and returns; the write
 // has completed, as WriteAt would have returned, once Wait on the result
-// returns nil. p must not change until then. A server answers many
-// writes with one wake-up this way instead of a goroutine per write.
-// Submit may block while the device holds writers back.
+// returns nil. p must not change until then (after an error from Submit
+// it is free at once). A server answers many writes with one wake-up this
+// way instead of a goroutine per write. Submit may block while the device
+// holds writers back.
 type Submitter interface {
 	Submit(p []byte, off int64) (Pending, error)
 }
