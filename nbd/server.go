@@ -611,7 +611,7 @@ func (c *conn) dispatch(j job) {
 func (c *conn) worker(j job) {
 	defer c.wg.Done()
 	for {
-		c.do(j.q, j.buf, j.tokens)
+		c.do(j)
 		select {
 		case j = <-c.work:
 		case <-c.idle:
@@ -632,8 +632,8 @@ func (c *conn) take(tokens int) error {
 	return nil
 }
 
-func (c *conn) do(q request, buf []byte, tokens int) {
-	dev := c.exp.Device
+func (c *conn) do(j job) {
+	q, buf, dev := j.q, j.buf, c.exp.Device
 	off := int64(q.off)
 	var err error
 	switch q.typ {
@@ -657,7 +657,7 @@ func (c *conn) do(q request, buf []byte, tokens int) {
 			err = dev.Sync()
 		}
 	}
-	c.finish(job{q, buf, tokens}, err, true)
+	c.finish(j, err, true)
 }
 
 // finish replies to a request served with err and releases what it held.

@@ -287,19 +287,14 @@ func (v *Volume) readLayer(p []byte, off int64, x, next *index) error {
 
 // WriteAt writes p at off; it returns once the write is in the log.
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
-	if err := blockdev.CheckRange(v.Size(), off, int64(len(p))); err != nil {
+	pend, err := v.Submit(p, off)
+	if err != nil {
 		return 0, err
 	}
-	done := 0
-	for done < len(p) {
-		c := min(len(p)-done, hrl.MaxPayload)
-		e := hrl.Entry{Type: hrl.TypeWrite, Offset: uint64(off) + uint64(done), Payload: p[done : done+c]}
-		if err := v.append(&e); err != nil {
-			return done, err
-		}
-		done += c
+	if err := pend.Wait(); err != nil {
+		return 0, fmt.Errorf("tracked: %w", err)
 	}
-	return done, nil
+	return len(p), nil
 }
 
 // Submit logs p at off and returns without waiting for its records to be
