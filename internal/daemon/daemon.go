@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -77,6 +79,7 @@ func takeSocket(path string) error {
 type API struct {
 	srv  *http.Server
 	path string
+	done chan struct{} // closed when Serve has returned
 }
 
 // ServeAPI serves h on the unix socket at path ("unix:" before it is
@@ -86,14 +89,53 @@ func ServeAPI(path string, h http.Handler) (*API, error) {
 	if err := takeSocket(path); err != nil {
 		return nil, fmt.Errorf("API %w", err)
 	}
-	l, err := net.Listen("unix", path)
+	l, err := listenPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("API socket: %w", err)
 	}
-	os.Chmod(path, 0o600)
 	a := &API{srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, path: path}
-	go a.srv.Serve(l)
+	a.done = make(chan struct{})
+	go func() {
+		defer close(a.done)
+		a.srv.Serve(l)
+	}()
 	return a, nil
+}
+
+// testHookListened, when set, runs after the socket is bound and before
+// it is published at its path.
+var testHookListened func(path string)
+
+// listenPrivate binds a unix socket that is never reachable with a mode
+// wider than 0600: file permissions are the API's only access control, so
+// the socket is bound inside a fresh 0700 directory, chmodded, and only
+// then renamed to its path (a connect finds a socket by its inode, so the
+// listener keeps working under the new name).
+func listenPrivate(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".api-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	ul := l.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if testHookListened != nil {
+		testHookListened(path)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // Close stops the API, letting requests in progress finish for a while,
@@ -105,6 +147,7 @@ func (a *API) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	a.srv.Shutdown(ctx)
+	<-a.done
 	os.Remove(a.path)
 }
 
@@ -121,3 +164,39 @@ func WriteJSON(w http.ResponseWriter, code int, v any) {
 func WriteErr(w http.ResponseWriter, code int, err error) {
 	WriteJSON(w, code, map[string]string{"error": err.Error()})
 }
+
+// Servers runs a daemon's accept loops and owns their ends: the first
+// error any of them returns is reported on Err, and Wait joins them all
+// (call it after closing their listeners). Safe for concurrent use.
+type Servers struct {
+	wg   sync.WaitGroup
+	once sync.Once
+	errc chan error
+}
+
+func (s *Servers) init() { s.once.Do(func() { s.errc = make(chan error, 1) }) }
+
+// Go runs serve on its own goroutine. A non-nil error is kept if it is
+// the first; later ones are dropped (the daemon stops on the first).
+func (s *Servers) Go(serve func() error) {
+	s.init()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := serve(); err != nil {
+			select {
+			case s.errc <- err:
+			default:
+			}
+		}
+	}()
+}
+
+// Err reports the first error a server returned.
+func (s *Servers) Err() <-chan error {
+	s.init()
+	return s.errc
+}
+
+// Wait returns once every server started by Go has returned.
+func (s *Servers) Wait() { s.wg.Wait() }

@@ -84,7 +84,7 @@ type Daemon struct {
 	stopShip  context.CancelFunc
 	shipWG    sync.WaitGroup
 	api       *daemon.API
-	serveErr  chan error
+	servers   daemon.Servers
 	closeOnce sync.Once
 }
 
@@ -97,7 +97,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if len(cfg.Disks) == 0 {
 		return nil, fmt.Errorf("%w: no --disk given", names.ErrBadName)
 	}
-	d = &Daemon{cfg: cfg, log: cfg.Log, nbd: nbd.NewServer(cfg.Log), serveErr: make(chan error, 4)}
+	d = &Daemon{cfg: cfg, log: cfg.Log, nbd: nbd.NewServer(cfg.Log)}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -154,7 +154,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		d.listeners = append(d.listeners, l)
 	}
 	for _, l := range d.listeners {
-		go func() { d.serveErr <- d.nbd.Serve(l) }()
+		d.servers.Go(func() error { return d.nbd.Serve(l) })
 	}
 	return d, nil
 }
@@ -184,7 +184,7 @@ func (d *Daemon) openDisk(spec DiskSpec) (*Disk, error) {
 }
 
 // Wait returns when ctx ends or a listener fails.
-func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.serveErr) }
+func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.servers.Err()) }
 
 // Close drains in-flight NBD requests, unmounts, merges and syncs every
 // disk, and releases the locks. It is idempotent.
@@ -202,6 +202,10 @@ func (d *Daemon) Close() error {
 		}
 		d.api.Close()
 		d.nbd.Shutdown(ctx)
+		for _, l := range d.listeners {
+			l.Close() // a listener Start opened but never served
+		}
+		d.servers.Wait()
 		for _, l := range d.listeners {
 			if ul, ok := l.(*net.UnixListener); ok {
 				os.Remove(ul.Addr().String())

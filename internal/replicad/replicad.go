@@ -53,7 +53,7 @@ type Daemon struct {
 	mu    sync.Mutex
 	tests map[string]*test // by ROOT/VM
 
-	serveErr  chan error
+	servers   daemon.Servers
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -68,7 +68,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if cfg.PruneEvery <= 0 {
 		cfg.PruneEvery = time.Minute
 	}
-	d = &Daemon{cfg: cfg, log: cfg.Log, tests: map[string]*test{}, serveErr: make(chan error, 4), stop: make(chan struct{})}
+	d = &Daemon{cfg: cfg, log: cfg.Log, tests: map[string]*test{}, stop: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -108,12 +108,12 @@ func Start(cfg Config) (d *Daemon, err error) {
 		if err != nil {
 			return d, err
 		}
-		go func() { d.serveErr <- d.nbd.Serve(l) }()
+		d.servers.Go(func() error { return d.nbd.Serve(l) })
 	}
 	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return d, err
 	}
-	go func() { d.serveErr <- d.srv.Serve(d.ln) }()
+	d.servers.Go(func() error { return d.srv.Serve(d.ln) })
 	d.wg.Add(1)
 	go d.pruneLoop()
 	return d, nil
@@ -139,7 +139,7 @@ func (d *Daemon) pruneLoop() {
 }
 
 // Wait returns when ctx ends or a listener fails.
-func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.serveErr) }
+func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.servers.Err()) }
 
 // Close stops test failovers, the servers and the catalog. Every applied
 // batch is durable before its ack, so nothing acknowledged is lost. It is
@@ -162,6 +162,7 @@ func (d *Daemon) Close() error {
 			d.nbd.Shutdown(ctx)
 			cancel()
 		}
+		d.servers.Wait()
 		if d.fuse != nil {
 			if err := d.fuse.Unmount(); err != nil {
 				d.log.Warn("replica: unmount", "err", err)
