@@ -243,5 +243,10 @@ func (c *Conn) decompress(codec Codec, wire []byte, raw int) ([]byte, error) {
 func (c *Conn) Close() {
 	if c.zdec != nil {
 		c.zdec.Close()
+		c.zdec = nil
+	}
+	if c.zenc != nil {
+		c.zenc.Close()
+		c.zenc = nil
 	}
 }

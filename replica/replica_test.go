@@ -70,8 +70,30 @@ func (r *rig) serve(t *testing.T, addr string, allow map[string]string) (string,
 		t.Fatal(err)
 	}
 	srv := NewServer(ServerConfig{Data: r.data, TLS: cfg, Allow: allow, Log: quiet()})
-	go srv.Serve(l)
-	return l.Addr().String(), func() { srv.Close() }
+	return l.Addr().String(), serveJoined(t, srv, l)
+}
+
+// serveJoined runs srv.Serve(l) and returns a stop function that closes
+// the server and waits for Serve to return; the test's cleanup calls it
+// too, so no accept loop outlives its test.
+func serveJoined(t *testing.T, srv *Server, l net.Listener) func() {
+	done := make(chan struct{})
+	go func() { srv.Serve(l); close(done) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { srv.Close(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// runJoined runs sh until the test ends (or the returned wait's ctx is
+// cancelled) and joins it in the test's cleanup. The returned channel is
+// closed when Run has returned.
+func runJoined(t *testing.T, sh *Shipper) (context.CancelFunc, <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { sh.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return cancel, done
 }
 
 func (r *rig) shipper(t *testing.T, name, addr string) *Shipper {
@@ -130,9 +152,7 @@ func TestReplicateConvergesAcrossRestarts(t *testing.T) {
 	rg.vol.Merge()
 	addr, stop := rg.serve(t, "", map[string]string{"primary1": ""})
 	sh := rg.shipper(t, "primary1", addr)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sh.Run(ctx)
+	runJoined(t, sh)
 	writeSome(t, rg.vol, rnd, 300) // during the initial copy and after
 	last := rg.vol.Log().LastLSN()
 	waitFor(t, "catch-up", func() bool { return sh.Status().Acked >= last })
@@ -166,10 +186,7 @@ func TestUnauthorizedPrimaryIsCritical(t *testing.T) {
 	addr, stop := rg.serve(t, "", map[string]string{"primary1": ""})
 	defer stop()
 	sh := rg.shipper(t, "stranger", addr)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan struct{})
-	go func() { sh.Run(ctx); close(done) }()
+	_, done := runJoined(t, sh)
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -188,9 +205,7 @@ func TestPrimaryReachesOnlyItsRoot(t *testing.T) {
 	addr, stop := rg.serve(t, "", map[string]string{"primary1": "site-a", "stranger": "site-b"})
 	defer stop()
 	sh := rg.shipper(t, "primary1", addr)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sh.Run(ctx)
+	runJoined(t, sh)
 	writeSome(t, rg.vol, rand.New(rand.NewPCG(2, 2)), 20)
 	last := rg.vol.Log().LastLSN()
 	waitFor(t, "catch-up", func() bool { return sh.Status().Acked >= last })
@@ -220,14 +235,11 @@ func TestReplicaIOErrorIsRetried(t *testing.T) {
 		return nil
 	}
 	srv.fs = mem
-	go srv.Serve(l)
-	defer srv.Close()
+	serveJoined(t, srv, l)
 	rnd := rand.New(rand.NewPCG(5, 5))
 	writeSome(t, rg.vol, rnd, 50)
 	sh := rg.shipper(t, "primary1", l.Addr().String())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sh.Run(ctx)
+	runJoined(t, sh)
 	waitFor(t, "a retry", func() bool { return sh.Status().Health == Warning })
 	time.Sleep(100 * time.Millisecond) // several retries
 	if st := sh.Status(); st.Health == Critical {
@@ -279,12 +291,10 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 		var logs lockedBuffer
 		srv := NewServer(ServerConfig{Data: rg.data, TLS: cfg, Allow: map[string]string{"primary1": ""},
 			IdleTimeout: 400 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))})
-		go srv.Serve(l)
+		stopSrv := serveJoined(t, srv, l)
 		sh := rg.shipper(t, "primary1", l.Addr().String())
 		sh.cfg.Keepalive = keepalive
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { sh.Run(ctx); close(done) }()
+		cancel, done := runJoined(t, sh)
 		r := rand.New(rand.NewPCG(1, 1))
 		for range 2 {
 			writeSome(t, rg.vol, r, 20)
@@ -293,7 +303,7 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 		}
 		cancel()
 		<-done
-		srv.Close()
+		stopSrv()
 		opens := logs.count("replica: stream open")
 		if keepalive < time.Second && opens != 1 {
 			t.Fatalf("with keepalives: %d streams opened, want 1", opens)

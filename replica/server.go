@@ -310,7 +310,11 @@ func (s *Server) serve(nc net.Conn) {
 			log.Info("replica: initial copy complete", "lsn", lsn)
 		case MsgRecords:
 			recs = recs[:0]
-			_, err := DecodeRecords(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
+			disk, err := DecodeRecords(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
+			if err == nil && disk != diskName {
+				fail(CodeBadRequest, fmt.Errorf("%w: records for disk %s on the stream of %s", ErrFrame, disk, diskName))
+				return
+			}
 			if err == nil {
 				ack, err = d.Apply(recs)
 			}
@@ -320,7 +324,11 @@ func (s *Server) serve(nc net.Conn) {
 			}
 		case MsgRecordsRange:
 			recs = recs[:0]
-			_, from, through, err := DecodeRecordsRange(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
+			disk, from, through, err := DecodeRecordsRange(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
+			if err == nil && disk != diskName {
+				fail(CodeBadRequest, fmt.Errorf("%w: records for disk %s on the stream of %s", ErrFrame, disk, diskName))
+				return
+			}
 			if err == nil {
 				ack, err = d.ApplyRange(recs, from, through)
 			}

@@ -484,7 +484,10 @@ func (s *Shipper) initialCopy(c *Conn, arm func(int)) (uint64, error) {
 		return 0, err
 	}
 	ack, err := decodeU64(ab)
-	if err != nil || ack != ckpt {
+	if err != nil {
+		return 0, fmt.Errorf("%w: the acknowledgement of the initial copy at %d does not decode: %v", ErrFrame, ckpt, err)
+	}
+	if ack != ckpt {
 		return 0, fmt.Errorf("%w: initial copy at %d acknowledged as %d", ErrFrame, ckpt, ack)
 	}
 	s.cfg.Log.Info("initial replication complete", "disk", s.disk, "lsn", ckpt)
