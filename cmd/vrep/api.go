@@ -12,13 +12,26 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	vdaemon "github.com/vrep-io/vrep/internal/daemon"
 )
 
 // apiFlags are how admin commands find a daemon's API socket.
 type apiFlags struct {
 	api, state, data string
 	json             bool
+	// want is the role the command talks to ("primary", "replica", or ""
+	// for either) and why, in the operator's words ("points are taken on
+	// the primary"): a command sent to the wrong daemon says so.
+	want, why string
 }
+
+// needs says which daemon the command talks to, and why.
+func (a *apiFlags) needs(role, why string) { a.want, a.why = role, why }
+
+// roleHeader names the role of the daemon that answered; both daemons set
+// it on every API answer (daemon.WithRole).
+const roleHeader = vdaemon.RoleHeader
 
 func (a *apiFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&a.api, "api", "", "the daemon's API socket, [unix:]PATH")
@@ -28,6 +41,12 @@ func (a *apiFlags) register(f *pflag.FlagSet) {
 }
 
 func (a *apiFlags) socket() (string, error) {
+	switch {
+	case a.want == "primary" && a.data != "" && a.api == "" && a.state == "":
+		return "", fmt.Errorf("%w: %s; --data names a replica's data directory: give the primary's --state DIR", errUsage, a.why)
+	case a.want == "replica" && a.state != "" && a.api == "" && a.data == "":
+		return "", fmt.Errorf("%w: %s; --state names a primary's state directory: give the replica's --data DIR", errUsage, a.why)
+	}
 	switch {
 	case a.api != "":
 		return strings.TrimPrefix(a.api, "unix:"), nil
@@ -71,10 +90,16 @@ func (a *apiFlags) call(method, path string, out any) error {
 	if err != nil {
 		return err
 	}
+	if got := resp.Header.Get(roleHeader); a.want != "" && got != "" && got != a.want {
+		return fmt.Errorf("%w: %s, and the daemon at %s is a %s", errUsage, a.why, sock, got)
+	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
 		if json.Unmarshal(body, &e) == nil && e.Error != "" {
 			return &daemonError{resp.StatusCode, e.Error}
+		}
+		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
+			return fmt.Errorf("%w: the daemon at %s does not offer %s %s (is it the right daemon, and the same version as this vrep?)", errUsage, sock, method, path)
 		}
 		return &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
 	}

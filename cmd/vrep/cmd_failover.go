@@ -17,19 +17,30 @@ import (
 
 func pointsCmd() *cobra.Command {
 	var a apiFlags
+	var kind string
+	var last int
+	var since time.Duration
 	cmd := &cobra.Command{
-		Use:   "points VM [--data DIR | --api SOCKET] [--json]",
+		Use:   "points VM [--kind app|crash] [--last N] [--since DUR] [--data DIR | --api SOCKET] [--json]",
 		Short: "List a VM's recovery points on the replica",
 		Long: `Lists the recovery points a replica holds for a VM, oldest first: id, time,
 kind (crash- or app-consistent), consistency group, and the history it
 takes to keep the point readable. VM may be ROOT/VM when several primaries
-replicate VMs of that name.`,
+replicate VMs of that name. With --json, ids are strings: 19 digits do not
+survive tools that read numbers as floats (jq, JavaScript).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if kind != "" && kind != "app" && kind != "crash" {
+				return fmt.Errorf("%w: --kind is app or crash, not %q", errUsage, kind)
+			}
+			if last < 0 {
+				return fmt.Errorf("%w: --last must be a count of points, 0 or more", errUsage)
+			}
 			var pts []replicad.VMPoint
 			if err := a.call("GET", "/v1/points?vm="+url.QueryEscape(args[0]), &pts); err != nil {
 				return err
 			}
+			pts = filterPoints(pts, kind, since, last, time.Now())
 			out := cmd.OutOrStdout()
 			if a.json {
 				return printJSON(out, pts)
@@ -47,7 +58,27 @@ replicate VMs of that name.`,
 		},
 	}
 	a.register(cmd.Flags())
+	a.needs("replica", "recovery points are listed on the replica")
+	cmd.Flags().StringVar(&kind, "kind", "", "only points of this kind: app or crash")
+	cmd.Flags().IntVar(&last, "last", 0, "only the newest N points (after the other filters)")
+	cmd.Flags().DurationVar(&since, "since", 0, "only points taken in the last DURATION (e.g. 2h)")
 	return cmd
+}
+
+// filterPoints keeps the points of kind (any if empty) taken within since
+// of now (any if 0), then the newest last of them (all if 0). pts is
+// oldest first, and so is the result.
+func filterPoints(pts []replicad.VMPoint, kind string, since time.Duration, last int, now time.Time) []replicad.VMPoint {
+	out := pts[:0:0]
+	for _, p := range pts {
+		if (kind == "" || p.Kind == kind+"-consistent") && (since == 0 || !p.Time.Before(now.Add(-since))) {
+			out = append(out, p)
+		}
+	}
+	if last > 0 && len(out) > last {
+		out = out[len(out)-last:]
+	}
+	return out
 }
 
 func failoverCmd() *cobra.Command {
@@ -87,6 +118,7 @@ vrep failover test-stop VM, which discards the test's writes.`,
 		},
 	}
 	a.register(test.Flags())
+	a.needs("replica", "a test failover runs on the replica")
 	test.Flags().StringVar(&point, "point", "", "the point id to test (default the newest)")
 	var sa apiFlags
 	stop := &cobra.Command{
@@ -106,6 +138,7 @@ vrep failover test-stop VM, which discards the test's writes.`,
 		},
 	}
 	sa.register(stop.Flags())
+	sa.needs("replica", "a test failover runs on the replica")
 	cmd.AddCommand(test, stop)
 	return cmd
 }

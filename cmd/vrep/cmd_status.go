@@ -134,6 +134,7 @@ times out, the point is crash-consistent and the reason is printed.`,
 		},
 	}
 	a.register(create.Flags())
+	a.needs("primary", "points are taken on the primary")
 	create.Flags().BoolVar(&app, "app", false, "quiesce applications first (app-consistent point)")
 	cmd.AddCommand(create)
 	return cmd

@@ -104,6 +104,16 @@ func TestAppPointTestFailover(t *testing.T) {
 	if code, out = vrepRun(t, "points", "vm1", "--data", repData); code != 0 || !strings.Contains(out, strconv.FormatUint(p.ID, 10)) {
 		t.Fatalf("points table: exit %d\n%s", code, out)
 	}
+	// Ids are JSON strings (a float64 would round 19 digits), and the
+	// filters pick the point out.
+	var raw []map[string]any
+	code, out = vrepRun(t, "points", "vm1", "--data", repData, "--json", "--kind", "app", "--last", "1", "--since", "1h")
+	if code != 0 || json.Unmarshal([]byte(out), &raw) != nil || len(raw) != 1 || raw[0]["id"] != strconv.FormatUint(p.ID, 10) {
+		t.Fatalf("vrep points --kind app --last 1: exit %d, want one point with the string id %d:\n%s", code, p.ID, out)
+	}
+	if code, out = vrepRun(t, "points", "vm1", "--data", repData, "--kind", "fuzzy"); code != exitUsage {
+		t.Fatalf("vrep points --kind fuzzy: exit %d\n%s", code, out)
+	}
 
 	// A test failover at the point.
 	id := strconv.FormatUint(p.ID, 10)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -33,6 +34,7 @@ served to VMs over NBD and FUSE, and replicated to a replica as recovery points.
 		SilenceErrors: true,
 	}
 	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), demoCmd(), certCmd(), logCheckCmd())
+	strictUsage(root)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))
 		os.Exit(exitCode(err))
@@ -67,3 +69,53 @@ func exitCode(err error) int {
 }
 
 var errUsage = errors.New("usage")
+
+// strictUsage makes every misuse of the command line a usage error (exit
+// 2, one sentence): an unknown subcommand or flag, a missing subcommand,
+// or the wrong number of arguments. Cobra's defaults print the help and
+// exit 0 for the first and third, which a script takes for success.
+func strictUsage(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return fmt.Errorf("%w: %v (see %s --help)", errUsage, err, c.CommandPath())
+	})
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+			if c.SuggestionsMinimumDistance <= 0 {
+				c.SuggestionsMinimumDistance = 2
+			}
+			c.Args = func(c *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+					if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+						msg += "; did you mean " + strings.Join(s, " or ") + "?"
+					}
+					return fmt.Errorf("%w: %s", errUsage, msg)
+				}
+				return nil
+			}
+			c.RunE = func(c *cobra.Command, args []string) error {
+				c.SetOut(c.ErrOrStderr())
+				c.Help()
+				var subs []string
+				for _, sc := range c.Commands() {
+					if sc.IsAvailableCommand() {
+						subs = append(subs, sc.Name())
+					}
+				}
+				return fmt.Errorf("%w: %s needs a subcommand: %s (see %s --help)", errUsage, c.CommandPath(), strings.Join(subs, ", "), c.CommandPath())
+			}
+		} else if args := c.Args; args != nil {
+			c.Args = func(c *cobra.Command, a []string) error {
+				if err := args(c, a); err != nil {
+					return fmt.Errorf("%w: %s: %v (usage: %s)", errUsage, c.CommandPath(), err, c.UseLine())
+				}
+				return nil
+			}
+		}
+		for _, sc := range c.Commands() {
+			walk(sc)
+		}
+	}
+	walk(root)
+}

@@ -151,6 +151,19 @@ func (a *API) Close() {
 	os.Remove(a.path)
 }
 
+// RoleHeader names the role of the daemon that answers an API request
+// ("primary" or "replica"), so that a command sent to the wrong daemon
+// can say so in the operator's words instead of "404 Not Found".
+const RoleHeader = "Vrep-Role"
+
+// WithRole sets RoleHeader on every answer of h.
+func WithRole(role string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(RoleHeader, role)
+		h.ServeHTTP(w, r)
+	})
+}
+
 // WriteJSON answers v as indented JSON.
 func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

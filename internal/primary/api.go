@@ -44,7 +44,7 @@ type GroupStatus struct {
 
 // PointInfo is a point as the API shows it.
 type PointInfo struct {
-	ID     uint64            `json:"id"`
+	ID     uint64            `json:"id,string"` // a string: 19 digits do not survive a float64 (jq, JavaScript)
 	Time   time.Time         `json:"time"`
 	Kind   string            `json:"kind"`
 	Group  string            `json:"group"`

@@ -54,7 +54,7 @@ type DiskStatus struct {
 
 // VMPoint is a recovery point of a VM: present on every disk of the VM.
 type VMPoint struct {
-	ID    uint64            `json:"id"`
+	ID    uint64            `json:"id,string"` // a string: 19 digits do not survive a float64 (jq, JavaScript)
 	Time  time.Time         `json:"time"`
 	Kind  string            `json:"kind"`
 	Group string            `json:"group"`
