@@ -32,13 +32,13 @@ const (
 	infoBlockSize = protocol.NEGOTIATION_TYPE_INFO_BLOCKSIZE
 
 	// Transmission flags.
-	tfHasFlags     = uint16(1 << 0)
+	tfHasFlags     = protocol.NEGOTIATION_REPLY_FLAGS_HAS_FLAGS
 	tfReadOnly     = uint16(1 << 1)
 	tfSendFlush    = uint16(1 << 2)
 	tfSendFUA      = uint16(1 << 3)
 	tfSendTrim     = uint16(1 << 5)
 	tfSendZeroes   = uint16(1 << 6)
-	tfCanMultiConn = uint16(1 << 8)
+	tfCanMultiConn = protocol.NEGOTIATION_REPLY_FLAGS_CAN_MULTI_CONN
 
 	// Commands.
 	cmdRead   = protocol.TRANSMISSION_TYPE_REQUEST_READ

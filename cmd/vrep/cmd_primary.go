@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 	"time"
 
@@ -31,7 +30,7 @@ func primaryCmd() *cobra.Command {
 		agents     []string
 		rc         primary.ReplicaConfig
 		codec      string
-		backoff    string
+		backoff    []time.Duration
 		frequency  string
 	)
 	cmd := &cobra.Command{
@@ -69,15 +68,12 @@ func primaryCmd() *cobra.Command {
 				if rc.Codec, err = replica.ParseCodec(codec); err != nil {
 					return fmt.Errorf("%w: %v", errUsage, err)
 				}
-				if backoff != "" {
-					for _, s := range strings.Split(backoff, ",") {
-						d, err := time.ParseDuration(s)
-						if err != nil || d <= 0 {
-							return fmt.Errorf("%w: --retry-schedule %q", errUsage, backoff)
-						}
-						rc.Backoff = append(rc.Backoff, d)
+				for _, d := range backoff {
+					if d <= 0 {
+						return fmt.Errorf("%w: --retry-schedule waits must be positive, not %v", errUsage, d)
 					}
 				}
+				rc.Backoff = backoff
 				cfg.Replica = &rc
 			}
 			var err error
@@ -143,7 +139,7 @@ func primaryCmd() *cobra.Command {
 	f.StringVar(&rc.ReplicaName, "replica-name", "", "the name the replica's certificate must carry")
 	f.StringVar(&codec, "compression", "zstd", "zstd, s2 or none")
 	f.StringVar(&frequency, "frequency", "continuous", "copy frequency: continuous, or ship at a point every 30s, 5m or 15m (any duration)")
-	f.StringVar(&backoff, "retry-schedule", "", "retry waits after recoverable errors, e.g. 1m,2m,4m,8m,10m,30m (default Hyper-V's)")
+	f.DurationSliceVar(&backoff, "retry-schedule", nil, "retry waits after recoverable errors, e.g. 1m,2m,4m,8m,10m,30m (default Hyper-V's)")
 	f.StringVar(&cfg.API, "api", "", "API socket, [unix:]PATH, for vrep status and vrep point (default STATE/api.sock)")
 	f.StringArrayVar(&groups, "group", nil, "consistency group: NAME=VM[,VM...] (repeatable; a VM in no group is its own)")
 	f.DurationVar(&cfg.Points.Every, "points-every", 0, "take a crash-consistent point of every group this often (default: at each --frequency tick, every 5s when continuous, by hand without --replica)")

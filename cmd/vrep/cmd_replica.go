@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"gopkg.in/yaml.v3"
 
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
@@ -19,21 +18,13 @@ import (
 	"github.com/vrep-io/vrep/replica"
 )
 
-// replicaConfig is vrep replica's configuration: a YAML file (--config),
-// with flags given on the command line taking precedence.
+// replicaConfig is vrep replica's configuration: the flags, which a
+// YAML file (--config) may also set (applyConfig).
 type replicaConfig struct {
-	Data      string            `yaml:"data"`
-	Listen    string            `yaml:"listen"`
-	TLSDir    string            `yaml:"tls_dir"`
-	Name      string            `yaml:"name"`
-	Allow     []string          `yaml:"allow"` // PRIMARY[=ROOT]
-	AllowAny  bool              `yaml:"allow_any"`
-	NBD       []string          `yaml:"nbd"`
-	FUSE      string            `yaml:"fuse"`
-	API       string            `yaml:"api"`
-	Retention *time.Duration    `yaml:"retention"`
-	KeepApp   int               `yaml:"keep_app"`
-	Keep      map[string]string `yaml:"keep"` // VM[/DISK]: DURATION
+	Data, Listen, TLSDir, Name, FUSE, API string
+	Allow, NBD                            []string // Allow: PRIMARY[=ROOT]
+	AllowAny                              bool
+	KeepApp                               int
 }
 
 func replicaCmd() *cobra.Command {
@@ -59,20 +50,9 @@ of VM or VM/DISK to a retention); flags override it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configFile != "" {
-				var file replicaConfig
-				b, err := os.ReadFile(configFile)
-				if err != nil {
+				if err := applyConfig(cmd.Flags(), configFile); err != nil {
 					return err
 				}
-				dec := yaml.NewDecoder(strings.NewReader(string(b)))
-				dec.KnownFields(true)
-				if err := dec.Decode(&file); err != nil {
-					return fmt.Errorf("%w: %s: %v", errUsage, configFile, err)
-				}
-				mergeReplicaConfig(&c, file, cmd)
-			}
-			if c.Retention != nil {
-				retention = *c.Retention
 			}
 			if c.Data == "" || c.Listen == "" || c.TLSDir == "" || c.Name == "" {
 				return fmt.Errorf("%w: --data, --listen, --tls-dir and --name are required", errUsage)
@@ -99,12 +79,6 @@ of VM or VM/DISK to a retention); flags override it.`,
 				if !ok {
 					return fmt.Errorf("%w: --keep %q must be VM[/DISK]=DURATION", errUsage, k)
 				}
-				if c.Keep == nil {
-					c.Keep = map[string]string{}
-				}
-				c.Keep[target] = dur
-			}
-			for target, dur := range c.Keep {
 				if err := keepTarget(target); err != nil {
 					return err
 				}
@@ -161,43 +135,4 @@ func keepTarget(s string) error {
 		return err
 	}
 	return names.Part(s)
-}
-
-// mergeReplicaConfig fills what the command line did not set from file.
-func mergeReplicaConfig(c *replicaConfig, file replicaConfig, cmd *cobra.Command) {
-	set := func(flag string) bool { return cmd.Flags().Changed(flag) }
-	if !set("data") {
-		c.Data = file.Data
-	}
-	if !set("listen") {
-		c.Listen = file.Listen
-	}
-	if !set("tls-dir") {
-		c.TLSDir = file.TLSDir
-	}
-	if !set("name") {
-		c.Name = file.Name
-	}
-	if !set("allow") {
-		c.Allow = file.Allow
-	}
-	if !set("allow-any") {
-		c.AllowAny = file.AllowAny
-	}
-	if !set("nbd") {
-		c.NBD = file.NBD
-	}
-	if !set("fuse") {
-		c.FUSE = file.FUSE
-	}
-	if !set("api") {
-		c.API = file.API
-	}
-	if !set("retention") {
-		c.Retention = file.Retention
-	}
-	if !set("keep-app") {
-		c.KeepApp = file.KeepApp
-	}
-	c.Keep = file.Keep
 }
