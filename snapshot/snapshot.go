@@ -102,6 +102,18 @@ func newID() uint64 {
 // Take takes a point of the given kind and waits until its markers are in
 // every log (not yet durable: the next flush or ship makes them so).
 func (g *Group) Take(kind uint8, reason string) (Point, error) {
+	return g.TakeDecided(func() (uint8, string) { return kind, reason })
+}
+
+// TakeDecided takes a point whose kind is decided while every disk of the
+// group is held: decide is called once, after the last disk is held and
+// before any marker is appended, and the kind and reason it returns are
+// what the markers and the returned point say. What the point holds is
+// fixed by then (no write can be ordered until the release), so a caller
+// that asks there "was the application still quiesced?" gets an answer
+// that is true of the point's contents. decide must be quick and must not
+// write to the group's disks: writes are held while it runs.
+func (g *Group) TakeDecided(decide func() (kind uint8, reason string)) (Point, error) {
 	g.take.Lock()
 	defer g.take.Unlock()
 	id := newID()
@@ -113,6 +125,7 @@ func (g *Group) Take(kind uint8, reason string) (Point, error) {
 	// The point's time is read inside the hold: every write acknowledged
 	// before it is in the point, and none submitted after it.
 	now := time.Now()
+	kind, reason := decide()
 	p := Point{ID: id, Time: now, Kind: kind, Group: g.name, LSNs: map[string]uint64{}, Reason: reason}
 	m := hrl.Marker{ID: p.ID, Time: now.UnixNano(), Kind: kind, Group: g.name}
 	batches := make([]*hrl.Batch, 0, len(g.disks))

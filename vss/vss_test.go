@@ -97,7 +97,9 @@ func TestAppPointKinds(t *testing.T) {
 	if err != nil || p.Kind != hrl.KindCrash || !strings.Contains(p.Reason, "timeout") {
 		t.Fatalf("hanging freeze: %+v %v", p, err)
 	}
-	if time.Since(start) > 5*time.Second || a.log() != "freeze,thaw" || b.log() != "freeze,thaw" {
+	// b is thawed once more if the watchdog thawed it before its freeze
+	// returned: the freeze may have taken hold after that thaw.
+	if time.Since(start) > 5*time.Second || a.log() != "freeze,thaw" || (b.log() != "freeze,thaw" && b.log() != "freeze,thaw,thaw") {
 		t.Fatalf("calls %q %q after %v", a.log(), b.log(), time.Since(start))
 	}
 	// Nothing to quiesce: crash-consistent, and it says so.

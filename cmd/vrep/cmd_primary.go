@@ -144,7 +144,7 @@ func primaryCmd() *cobra.Command {
 	f.StringArrayVar(&groups, "group", nil, "consistency group: NAME=VM[,VM...] (repeatable; a VM in no group is its own)")
 	f.DurationVar(&cfg.Points.Every, "points-every", 0, "take a crash-consistent point of every group this often (default: at each --frequency tick, every 5s when continuous, by hand without --replica)")
 	f.DurationVar(&cfg.Points.AppEvery, "app-every", 0, "take an app-consistent point of every group this often (0: by hand)")
-	f.StringArrayVar(&freeze, "freeze", nil, "VM=MOUNTPOINT to fsfreeze for app-consistent points (repeatable)")
+	f.StringArrayVar(&freeze, "freeze", nil, "VM=MOUNTPOINT to fsfreeze for app-consistent points (repeatable; never a directory where nothing is mounted, nor the file system of --state, the images or /)")
 	f.StringArrayVar(&preFreeze, "pre-freeze", nil, "VM=COMMAND run before freezing (sh -c)")
 	f.StringArrayVar(&postThaw, "post-thaw", nil, "VM=COMMAND run after thawing (sh -c)")
 	f.StringArrayVar(&agents, "guest-agent", nil, "VM=SOCKET of the VM's QEMU guest agent, to freeze inside the guest")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -46,6 +47,9 @@ type points struct {
 	recent []snapshot.Point // newest last, bounded
 	stop   chan struct{}
 	wg     sync.WaitGroup
+	// keep lists the paths whose file systems are never frozen: the state
+	// directory, every change log and image, and /.
+	keep []string
 }
 
 const keepRecent = 256
@@ -99,9 +103,29 @@ func (d *Daemon) setupPoints(cfg PointsConfig) error {
 		}
 		p.groups[g] = grp
 	}
-	for vm := range cfg.Freeze {
+	// Freezing the file system of vrep's own state, logs or images would
+	// stop the barrier that the freeze is for (and the host, for /).
+	p.keep = []string{"/", d.cfg.State}
+	for _, disk := range d.Disks {
+		vm, name, _ := names.Disk(disk.Name)
+		p.keep = append(p.keep, filepath.Join(d.cfg.State, "disks", vm, name), disk.Path)
+	}
+	for vm, paths := range cfg.Freeze {
 		if disksOf[vm] == nil {
 			return fmt.Errorf("%w: --freeze names VM %s, which has no --disk", names.ErrBadName, vm)
+		}
+		for _, path := range paths {
+			err := vss.CheckFreezeTarget(path, p.keep)
+			if errors.Is(err, vss.ErrNotMountPoint) {
+				// Not refused: a file system on one of this daemon's own
+				// disks can only be mounted once the daemon serves them.
+				// Each freeze checks again, and refuses until then.
+				d.log.Warn("--freeze names a directory where nothing is mounted yet; app-consistent points of the VM are crash-consistent until a file system is mounted there", "vm", vm, "path", path)
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("%w: --freeze %s=%s: %w", names.ErrBadName, vm, path, err)
+			}
 		}
 	}
 	d.points = p
@@ -159,7 +183,7 @@ func (p *points) quiescers(d *Daemon, group string) []vss.Quiescer {
 			qs = append(qs, vss.GuestAgent{Socket: s})
 		}
 		for _, m := range p.cfg.Freeze[vm] {
-			qs = append(qs, vss.FSFreeze{Path: m})
+			qs = append(qs, vss.FSFreeze{Path: m, Keep: p.keep})
 		}
 	}
 	return qs
