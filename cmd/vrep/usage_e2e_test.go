@@ -60,8 +60,3 @@ func TestWrongDaemon(t *testing.T) {
 		}
 	}
 }
-
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
-}
