@@ -21,10 +21,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/vrep-io/vrep/hrl"
 )
@@ -59,11 +63,14 @@ type Group struct {
 	names []string
 	disks []Disk
 
-	take  sync.Mutex
-	mu    sync.Mutex
-	holds []time.Duration // a reservoir of recent hold times
-	next  int
+	take sync.Mutex
+	// hold summarizes recent hold times (a sliding window of holdWindow):
+	// the quantiles of a Prometheus summary, as /metrics would show them.
+	hold prometheus.Summary
 }
+
+// holdWindow is how far back hold statistics look.
+const holdWindow = 10 * time.Minute
 
 // NewGroup makes a group of the named disks.
 func NewGroup(name string, disks map[string]Disk) (*Group, error) {
@@ -73,7 +80,13 @@ func NewGroup(name string, disks map[string]Disk) (*Group, error) {
 	if len(disks) == 0 {
 		return nil, fmt.Errorf("snapshot: group %s has no disks", name)
 	}
-	g := &Group{name: name}
+	g := &Group{name: name, hold: prometheus.NewSummary(prometheus.SummaryOpts{
+		Name:        "vrep_point_hold_seconds",
+		Help:        "How long a point held the group's writes.",
+		ConstLabels: prometheus.Labels{"group": name},
+		Objectives:  map[float64]float64{0.5: 0.05, 0.99: 0.001, 1: 0},
+		MaxAge:      holdWindow,
+	})}
 	for n := range disks {
 		g.names = append(g.names, n)
 	}
@@ -152,27 +165,29 @@ func (g *Group) TakeDecided(decide func() (kind uint8, reason string)) (Point, e
 	return p, err
 }
 
-const reservoir = 1024
+func (g *Group) record(d time.Duration) { g.hold.Observe(d.Seconds()) }
 
-func (g *Group) record(d time.Duration) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if len(g.holds) < reservoir {
-		g.holds = append(g.holds, d)
-	} else {
-		g.holds[g.next] = d
-	}
-	g.next = (g.next + 1) % reservoir
-}
-
-// HoldStats returns the p50, p99 and maximum of recent hold times.
+// HoldStats returns the p50, p99 and maximum of the hold times of the
+// last ten minutes (zero when no point was taken in them).
 func (g *Group) HoldStats() (p50, p99, maxHold time.Duration) {
-	g.mu.Lock()
-	h := slices.Clone(g.holds)
-	g.mu.Unlock()
-	if len(h) == 0 {
+	var m dto.Metric
+	if err := g.hold.Write(&m); err != nil {
 		return 0, 0, 0
 	}
-	slices.Sort(h)
-	return h[len(h)/2], h[len(h)*99/100], h[len(h)-1]
+	for _, q := range m.GetSummary().GetQuantile() {
+		v := q.GetValue()
+		if math.IsNaN(v) {
+			continue // no observation in the window
+		}
+		d := time.Duration(v * float64(time.Second))
+		switch q.GetQuantile() {
+		case 0.5:
+			p50 = d
+		case 0.99:
+			p99 = d
+		case 1:
+			maxHold = d
+		}
+	}
+	return p50, p99, maxHold
 }

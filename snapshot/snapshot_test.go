@@ -161,3 +161,30 @@ func TestIncompletePoint(t *testing.T) {
 		t.Fatal("a point on a closed disk was reported complete")
 	}
 }
+
+// TestHoldStats: the statistics come from the points' own hold times: the
+// maximum is the longest hold, the median lies between the extremes.
+func TestHoldStats(t *testing.T) {
+	fs := vfs.NewMem(3)
+	v := openVol(t, fs, "/v", 1<<20)
+	g, _ := NewGroup("g", map[string]Disk{"vm1/d": v})
+	if p50, p99, mx := g.HoldStats(); p50 != 0 || p99 != 0 || mx != 0 {
+		t.Fatalf("no point yet: %v %v %v", p50, p99, mx)
+	}
+	var lo, hi time.Duration
+	for i := range 50 {
+		p, err := g.Take(hrl.KindCrash, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 || p.Hold < lo {
+			lo = p.Hold
+		}
+		hi = max(hi, p.Hold)
+	}
+	p50, p99, mx := g.HoldStats()
+	near := func(a, b time.Duration) bool { return a-b < time.Microsecond && b-a < time.Microsecond }
+	if !near(mx, hi) || p50 < lo-time.Microsecond || p50 > p99 || p99 > mx {
+		t.Fatalf("p50 %v p99 %v max %v; holds ranged %v..%v", p50, p99, mx, lo, hi)
+	}
+}
