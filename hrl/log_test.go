@@ -946,3 +946,54 @@ func TestConcurrentClose(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedDropKeepsTheChain: a segment file that cannot be removed
+// stays in the log with every later one whose drop was asked for, so the
+// directory never holds a segment followed by a gap (which recovery would
+// take for lost records); the next drop removes them.
+func TestFailedDropKeepsTheChain(t *testing.T) {
+	fs := vfs.NewMem(9)
+	opts := Options{SegmentSize: 256}
+	l := mustOpen(t, fs, "/log", opts)
+	for i := range 20 {
+		appendWait(t, l, write(uint64(i), fmt.Sprintf("record-%03d-%s", i, bytes.Repeat([]byte("x"), 40))))
+	}
+	if _, err := l.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	segs := l.Segments()
+	if len(segs) < 4 {
+		t.Fatalf("%d segments, want at least 4", len(segs))
+	}
+	stuck := "/log/" + segs[1].Name
+	fs.Inject = func(op, name string) error {
+		if op == "remove" && name == stuck {
+			return errors.New("injected EIO")
+		}
+		return nil
+	}
+	if err := l.DropThrough(l.LastLSN()); err == nil {
+		t.Fatal("a drop whose remove failed reported no error")
+	}
+	fs.Inject = nil
+	if got := l.Segments(); got[0].First != segs[1].First {
+		t.Fatalf("after the failed drop the log starts at %d, want %d (the segment that stayed)", got[0].First, segs[1].First)
+	}
+	if got := scanAll(t, l, 1); len(got) != int(l.LastLSN()-segs[1].First+1) {
+		t.Fatalf("%d records readable after the failed drop", len(got))
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = mustOpen(t, fs, "/log", opts)
+	defer l.Close()
+	if got := l.Segments(); got[0].First != segs[1].First {
+		t.Fatalf("reopened log starts at %d, want %d", got[0].First, segs[1].First)
+	}
+	if err := l.DropThrough(l.LastLSN()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(segmentFiles(fs)); n != 1 {
+		t.Fatalf("%d segment files after the next drop, want 1", n)
+	}
+}

@@ -171,9 +171,7 @@ func (l *Log) run() {
 		for _, p := range q {
 			l.write(p)
 		}
-		for _, d := range drops {
-			l.drop(d)
-		}
+		l.dropAll(drops)
 		if startSync {
 			// Every record a waiter asked for was appended before it
 			// registered, so it is in q or earlier: written now.
@@ -419,10 +417,10 @@ type dropReq struct {
 }
 
 // drop removes segment files, or keeps them for reuse; only the writer
-// goroutine calls it.
-func (l *Log) drop(req dropReq) {
-	var err error
-	for _, s := range req.segs {
+// goroutine calls it. When a file cannot be removed, it returns it and
+// the segments after it in the request, untouched: they stay in the log.
+func (l *Log) drop(req dropReq) (kept []*Segment, err error) {
+	for i, s := range req.segs {
 		l.unsynced = slices.DeleteFunc(l.unsynced, func(u *Segment) bool { return u == s })
 		if len(l.free) < l.opts.Recycle {
 			name := strings.TrimSuffix(s.name, suffix) + freeSuffix
@@ -435,15 +433,47 @@ func (l *Log) drop(req dropReq) {
 				err = fmt.Errorf("hrl: %w", rerr)
 			}
 		}
+		if rerr := l.fs.Remove(l.path(s.name)); rerr != nil {
+			if err == nil {
+				err = fmt.Errorf("hrl: %w", rerr)
+			}
+			kept = req.segs[i:]
+			break
+		}
 		l.closeFile(s.file)
-		if rerr := l.fs.Remove(l.path(s.name)); rerr != nil && err == nil {
-			err = fmt.Errorf("hrl: %w", rerr)
-		}
 	}
-	if err == nil {
-		if serr := l.fs.SyncDir(l.dir); serr != nil {
-			err = fmt.Errorf("hrl: %w", serr)
-		}
+	if serr := l.fs.SyncDir(l.dir); serr != nil && err == nil {
+		err = fmt.Errorf("hrl: %w", serr)
 	}
-	req.done <- err
+	return kept, err
+}
+
+// dropAll runs drop requests in order; only the writer goroutine calls it.
+// A segment file that cannot be removed stays in the log, and so does
+// every later segment whose drop is pending: a later segment removed
+// while an earlier one stays would leave a gap in the chain, which
+// recovery takes for lost records. Each request took a prefix of the
+// segments in turn, so putting them back in request order restores the
+// log; a later DropThrough tries again.
+func (l *Log) dropAll(reqs []dropReq) {
+	for i, req := range reqs {
+		kept, err := l.drop(req)
+		if kept == nil {
+			req.done <- err
+			continue
+		}
+		l.mu.Lock()
+		later := append(reqs[i+1:len(reqs):len(reqs)], l.drops...)
+		l.drops = nil
+		for _, d := range later {
+			kept = append(kept, d.segs...)
+		}
+		l.segs = append(slices.Clone(kept), l.segs...)
+		l.mu.Unlock()
+		req.done <- err
+		for _, d := range later {
+			d.done <- err
+		}
+		return
+	}
 }
