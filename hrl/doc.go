@@ -54,14 +54,24 @@
 //
 // # Recovery
 //
-// At Open every segment is read. In the newest segment, a bad record (short,
-// zeroed, failing its CRC, out of sequence) is a torn tail and is cut off,
-// unless a valid sync record after it says the bad bytes had been made
-// durable: then it, like any bad record or header in an older (sealed)
-// segment or a gap between segments, is corruption, reported as a
-// *CorruptionError (IsCorruption), never skipped. Sync records are what let
-// recovery tell a tail that kernel writeback left with holes after a power
-// cut from damage to data that was already durable.
+// At Open every segment is read, in LSN order, and its records checked
+// (frame, CRC, shape, sequence) until the first bad spot: a bad header or
+// record (short, zeroed, failing its CRC, out of sequence) or a gap between
+// segments. The log's good records end there. What follows is a torn tail
+// (Torn), cut off: the segment is truncated at the spot (removed whole if
+// the spot is its header or a gap before it), and every later segment is
+// removed. It is corruption instead, reported as a *CorruptionError
+// (IsCorruption) and never skipped, when a valid sync record after the
+// spot, in its segment or a later one, says the bad bytes had been made
+// durable. Sync records are
+// what let recovery tell a tail that a crash left short, with holes or
+// with a reused file's old bytes, from damage to data that was already
+// durable. An I/O error while reading is neither: Open fails with it and
+// cuts nothing.
+//
+// Check judges a log by the same reader and the same rule without
+// changing it: a torn tail is reported with the bytes Open would cut, and
+// corruption exactly where Open would report it.
 //
 // # Reused files
 //

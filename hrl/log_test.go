@@ -377,7 +377,9 @@ func FuzzOpen(f *testing.F) {
 		w.WriteAt(data, 0)
 		w.Sync()
 		fs.SyncDir("/log")
+		torn, cerr := Check(fs, "/log", func(Record) {})
 		l, err := Open(fs, "/log", Options{})
+		agree(t, torn, cerr, l, err)
 		if err != nil {
 			if !IsCorruption(err) {
 				t.Fatalf("Open: unclassified error %v", err)
@@ -392,6 +394,18 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("Append after a clean Open: %v", err)
 		}
 	})
+}
+
+// agree fails unless Check's verdict on a log (torn, cerr) is Open's
+// (l, err): the same corruption, or the same torn tail cut.
+func agree(t *testing.T, torn *Torn, cerr error, l *Log, err error) {
+	t.Helper()
+	switch {
+	case IsCorruption(err) != IsCorruption(cerr):
+		t.Fatalf("Open: %v; Check: %v", err, cerr)
+	case err == nil && fmt.Sprint(torn) != fmt.Sprint(l.TornTail()):
+		t.Fatalf("Open cut %v; Check: %v", l.TornTail(), torn)
+	}
 }
 
 func FuzzDecodeMarker(f *testing.F) {
@@ -512,8 +526,8 @@ func TestRecycleReusesDroppedFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := 0
-	if err := Check(fs, "/log", func(Record) { n++ }); err != nil || n != int(lsn-from+1) {
-		t.Fatalf("Check after close: %v, %d records", err, n)
+	if torn, err := Check(fs, "/log", func(Record) { n++ }); err != nil || torn != nil || n != int(lsn-from+1) {
+		t.Fatalf("Check after close: %v, %v, %d records", err, torn, n)
 	}
 	l = mustOpen(t, fs, "/log", opts)
 	check(l)
@@ -606,8 +620,8 @@ func recyclePowerCut(t *testing.T, seed uint64) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := Check(fs, "/log", func(Record) {}); err != nil {
-		t.Fatalf("seed %d: Check after reopen and close: %v", seed, err)
+	if torn, err := Check(fs, "/log", func(Record) {}); err != nil || torn != nil {
+		t.Fatalf("seed %d: Check after reopen and close: %v, %v", seed, err, torn)
 	}
 }
 
@@ -634,7 +648,9 @@ func FuzzOpenChain(f *testing.F) {
 		put(segmentName(next), append(encodeSegmentHeader(next), rest...))
 		put("0000000000000005.free", rest)
 		fs.SyncDir("/log")
+		torn, cerr := Check(fs, "/log", func(Record) {})
 		l, err := Open(fs, "/log", Options{Recycle: 1})
+		agree(t, torn, cerr, l, err)
 		if err != nil {
 			if !IsCorruption(err) {
 				t.Fatalf("Open: unclassified error %v", err)
@@ -731,8 +747,8 @@ func TestConcurrentSyncSealDrop(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := Check(vfs.OS{}, dir, func(Record) {}); err != nil {
-		t.Fatalf("Check after close: %v", err)
+	if torn, err := Check(vfs.OS{}, dir, func(Record) {}); err != nil || torn != nil {
+		t.Fatalf("Check after close: %v, %v", err, torn)
 	}
 	if fs.reuses.Load() == 0 {
 		t.Error("no dropped file was reused: the test did not exercise recycling")
@@ -899,5 +915,85 @@ func TestReservedSegmentsGiveBackTheirSpace(t *testing.T) {
 	defer l.Close()
 	if got := scanAll(t, l, 1); len(got) != 2 || got[1].P != "second" {
 		t.Errorf("records after reopening: %+v", got)
+	}
+}
+
+// TestConcurrentClose: Close is idempotent even when called from several
+// goroutines at once; every call returns once the log is closed, with the
+// first call's result.
+func TestConcurrentClose(t *testing.T) {
+	for range 20 {
+		l := mustOpen(t, vfs.NewMem(8), "/log", Options{})
+		appendWait(t, l, write(0, "x"))
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		errs := make([]error, 4)
+		for i := range errs {
+			wg.Go(func() {
+				<-start
+				errs[i] = l.Close()
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("Close %d: %v", i, err)
+			}
+		}
+		if _, _, err := l.Append(write(0, "y")); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Append after Close = %v, want ErrClosed", err)
+		}
+	}
+}
+
+// TestFailedDropKeepsTheChain: a segment file that cannot be removed
+// stays in the log with every later one whose drop was asked for, so the
+// directory never holds a segment followed by a gap (which recovery would
+// take for lost records); the next drop removes them.
+func TestFailedDropKeepsTheChain(t *testing.T) {
+	fs := vfs.NewMem(9)
+	opts := Options{SegmentSize: 256}
+	l := mustOpen(t, fs, "/log", opts)
+	for i := range 20 {
+		appendWait(t, l, write(uint64(i), fmt.Sprintf("record-%03d-%s", i, bytes.Repeat([]byte("x"), 40))))
+	}
+	if _, err := l.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	segs := l.Segments()
+	if len(segs) < 4 {
+		t.Fatalf("%d segments, want at least 4", len(segs))
+	}
+	stuck := "/log/" + segs[1].Name
+	fs.Inject = func(op, name string) error {
+		if op == "remove" && name == stuck {
+			return errors.New("injected EIO")
+		}
+		return nil
+	}
+	if err := l.DropThrough(l.LastLSN()); err == nil {
+		t.Fatal("a drop whose remove failed reported no error")
+	}
+	fs.Inject = nil
+	if got := l.Segments(); got[0].First != segs[1].First {
+		t.Fatalf("after the failed drop the log starts at %d, want %d (the segment that stayed)", got[0].First, segs[1].First)
+	}
+	if got := scanAll(t, l, 1); len(got) != int(l.LastLSN()-segs[1].First+1) {
+		t.Fatalf("%d records readable after the failed drop", len(got))
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = mustOpen(t, fs, "/log", opts)
+	defer l.Close()
+	if got := l.Segments(); got[0].First != segs[1].First {
+		t.Fatalf("reopened log starts at %d, want %d", got[0].First, segs[1].First)
+	}
+	if err := l.DropThrough(l.LastLSN()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(segmentFiles(fs)); n != 1 {
+		t.Fatalf("%d segment files after the next drop, want 1", n)
 	}
 }

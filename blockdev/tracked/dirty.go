@@ -42,7 +42,7 @@ func (v *Volume) startOverflowLocked() {
 }
 
 // finishOverflow marks what the unreleased log covers, persists the
-// bitmap, then releases the log.
+// bitmap, then releases the log; the merger then merges it all (Merge).
 func (v *Volume) finishOverflow() error {
 	v.mu.RLock()
 	from := v.released + 1
@@ -69,7 +69,7 @@ func (v *Volume) finishOverflow() error {
 	v.mu.Lock()
 	v.released = ^uint64(0)
 	v.mu.Unlock()
-	return v.Merge()
+	return nil
 }
 
 // ResyncRequired reports whether the disk left log mode (log overflow)

@@ -114,13 +114,41 @@ type Volume struct {
 	paused   int
 	closed   bool
 
-	mergeMu  sync.Mutex   // one merge or checkpoint at a time
-	ckptAt   time.Time    // when the checkpoint was last written; guarded by mu
-	lastIO   atomic.Int64 // UnixNano of the last read or write
-	kick     chan struct{}
-	quit     chan struct{}
-	wg       sync.WaitGroup
-	mergeErr atomic.Pointer[error]
+	mergeMu sync.Mutex   // one merge or checkpoint at a time
+	ckptAt  time.Time    // when the checkpoint was last written; guarded by mu
+	lastIO  atomic.Int64 // UnixNano of the last read or write
+	kick    chan struct{}
+	quit    chan struct{}
+	wg      sync.WaitGroup
+
+	// The last error of each kind of background work, until that work
+	// next succeeds: one transient error must not leave a disk reported
+	// unhealthy for good.
+	mergeErr    bgErr // copying records into the base
+	ckptErr     bgErr // base fsync, checkpoint file, dropping merged segments
+	overflowErr bgErr // switching to dirty-region tracking
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// bgErr holds the last error of one kind of background work.
+type bgErr struct{ p atomic.Pointer[error] }
+
+// set records err, or clears the record when err is nil.
+func (b *bgErr) set(err error) {
+	if err == nil {
+		b.p.Store(nil)
+		return
+	}
+	b.p.Store(&err)
+}
+
+func (b *bgErr) get() error {
+	if p := b.p.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 var (
@@ -551,36 +579,44 @@ const checkpointEvery = 30 * time.Second
 // forced (Merge, Close) it waits until twice MergeAfter has been merged
 // since the last checkpoint or checkpointEvery has passed: a merge then
 // costs no base fsync, and the kernel writes the base back at its own
-// pace meanwhile.
+// pace meanwhile. After a failure it tries again at the next call, and
+// its success clears the error Err reports.
 // After a crash, replay from the older checkpoint rewrites what a merge
 // had put in the base: replay is idempotent. Called with mergeMu held.
 func (v *Volume) checkpointLocked(force bool) error {
 	v.mu.RLock()
 	applied, ckpt, unckpt, at := v.applied, v.ckpt, v.unckpt, v.ckptAt
 	v.mu.RUnlock()
-	if applied == ckpt {
+	failed := v.ckptErr.get() != nil
+	due := applied != ckpt && (force || failed || unckpt >= 2*v.opts.MergeAfter || time.Since(at) >= checkpointEvery)
+	if !due && !failed {
 		return nil
 	}
-	if !force && unckpt < 2*v.opts.MergeAfter && time.Since(at) < checkpointEvery {
-		return nil
+	if due {
+		if err := v.base.Sync(); err != nil {
+			err = fmt.Errorf("tracked: checkpoint: %w", err)
+			v.ckptErr.set(err)
+			return err
+		}
+		if err := v.writeCheckpoint(applied); err != nil {
+			v.ckptErr.set(err)
+			return err
+		}
+		v.mu.Lock()
+		v.ckpt, v.ckptAt = applied, time.Now()
+		v.unckpt = 0
+		v.mu.Unlock()
 	}
-	if err := v.base.Sync(); err != nil {
-		err = fmt.Errorf("tracked: checkpoint: %w", err)
-		v.mergeErr.Store(&err)
+	// Also when only the drop after the last checkpoint failed.
+	v.mu.RLock()
+	through := min(v.released, v.ckpt)
+	v.mu.RUnlock()
+	if err := v.log.DropThrough(through); err != nil {
+		err = fmt.Errorf("tracked: dropping merged log segments: %w", err)
+		v.ckptErr.set(err)
 		return err
 	}
-	if err := v.writeCheckpoint(applied); err != nil {
-		v.mergeErr.Store(&err)
-		return err
-	}
-	v.mu.Lock()
-	v.ckpt, v.ckptAt = applied, time.Now()
-	v.unckpt = 0
-	rel := v.released
-	v.mu.Unlock()
-	if err := v.log.DropThrough(min(rel, applied)); err != nil {
-		return fmt.Errorf("tracked: %w", err)
-	}
+	v.ckptErr.set(nil)
 	return nil
 }
 
@@ -616,11 +652,8 @@ func (v *Volume) mergeLocked() error {
 	}
 	v.merged.Broadcast()
 	v.mu.Unlock()
-	if err != nil {
-		v.mergeErr.Store(&err)
-		return err
-	}
-	return nil
+	v.mergeErr.set(err)
+	return err
 }
 
 // reinsertUnder puts an older extent back into the active index only
@@ -715,8 +748,10 @@ func (v *Volume) merger() {
 		overflowPending := v.dirty != nil && v.released != ^uint64(0) && v.opts.Retain
 		v.mu.RUnlock()
 		if overflowPending {
-			if err := v.finishOverflow(); err != nil {
-				v.mergeErr.Store(&err)
+			err := v.finishOverflow()
+			v.overflowErr.set(err)
+			if err == nil {
+				v.Merge() // its errors are kept for Err
 			}
 		}
 		idle := v.opts.MergeIdle > 0 && time.Since(time.Unix(0, v.lastIO.Load())) >= v.opts.MergeIdle
@@ -724,6 +759,8 @@ func (v *Volume) merger() {
 			continue
 		}
 		v.mergeMu.Lock()
+		// Errors are kept for Err by the calls themselves, and cleared by
+		// their next success.
 		if n > 0 && (idle || bytes >= v.opts.MergeAfter || ext >= v.opts.MaxExtents) {
 			v.mergeLocked()
 		}
@@ -735,23 +772,27 @@ func (v *Volume) merger() {
 	}
 }
 
-// Err returns the last background merge error, if any.
+// Err returns the error of the background work (merge, checkpoint, log
+// overflow) that last failed and has not succeeded since, if any.
 func (v *Volume) Err() error {
-	if p := v.mergeErr.Load(); p != nil {
-		return *p
+	for _, b := range []*bgErr{&v.mergeErr, &v.ckptErr, &v.overflowErr} {
+		if err := b.get(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
 // Close stops the merger, merges what is left, syncs and closes the log.
-// It is idempotent. The base device is the caller's to close.
+// It is idempotent and safe to call concurrently: a later call waits for
+// the first and returns its error. The base device is the caller's to
+// close.
 func (v *Volume) Close() error {
-	v.mu.Lock()
-	if v.closed {
-		v.mu.Unlock()
-		return nil
-	}
-	v.mu.Unlock()
+	v.closeOnce.Do(func() { v.closeErr = v.close() })
+	return v.closeErr
+}
+
+func (v *Volume) close() error {
 	close(v.quit)
 	v.wg.Wait()
 	err := v.Sync()

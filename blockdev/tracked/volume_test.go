@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -607,5 +608,165 @@ func TestIdleMergeWaitsForReads(t *testing.T) {
 	}
 	if applied() != 16 {
 		t.Fatalf("merged through %d once reads stopped, want 16", applied())
+	}
+}
+
+// TestConcurrentClose: Close is idempotent even when called from several
+// goroutines at once; every call returns once the volume is closed, with
+// the first call's result.
+func TestConcurrentClose(t *testing.T) {
+	for range 20 {
+		v, err := Open("/vol", blockdev.NewMem(1<<20), Options{FS: vfs.NewMem(12)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.WriteAt(payload(1, 4096), 0); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		errs := make([]error, 4)
+		for i := range errs {
+			wg.Go(func() {
+				<-start
+				errs[i] = v.Close()
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("Close %d: %v", i, err)
+			}
+		}
+		if _, err := v.WriteAt(payload(2, 4096), 0); !errors.Is(err, ErrClosed) {
+			t.Fatalf("write after Close = %v, want ErrClosed", err)
+		}
+	}
+}
+
+// failOnce returns an Inject function that fails the first call of op on
+// a file whose name matches, and counts the failures.
+func failOnce(op string, match func(name string) bool, failed *atomic.Int32) func(string, string) error {
+	return func(o, name string) error {
+		if o == op && match(name) && failed.CompareAndSwap(0, 1) {
+			return fmt.Errorf("injected EIO on %s %s", o, name)
+		}
+		return nil
+	}
+}
+
+// waitFor polls cond until it holds or a generous deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestTransientMergeErrorClears: failed writes to the base during
+// background merges are reported (Err, the disk's health), and once a later
+// merge succeeds the volume reports healthy again, with every write in
+// the base.
+func TestTransientMergeErrorClears(t *testing.T) {
+	fs := vfs.NewMem(13)
+	fs.MkdirAll("/")
+	const size = 1 << 20
+	f, _ := fs.Create("/base.img")
+	f.Truncate(size)
+	f.Sync()
+	base := openBase(t, fs, size)
+	v, err := Open("/vol", base, Options{FS: fs, SegmentSize: 32 << 10, MergeIdle: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	// The base fails writes until the test has seen the error reported:
+	// merges retry meanwhile, and a busy machine must not let one succeed
+	// before the test looks.
+	var failing atomic.Bool
+	failing.Store(true)
+	fs.Inject = func(op, name string) error {
+		if op == "write" && name == "/base.img" && failing.Load() {
+			return errors.New("injected EIO")
+		}
+		return nil
+	}
+	model := make([]byte, size)
+	for i := range 16 {
+		p := payload(uint64(i), 4096)
+		if _, err := v.WriteAt(p, int64(i)*8192); err != nil {
+			t.Fatal(err)
+		}
+		copy(model[i*8192:], p)
+	}
+	waitFor(t, "the failed merge to be reported", func() bool { return v.Err() != nil })
+	if !strings.Contains(v.Err().Error(), "injected EIO") {
+		t.Fatalf("Err = %v, want the injected error", v.Err())
+	}
+	failing.Store(false)
+	waitFor(t, "the volume to report healthy after the next merge", func() bool { return v.Err() == nil })
+	got := make([]byte, size)
+	if _, err := base.ReadAt(got, 0); err != nil || !bytes.Equal(got, model) {
+		t.Fatalf("the base after the retried merge differs from the writes (%v)", err)
+	}
+}
+
+// TestCheckpointErrorsReportedAndCleared: a failed base fsync and a
+// failed removal of a merged log segment are reported by Err, and the
+// next merge and checkpoint that succeed clear them.
+func TestCheckpointErrorsReportedAndCleared(t *testing.T) {
+	cases := []struct {
+		name, op string
+		match    func(string) bool
+	}{
+		{"base fsync", "sync", func(n string) bool { return n == "/base.img" }},
+		{"segment drop", "remove", func(n string) bool { return strings.HasSuffix(n, ".hrl") }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			fs := vfs.NewMem(14)
+			fs.MkdirAll("/")
+			const size = 1 << 20
+			f, _ := fs.Create("/base.img")
+			f.Truncate(size)
+			f.Sync()
+			v, err := Open("/vol", openBase(t, fs, size), Options{FS: fs, SegmentSize: 8192, MergeIdle: -1, Recycle: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer v.Close()
+			i := 0
+			writes := func(n int) {
+				t.Helper()
+				for range n {
+					if _, err := v.WriteAt(payload(uint64(i), 4096), int64(i%256)*4096); err != nil {
+						t.Fatal(err)
+					}
+					i++
+				}
+			}
+			writes(8) // four segments
+			var failed atomic.Int32
+			fs.Inject = failOnce(c.op, c.match, &failed)
+			if err := v.Merge(); err == nil || failed.Load() == 0 {
+				t.Fatalf("Merge = %v with the %s failing", err, c.name)
+			}
+			if err := v.Err(); err == nil || !strings.Contains(err.Error(), "injected EIO") {
+				t.Fatalf("Err = %v after a failed %s, want the injected error", err, c.name)
+			}
+			writes(8)
+			if err := v.Merge(); err != nil {
+				t.Fatalf("Merge after the transient error: %v", err)
+			}
+			if err := v.Err(); err != nil {
+				t.Fatalf("Err = %v after a merge and checkpoint that succeeded", err)
+			}
+			if segs := v.Log().Segments(); len(segs) != 1 {
+				t.Fatalf("%d log segments left after a full checkpoint, want 1", len(segs))
+			}
+		})
 	}
 }
