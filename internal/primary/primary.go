@@ -179,6 +179,11 @@ func (d *Daemon) openDisk(spec DiskSpec) (*Disk, error) {
 		base.Close()
 		return nil, fmt.Errorf("disk %s: %w", spec.Name, err)
 	}
+	if torn := v.Log().TornTail(); torn != nil {
+		// What a crash left unwritten: never acknowledged as durable.
+		d.log.Warn("change log: cut a torn tail left by a crash (records never flushed)", "disk", spec.Name,
+			"segment", torn.Segment, "offset", torn.Offset, "bytes", torn.Bytes, "reason", torn.Reason)
+	}
 	d.log.Info("disk protected", "disk", spec.Name, "image", spec.Path, "size", base.Size(), "lsn", v.Log().LastLSN())
 	return &Disk{Name: spec.Name, Path: spec.Path, Volume: v, base: base}, nil
 }
