@@ -207,7 +207,7 @@ func TestFioVerify(t *testing.T) {
 		{"--rw=write", "--bs=1M", "--iodepth=8"},
 	} {
 		args := append([]string{"--name=verify", "--ioengine=nbd", "--uri=" + e.uri("vm1/disk0"), "--size=64M",
-			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=terse"}, job...)
+			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=terse"}, job...)
 		out := run(t, "fio", args...)
 		if strings.Contains(out, "verify:") || strings.Contains(out, "bad magic") {
 			t.Fatalf("fio %v:\n%s", job, out)
