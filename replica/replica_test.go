@@ -170,14 +170,19 @@ func TestUnauthorizedPrimaryIsCritical(t *testing.T) {
 	defer cancel()
 	done := make(chan struct{})
 	go func() { sh.Run(ctx); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("an unauthorized primary kept retrying")
-	}
-	if st := sh.Status(); st.Health != Critical || st.Acked != 0 {
+	// It stops in Critical and waits for the operator (Resume), without
+	// retrying.
+	waitFor(t, "Critical", func() bool { return sh.Status().Health == Critical })
+	if st := sh.Status(); st.Acked != 0 || st.Connected || !st.NextSend.IsZero() || !strings.Contains(st.Reason, "replication resume") {
 		t.Fatalf("status %+v", st)
 	}
+	// Resume retries at once: refused again, Critical again.
+	if was := sh.Resume(); was != "stopped" {
+		t.Fatalf("Resume of a stopped shipper says %q", was)
+	}
+	waitFor(t, "Critical after the resume", func() bool { return sh.Status().Health == Critical })
+	cancel()
+	<-done
 	if _, err := os.Stat(filepath.Join(rg.data, "stranger")); err == nil {
 		t.Fatal("something was written for an unauthorized primary")
 	}
@@ -296,6 +301,7 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 		srv.Close()
 		opens := logs.count("replica: stream open")
 		if keepalive < time.Second && opens != 1 {
+			t.Log(logs.b.String())
 			t.Fatalf("with keepalives: %d streams opened, want 1", opens)
 		}
 		if keepalive > time.Second && opens < 2 {

@@ -46,6 +46,14 @@ type points struct {
 	recent []snapshot.Point // newest last, bounded
 	stop   chan struct{}
 	wg     sync.WaitGroup
+	crash  *time.Ticker // the crash-point schedule; nil: by hand only
+}
+
+// setEvery changes how often scheduled crash points are taken.
+func (p *points) setEvery(every time.Duration) {
+	if p.crash != nil {
+		p.crash.Reset(every)
+	}
 }
 
 const keepRecent = 256
@@ -123,10 +131,13 @@ func (d *Daemon) setupPoints(cfg PointsConfig) error {
 }
 
 func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
+	t := time.NewTicker(every)
+	if !app {
+		p.crash = t
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
@@ -200,7 +211,7 @@ func (d *Daemon) TakePoint(ctx context.Context, target string, app bool) (snapsh
 			if serr := disk.Volume.Log().Sync(); serr != nil {
 				return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
 			}
-			if rc := d.cfg.Replica; rc != nil && rc.Interval > 0 {
+			if d.cfg.Replica != nil && d.interval() > 0 {
 				if _, serr := disk.Volume.Log().Seal(); serr != nil {
 					return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
 				}
