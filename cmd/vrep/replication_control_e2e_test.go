@@ -78,6 +78,10 @@ func TestReplicationControl(t *testing.T) {
 		t.Fatalf("status table while the replica is down: exit %d\n%s", code, out)
 	}
 	t.Logf("the primary while the replica is down:\n%s", out)
+	if m := run(t, "curl", "-s", "--unix-socket", filepath.Join(e.state, "api.sock"), "http://vrep/metrics"); !strings.Contains(m, `vrep_replication_connected{disk="vm1/disk0"} 0`) ||
+		!strings.Contains(m, `vrep_replication_health{disk="vm1/disk0"} 1`) {
+		t.Fatalf("metrics while the replica is down:\n%s", m)
+	}
 
 	startReplica(t, e.dir, pkiDir, addr)
 	code, out = vrepRun(t, "status", "--data", repData)
