@@ -301,7 +301,6 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 		srv.Close()
 		opens := logs.count("replica: stream open")
 		if keepalive < time.Second && opens != 1 {
-			t.Log(logs.b.String())
 			t.Fatalf("with keepalives: %d streams opened, want 1", opens)
 		}
 		if keepalive > time.Second && opens < 2 {
