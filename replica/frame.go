@@ -14,7 +14,8 @@ import (
 
 // Part of the format; do not change.
 const (
-	Version         = 1
+	// Version 2 added the Settings message (session.go).
+	Version         = 2
 	FrameHeaderSize = 16
 	// MaxBody bounds a decompressed body: a record batch of up to 32 MiB
 	// of payload with its headers.

@@ -186,15 +186,20 @@ func TestUnauthorizedPrimaryIsCritical(t *testing.T) {
 	addr, stop := rg.serve(t, "", map[string]string{"primary1": ""})
 	defer stop()
 	sh := rg.shipper(t, "stranger", addr)
-	_, done := runJoined(t, sh)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("an unauthorized primary kept retrying")
-	}
-	if st := sh.Status(); st.Health != Critical || st.Acked != 0 {
+	cancel, done := runJoined(t, sh)
+	// It stops in Critical and waits for the operator (Resume), without
+	// retrying.
+	waitFor(t, "Critical", func() bool { return sh.Status().Health == Critical })
+	if st := sh.Status(); st.Acked != 0 || st.Connected || !st.NextSend.IsZero() || !strings.Contains(st.Reason, "replication resume") {
 		t.Fatalf("status %+v", st)
 	}
+	// Resume retries at once: refused again, Critical again.
+	if was := sh.Resume(); was != "stopped" {
+		t.Fatalf("Resume of a stopped shipper says %q", was)
+	}
+	waitFor(t, "Critical after the resume", func() bool { return sh.Status().Health == Critical })
+	cancel()
+	<-done
 	if _, err := os.Stat(filepath.Join(rg.data, "stranger")); err == nil {
 		t.Fatal("something was written for an unauthorized primary")
 	}

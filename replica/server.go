@@ -44,17 +44,32 @@ type diskStream struct {
 	done chan struct{} // closed once the stream let go of the disk
 }
 
+// StreamInfo is what the replica knows of a disk's stream from its
+// primary.
+type StreamInfo struct {
+	Primary string // the primary's certificate name; "" if none came
+	// Connected says whether a stream is open; Since is when it opened or
+	// closed (or when the server started, if none came since).
+	Connected bool
+	Since     time.Time
+	// Interval and PointsEvery are the copy frequency and point interval
+	// the primary last announced (Settings); zero PointsEvery: unknown.
+	Interval, PointsEvery time.Duration
+}
+
 // Server is a replica: it receives initial copies and records over mutual
 // TLS and applies them. It is safe for concurrent use.
 type Server struct {
-	cfg    ServerConfig
-	fs     vfs.FS
-	mu     sync.Mutex
-	busy   map[string]*diskStream // disk directories with a stream
-	conns  map[net.Conn]struct{}
-	ls     map[net.Listener]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	cfg     ServerConfig
+	fs      vfs.FS
+	started time.Time
+	mu      sync.Mutex
+	streams map[string]*StreamInfo // by ROOT/VM/DISK
+	busy    map[string]*diskStream // disk directories with a stream
+	conns   map[net.Conn]struct{}
+	ls      map[net.Listener]struct{}
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 // NewServer returns a replica server.
@@ -65,7 +80,7 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 5 * time.Minute
 	}
-	return &Server{cfg: cfg, fs: vfs.OS{}, busy: map[string]*diskStream{}, conns: map[net.Conn]struct{}{}, ls: map[net.Listener]struct{}{}}
+	return &Server{cfg: cfg, fs: vfs.OS{}, started: time.Now(), streams: map[string]*StreamInfo{}, busy: map[string]*diskStream{}, conns: map[net.Conn]struct{}{}, ls: map[net.Listener]struct{}{}}
 }
 
 // Close stops accepting, closes every stream (each applied batch is
@@ -122,6 +137,29 @@ func (s *Server) Serve(l net.Listener) error {
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// Stream returns what the server knows of the stream of the disk
+// ROOT/VM/DISK.
+func (s *Server) Stream(key string) StreamInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if si := s.streams[key]; si != nil {
+		return *si
+	}
+	return StreamInfo{Since: s.started}
+}
+
+// streamEvent updates the stream info of key under the lock.
+func (s *Server) streamEvent(key string, fn func(*StreamInfo)) {
+	s.mu.Lock()
+	si := s.streams[key]
+	if si == nil {
+		si = &StreamInfo{}
+		s.streams[key] = si
+	}
+	fn(si)
+	s.mu.Unlock()
 }
 
 // rootName returns the directory name of an authenticated primary's root.
@@ -272,6 +310,9 @@ func (s *Server) serve(nc net.Conn) {
 	}
 	log = log.With("disk", diskName)
 	log.Info("replica: stream open", "applied", applied, "seeded", seeded, "codec", w.Codec)
+	key := rootName + "/" + vm + "/" + dname
+	s.streamEvent(key, func(si *StreamInfo) { si.Primary, si.Connected, si.Since = name, true, time.Now() })
+	defer s.streamEvent(key, func(si *StreamInfo) { si.Connected, si.Since = false, time.Now() })
 	pc.scale.Store(int64((s.cfg.IdleTimeout + base - 1) / base))
 	var recs []hrl.Record
 	for {
@@ -285,6 +326,15 @@ func (s *Server) serve(nc net.Conn) {
 		var ack uint64
 		switch t {
 		case MsgKeepalive:
+			continue
+		case MsgSettings:
+			iv, pe, err := decodeSettings(body)
+			if err != nil {
+				fail(CodeBadRequest, err)
+				return
+			}
+			s.streamEvent(key, func(si *StreamInfo) { si.Interval, si.PointsEvery = iv, pe })
+			log.Info("replica: copy frequency", "frequency", FrequencyName(iv), "points_every", pe)
 			continue
 		case MsgBaseChunk:
 			if len(body) < 8 {

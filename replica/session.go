@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/vrep-io/vrep/internal/names"
 )
@@ -24,8 +25,38 @@ import (
 //	Ack        LSN uint64 durable on the replica
 //	Keepalive  empty; sent by an idle primary (every minute by default),
 //	           not answered
+//	Settings   copy interval uint64, point interval uint64, in
+//	           nanoseconds (copy interval 0: continuous); sent by the
+//	           primary right after DiskState and again whenever they
+//	           change, not answered; the replica judges how old its newest
+//	           point may be by them (since version 2)
 //	Error      code uint16, message (the rest); the sender then closes
 const MsgBaseDone MsgType = 9
+
+// MsgSettings tells the replica the stream's copy frequency. Part of the
+// format; do not change.
+const MsgSettings MsgType = 12
+
+// maxInterval bounds an announced interval: a week is far past any copy
+// frequency or point interval.
+const maxInterval = 7 * 24 * time.Hour
+
+func encodeSettings(interval, pointsEvery time.Duration) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, uint64(interval))
+	return binary.LittleEndian.AppendUint64(b, uint64(pointsEvery))
+}
+
+func decodeSettings(b []byte) (interval, pointsEvery time.Duration, err error) {
+	if len(b) != 16 {
+		return 0, 0, fmt.Errorf("%w: settings of %d bytes", ErrFrame, len(b))
+	}
+	interval = time.Duration(binary.LittleEndian.Uint64(b))
+	pointsEvery = time.Duration(binary.LittleEndian.Uint64(b[8:]))
+	if interval < 0 || interval > maxInterval || pointsEvery < 0 || pointsEvery > maxInterval {
+		return 0, 0, fmt.Errorf("%w: settings %d, %d out of range", ErrFrame, interval, pointsEvery)
+	}
+	return interval, pointsEvery, nil
+}
 
 // Error codes: what the primary does next. Part of the format.
 const (

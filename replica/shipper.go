@@ -49,7 +49,14 @@ type ShipperConfig struct {
 	// Keepalive is how often an idle stream tells the replica it is alive
 	// (default one minute, well inside the replica's idle timeout).
 	Keepalive time.Duration
-	Log       *slog.Logger
+	// Interval is the copy frequency Through stands for (0: continuous)
+	// and PointsEvery how often points are taken: they are told to the
+	// replica, which judges its health by them, and shown in the status.
+	// SetMode changes them, with Through and Coalesce, on a running stream.
+	Interval, PointsEvery time.Duration
+	// VM names the disk's VM in the commands a health reason suggests.
+	VM  string
+	Log *slog.Logger
 }
 
 // Health is a disk's replication health, as Hyper-V reports it.
@@ -62,23 +69,43 @@ const (
 	Critical Health = "Critical" // stopped: the operator must act
 )
 
-// ShipStatus is what a shipper reports.
+// ShipStatus is what a shipper reports. Health and Reason are
+// JudgeShipping's verdict on the rest.
 type ShipStatus struct {
-	Health   Health `json:"health"`
-	Reason   string `json:"reason,omitempty"`
-	Acked    uint64 `json:"acked_lsn"`
-	Initial  int    `json:"initial_percent"`
-	Codec    string `json:"codec,omitempty"`
-	WireSent int64  `json:"wire_bytes"`   // frames sent, headers included
-	Shipped  int64  `json:"record_bytes"` // record payload bytes acknowledged
+	Health Health `json:"health"`
+	Reason string `json:"reason,omitempty"`
+	// Connected says whether a stream to the replica is open; Since is
+	// when it opened, or when it was lost (or shipping started).
+	Connected bool      `json:"connected"`
+	Since     time.Time `json:"since"`
+	// Frequency is the copy frequency ("continuous" or a duration), and
+	// PointsEvery how often points are taken, in seconds.
+	Frequency   string  `json:"frequency"`
+	PointsEvery float64 `json:"points_every_seconds,omitempty"`
+	// LastSend is when records were last sent, LastAck when the replica
+	// last acknowledged some; NextSend is when the next send is due: the
+	// next retry while not connected, the next tick of an interval copy
+	// frequency (zero: continuous, as soon as a record is durable).
+	LastSend time.Time `json:"last_send,omitzero"`
+	LastAck  time.Time `json:"last_ack,omitzero"`
+	NextSend time.Time `json:"next_send,omitzero"`
+	Acked    uint64    `json:"acked_lsn"`
+	Initial  int       `json:"initial_percent"`
+	Codec    string    `json:"codec,omitempty"`
+	WireSent int64     `json:"wire_bytes"`   // frames sent, headers included
+	Shipped  int64     `json:"record_bytes"` // record payload bytes acknowledged
 	// Coalesced counts records not shipped because a later record of the
 	// same interval overwrote them entirely.
 	Coalesced int64 `json:"coalesced_records"`
 	// Lag: records and bytes of log the replica has not acknowledged, and
 	// for how long it has been behind.
+	// LagSeconds means something only when LagKnown: not before the
+	// first copy completes, nor before the primary has seen the replica
+	// hold everything since it started.
 	LagRecords uint64  `json:"lag_records"`
 	LagBytes   int64   `json:"lag_bytes"`
 	LagSeconds float64 `json:"lag_seconds"`
+	LagKnown   bool    `json:"lag_known"`
 }
 
 // Shipper ships one disk's change log to the replica: the initial copy
@@ -88,10 +115,29 @@ type Shipper struct {
 	vol  *tracked.Volume
 	cfg  ShipperConfig
 
+	// wake, when signalled, ends a backoff wait or a Critical stop at
+	// once (Resume).
+	wake chan struct{}
+
 	mu       sync.Mutex
 	st       ShipStatus
 	caughtUp time.Time // when the replica last had all the previous ack had seen logged
 	target   uint64    // the log's last LSN at the previous ack
+	stopped  string    // the non-recoverable error that stopped shipping
+	lastErr  string    // why the last connection ended
+	retryAt  time.Time
+	copyDone bool
+	overflow time.Time // when the log was first seen overflowed
+	tickAt   time.Time // when Through last moved (an interval's tick)
+	mode     shipMode
+	modeGen  uint64 // bumped by SetMode: the stream re-announces it
+}
+
+// shipMode is what SetMode changes on a running stream.
+type shipMode struct {
+	through               func() uint64
+	coalesce              bool
+	interval, pointsEvery time.Duration
 }
 
 // NewShipper returns a shipper for a tracked volume opened with Retain.
@@ -111,14 +157,69 @@ func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Shipper{disk: disk, vol: vol, cfg: cfg, st: ShipStatus{Health: Normal}}
+	return &Shipper{disk: disk, vol: vol, cfg: cfg, wake: make(chan struct{}, 1),
+		st: ShipStatus{Health: Normal, Since: time.Now()},
+		// The replica must ack what is logged now before the lag is known.
+		target: vol.Log().LastLSN(),
+		mode:   shipMode{cfg.Through, cfg.Coalesce, cfg.Interval, cfg.PointsEvery}}
 }
 
-// Status returns the shipper's state.
-func (s *Shipper) Status() ShipStatus {
+// SetMode changes the copy frequency of a running shipper: through and
+// coalesce as in ShipperConfig, and the interval and point interval they
+// stand for. The stream picks it up at its next batch and tells the
+// replica. Safe to call at any time.
+func (s *Shipper) SetMode(through func() uint64, coalesce bool, interval, pointsEvery time.Duration) {
 	s.mu.Lock()
-	st, caughtUp := s.st, s.caughtUp
+	s.mode = shipMode{through, coalesce, interval, pointsEvery}
+	s.modeGen++
+	s.tickAt = time.Time{}
 	s.mu.Unlock()
+}
+
+// Resume makes a waiting shipper retry now: it ends a backoff wait, or a
+// stop on a non-recoverable error (Critical). It returns what the shipper
+// was doing: "connected", "retrying" or "stopped".
+func (s *Shipper) Resume() string {
+	s.mu.Lock()
+	was := "retrying"
+	switch {
+	case s.st.Connected:
+		was = "connected"
+	case s.stopped != "":
+		was = "stopped"
+	}
+	s.mu.Unlock()
+	if was != "connected" {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	return was
+}
+
+// Status returns the shipper's state, judged by JudgeShipping.
+func (s *Shipper) Status() ShipStatus {
+	now := time.Now()
+	resync := s.noteOverflow()
+	s.mu.Lock()
+	st := s.st
+	in := ShipState{VM: s.cfg.VM, Stopped: s.stopped, Resync: resync, OverflowAt: s.overflow,
+		Connected: st.Connected, Since: st.Since, LastErr: s.lastErr, RetryAt: s.retryAt,
+		CopyDone: s.copyDone, Initial: st.Initial, Interval: s.mode.interval, PointsEvery: s.mode.pointsEvery,
+		CaughtUp: s.caughtUp}
+	tickAt := s.tickAt
+	s.mu.Unlock()
+	st.Frequency = FrequencyName(in.Interval)
+	st.PointsEvery = in.PointsEvery.Seconds()
+	switch {
+	case !st.Connected:
+		st.NextSend = in.RetryAt
+	case in.Interval > 0 && !tickAt.IsZero():
+		st.NextSend = tickAt.Add(in.Interval)
+	case in.Interval > 0:
+		st.NextSend = st.Since.Add(in.Interval)
+	}
 	// Lag: the log after the acknowledged LSN, and how long the replica
 	// has not had everything the primary logged.
 	for _, seg := range s.vol.Log().Segments() {
@@ -132,10 +233,11 @@ func (s *Shipper) Status() ShipStatus {
 	}
 	if last := s.vol.Log().LastLSN(); last > st.Acked {
 		st.LagRecords = last - st.Acked
-		if !caughtUp.IsZero() {
-			st.LagSeconds = time.Since(caughtUp).Seconds()
-		}
+		in.Behind = true
 	}
+	lag, known := in.Lag(now)
+	st.LagSeconds, st.LagKnown = lag.Seconds(), known
+	st.Health, st.Reason = JudgeShipping(in, now)
 	return st
 }
 
@@ -156,32 +258,82 @@ func fatal(err error) bool {
 	return errors.As(err, &ce) || errors.Is(err, ErrBrokenChain) || errors.Is(err, ErrVersion)
 }
 
-// Run ships until ctx ends or a non-recoverable error puts the disk in
-// Critical.
+// Run ships until ctx ends. Recoverable errors are retried on the backoff
+// schedule; a non-recoverable one stops shipping (Critical) until Resume.
+// Resume also ends a backoff wait early.
 func (s *Shipper) Run(ctx context.Context) {
 	attempt := 0
 	for ctx.Err() == nil {
+		select { // a resume asked for while connected means nothing now
+		case <-s.wake:
+		default:
+		}
 		progressed, err := s.session(ctx)
 		if ctx.Err() != nil {
 			return
 		}
+		s.noteOverflow()
+		now := time.Now()
 		if fatal(err) {
-			s.set(func(st *ShipStatus) { st.Health, st.Reason = Critical, err.Error() })
-			s.cfg.Log.Error("replication stopped: the operator must act", "disk", s.disk, "err", err)
-			return
+			s.mu.Lock()
+			s.stopped, s.lastErr, s.retryAt = err.Error(), err.Error(), time.Time{}
+			s.disconnectedLocked(now)
+			s.mu.Unlock()
+			s.cfg.Log.Error("replication stopped: the operator must act, then run vrep replication resume", "disk", s.disk, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.wake:
+			}
+			s.mu.Lock()
+			s.stopped = ""
+			s.mu.Unlock()
+			s.cfg.Log.Info(s.disk+": replication resume asked for: retrying now", "disk", s.disk, "stopped_by", err)
+			attempt = 0
+			continue
 		}
 		if progressed {
 			attempt = 0
 		}
 		wait := s.cfg.Backoff[min(attempt, len(s.cfg.Backoff)-1)]
 		attempt++
-		s.set(func(st *ShipStatus) { st.Health, st.Reason = Warning, fmt.Sprintf("%v; retrying in %v", err, wait) })
+		s.mu.Lock()
+		s.lastErr, s.retryAt = err.Error(), now.Add(wait)
+		s.disconnectedLocked(now)
+		s.mu.Unlock()
 		s.cfg.Log.Warn("replication interrupted", "disk", s.disk, "err", err, "retry_in", wait)
+		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return
-		case <-time.After(wait):
+		case <-timer.C:
+		case <-s.wake:
+			timer.Stop()
+			attempt = 0
+			s.cfg.Log.Info(s.disk+": replication resume asked for: retrying now", "disk", s.disk, "was_retrying_in", time.Until(now.Add(wait)).Round(time.Millisecond))
 		}
+	}
+}
+
+// noteOverflow notes when the log was first seen overflowed (the volume
+// does not say when it happened): by a stream, a retry or a status call.
+func (s *Shipper) noteOverflow() bool {
+	if !s.vol.ResyncRequired() {
+		return false
+	}
+	s.mu.Lock()
+	if s.overflow.IsZero() {
+		s.overflow = time.Now()
+	}
+	s.mu.Unlock()
+	return true
+}
+
+// disconnectedLocked notes that the stream is down, from now if it was up.
+func (s *Shipper) disconnectedLocked(now time.Time) {
+	if s.st.Connected {
+		s.st.Connected, s.st.Since = false, now
 	}
 }
 
@@ -230,12 +382,29 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	now := time.Now()
+	s.mu.Lock()
+	down, wasDown := now.Sub(s.st.Since), s.lastErr != ""
+	s.st.Connected, s.st.Since, s.retryAt = true, now, time.Time{}
+	s.lastErr, s.copyDone = "", seeded
+	mode, modeGen := s.mode, s.modeGen
+	s.mu.Unlock()
+	if behind := s.vol.Log().LastLSN() - min(applied, s.vol.Log().LastLSN()); wasDown {
+		s.cfg.Log.Info(fmt.Sprintf("%s: replication resumed after %s, %d records behind", s.disk, down.Round(time.Second), behind),
+			"disk", s.disk, "after", down, "behind", behind)
+	}
+	c.WriteFrame(MsgSettings, encodeSettings(mode.interval, mode.pointsEvery))
+	if err := c.Flush(); err != nil {
+		return false, err
+	}
 	if !seeded {
 		if applied, err = s.initialCopy(c, arm); err != nil {
 			return false, err
 		}
 		progressed = true
-		s.set(func(st *ShipStatus) { st.Initial = 100 })
+		s.mu.Lock()
+		s.st.Initial, s.copyDone = 100, true
+		s.mu.Unlock()
 	} else if first := s.vol.Log().Segments()[0].First; first > applied+1 {
 		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d", ErrBrokenChain, applied, first)
 	} else {
@@ -246,9 +415,21 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	log := s.vol.Log()
 	limit := minBatch
 	lastSent := time.Now()
+	var lastThrough uint64
 	for {
 		if ctx.Err() != nil {
 			return progressed, ctx.Err()
+		}
+		s.noteOverflow()
+		s.mu.Lock()
+		changed := s.modeGen != modeGen
+		mode, modeGen = s.mode, s.modeGen
+		s.mu.Unlock()
+		if changed {
+			c.WriteFrame(MsgSettings, encodeSettings(mode.interval, mode.pointsEvery))
+			if err := c.Flush(); err != nil {
+				return progressed, err
+			}
 		}
 		// Ship only durable records: a power cut can tear and reuse LSNs
 		// that were never synced, which the replica would then skip.
@@ -258,8 +439,15 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			}
 		}
 		durable := log.SyncedLSN()
-		if s.cfg.Through != nil {
-			durable = min(durable, s.cfg.Through())
+		if mode.through != nil {
+			through := mode.through()
+			if through != lastThrough {
+				lastThrough = through
+				s.mu.Lock()
+				s.tickAt = time.Now()
+				s.mu.Unlock()
+			}
+			durable = min(durable, through)
 		}
 		if durable <= applied {
 			if log.LastLSN() <= applied {
@@ -283,7 +471,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			continue
 		}
 		typ, build := MsgRecords, s.batch
-		if s.cfg.Coalesce {
+		if mode.coalesce {
 			typ, build = MsgRecordsRange, s.coalescedBatch
 		}
 		body, last, payload, err := build(applied, durable, limit)
@@ -293,6 +481,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		faultpoint.Hit(faultpoint.ShipBeforeSend)
 		arm(1)
 		lastSent = time.Now()
+		s.set(func(st *ShipStatus) { st.LastSend = lastSent })
 		c.WriteFrame(typ, body)
 		if err := c.Flush(); err != nil {
 			return progressed, err
@@ -321,7 +510,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 func (s *Shipper) acked(lsn uint64) {
 	last := s.vol.Log().LastLSN()
 	s.mu.Lock()
-	s.st.Acked, s.st.Health, s.st.Reason = lsn, Normal, ""
+	s.st.Acked, s.st.LastAck = lsn, time.Now()
 	// Lag in seconds counts from when the replica last had everything
 	// logged at the previous ack: with points every few seconds the log
 	// is never still, and "had everything, now" would never hold.

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/units"
+	"github.com/vrep-io/vrep/replica"
 )
 
 func statusCmd() *cobra.Command {
@@ -45,18 +47,12 @@ func statusCmd() *cobra.Command {
 				return printJSON(out, st)
 			}
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DISK\tSIZE\tHEALTH\tLAST LSN\tSYNCED LSN\tMERGED LSN\tSEGMENTS\tREPLICATION")
+			fmt.Fprintln(tw, "DISK\tSIZE\tHEALTH\tLAST LSN\tSYNCED LSN\tMERGED LSN\tSEGMENTS")
 			for _, d := range st.Disks {
-				repl := "-"
-				if r := d.Replication; r != nil {
-					repl = fmt.Sprintf("%s, acked %d, lag %s / %.1f s", r.Health, r.Acked, units.Bytes(r.LagBytes), r.LagSeconds)
-					if r.Initial < 100 {
-						repl += fmt.Sprintf(", initial copy %d%%", r.Initial)
-					}
-				}
-				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%d\t%d\t%d\t%d\t%s\n", d.Name, d.Size>>20, d.Health, d.LastLSN, d.SyncedLSN, d.Checkpoint, d.Segments, repl)
+				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%d\t%d\t%d\t%d\n", d.Name, d.Size>>20, d.Health, d.LastLSN, d.SyncedLSN, d.Checkpoint, d.Segments)
 			}
 			tw.Flush()
+			printReplication(out, st.Disks, time.Now())
 			fmt.Fprintln(out)
 			fmt.Fprintln(tw, "GROUP\tDISKS\tHOLD p50\tHOLD p99")
 			for _, g := range st.Groups {
@@ -77,10 +73,89 @@ func statusCmd() *cobra.Command {
 	return cmd
 }
 
-func printReplicaStatus(out io.Writer, st replicad.Status) error {
+// printReplication prints each replicated disk's stream: health, whether
+// the replica is connected, the copy frequency, the last and next send and
+// the lag; then, for each disk that is not Normal, the reason in full.
+func printReplication(out io.Writer, disks []primary.DiskStatus, now time.Time) {
+	var reasons []string
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DISK\tROOT\tSIZE\tHEALTH\tINITIAL COPY\tAPPLIED LSN\tPOINTS\tLAST POINT\tHISTORY")
+	header := false
+	for _, d := range disks {
+		r := d.Replication
+		if r == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(out)
+			fmt.Fprintln(tw, "REPLICATION\tHEALTH\tREPLICA\tFREQUENCY\tLAST SEND\tNEXT SEND\tACKED LSN\tLAG")
+			header = true
+		}
+		peer := "connected since " + clock(r.Since, now)
+		if !r.Connected {
+			peer = "not connected since " + clock(r.Since, now)
+		}
+		next := "as written"
+		switch {
+		case r.Health == replica.Critical && !r.Connected && r.NextSend.IsZero():
+			next = "stopped"
+		case !r.NextSend.IsZero():
+			next = clock(r.NextSend, now)
+		}
+		last := "never"
+		if !r.LastSend.IsZero() {
+			last = clock(r.LastSend, now)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.Name, r.Health, peer, r.Frequency, last, next, r.Acked, lagText(*r))
+		if r.Health != replica.Normal {
+			reasons = append(reasons, fmt.Sprintf("%s: %s: %s", d.Name, r.Health, r.Reason))
+		}
+	}
+	tw.Flush()
+	for _, why := range reasons {
+		fmt.Fprintln(out, why)
+	}
+}
+
+// lagText is the lag as the operator reads it: unknown until it is.
+func lagText(r replica.ShipStatus) string {
+	switch {
+	case r.LagKnown:
+		return fmt.Sprintf("%s / %s", units.Bytes(r.LagBytes), (time.Duration(r.LagSeconds * float64(time.Second))).Round(time.Second))
+	case r.Connected && r.Initial < 100:
+		return fmt.Sprintf("initial copy %d%%", r.Initial)
+	}
+	return fmt.Sprintf("unknown (%s of log unacknowledged)", units.Bytes(r.LagBytes))
+}
+
+// clock shows a time of today as hh:mm:ss, else with its date.
+func clock(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	t = t.Local()
+	if y, m, d := t.Date(); now.Local().Year() == y && now.Local().Month() == m && now.Local().Day() == d {
+		return t.Format("15:04:05")
+	}
+	return t.Format("2006-01-02 15:04:05")
+}
+
+func printReplicaStatus(out io.Writer, st replicad.Status) error {
+	now := time.Now()
+	var reasons []string
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DISK\tROOT\tSIZE\tHEALTH\tPRIMARY\tFREQUENCY\tINITIAL COPY\tAPPLIED LSN\tPOINTS\tLAST POINT\tHISTORY")
 	for _, d := range st.Disks {
+		peer := "none connected since " + clock(d.Since, now)
+		if d.Connected {
+			peer = d.Primary + " connected since " + clock(d.Since, now)
+		}
+		freq := d.Frequency
+		if freq == "" {
+			freq = "unknown"
+		}
+		if d.Health != string(replica.Normal) {
+			reasons = append(reasons, fmt.Sprintf("%s/%s: %s: %s", d.Root, d.Name, d.Health, d.Reason))
+		}
 		seed, last := "in progress", "-"
 		if d.Seeded {
 			seed = "complete"
@@ -88,9 +163,12 @@ func printReplicaStatus(out io.Writer, st replicad.Status) error {
 		if p := d.LastPoint; p != nil {
 			last = fmt.Sprintf("%d (%s, %.0f s ago)", p.ID, p.Kind, d.LastPointAge)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Name, d.Root, units.Bytes(d.Size), d.Health, seed, d.AppliedLSN, d.Points, last, units.Bytes(d.HistoryBytes))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Name, d.Root, units.Bytes(d.Size), d.Health, peer, freq, seed, d.AppliedLSN, d.Points, last, units.Bytes(d.HistoryBytes))
 	}
 	tw.Flush()
+	for _, why := range reasons {
+		fmt.Fprintln(out, why)
+	}
 	for _, t := range st.Tests {
 		fmt.Fprintln(out)
 		printTest(out, "test failover of "+t.VM+" running since "+t.Started, t)

@@ -2,6 +2,7 @@ package primary
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -9,13 +10,23 @@ import (
 
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica"
 	"github.com/vrep-io/vrep/snapshot"
 )
 
 // The daemon's API, on a unix socket (file permissions are its access
-// control): GET /v1/status, GET /v1/points, POST /v1/points?target=X[&app=1],
-// and GET /metrics (Prometheus).
+// control):
+//
+//	GET  /v1/status                             Status
+//	GET  /v1/points                             []PointInfo
+//	POST /v1/points?target=X[&app=1]            PointInfo
+//	POST /v1/replication/resume?vm=VM           ResumeInfo
+//	POST /v1/replication?[vm=VM&]frequency=F    ReplicationSettings
+//	GET  /metrics                               Prometheus
+//
+// F is "continuous" or a duration (30s, 5m, 15m); without vm the
+// frequency changes for every VM.
 // Errors are {"error": "one sentence"} with a 4xx or 5xx status.
 
 // DiskStatus is one disk in /v1/status.
@@ -130,5 +141,58 @@ func (d *Daemon) handler() http.Handler {
 			daemon.WriteJSON(w, http.StatusOK, pointInfo(p))
 		}
 	})
+	mux.HandleFunc("POST /v1/replication/resume", func(w http.ResponseWriter, r *http.Request) {
+		info, err := d.Resume(r.URL.Query().Get("vm"))
+		if err != nil {
+			replicationErr(w, err)
+			return
+		}
+		daemon.WriteJSON(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("POST /v1/replication", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := q.Get("frequency")
+		interval, err := ParseFrequency(f)
+		if err != nil {
+			daemon.WriteErr(w, http.StatusBadRequest, err)
+			return
+		}
+		st, err := d.SetFrequency(q.Get("vm"), interval)
+		if err != nil {
+			replicationErr(w, err)
+			return
+		}
+		daemon.WriteJSON(w, http.StatusOK, st)
+	})
 	return mux
+}
+
+// ErrBadFrequency is returned for a copy frequency that is neither
+// continuous nor a positive duration.
+var ErrBadFrequency = errors.New("bad copy frequency")
+
+// ParseFrequency parses a copy frequency: "continuous" or a positive
+// duration such as 30s, 5m or 15m.
+func ParseFrequency(s string) (time.Duration, error) {
+	if s == "continuous" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%w %q: give continuous or a duration such as 30s, 5m or 15m", ErrBadFrequency, s)
+	}
+	return d, nil
+}
+
+func replicationErr(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, names.ErrBadName):
+		daemon.WriteErr(w, http.StatusBadRequest, err)
+	case errors.Is(err, ErrUnknownTarget):
+		daemon.WriteErr(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrNotReplicating), errors.Is(err, ErrDaemonWide):
+		daemon.WriteErr(w, http.StatusConflict, err)
+	default:
+		daemon.WriteErr(w, http.StatusInternalServerError, err)
+	}
 }

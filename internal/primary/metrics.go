@@ -6,6 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vrep-io/vrep/replica"
 )
 
 // collector exports the daemon's state at scrape time: the same figures
@@ -20,10 +22,15 @@ var (
 	descResync     = prometheus.NewDesc("vrep_disk_resync_required", "1 when the disk left log mode and needs a resync.", []string{"disk"}, nil)
 	descHold       = prometheus.NewDesc("vrep_point_hold_seconds", "Recent write-hold times of a group's points, by quantile.", []string{"group", "quantile"}, nil)
 	descLastPoint  = prometheus.NewDesc("vrep_last_point_timestamp_seconds", "Time of the newest point taken.", nil, nil)
+	descConnected  = prometheus.NewDesc("vrep_replication_connected", "1 while a stream to the replica is open.", []string{"disk"}, nil)
+	descHealth     = prometheus.NewDesc("vrep_replication_health", "Replication health: 0 Normal, 1 Warning, 2 Critical (the reason is in vrep status).", []string{"disk"}, nil)
+	descLag        = prometheus.NewDesc("vrep_replication_lag_seconds", "How long the replica has not had everything logged; absent while unknown.", []string{"disk"}, nil)
+	descFrequency  = prometheus.NewDesc("vrep_replication_frequency_seconds", "Copy frequency; 0 is continuous.", []string{"disk"}, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLastLSN, descSyncedLSN, descCheckpoint, descSegments, descResync, descHold, descLastPoint} {
+	for _, d := range []*prometheus.Desc{descLastLSN, descSyncedLSN, descCheckpoint, descSegments, descResync, descHold, descLastPoint,
+		descConnected, descHealth, descLag, descFrequency} {
 		ch <- d
 	}
 }
@@ -40,6 +47,20 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			resync = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descResync, prometheus.GaugeValue, resync, d.Name)
+		if r := d.Replication; r != nil {
+			connected := 0.0
+			if r.Connected {
+				connected = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, connected, d.Name)
+			health := map[replica.Health]float64{replica.Normal: 0, replica.Warning: 1, replica.Critical: 2}[r.Health]
+			ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, health, d.Name)
+			if r.LagKnown {
+				ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, r.LagSeconds, d.Name)
+			}
+			freq, _ := ParseFrequency(r.Frequency)
+			ch <- prometheus.MustNewConstMetric(descFrequency, prometheus.GaugeValue, freq.Seconds(), d.Name)
+		}
 	}
 	for _, g := range st.Groups {
 		ch <- prometheus.MustNewConstMetric(descHold, prometheus.GaugeValue, float64(g.HoldP50us)/1e6, g.Name, "0.5")

@@ -49,7 +49,15 @@ type points struct {
 	wg     sync.WaitGroup
 	// keep lists the paths whose file systems are never frozen: the state
 	// directory, every change log and image, and /.
-	keep []string
+	keep  []string
+	crash *time.Ticker // the crash-point schedule; nil: by hand only
+}
+
+// setEvery changes how often scheduled crash points are taken.
+func (p *points) setEvery(every time.Duration) {
+	if p.crash != nil {
+		p.crash.Reset(every)
+	}
 }
 
 const keepRecent = 256
@@ -147,10 +155,13 @@ func (d *Daemon) setupPoints(cfg PointsConfig) error {
 }
 
 func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
+	t := time.NewTicker(every)
+	if !app {
+		p.crash = t
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
@@ -224,7 +235,7 @@ func (d *Daemon) TakePoint(ctx context.Context, target string, app bool) (snapsh
 			if serr := disk.Volume.Log().Sync(); serr != nil {
 				return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
 			}
-			if rc := d.cfg.Replica; rc != nil && rc.Interval > 0 {
+			if d.cfg.Replica != nil && d.interval() > 0 {
 				if _, serr := disk.Volume.Log().Seal(); serr != nil {
 					return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
 				}

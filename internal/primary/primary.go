@@ -81,6 +81,8 @@ type Daemon struct {
 	fuse      interface{ Unmount() error }
 	points    *points
 	shippers  map[string]*replica.Shipper
+	freq      atomic.Int64 // the copy frequency now, ns (0: continuous)
+	freqMu    sync.Mutex   // one frequency change at a time
 	stopShip  context.CancelFunc
 	shipWG    sync.WaitGroup
 	api       *daemon.API

@@ -2,8 +2,13 @@ package primary
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/replica"
 )
@@ -31,6 +36,39 @@ type ReplicaConfig struct {
 // crash-consistent point in continuous mode when nothing else is set.
 const DefaultContinuousPoints = 5 * time.Second
 
+// ErrNotReplicating is returned for a replication command on a daemon
+// started without a replica.
+var ErrNotReplicating = errors.New("this primary does not replicate (it was started without --replica)")
+
+// ErrDaemonWide is returned when a setting asked for one VM would change
+// others too.
+var ErrDaemonWide = errors.New("the copy frequency is set for the whole primary")
+
+// interval is the copy frequency now (0: continuous).
+func (d *Daemon) interval() time.Duration { return time.Duration(d.freq.Load()) }
+
+// pointsEvery is how often crash-consistent points are taken now: as
+// --points-every says, else at every copy-frequency tick, else (continuous)
+// every DefaultContinuousPoints.
+func (d *Daemon) pointsEvery() time.Duration {
+	switch {
+	case d.cfg.Points.Every > 0:
+		return d.cfg.Points.Every
+	case d.interval() > 0:
+		return d.interval()
+	}
+	return DefaultContinuousPoints
+}
+
+// shipMode sets a disk's shipper to the copy frequency now.
+func (d *Daemon) shipMode(disk *Disk, sh *replica.Shipper) {
+	if iv := d.interval(); iv > 0 {
+		sh.SetMode(disk.shipThrough.Load, true, iv, d.pointsEvery())
+		return
+	}
+	sh.SetMode(nil, false, 0, d.pointsEvery())
+}
+
 func (d *Daemon) startShipping() error {
 	rc := d.cfg.Replica
 	if rc == nil {
@@ -40,15 +78,16 @@ func (d *Daemon) startShipping() error {
 	if err != nil {
 		return err
 	}
+	d.freq.Store(int64(rc.Interval))
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stopShip = cancel
 	d.shippers = map[string]*replica.Shipper{}
 	for _, disk := range d.Disks {
-		sc := replica.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout, Log: d.log}
-		if rc.Interval > 0 {
-			sc.Through, sc.Coalesce = disk.shipThrough.Load, true
-		}
+		vm, _, _ := names.Disk(disk.Name)
+		sc := replica.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
+			VM: vm, Log: d.log}
 		sh := replica.NewShipper(disk.Name, disk.Volume, sc)
+		d.shipMode(disk, sh)
 		d.shippers[disk.Name] = sh
 		d.shipWG.Add(1)
 		go func() {
@@ -57,4 +96,93 @@ func (d *Daemon) startShipping() error {
 		}()
 	}
 	return nil
+}
+
+// vmShippers returns the disks of a VM and their shippers.
+func (d *Daemon) vmShippers(vm string) ([]*Disk, error) {
+	if err := names.Part(vm); err != nil {
+		return nil, err
+	}
+	var disks []*Disk
+	for _, disk := range d.Disks {
+		if v, _, _ := names.Disk(disk.Name); v == vm {
+			disks = append(disks, disk)
+		}
+	}
+	switch {
+	case len(disks) == 0:
+		return nil, fmt.Errorf("%w: %s", ErrUnknownTarget, vm)
+	case d.shippers == nil:
+		return nil, ErrNotReplicating
+	}
+	return disks, nil
+}
+
+// ResumeInfo answers a resume: what each disk's shipper was doing.
+type ResumeInfo struct {
+	VM    string            `json:"vm"`
+	Disks map[string]string `json:"disks"` // connected, retrying or stopped
+}
+
+// Resume makes every disk of a VM retry replication now: a backoff wait
+// ends, and a disk stopped in Critical by an error the operator has since
+// fixed starts again.
+func (d *Daemon) Resume(vm string) (ResumeInfo, error) {
+	disks, err := d.vmShippers(vm)
+	if err != nil {
+		return ResumeInfo{}, err
+	}
+	info := ResumeInfo{VM: vm, Disks: map[string]string{}}
+	for _, disk := range disks {
+		was := d.shippers[disk.Name].Resume()
+		info.Disks[disk.Name] = was
+		d.log.Info(disk.Name+": replication resume asked for by the operator", "disk", disk.Name, "was", was)
+	}
+	return info, nil
+}
+
+// ReplicationSettings answers a settings change.
+type ReplicationSettings struct {
+	Frequency   string   `json:"frequency"`
+	PointsEvery float64  `json:"points_every_seconds"`
+	VMs         []string `json:"vms"`
+}
+
+// SetFrequency changes the copy frequency (0: continuous) of a running
+// primary: the point schedule follows it (unless --points-every fixed it),
+// and every stream ships by it from its next batch and tells the replica.
+// The frequency is the primary's, not a VM's: vm "" changes it for all,
+// and naming a VM when others are protected too is refused.
+func (d *Daemon) SetFrequency(vm string, interval time.Duration) (ReplicationSettings, error) {
+	var vms []string
+	for _, disk := range d.Disks {
+		if v, _, _ := names.Disk(disk.Name); !slices.Contains(vms, v) {
+			vms = append(vms, v)
+		}
+	}
+	if vm != "" {
+		if _, err := d.vmShippers(vm); err != nil {
+			return ReplicationSettings{}, err
+		}
+		if len(vms) > 1 {
+			return ReplicationSettings{}, fmt.Errorf("%w: it would change %s too; give --all to change it for every VM",
+				ErrDaemonWide, strings.Join(slices.DeleteFunc(slices.Clone(vms), func(v string) bool { return v == vm }), ", "))
+		}
+	} else if d.shippers == nil {
+		return ReplicationSettings{}, ErrNotReplicating
+	}
+	if interval < 0 {
+		return ReplicationSettings{}, fmt.Errorf("%w %v", ErrBadFrequency, interval)
+	}
+	d.freqMu.Lock()
+	defer d.freqMu.Unlock()
+	old := d.interval()
+	d.freq.Store(int64(interval))
+	every := d.pointsEvery()
+	d.points.setEvery(every)
+	for _, disk := range d.Disks {
+		d.shipMode(disk, d.shippers[disk.Name])
+	}
+	d.log.Info("copy frequency changed", "from", replica.FrequencyName(old), "to", replica.FrequencyName(interval), "points_every", every)
+	return ReplicationSettings{Frequency: replica.FrequencyName(interval), PointsEvery: every.Seconds(), VMs: vms}, nil
 }

@@ -2,7 +2,6 @@ package replicad
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -37,11 +36,21 @@ type Status struct {
 
 // DiskStatus is one replicated disk.
 type DiskStatus struct {
-	Name         string    `json:"name"` // VM/DISK
-	Root         string    `json:"root"` // the primary's storage root
-	Size         int64     `json:"size"`
-	Health       string    `json:"health"`
-	Seeded       bool      `json:"initial_copy_complete"`
+	Name   string `json:"name"` // VM/DISK
+	Root   string `json:"root"` // the primary's storage root
+	Size   int64  `json:"size"`
+	Health string `json:"health"` // Normal, Warning or Critical
+	Reason string `json:"reason,omitempty"`
+	Seeded bool   `json:"initial_copy_complete"`
+	// Connected says whether the primary streams to the disk now; Since
+	// is when its stream opened or closed (or the replica started).
+	Primary   string    `json:"primary,omitempty"`
+	Connected bool      `json:"connected"`
+	Since     time.Time `json:"since"`
+	// Frequency and PointsEvery are what the primary announced: the copy
+	// frequency, and how often it takes points (seconds; 0: unknown).
+	Frequency    string    `json:"frequency,omitempty"`
+	PointsEvery  float64   `json:"points_every_seconds,omitempty"`
 	LastApplied  time.Time `json:"last_applied"`
 	AppliedLSN   uint64    `json:"applied_lsn"`
 	Points       int       `json:"points"`
@@ -190,7 +199,18 @@ func (d *Daemon) Status() (Status, error) {
 		if fi, err := os.Stat(filepath.Join(d.cfg.Data, filepath.FromSlash(k), "state")); err == nil {
 			ds.LastApplied = fi.ModTime()
 		}
-		ds.Health = health(ds)
+		si := d.srv.Stream(k)
+		ds.Primary, ds.Connected, ds.Since = si.Primary, si.Connected, si.Since
+		if si.PointsEvery > 0 {
+			ds.Frequency, ds.PointsEvery = replica.FrequencyName(si.Interval), si.PointsEvery.Seconds()
+		}
+		in := replica.ReplicaState{Seeded: h.Seeded, Connected: si.Connected, Since: si.Since,
+			Interval: si.Interval, PointsEvery: si.PointsEvery}
+		if ds.LastPoint != nil {
+			in.LastPoint = ds.LastPoint.Time
+		}
+		health, why := replica.JudgeReplica(in, time.Now())
+		ds.Health, ds.Reason = string(health), why
 		st.Disks = append(st.Disks, ds)
 	}
 	d.mu.Lock()
@@ -200,28 +220,6 @@ func (d *Daemon) Status() (Status, error) {
 	d.mu.Unlock()
 	slices.SortFunc(st.Tests, func(a, b TestInfo) int { return strings.Compare(a.VM, b.VM) })
 	return st, nil
-}
-
-// Health thresholds on the replica, as Hyper-V judges a replica by how
-// old its newest recovery point is.
-const (
-	warnAfter     = 30 * time.Minute
-	criticalAfter = 2 * time.Hour
-)
-
-func health(ds DiskStatus) string {
-	age := time.Duration(ds.LastPointAge * float64(time.Second))
-	switch {
-	case !ds.Seeded:
-		return "Warning: initial replication not complete"
-	case ds.LastPoint == nil:
-		return "Warning: no recovery point yet"
-	case age > criticalAfter:
-		return fmt.Sprintf("Critical: the newest recovery point is %s old", age.Round(time.Minute))
-	case age > warnAfter:
-		return fmt.Sprintf("Warning: the newest recovery point is %s old", age.Round(time.Minute))
-	}
-	return "Normal"
 }
 
 func (d *Daemon) handler() http.Handler {
