@@ -1,10 +1,14 @@
 package fuse
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vrep-io/vrep/blockdev"
@@ -71,5 +75,51 @@ func TestAddRemoveWhileMounted(t *testing.T) {
 	// A second mount on a live mount point is refused.
 	if _, err := New(m.dir, nil); err == nil {
 		t.Fatal("mounted twice on one mount point")
+	}
+}
+
+// TestDetachWhileOpen: a disk whose file is open is not detached without
+// force, and its holder is named; with force the open file answers EIO.
+func TestDetachWhileOpen(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	m, err := New(filepath.Join(t.TempDir(), "mnt"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unmount()
+	if err := m.Add("vm1/disk0-test", blockdev.NewMem(1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(m.Path("vm1/disk0-test"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if n := m.OpenFiles("vm1/disk0-test"); n != 1 {
+		t.Fatalf("OpenFiles = %d, want 1", n)
+	}
+	held := strings.Join(m.Holders(), ", ")
+	if !strings.Contains(held, fmt.Sprintf("pid %d ", os.Getpid())) || !strings.Contains(held, m.Path("vm1/disk0-test")) {
+		t.Fatalf("Holders = %q, want this process and the file", held)
+	}
+	if n, err := m.Detach("vm1/disk0-test", false); !errors.Is(err, ErrInUse) || n != 1 {
+		t.Fatalf("Detach while open = %d, %v; want 1, ErrInUse", n, err)
+	}
+	if _, err := f.WriteAt([]byte("still served"), 0); err != nil {
+		t.Fatalf("a refused Detach changed something: %v", err)
+	}
+	if _, err := m.Detach("vm1/disk0-test", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(make([]byte, 4096), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read after a forced Detach: %v, want EIO", err)
+	}
+	if _, err := os.Stat(m.Path("vm1/disk0-test")); err == nil {
+		t.Fatal("the forced Detach left the file visible")
 	}
 }
