@@ -169,7 +169,7 @@ func (m *Mount) Add(name string, dev blockdev.Device) error {
 // Remove stops serving a disk, even while its file is open: open files
 // answer EIO from then on (Detach with force).
 func (m *Mount) Remove(name string) {
-	m.Detach(name, true)
+	m.Detach(context.Background(), name, true)
 }
 
 // ErrInUse is returned by Detach when the disk's file is open.
@@ -207,12 +207,14 @@ func (m *Mount) OpenFiles(name string) int {
 	return n.opens
 }
 
-// Detach stops serving a disk if its file is not open, atomically: no
-// open can slip in meanwhile. With force it stops anyway: I/O under way
+// Detach stops serving a disk once its file is not open, atomically: no
+// open can slip in meanwhile. Without force it waits until ctx ends for
+// the file to be closed (the kernel reports a close a moment after it);
+// if it is still open, it changes nothing and returns the open count with
+// an error wrapping ErrInUse. With force it stops at once: I/O under way
 // finishes, then open files answer EIO. It returns the open count it
-// found; without force and with opens, it changes nothing and the error
-// wraps ErrInUse.
-func (m *Mount) Detach(name string, force bool) (int, error) {
+// found.
+func (m *Mount) Detach(ctx context.Context, name string, force bool) (int, error) {
 	vm, disk, err := names.Disk(name)
 	if err != nil {
 		return 0, err
@@ -221,9 +223,18 @@ func (m *Mount) Detach(name string, force bool) (int, error) {
 	if n == nil {
 		return 0, nil
 	}
-	open, err := n.revoke(force)
-	if err != nil {
-		return open, fmt.Errorf("%w: %s is open %d times", err, m.Path(name), open)
+	open := 0
+	for {
+		rel := m.released()
+		var err error
+		if open, err = n.revoke(force); err == nil {
+			break
+		}
+		select {
+		case <-rel:
+		case <-ctx.Done():
+			return open, fmt.Errorf("%w: %s is open %d times", err, m.Path(name), open)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -359,13 +370,9 @@ func (m *Mount) abort() {
 	}
 }
 
-// Holders names what holds the mount's disk files open: loop devices
-// (from /sys/block/loop*/loop/backing_file) and processes (from
-// /proc/*/fd), with the file, then a count for opens it cannot place
-// (a process in another mount namespace, or a release under way).
+// Holders names what holds the mount's disk files open, for an
+// operator: "loop0 (vm1/disk0.img)", "qemu-system-x86 pid 42 (vm1/disk0.img)".
 func (m *Mount) Holders() []string {
-	var out []string
-	placed := 0
 	m.mu.Lock()
 	files := map[string]int{}
 	for vmName, dir := range m.root.Children() {
@@ -378,6 +385,20 @@ func (m *Mount) Holders() []string {
 		}
 	}
 	m.mu.Unlock()
+	return holders(files, func(path string) string { return " (" + strings.TrimPrefix(path, m.dir+"/") + ")" })
+}
+
+// HoldersOf names what holds one disk's file open: "loop0",
+// "qemu-system-x86 pid 42".
+func (m *Mount) HoldersOf(name string) []string {
+	return holders(map[string]int{m.Path(name): m.OpenFiles(name)}, func(string) string { return "" })
+}
+
+// holders places the opens of files (path to open count): loop devices
+// (from /sys/block/loop*/loop/backing_file) and processes (from
+// /proc/*/fd), then a count of opens it cannot place (a process in
+// another mount namespace, or a release under way).
+func holders(files map[string]int, suffix func(path string) string) []string {
 	total := 0
 	for _, c := range files {
 		total += c
@@ -385,6 +406,8 @@ func (m *Mount) Holders() []string {
 	if total == 0 {
 		return nil
 	}
+	var out []string
+	placed := 0
 	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, bf := range loops {
 		b, err := os.ReadFile(bf)
@@ -392,22 +415,23 @@ func (m *Mount) Holders() []string {
 			continue
 		}
 		if f := strings.TrimSpace(string(b)); files[f] > 0 {
-			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(bf)))+" ("+f+")")
+			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(bf)))+suffix(f))
 			placed++
 		}
 	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
-	for _, fd := range procs {
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
 		f, err := os.Readlink(fd)
 		if err != nil || files[f] == 0 {
 			continue
 		}
 		pid := strings.Split(fd, "/")[2]
 		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
-		out = append(out, "pid "+pid+" ("+strings.TrimSpace(string(comm))+") ("+f+")")
+		out = append(out, strings.TrimSpace(string(comm))+" pid "+pid+suffix(f))
 		placed++
 	}
 	slices.Sort(out)
+	out = slices.Compact(out)
 	switch {
 	case placed == 0:
 		out = append(out, fmt.Sprintf("%d open files", total))
@@ -546,8 +570,13 @@ func (n *diskNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	}
 	n.opens++
 	n.m.opens.Add(1)
-	return nil, n.openFlags, 0
+	// NB: a handle, though every call is served by the node, so that the
+	// bridge keeps the open and calls Release at its close.
+	return &openFile{}, n.openFlags, 0
 }
+
+// openFile is one open of a disk file.
+type openFile struct{ _ byte }
 
 // Release counts the close of an open file (the kernel sends it once the
 // last descriptor of an open is closed).

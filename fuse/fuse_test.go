@@ -1,6 +1,7 @@
 package fuse
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/blockdev/devtest"
@@ -103,17 +105,22 @@ func TestDetachWhileOpen(t *testing.T) {
 	if n := m.OpenFiles("vm1/disk0-test"); n != 1 {
 		t.Fatalf("OpenFiles = %d, want 1", n)
 	}
-	held := strings.Join(m.Holders(), ", ")
-	if !strings.Contains(held, fmt.Sprintf("pid %d ", os.Getpid())) || !strings.Contains(held, m.Path("vm1/disk0-test")) {
+	me := fmt.Sprintf("%s pid %d", filepath.Base(os.Args[0])[:min(15, len(filepath.Base(os.Args[0])))], os.Getpid())
+	if held := strings.Join(m.Holders(), ", "); held != me+" (vm1/disk0-test.img)" {
 		t.Fatalf("Holders = %q, want this process and the file", held)
 	}
-	if n, err := m.Detach("vm1/disk0-test", false); !errors.Is(err, ErrInUse) || n != 1 {
+	if held := strings.Join(m.HoldersOf("vm1/disk0-test"), ", "); held != me {
+		t.Fatalf("HoldersOf = %q, want %q", held, me)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if n, err := m.Detach(ctx, "vm1/disk0-test", false); !errors.Is(err, ErrInUse) || n != 1 {
 		t.Fatalf("Detach while open = %d, %v; want 1, ErrInUse", n, err)
 	}
 	if _, err := f.WriteAt([]byte("still served"), 0); err != nil {
 		t.Fatalf("a refused Detach changed something: %v", err)
 	}
-	if _, err := m.Detach("vm1/disk0-test", true); err != nil {
+	if _, err := m.Detach(context.Background(), "vm1/disk0-test", true); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.ReadAt(make([]byte, 4096), 0); !errors.Is(err, syscall.EIO) {
@@ -121,5 +128,20 @@ func TestDetachWhileOpen(t *testing.T) {
 	}
 	if _, err := os.Stat(m.Path("vm1/disk0-test")); err == nil {
 		t.Fatal("the forced Detach left the file visible")
+	}
+
+	// Once closed, the file is detached without force.
+	if err := m.Add("vm1/disk1-test", blockdev.NewMem(1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	g, err := os.Open(m.Path("vm1/disk1-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if n, err := m.Detach(ctx, "vm1/disk1-test", false); err != nil || n != 0 {
+		t.Fatalf("Detach after the close = %d, %v", n, err)
 	}
 }

@@ -83,7 +83,7 @@ func (s *Server) Remove(name string) {
 var ErrInUse = errors.New("nbd: export in use")
 
 // Connections describes the connections using an export, one string
-// each: the client's process ("pid 42 (qemu-io)") when it came over a
+// each: the client's process ("qemu-io pid 42") when it came over a
 // unix socket, else its address.
 func (s *Server) Connections(name string) []string {
 	s.mu.RLock()
@@ -98,39 +98,47 @@ func (s *Server) Connections(name string) []string {
 	return out
 }
 
-// Detach removes an export if no connection uses it, atomically: no
-// client can choose it meanwhile. With force it is removed anyway and the
-// connections using it are stopped (requests already read are answered,
-// then the connection closes); Detach waits for them until ctx ends, then
-// closes them at once. It returns how many connections used the export;
-// without force and with connections, it changes nothing and the error
-// wraps ErrInUse.
+// Detach removes an export once no connection uses it, atomically: no
+// client can choose it meanwhile. Without force it waits until ctx ends
+// for the connections using it to end (a client that has just closed is
+// not yet seen gone); if some remain, it changes nothing and returns their
+// count with an error wrapping ErrInUse. With force it removes the export
+// at once and stops those connections (requests already read are
+// answered, then the connection closes), waiting for them until ctx ends,
+// then closing them at once. It returns how many connections used it.
 func (s *Server) Detach(ctx context.Context, name string, force bool) (int, error) {
-	s.mu.Lock()
-	var users []*conn
-	for c := range s.conns {
-		if c.bound == name {
-			users = append(users, c)
+	for {
+		s.mu.Lock()
+		var users []*conn
+		for c := range s.conns {
+			if c.bound == name {
+				users = append(users, c)
+			}
 		}
-	}
-	if len(users) > 0 && !force {
+		if len(users) > 0 && !force {
+			s.mu.Unlock()
+			select {
+			case <-users[0].done:
+				continue
+			case <-ctx.Done():
+				return len(users), fmt.Errorf("%w: %s has %d connections", ErrInUse, name, len(users))
+			}
+		}
+		delete(s.exports, name)
+		for _, c := range users {
+			c.stop()
+		}
 		s.mu.Unlock()
-		return len(users), fmt.Errorf("%w: %s has %d connections", ErrInUse, name, len(users))
-	}
-	delete(s.exports, name)
-	for _, c := range users {
-		c.stop()
-	}
-	s.mu.Unlock()
-	for _, c := range users {
-		select {
-		case <-c.done:
-		case <-ctx.Done():
-			c.nc.Close()
-			<-c.done
+		for _, c := range users {
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				c.nc.Close()
+				<-c.done
+			}
 		}
+		return len(users), nil
 	}
-	return len(users), nil
 }
 
 // bind makes e the export of c unless it has been removed since it was
@@ -319,7 +327,7 @@ func (c *conn) peer() string {
 	if err != nil {
 		return "pid " + strconv.Itoa(c.pid)
 	}
-	return "pid " + strconv.Itoa(c.pid) + " (" + strings.TrimSpace(string(comm)) + ")"
+	return strings.TrimSpace(string(comm)) + " pid " + strconv.Itoa(c.pid)
 }
 
 func (c *conn) logf(level slog.Level, msg string, args ...any) {

@@ -549,10 +549,12 @@ func TestDetachInUse(t *testing.T) {
 	s, sock := serve(t, blockdev.NewMem(testSize), false)
 	cl := dial(t, sock, "vm1/disk0")
 	conns := s.Connections("vm1/disk0")
-	if len(conns) != 1 || conns[0] != fmt.Sprintf("pid %d (%s)", os.Getpid(), comm(t)) {
+	if len(conns) != 1 || conns[0] != fmt.Sprintf("%s pid %d", comm(t), os.Getpid()) {
 		t.Fatalf("Connections = %q, want this process", conns)
 	}
-	if n, err := s.Detach(context.Background(), "vm1/disk0", false); !errors.Is(err, ErrInUse) || n != 1 {
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if n, err := s.Detach(ctx, "vm1/disk0", false); !errors.Is(err, ErrInUse) || n != 1 {
 		t.Fatalf("Detach while connected = %d, %v; want 1, ErrInUse", n, err)
 	}
 	if code, _ := cl.do(cmdRead, 0, 0, nil, 4096); code != 0 {
