@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // heldNBD is a qemu-io process that keeps an NBD connection open, driven
@@ -161,5 +162,59 @@ func TestTestStopWhileHeld(t *testing.T) {
 	}
 	if code, out := vrepRun(t, "failover", "test-stop", "vm1", "--data", repData); code != exitError || !strings.Contains(out, "no test failover") {
 		t.Fatalf("the test is still running after --force: exit %d\n%s", code, out)
+	}
+}
+
+// TestStopWhileFUSEHeld: SIGTERM to vrep primary while an ext4 on a loop
+// device holds its FUSE file. The daemon says at once what holds the
+// disk, vrep status answers while it waits and says what for, it exits
+// within --stop-timeout, and the file synced before the signal is on the
+// disk after a restart.
+func TestStopWhileFUSEHeld(t *testing.T) {
+	need(t, "mkfs.ext4", "losetup")
+	needRoot(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	const stopTimeout = 8 * time.Second
+	e := newEnv(t, 64<<20)
+	mnt := filepath.Join(e.dir, "fuse")
+	d := e.start(t, "--fuse", mnt, "--stop-timeout", stopTimeout.String())
+	dev := loop(t, filepath.Join(mnt, "vm1", "disk0.img"))
+	run(t, "mkfs.ext4", "-q", dev)
+	fsdir := filepath.Join(e.dir, "ext4")
+	os.Mkdir(fsdir, 0o755)
+	run(t, "mount", dev, fsdir)
+	t.Cleanup(func() { exec.Command("umount", "-l", fsdir).Run() }) // before the losetup -d: cleanups run last first
+	data := randomFile(t, filepath.Join(fsdir, "synced.bin"), 1<<20)
+	run(t, "sync", "-f", filepath.Join(fsdir, "synced.bin"))
+
+	start := time.Now()
+	d.proc.Signal(syscall.SIGTERM)
+	loopName := filepath.Base(dev)
+	for !strings.Contains(d.stderr.String(), "held_by="+loopName) && !strings.Contains(d.stderr.String(), `held_by="`+loopName) {
+		if time.Since(start) > stopTimeout {
+			t.Fatalf("the daemon did not say that %s holds the disk:\n%s", loopName, d.stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	code, out := vrepRun(t, "status", "--state", e.state)
+	if code != 0 || !strings.Contains(out, "stopping: waiting for "+loopName) {
+		t.Fatalf("vrep status while the daemon waits for %s: exit %d\n%s\n%s", loopName, code, out, d.stderr)
+	}
+	if !d.exitedWithin(stopTimeout + 30*time.Second) {
+		t.Fatalf("vrep primary did not exit within its stop timeout (%s) and a margin:\n%s", stopTimeout, d.stderr)
+	}
+	t.Logf("exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+	exec.Command("umount", "-l", fsdir).Run()
+	exec.Command("losetup", "-d", dev).Run()
+
+	// After a restart, the file synced before the signal is there.
+	e.start(t, "--fuse", mnt)
+	dev = loop(t, filepath.Join(mnt, "vm1", "disk0.img"))
+	mountFS(t, dev, fsdir)
+	got, err := os.ReadFile(filepath.Join(fsdir, "synced.bin"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the file synced before SIGTERM is lost or differs after a restart: %v", err)
 	}
 }
