@@ -99,10 +99,9 @@ func New(dir string, log *slog.Logger) (*Mount, error) {
 	}
 	m.server = server
 	m.root = &root.Inode
-	var st unix.Stat_t
-	if unix.Stat(dir, &st) == nil {
-		m.dev = st.Dev
-	}
+	// NB: not a stat of the mount, which would cache the root's
+	// attributes and hide a crash from the next run's clearStale.
+	m.dev = mountDev(dir)
 	return m, nil
 }
 
@@ -110,6 +109,12 @@ func New(dir string, log *slog.Logger) (*Mount, error) {
 // live one.
 func clearStale(dir string, log *slog.Logger) error {
 	_, err := os.Stat(dir)
+	if err == nil && mounted(dir) {
+		// The root's attributes may come from the kernel's cache; statfs
+		// always asks the daemon.
+		var st unix.Statfs_t
+		err = unix.Statfs(dir, &st)
+	}
 	if errors.Is(err, syscall.ENOTCONN) {
 		if uerr := unix.Unmount(dir, unix.MNT_DETACH); uerr != nil {
 			return fmt.Errorf("fuse: clearing stale mount on %s: %w", dir, uerr)
@@ -121,6 +126,30 @@ func clearStale(dir string, log *slog.Logger) error {
 		return fmt.Errorf("%w: %s", ErrMounted, dir)
 	}
 	return nil
+}
+
+// mountDev returns the device number of the mount on dir (for major 0,
+// the number of its fusectl connection), or 0.
+func mountDev(dir string) uint64 {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0
+	}
+	var dev uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		// The last mount on abs is the one on top.
+		if fields := strings.Fields(line); len(fields) > 4 && fields[4] == abs {
+			major, minor, _ := strings.Cut(fields[2], ":")
+			ma, _ := strconv.ParseUint(major, 10, 32)
+			mi, _ := strconv.ParseUint(minor, 10, 32)
+			dev = unix.Mkdev(uint32(ma), uint32(mi))
+		}
+	}
+	return dev
 }
 
 // mounted reports whether dir is a mount point.
