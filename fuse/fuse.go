@@ -20,9 +20,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -43,6 +45,11 @@ type Mount struct {
 	server *gofuse.Server
 	mu     sync.Mutex
 	once   sync.Once
+	dev    uint64 // the mount's device number: its fusectl connection
+
+	opens atomic.Int64 // disk files open, on every disk
+	relMu sync.Mutex
+	relCh chan struct{} // closed at the next release; guarded by relMu
 }
 
 // ErrMounted is returned when the mount point already holds a live mount.
@@ -92,6 +99,9 @@ func New(dir string, log *slog.Logger) (*Mount, error) {
 	}
 	m.server = server
 	m.root = &root.Inode
+	// NB: not a stat of the mount, which would cache the root's
+	// attributes and hide a crash from the next run's clearStale.
+	m.dev = mountDev(dir)
 	return m, nil
 }
 
@@ -99,6 +109,12 @@ func New(dir string, log *slog.Logger) (*Mount, error) {
 // live one.
 func clearStale(dir string, log *slog.Logger) error {
 	_, err := os.Stat(dir)
+	if err == nil && mounted(dir) {
+		// The root's attributes may come from the kernel's cache; statfs
+		// always asks the daemon.
+		var st unix.Statfs_t
+		err = unix.Statfs(dir, &st)
+	}
 	if errors.Is(err, syscall.ENOTCONN) {
 		if uerr := unix.Unmount(dir, unix.MNT_DETACH); uerr != nil {
 			return fmt.Errorf("fuse: clearing stale mount on %s: %w", dir, uerr)
@@ -110,6 +126,30 @@ func clearStale(dir string, log *slog.Logger) error {
 		return fmt.Errorf("%w: %s", ErrMounted, dir)
 	}
 	return nil
+}
+
+// mountDev returns the device number of the mount on dir (for major 0,
+// the number of its fusectl connection), or 0.
+func mountDev(dir string) uint64 {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0
+	}
+	var dev uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		// The last mount on abs is the one on top.
+		if fields := strings.Fields(line); len(fields) > 4 && fields[4] == abs {
+			major, minor, _ := strings.Cut(fields[2], ":")
+			ma, _ := strconv.ParseUint(major, 10, 32)
+			mi, _ := strconv.ParseUint(minor, 10, 32)
+			dev = unix.Mkdev(uint32(ma), uint32(mi))
+		}
+	}
+	return dev
 }
 
 // mounted reports whether dir is a mount point.
@@ -147,7 +187,7 @@ func (m *Mount) Add(name string, dev blockdev.Device) error {
 		m.root.AddChild(vm, dir, false)
 	}
 	flags := m.root.Operations().(*dirNode).openFlags
-	file := dir.NewPersistentInode(ctx, &diskNode{dev: dev, name: name, log: m.log, mtime: time.Now(), openFlags: flags},
+	file := dir.NewPersistentInode(ctx, &diskNode{dev: dev, name: name, log: m.log, mtime: time.Now(), openFlags: flags, m: m},
 		fs.StableAttr{Mode: syscall.S_IFREG})
 	if !dir.AddChild(disk+".img", file, false) {
 		return fmt.Errorf("fuse: %s is already served", name)
@@ -155,11 +195,75 @@ func (m *Mount) Add(name string, dev blockdev.Device) error {
 	return nil
 }
 
-// Remove stops serving a disk; open files keep working until closed.
+// Remove stops serving a disk, even while its file is open: open files
+// answer EIO from then on (Detach with force).
 func (m *Mount) Remove(name string) {
+	m.Detach(context.Background(), name, true)
+}
+
+// ErrInUse is returned by Detach when the disk's file is open.
+var ErrInUse = errors.New("fuse: file in use")
+
+// node returns the disk's file node, or nil.
+func (m *Mount) node(name string) *diskNode {
 	vm, disk, err := names.Disk(name)
 	if err != nil {
-		return
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	dir := m.root.GetChild(vm)
+	if dir == nil {
+		return nil
+	}
+	f := dir.GetChild(disk + ".img")
+	if f == nil {
+		return nil
+	}
+	n, _ := f.Operations().(*diskNode)
+	return n
+}
+
+// OpenFiles returns how many times the disk's file is open now: by
+// processes, and by the kernel for a loop device.
+func (m *Mount) OpenFiles(name string) int {
+	n := m.node(name)
+	if n == nil {
+		return 0
+	}
+	n.state.Lock()
+	defer n.state.Unlock()
+	return n.opens
+}
+
+// Detach stops serving a disk once its file is not open, atomically: no
+// open can slip in meanwhile. Without force it waits until ctx ends for
+// the file to be closed (the kernel reports a close a moment after it);
+// if it is still open, it changes nothing and returns the open count with
+// an error wrapping ErrInUse. With force it stops at once: I/O under way
+// finishes, then open files answer EIO. It returns the open count it
+// found.
+func (m *Mount) Detach(ctx context.Context, name string, force bool) (int, error) {
+	vm, disk, err := names.Disk(name)
+	if err != nil {
+		return 0, err
+	}
+	n := m.node(name)
+	if n == nil {
+		return 0, nil
+	}
+	open := 0
+	for {
+		rel := m.released()
+		var err error
+		if open, err = n.revoke(force); err == nil {
+			break
+		}
+		select {
+		case <-rel:
+		case <-ctx.Done():
+			return open, fmt.Errorf("%w: %s is open %d times", err, m.Path(name), open)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -171,6 +275,26 @@ func (m *Mount) Remove(name string) {
 			m.root.NotifyEntry(vm)
 		}
 	}
+	return open, nil
+}
+
+// Fence makes every disk's file answer EIO from now on, once I/O under
+// way has finished: what a daemon does before it detaches a mount that
+// is still held, so that nothing is acknowledged after its last sync.
+func (m *Mount) Fence() {
+	m.mu.Lock()
+	var nodes []*diskNode
+	for _, dir := range m.root.Children() {
+		for _, f := range dir.Children() {
+			if n, ok := f.Operations().(*diskNode); ok {
+				nodes = append(nodes, n)
+			}
+		}
+	}
+	m.mu.Unlock()
+	for _, n := range nodes {
+		n.revoke(true)
+	}
 }
 
 // Path returns the file that serves a disk.
@@ -179,25 +303,171 @@ func (m *Mount) Path(name string) string {
 	return filepath.Join(m.dir, vm, disk+".img")
 }
 
-// Unmount unmounts, waiting for open files to close (up to 10 s, then
-// lazily). It is idempotent.
+// Unmount unmounts, waiting up to 10 s for open files to close, then
+// fences and detaches the mount lazily. It is idempotent.
 func (m *Mount) Unmount() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return m.Shutdown(ctx, nil)
+}
+
+// Shutdown unmounts once no disk file is open. Until ctx ends it waits
+// for the holders to close them, calling waiting (when not nil) with the
+// holders each time they change. When ctx ends with files still open it
+// fences the mount (open files answer EIO, so nothing more is
+// acknowledged) and detaches it lazily, without waiting for the holders:
+// the kernel drops the mount when they close it, or when this process
+// exits. It is idempotent.
+func (m *Mount) Shutdown(ctx context.Context, waiting func(holders []string)) error {
 	var err error
-	m.once.Do(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if err = m.server.Unmount(); err == nil || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil {
-			m.log.Warn("mount busy; detaching it lazily", "mount", m.dir, "err", err)
-			err = unix.Unmount(m.dir, unix.MNT_DETACH)
-		}
-		m.server.Wait()
-	})
+	m.once.Do(func() { err = m.shutdown(ctx, waiting) })
 	return err
+}
+
+func (m *Mount) shutdown(ctx context.Context, waiting func([]string)) error {
+	last := ""
+	for {
+		if err := unix.Unmount(m.dir, 0); err == nil {
+			m.server.Wait()
+			return nil
+		} else if !errors.Is(err, unix.EBUSY) {
+			if err = m.server.Unmount(); err == nil { // fusermount, when not root
+				return nil
+			}
+		}
+		holders := m.Holders()
+		if s := strings.Join(holders, ", "); s != last && waiting != nil && len(holders) > 0 {
+			waiting(holders)
+			last = s
+		}
+		// Wait for the next release (the kernel's umount refusal says
+		// nothing about when to try again), or for ctx.
+		select {
+		case <-m.released():
+		case <-ctx.Done():
+			m.Fence()
+			m.log.Warn("fuse: mount still held; files answer EIO from now on and the mount is detached lazily",
+				"mount", m.dir, "held_by", strings.Join(m.Holders(), ", "))
+			if err := unix.Unmount(m.dir, unix.MNT_DETACH); err != nil {
+				return fmt.Errorf("fuse: detaching %s: %w", m.dir, err)
+			}
+			m.abort()
+			return nil
+		}
+	}
+}
+
+// released returns a channel closed at the next release of a disk file,
+// or at once when no file is open (the kernel may still be finishing a
+// release it sent: the umount is then tried again).
+func (m *Mount) released() <-chan struct{} {
+	m.relMu.Lock()
+	defer m.relMu.Unlock()
+	if m.relCh == nil {
+		m.relCh = make(chan struct{})
+	}
+	ch := m.relCh
+	if m.opens.Load() == 0 {
+		// A retry soon: releases may be on their way, or a non-disk file
+		// (a directory) may hold the mount.
+		c := make(chan struct{})
+		time.AfterFunc(50*time.Millisecond, func() { close(c) })
+		return c
+	}
+	return ch
+}
+
+func (m *Mount) notifyRelease() {
+	m.relMu.Lock()
+	defer m.relMu.Unlock()
+	if m.relCh != nil {
+		close(m.relCh)
+		m.relCh = nil
+	}
+}
+
+// abort ends the kernel's FUSE connection through fusectl, when mounted,
+// so that the server's loops end now and whatever still holds the
+// detached mount gets errors; without fusectl that happens when this
+// process exits.
+func (m *Mount) abort() {
+	if m.dev != 0 {
+		path := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", m.dev)
+		if err := os.WriteFile(path, []byte("1"), 0); err == nil {
+			m.server.Wait()
+		}
+	}
+}
+
+// Holders names what holds the mount's disk files open, for an
+// operator: "loop0 (vm1/disk0.img)", "qemu-system-x86 pid 42 (vm1/disk0.img)".
+func (m *Mount) Holders() []string {
+	m.mu.Lock()
+	files := map[string]int{}
+	for vmName, dir := range m.root.Children() {
+		for fname, f := range dir.Children() {
+			if n, ok := f.Operations().(*diskNode); ok {
+				n.state.Lock()
+				files[filepath.Join(m.dir, vmName, fname)] = n.opens
+				n.state.Unlock()
+			}
+		}
+	}
+	m.mu.Unlock()
+	return holders(files, func(path string) string { return " (" + strings.TrimPrefix(path, m.dir+"/") + ")" })
+}
+
+// HoldersOf names what holds one disk's file open: "loop0",
+// "qemu-system-x86 pid 42".
+func (m *Mount) HoldersOf(name string) []string {
+	return holders(map[string]int{m.Path(name): m.OpenFiles(name)}, func(string) string { return "" })
+}
+
+// holders places the opens of files (path to open count): loop devices
+// (from /sys/block/loop*/loop/backing_file) and processes (from
+// /proc/*/fd), then a count of opens it cannot place (a process in
+// another mount namespace, or a release under way).
+func holders(files map[string]int, suffix func(path string) string) []string {
+	total := 0
+	for _, c := range files {
+		total += c
+	}
+	if total == 0 {
+		return nil
+	}
+	var out []string
+	placed := 0
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, bf := range loops {
+		b, err := os.ReadFile(bf)
+		if err != nil {
+			continue
+		}
+		if f := strings.TrimSpace(string(b)); files[f] > 0 {
+			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(bf)))+suffix(f))
+			placed++
+		}
+	}
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		f, err := os.Readlink(fd)
+		if err != nil || files[f] == 0 {
+			continue
+		}
+		pid := strings.Split(fd, "/")[2]
+		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+		out = append(out, strings.TrimSpace(string(comm))+" pid "+pid+suffix(f))
+		placed++
+	}
+	slices.Sort(out)
+	out = slices.Compact(out)
+	switch {
+	case placed == 0:
+		out = append(out, fmt.Sprintf("%d open files", total))
+	case total > placed:
+		out = append(out, fmt.Sprintf("%d more open files", total-placed))
+	}
+	return out
 }
 
 // tune applies VREP_FUSE_TUNING, a comma list used by bench/fuse-options.sh
@@ -246,12 +516,47 @@ type diskNode struct {
 	log       *slog.Logger
 	mtime     time.Time
 	openFlags uint32
+	m         *Mount
+
+	state sync.Mutex
+	opens int         // guarded by state
+	gone  atomic.Bool // revoked: every call answers an error; set under state
+	// io is held shared by every read, write, fsync and fallocate, so
+	// that revoke can wait for those under way.
+	io sync.RWMutex
+}
+
+// revoke makes the file answer EIO, unless it is open and force is
+// false. It returns the open count and waits for I/O under way.
+func (n *diskNode) revoke(force bool) (int, error) {
+	n.state.Lock()
+	open := n.opens
+	if open > 0 && !force {
+		n.state.Unlock()
+		return open, ErrInUse
+	}
+	n.gone.Store(true)
+	n.state.Unlock()
+	n.io.Lock() // NB: the I/O under way ends; later I/O sees gone
+	n.io.Unlock()
+	return open, nil
+}
+
+// enter starts an I/O call; it reports false once the file is revoked.
+func (n *diskNode) enter() bool {
+	n.io.RLock()
+	if n.gone.Load() {
+		n.io.RUnlock()
+		return false
+	}
+	return true
 }
 
 var (
 	_ fs.NodeGetattrer = (*diskNode)(nil)
 	_ fs.NodeSetattrer = (*diskNode)(nil)
 	_ fs.NodeOpener    = (*diskNode)(nil)
+	_ fs.NodeReleaser  = (*diskNode)(nil)
 	_ fs.NodeReader    = (*diskNode)(nil)
 	_ fs.NodeWriter    = (*diskNode)(nil)
 	_ fs.NodeFsyncer   = (*diskNode)(nil)
@@ -287,7 +592,30 @@ func (n *diskNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EPERM
 	}
-	return nil, n.openFlags, 0
+	n.state.Lock()
+	defer n.state.Unlock()
+	if n.gone.Load() {
+		return nil, 0, syscall.ENOENT
+	}
+	n.opens++
+	n.m.opens.Add(1)
+	// NB: a handle, though every call is served by the node, so that the
+	// bridge keeps the open and calls Release at its close.
+	return &openFile{}, n.openFlags, 0
+}
+
+// openFile is one open of a disk file.
+type openFile struct{ _ byte }
+
+// Release counts the close of an open file (the kernel sends it once the
+// last descriptor of an open is closed).
+func (n *diskNode) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
+	n.state.Lock()
+	n.opens--
+	n.state.Unlock()
+	n.m.opens.Add(-1)
+	n.m.notifyRelease()
+	return 0
 }
 
 func (n *diskNode) errno(op string, off int64, length int, err error) syscall.Errno {
@@ -299,6 +627,10 @@ func (n *diskNode) errno(op string, off int64, length int, err error) syscall.Er
 }
 
 func (n *diskNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (gofuse.ReadResult, syscall.Errno) {
+	if !n.enter() {
+		return nil, syscall.EIO
+	}
+	defer n.io.RUnlock()
 	size := n.dev.Size()
 	if off >= size {
 		return gofuse.ReadResultData(nil), 0
@@ -311,6 +643,10 @@ func (n *diskNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off i
 }
 
 func (n *diskNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if !n.enter() {
+		return 0, syscall.EIO
+	}
+	defer n.io.RUnlock()
 	if off+int64(len(data)) > n.dev.Size() {
 		return 0, syscall.ENOSPC // a disk does not grow
 	}
@@ -321,6 +657,10 @@ func (n *diskNode) Write(ctx context.Context, f fs.FileHandle, data []byte, off 
 }
 
 func (n *diskNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
+	if !n.enter() {
+		return syscall.EIO
+	}
+	defer n.io.RUnlock()
 	if err := n.dev.Sync(); err != nil {
 		return n.errno("fsync", 0, 0, err)
 	}
@@ -328,6 +668,10 @@ func (n *diskNode) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) sys
 }
 
 func (n *diskNode) Allocate(ctx context.Context, f fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
+	if !n.enter() {
+		return syscall.EIO
+	}
+	defer n.io.RUnlock()
 	o, l := int64(off), int64(size)
 	if o < 0 || l < 0 || o > n.dev.Size() || l > n.dev.Size()-o {
 		return syscall.ENOSPC

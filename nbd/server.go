@@ -24,10 +24,15 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vrep-io/vrep/blockdev"
 )
@@ -72,6 +77,80 @@ func (s *Server) Remove(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.exports, name)
+}
+
+// ErrInUse is returned by Detach when clients are connected to the export.
+var ErrInUse = errors.New("nbd: export in use")
+
+// Connections describes the connections using an export, one string
+// each: the client's process ("qemu-io pid 42") when it came over a
+// unix socket, else its address.
+func (s *Server) Connections(name string) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []string
+	for c := range s.conns {
+		if c.bound == name {
+			out = append(out, c.peer())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Detach removes an export once no connection uses it, atomically: no
+// client can choose it meanwhile. Without force it waits until ctx ends
+// for the connections using it to end (a client that has just closed is
+// not yet seen gone); if some remain, it changes nothing and returns their
+// count with an error wrapping ErrInUse. With force it removes the export
+// at once and stops those connections (requests already read are
+// answered, then the connection closes), waiting for them until ctx ends,
+// then closing them at once. It returns how many connections used it.
+func (s *Server) Detach(ctx context.Context, name string, force bool) (int, error) {
+	for {
+		s.mu.Lock()
+		var users []*conn
+		for c := range s.conns {
+			if c.bound == name {
+				users = append(users, c)
+			}
+		}
+		if len(users) > 0 && !force {
+			s.mu.Unlock()
+			select {
+			case <-users[0].done:
+				continue
+			case <-ctx.Done():
+				return len(users), fmt.Errorf("%w: %s has %d connections", ErrInUse, name, len(users))
+			}
+		}
+		delete(s.exports, name)
+		for _, c := range users {
+			c.stop()
+		}
+		s.mu.Unlock()
+		for _, c := range users {
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				c.nc.Close()
+				<-c.done
+			}
+		}
+		return len(users), nil
+	}
+}
+
+// bind makes e the export of c unless it has been removed since it was
+// looked up: Detach sees every connection that holds an export.
+func (s *Server) bind(c *conn, e *Export) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exports[e.Name] != e {
+		return false
+	}
+	c.exp, c.bound = e, e.Name
+	return true
 }
 
 func (s *Server) lookup(name string) *Export {
@@ -122,7 +201,7 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			return err
 		}
-		c := &conn{s: s, nc: nc, quit: make(chan struct{})}
+		c := &conn{s: s, nc: nc, quit: make(chan struct{}), done: make(chan struct{}), pid: peerPID(nc)}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -138,6 +217,7 @@ func (s *Server) Serve(l net.Listener) error {
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
+			close(c.done)
 		}()
 	}
 }
@@ -178,7 +258,11 @@ type conn struct {
 	r    *bufio.Reader
 	exp  *Export
 	quit chan struct{}
+	done chan struct{} // closed once the connection is gone
 	once sync.Once
+	pid  int // the client's process, over a unix socket; else 0
+
+	bound string // the export chosen; guarded by s.mu
 
 	wmu   sync.Mutex // guards w
 	w     *bufio.Writer
@@ -213,6 +297,37 @@ func (c *conn) stop() {
 		// then in-flight requests drain.
 		c.nc.SetReadDeadline(time.Now())
 	})
+}
+
+// peerPID returns the process at the other end of a unix socket, or 0.
+func peerPID(nc net.Conn) int {
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
+}
+
+// peer names the client for an operator.
+func (c *conn) peer() string {
+	if c.pid == 0 {
+		return c.nc.RemoteAddr().String()
+	}
+	comm, err := os.ReadFile("/proc/" + strconv.Itoa(c.pid) + "/comm")
+	if err != nil {
+		return "pid " + strconv.Itoa(c.pid)
+	}
+	return strings.TrimSpace(string(comm)) + " pid " + strconv.Itoa(c.pid)
 }
 
 func (c *conn) logf(level slog.Level, msg string, args ...any) {
@@ -316,10 +431,9 @@ func (c *conn) handshake() error {
 		switch opt {
 		case optExportName:
 			e := c.s.lookup(string(data))
-			if e == nil {
+			if e == nil || !c.s.bind(c, e) {
 				return fmt.Errorf("%w: unknown export %q", ErrProtocol, data)
 			}
-			c.exp = e
 			var b [10 + 124]byte
 			binary.BigEndian.PutUint64(b[0:], uint64(e.Device.Size()))
 			binary.BigEndian.PutUint16(b[8:], transmissionFlags(e))
@@ -351,7 +465,6 @@ func (c *conn) handshake() error {
 				return err
 			}
 			if e != nil && opt == optGo {
-				c.exp = e
 				return c.w.Flush()
 			}
 		default:
@@ -383,7 +496,7 @@ func (c *conn) infoGo(opt uint32, data []byte) (*Export, error) {
 		return nil, nil
 	}
 	e := c.s.lookup(name)
-	if e == nil {
+	if e == nil || opt == optGo && !c.s.bind(c, e) {
 		c.optReply(opt, repErrUnknown, []byte("no such export: "+name))
 		return nil, nil
 	}

@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -537,4 +540,44 @@ func TestSubmittedWrites(t *testing.T) {
 	if code, _ := cl.do(cmdFlush, 0, 0, nil, 0); code != 0 {
 		t.Fatalf("flush: errno %d", code)
 	}
+}
+
+// TestDetachInUse: an export a client uses is not detached without force,
+// the client is named, and it keeps being served; with force the client
+// is disconnected; new clients cannot choose a detached export.
+func TestDetachInUse(t *testing.T) {
+	s, sock := serve(t, blockdev.NewMem(testSize), false)
+	cl := dial(t, sock, "vm1/disk0")
+	conns := s.Connections("vm1/disk0")
+	if len(conns) != 1 || conns[0] != fmt.Sprintf("%s pid %d", comm(t), os.Getpid()) {
+		t.Fatalf("Connections = %q, want this process", conns)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if n, err := s.Detach(ctx, "vm1/disk0", false); !errors.Is(err, ErrInUse) || n != 1 {
+		t.Fatalf("Detach while connected = %d, %v; want 1, ErrInUse", n, err)
+	}
+	if code, _ := cl.do(cmdRead, 0, 0, nil, 4096); code != 0 {
+		t.Fatalf("a refused Detach broke the connection: error %d", code)
+	}
+	if n, err := s.Detach(context.Background(), "vm1/disk0", true); err != nil || n != 1 {
+		t.Fatalf("forced Detach = %d, %v", n, err)
+	}
+	if _, err := io.ReadFull(cl.c, make([]byte, 1)); err == nil {
+		t.Fatal("the connection is still open after a forced Detach")
+	}
+	if len(s.Connections("vm1/disk0")) != 0 {
+		t.Fatal("a connection is still counted after a forced Detach")
+	}
+	if n, err := s.Detach(context.Background(), "vm1/disk0", false); err != nil || n != 0 {
+		t.Fatalf("Detach of an unused export = %d, %v", n, err)
+	}
+}
+
+func comm(t *testing.T) string {
+	b, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -121,13 +121,24 @@ vrep failover test-stop VM, which discards the test's writes.`,
 	a.needs("replica", "a test failover runs on the replica")
 	test.Flags().StringVar(&point, "point", "", "the point id to test (default the newest)")
 	var sa apiFlags
+	var force bool
 	stop := &cobra.Command{
-		Use:   "test-stop VM [--data DIR | --api SOCKET]",
+		Use:   "test-stop VM [--force] [--data DIR | --api SOCKET]",
 		Short: "Stop a test failover and discard what was written to it",
-		Args:  cobra.ExactArgs(1),
+		Long: `Stops a test failover: its NBD exports and files go, the test's writes are
+discarded and its point is no longer held. While a client still holds a
+test disk (an NBD connection to VM/DISK-test, or its file open, such as a
+loop device) it refuses with exit code 4 and names the holder, changing
+nothing: stop the test VM first. With --force it stops anyway: the NBD
+clients are disconnected and the open files answer I/O errors.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var t replicad.TestInfo
-			if err := sa.call("POST", "/v1/failover/test-stop?vm="+url.QueryEscape(args[0]), &t); err != nil {
+			q := "/v1/failover/test-stop?vm=" + url.QueryEscape(args[0])
+			if force {
+				q += "&force=1"
+			}
+			if err := sa.call("POST", q, &t); err != nil {
 				return err
 			}
 			if sa.json {
@@ -139,6 +150,7 @@ vrep failover test-stop VM, which discards the test's writes.`,
 	}
 	sa.register(stop.Flags())
 	sa.needs("replica", "a test failover runs on the replica")
+	stop.Flags().BoolVar(&force, "force", false, "stop even while a client holds a test disk (it gets I/O errors)")
 	cmd.AddCommand(test, stop)
 	return cmd
 }

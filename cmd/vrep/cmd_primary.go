@@ -149,6 +149,7 @@ func primaryCmd() *cobra.Command {
 	f.StringArrayVar(&postThaw, "post-thaw", nil, "VM=COMMAND run after thawing (sh -c)")
 	f.StringArrayVar(&agents, "guest-agent", nil, "VM=SOCKET of the VM's QEMU guest agent, to freeze inside the guest")
 	f.DurationVar(&cfg.Points.FreezeTimeout, "freeze-timeout", 10*time.Second, "past this a freeze is thawed and the point is crash-consistent")
+	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 30*time.Second, "on SIGTERM, wait this long for the disks' holders (a loop device, a VM) to let go; then their I/O fails and the FUSE mount is detached lazily")
 	f.StringVar(&cpuprofile, "cpuprofile", "", "write a CPU profile here until exit")
 	f.MarkHidden("cpuprofile")
 	f.Var(&mergeAfter, "merge-after", "merge the log into the image once this much waits (e.g. 256M, 1G)")

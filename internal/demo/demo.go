@@ -243,7 +243,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			return err
 		}
 	}
-	if _, err := rep.StopTest("vm1"); err != nil {
+	if _, err := rep.StopTest("vm1", false); err != nil {
 		return err
 	}
 	say("9. Test failover stopped: its writes are discarded, and point %d is no longer held.", target.id)

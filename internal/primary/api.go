@@ -90,6 +90,9 @@ func (d *Daemon) Status() Status {
 		case v.Err() != nil:
 			ds.Health = "Warning: " + v.Err().Error()
 		}
+		if h := d.stoppingHealth(disk.Name); h != "" {
+			ds.Health = h
+		}
 		if sh := d.shippers[disk.Name]; sh != nil {
 			rs := sh.Status()
 			ds.Replication = &rs

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/blockdev/tracked"
+	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/nbd"
@@ -56,7 +57,11 @@ type Config struct {
 	// Replica, when set, replicates every disk there.
 	Replica *ReplicaConfig
 	Points  PointsConfig
-	Log     *slog.Logger
+	// StopTimeout bounds how long Close waits for the disks' holders (a
+	// loop device on a FUSE file, an NBD client's requests) to let go
+	// before it refuses their I/O and detaches the mount (default 30 s).
+	StopTimeout time.Duration
+	Log         *slog.Logger
 }
 
 // Disk is one protected disk being served.
@@ -78,7 +83,7 @@ type Daemon struct {
 	Disks     []*Disk
 	nbd       *nbd.Server
 	listeners []net.Listener
-	fuse      interface{ Unmount() error }
+	fuse      *fuse.Mount
 	points    *points
 	shippers  map[string]*replica.Shipper
 	freq      atomic.Int64 // the copy frequency now, ns (0: continuous)
@@ -88,6 +93,7 @@ type Daemon struct {
 	api       *daemon.API
 	servers   daemon.Servers
 	closeOnce sync.Once
+	stopping  atomic.Bool // Close has begun: status says what it waits for
 }
 
 // Start opens every disk and starts serving. On error everything opened
@@ -193,13 +199,60 @@ func (d *Daemon) openDisk(spec DiskSpec) (*Disk, error) {
 // Wait returns when ctx ends or a listener fails.
 func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.servers.Err()) }
 
-// Close drains in-flight NBD requests, unmounts, merges and syncs every
-// disk, and releases the locks. It is idempotent.
+// holders says what holds a disk: its FUSE file's holders (a loop
+// device, a process) and its NBD connections; "" when nothing does.
+func (d *Daemon) holders(name string) string {
+	var out []string
+	if d.fuse != nil {
+		out = append(out, d.fuse.HoldersOf(name)...)
+	}
+	if c := d.nbd.Connections(name); len(c) == 1 {
+		out = append(out, "1 NBD connection ("+c[0]+")")
+	} else if len(c) > 1 {
+		out = append(out, fmt.Sprintf("%d NBD connections (%s)", len(c), strings.Join(c, ", ")))
+	}
+	return strings.Join(out, ", ")
+}
+
+// stoppingHealth is a disk's health while Close waits for its holders,
+// or "".
+func (d *Daemon) stoppingHealth(name string) string {
+	if !d.stopping.Load() {
+		return ""
+	}
+	if h := d.holders(name); h != "" {
+		return "stopping: waiting for " + h
+	}
+	return "stopping"
+}
+
+// Close stops the daemon, within StopTimeout and without losing an
+// acknowledged write. It says at once what holds the disks; drains the
+// NBD requests under way and closes the connections; unmounts the FUSE
+// files once their holders let go, or at the timeout makes them answer
+// EIO (nothing is acknowledged after that) and detaches the mount
+// lazily; merges and syncs every disk; and closes the API last, so that
+// vrep status answers until the end. It is idempotent.
 func (d *Daemon) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		timeout := d.cfg.StopTimeout
+		if timeout <= 0 {
+			timeout = 30 * time.Second
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
+		d.stopping.Store(true)
+		initial := ""
+		if d.fuse != nil {
+			initial = strings.Join(d.fuse.Holders(), ", ")
+		}
+		for _, disk := range d.Disks {
+			if h := d.holders(disk.Name); h != "" {
+				d.log.Warn("stopping: the disk is in use; waiting for it to be released", "disk", disk.Name,
+					"held_by", h, "stop_timeout", timeout)
+			}
+		}
 		if d.points != nil {
 			d.points.close()
 		}
@@ -207,7 +260,6 @@ func (d *Daemon) Close() error {
 			d.stopShip()
 			d.shipWG.Wait()
 		}
-		d.api.Close()
 		d.nbd.Shutdown(ctx)
 		for _, l := range d.listeners {
 			l.Close() // a listener Start opened but never served
@@ -219,7 +271,12 @@ func (d *Daemon) Close() error {
 			}
 		}
 		if d.fuse != nil {
-			if uerr := d.fuse.Unmount(); uerr != nil {
+			uerr := d.fuse.Shutdown(ctx, func(h []string) {
+				if s := strings.Join(h, ", "); s != initial {
+					d.log.Info("stopping: still waiting for the FUSE files to be closed", "held_by", s)
+				}
+			})
+			if uerr != nil {
 				d.log.Error("unmounting", "mount", d.cfg.FUSE, "err", uerr)
 			}
 		}
@@ -229,6 +286,7 @@ func (d *Daemon) Close() error {
 			}
 			disk.base.Close()
 		}
+		d.api.Close()
 		if d.stateLock != nil {
 			d.stateLock.Close()
 		}

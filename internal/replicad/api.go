@@ -22,7 +22,7 @@ import (
 //	GET  /v1/status                         Status
 //	GET  /v1/points?vm=VM                   []VMPoint, oldest first
 //	POST /v1/failover/test?vm=VM[&point=ID] TestInfo
-//	POST /v1/failover/test-stop?vm=VM       TestInfo
+//	POST /v1/failover/test-stop?vm=VM[&force=1] TestInfo (409 while in use)
 //
 // VM is "VM", or "ROOT/VM" when several primaries replicate a VM of that
 // name. Errors are {"error": "one sentence"} with a 4xx or 5xx status.
@@ -268,7 +268,7 @@ func (d *Daemon) handler() http.Handler {
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/test-stop", func(w http.ResponseWriter, r *http.Request) {
-		info, err := d.StopTest(r.URL.Query().Get("vm"))
+		info, err := d.StopTest(r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1")
 		answer(w, info, err)
 	})
 	return mux

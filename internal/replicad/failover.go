@@ -1,6 +1,8 @@
 package replicad
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -101,8 +103,12 @@ func (d *Daemon) startTestDisk(key string, lsn uint64) (td testDisk, err error) 
 }
 
 // StopTest stops VM's test failover: its exports go, its overlays are
-// discarded and its point is unpinned.
-func (d *Daemon) StopTest(spec string) (TestInfo, error) {
+// discarded and its point is unpinned. While a client holds a test disk
+// (an NBD connection to its export, or its FUSE file open: a guest's
+// file system would lose its disk under it) it refuses with a conflict
+// naming the holders and changes nothing, unless force: then the NBD
+// clients are disconnected and the open files answer EIO.
+func (d *Daemon) StopTest(spec string, force bool) (TestInfo, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	key := ""
@@ -115,17 +121,94 @@ func (d *Daemon) StopTest(spec string) (TestInfo, error) {
 		return TestInfo{}, notFound("no test failover of VM %s is running", spec)
 	}
 	t := d.tests[key]
+	if !force {
+		if err := d.detachIdle(t); err != nil {
+			return TestInfo{}, err
+		}
+	}
 	d.stopTestLocked(key, t)
-	d.log.Info("replica: test failover stopped; its writes are discarded", "vm", key, "point", t.info.Point.ID)
+	d.log.Info("replica: test failover stopped; its writes are discarded", "vm", key, "point", t.info.Point.ID, "forced", force)
 	return t.info, nil
 }
 
+// detachIdle detaches every export and file of a test unless a client
+// holds one; then it puts back what it detached and names the holders.
+// Each detach is atomic, so no client can slip in between the check and
+// the stop.
+func (d *Daemon) detachIdle(t *test) error {
+	// A client that has just closed is seen gone a moment later.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var undo []func()
+	busy := false
+	for _, td := range t.disks {
+		if _, err := d.nbd.Detach(ctx, td.export, false); err != nil {
+			busy = true
+			continue
+		}
+		undo = append(undo, func() { d.nbd.Add(nbd.Export{Name: td.export, Device: td.ov}) })
+		if d.fuse == nil {
+			continue
+		}
+		if _, err := d.fuse.Detach(ctx, td.export, false); err != nil {
+			busy = true
+			continue
+		}
+		undo = append(undo, func() {
+			if err := d.fuse.Add(td.export, td.ov); err != nil {
+				d.log.Error("replica: serving a test disk again after a refused stop", "disk", td.export, "err", err)
+			}
+		})
+	}
+	if !busy {
+		return nil
+	}
+	for _, f := range undo {
+		f()
+	}
+	var held []string
+	for _, td := range t.disks {
+		var what []string
+		if c := d.nbd.Connections(td.export); len(c) > 0 {
+			what = append(what, count(len(c), "NBD connection")+" ("+strings.Join(c, ", ")+")")
+		}
+		if d.fuse != nil {
+			if n := d.fuse.OpenFiles(td.export); n > 0 {
+				what = append(what, count(n, "open file")+" under "+d.cfg.FUSE+" ("+strings.Join(d.fuse.HoldersOf(td.export), ", ")+")")
+			}
+		}
+		if len(what) > 0 {
+			held = append(held, td.export+" is in use: "+strings.Join(what, ", "))
+		}
+	}
+	if len(held) == 0 { // released meanwhile: the caller may try again
+		held = append(held, "a test disk was in use a moment ago")
+	}
+	return conflict("%s; stop the guest or pass --force", strings.Join(held, "; "))
+}
+
+func count(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// stopTestLocked stops serving a test's disks, disconnecting the NBD
+// clients still connected (their requests under way are answered first)
+// and making its open files answer EIO, then discards the overlays.
 func (d *Daemon) stopTestLocked(key string, t *test) {
 	for _, td := range t.disks {
-		d.nbd.Remove(td.export)
-		if d.fuse != nil {
-			d.fuse.Remove(td.export)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if n, _ := d.nbd.Detach(ctx, td.export, true); n > 0 {
+			d.log.Warn("replica: test disk stopped under its NBD clients", "disk", td.export, "connections", n)
 		}
+		if d.fuse != nil {
+			if n, _ := d.fuse.Detach(ctx, td.export, true); n > 0 {
+				d.log.Warn("replica: test disk stopped while its file was open; it answers EIO", "disk", td.export, "opens", n)
+			}
+		}
+		cancel()
 		if err := td.ov.Discard(); err != nil {
 			d.log.Warn("replica: discarding a test overlay", "err", err)
 		}
