@@ -34,7 +34,7 @@ soak:
 	VREP_POWERCUT_SEEDS=2000 $(GO) test -race -timeout 60m -run 'TestPowerCut' ./blockdev/tracked
 	VREP_CRASH_ITERATIONS=300 $(GO) test -timeout 60m -run 'TestCrashLoopWriteOrder' -v ./cmd/vrep
 	VREP_E2E_RACE=0 VREP_REPL_CRASH_ITERATIONS=200 $(GO) test -timeout 60m -run 'TestReplicationCrashLoop' -v ./cmd/vrep
-	$(GO) test -race -timeout 30m -run 'TestHistoryPowerCut|TestApplyPowerCut' ./replica
+	$(GO) test -race -timeout 30m -run 'TestHistoryPowerCut|TestApplyPowerCut' ./replica/store
 	$(GO) test -race -timeout 30m -run 'TestRecyclePowerCut|TestTearAcrossUnsyncedRolls' ./hrl
 	VREP_E2E_RACE=0 VREP_FAULTPOINT_ROUNDS=90 $(GO) test -timeout 90m -run 'TestFaultPointCrashes' -v ./cmd/vrep
 
@@ -44,8 +44,8 @@ fuzz:
 		./hrl:FuzzOpen ./hrl:FuzzOpenChain ./hrl:FuzzDecodeMarker \
 		./nbd:FuzzHandshake ./nbd:FuzzRequest \
 		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode \
-		./replica:FuzzReadFrame ./replica:FuzzDecodeRecords ./replica:FuzzDecodeRecordsRange \
-		./replica:FuzzDecodeUndoRef; do \
+		./replica/wire:FuzzReadFrame ./replica/wire:FuzzDecodeRecords ./replica/wire:FuzzDecodeRecordsRange \
+		./replica/store:FuzzDecodeUndoRef; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "== $$fn ($$pkg)"; \
 		$(GO) test $$pkg -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) 2>&1 | tail -n 3; \
@@ -54,7 +54,7 @@ fuzz:
 # bench: Go benchmarks, each reporting vrep against a peer in one run.
 bench:
 	$(GO) test -run XXX -bench . -benchtime 3x ./hrl ./blockdev/tracked
-	$(GO) test -run XXX -bench . -benchtime 1x ./replica
+	$(GO) test -run XXX -bench . -benchtime 1x ./replica/store
 
 bench-nbd: tools build
 	BARE=1 bench/nbd.sh

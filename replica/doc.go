@@ -1,45 +1,21 @@
-// Package replica is vrep's replication: the wire protocol between a
-// primary and a replica (this file is its spec), the shipper on the
-// primary, the apply engine, and the replica's history.
+// Package replica is vrep's replication, one sub-package per role, so
+// that each can be read alone and the sender never links the receiver's
+// index:
 //
-// # Transport
+//   - wire: the protocol (frames, compression, handshake, session
+//     messages); its package doc is the spec. The only thing the two
+//     sides share.
+//   - ship: the primary's side: the shipper that sends a tracked volume's
+//     initial copy and then its change log, and retries.
+//   - receive: the replica's side of a stream: authorization by
+//     certificate, one stream per disk, apply, acknowledge.
+//   - store: the replica's disks and history: the apply engine (image and
+//     applied LSN), undo segments, the point catalog in badger, point
+//     views, copy-on-write overlays and retention.
+//   - health: the pure policy that judges a disk's replication health on
+//     either side, from state and time.
 //
-// TCP with TLS 1.3 and mutual X.509 authentication (internal/pki); the
-// replica authorizes a primary by the name in its certificate, never by
-// anything the primary says in a frame.
-//
-// # Frames (version 2)
-//
-// Every message is one frame: a 16-byte header, then the body.
-// Little-endian; every constant is part of the format.
-//
-//	 0  length   uint32  body bytes on the wire (at most MaxWire)
-//	 4  type     uint8   the message type
-//	 5  codec    uint8   0 none, 1 s2, 2 zstd: how the body is compressed
-//	 6  reserved uint16  zero
-//	 8  rawlen   uint32  body bytes once decompressed (at most MaxBody)
-//	12  crc      uint32  CRC32C of the decompressed body
-//
-// The CRC covers the body as the sender built it, so a flipped bit, a bad
-// decompressor or a truncation is caught before anything is applied. A
-// decoder allocates at most MaxBody per frame, whatever the header claims.
-//
-// # Handshake
-//
-// The primary sends Hello (version uint16, codecs uint8 bitmask: bit 0
-// none, 1 s2, 2 zstd; preferred codec uint8). The replica answers Welcome
-// (version uint16, codec uint8): the primary's preferred codec when the
-// replica supports it, else the best codec both support. Both then
-// compress their frames with it; a frame that does not shrink is sent
-// uncompressed (codec 0).
-//
-// # Records
-//
-// A Records body is: disk name (uint16 length, bytes), count uint32, then
-// count change-log records in the hrl segment framing (32-byte header
-// with CRC32C, payload), in LSN order. The replica verifies every record's
-// own checksum, so the record checksum made when the VM wrote the block
-// protects it all the way to the replica image. The session messages are
-// specified in session.go; the replica's history (points, undo entries,
-// views, retention) in catalog.go.
+// Following one write: nbd/ or fuse/ → blockdev/tracked (the change log)
+// → ship.Shipper → wire frames → receive.Server → store.Disk.Apply (undo
+// first, then the image) → store.Catalog → store.View at a point.
 package replica

@@ -14,7 +14,7 @@ import (
 
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/wire"
 )
 
 func primaryCmd() *cobra.Command {
@@ -65,7 +65,7 @@ func primaryCmd() *cobra.Command {
 						return fmt.Errorf("%w: --frequency %q must be continuous or a duration such as 30s, 5m or 15m", errUsage, frequency)
 					}
 				}
-				if rc.Codec, err = replica.ParseCodec(codec); err != nil {
+				if rc.Codec, err = wire.ParseCodec(codec); err != nil {
 					return fmt.Errorf("%w: %v", errUsage, err)
 				}
 				for _, d := range backoff {

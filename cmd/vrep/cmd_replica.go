@@ -15,7 +15,7 @@ import (
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/replicad"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/store"
 )
 
 // replicaConfig is vrep replica's configuration: the flags, which a
@@ -73,7 +73,7 @@ of VM or VM/DISK to a retention); flags override it.`,
 				}
 				roots[p] = root
 			}
-			overrides := map[string]replica.Retention{}
+			overrides := map[string]store.Retention{}
 			for _, k := range keep {
 				target, dur, ok := strings.Cut(k, "=")
 				if !ok {
@@ -86,7 +86,7 @@ of VM or VM/DISK to a retention); flags override it.`,
 				if err != nil || d < 0 {
 					return fmt.Errorf("%w: retention %q of %s is not a duration like 24h", errUsage, dur, target)
 				}
-				overrides[target] = replica.Retention{Window: d, KeepApp: c.KeepApp}
+				overrides[target] = store.Retention{Window: d, KeepApp: c.KeepApp}
 			}
 			tc, err := pki.ServerConfig(c.TLSDir, c.Name)
 			if err != nil {
@@ -96,7 +96,7 @@ of VM or VM/DISK to a retention); flags override it.`,
 			d, err := replicad.Start(replicad.Config{
 				Data: c.Data, Listen: c.Listen, TLS: tc, Allow: roots, AllowAny: c.AllowAny,
 				NBD: c.NBD, FUSE: c.FUSE, API: c.API,
-				Retention: replica.Retention{Window: retention, KeepApp: c.KeepApp}, Overrides: overrides,
+				Retention: store.Retention{Window: retention, KeepApp: c.KeepApp}, Overrides: overrides,
 				PruneEvery: pruneEvery, Log: log,
 			})
 			if err != nil {

@@ -12,7 +12,8 @@ import (
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/units"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/health"
+	"github.com/vrep-io/vrep/replica/ship"
 )
 
 func statusCmd() *cobra.Command {
@@ -96,7 +97,7 @@ func printReplication(out io.Writer, disks []primary.DiskStatus, now time.Time) 
 		}
 		next := "as written"
 		switch {
-		case r.Health == replica.Critical && !r.Connected && r.NextSend.IsZero():
+		case r.Health == health.Critical && !r.Connected && r.NextSend.IsZero():
 			next = "stopped"
 		case !r.NextSend.IsZero():
 			next = clock(r.NextSend, now)
@@ -106,7 +107,7 @@ func printReplication(out io.Writer, disks []primary.DiskStatus, now time.Time) 
 			last = clock(r.LastSend, now)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.Name, r.Health, peer, r.Frequency, last, next, r.Acked, lagText(*r))
-		if r.Health != replica.Normal {
+		if r.Health != health.Normal {
 			reasons = append(reasons, fmt.Sprintf("%s: %s: %s", d.Name, r.Health, r.Reason))
 		}
 	}
@@ -117,7 +118,7 @@ func printReplication(out io.Writer, disks []primary.DiskStatus, now time.Time) 
 }
 
 // lagText is the lag as the operator reads it: unknown until it is.
-func lagText(r replica.ShipStatus) string {
+func lagText(r ship.ShipStatus) string {
 	switch {
 	case r.LagKnown:
 		return fmt.Sprintf("%s / %s", units.Bytes(r.LagBytes), (time.Duration(r.LagSeconds * float64(time.Second))).Round(time.Second))
@@ -153,7 +154,7 @@ func printReplicaStatus(out io.Writer, st replicad.Status) error {
 		if freq == "" {
 			freq = "unknown"
 		}
-		if d.Health != string(replica.Normal) {
+		if d.Health != string(health.Normal) {
 			reasons = append(reasons, fmt.Sprintf("%s/%s: %s: %s", d.Root, d.Name, d.Health, d.Reason))
 		}
 		seed, last := "in progress", "-"

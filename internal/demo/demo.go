@@ -21,7 +21,8 @@ import (
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/units"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/store"
+	"github.com/vrep-io/vrep/replica/wire"
 )
 
 // Options tune the demo.
@@ -310,7 +311,7 @@ func StartPair(dir string, disks []string, size int64, log *slog.Logger, cfgs ..
 	p := &Pair{ReplicaNBD: filepath.Join(dir, "replica-nbd.sock"), PrimaryNBD: filepath.Join(dir, "primary-nbd.sock")}
 	p.Replica, err = replicad.Start(replicad.Config{Data: filepath.Join(dir, "replica"), Listen: "127.0.0.1:0", TLS: tc,
 		Allow: map[string]string{"primary": ""}, NBD: []string{"unix:" + p.ReplicaNBD},
-		Retention: replica.Retention{Window: 24 * time.Hour}, Log: log})
+		Retention: store.Retention{Window: 24 * time.Hour}, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -340,7 +341,7 @@ func StartPair(dir string, disks []string, size int64, log *slog.Logger, cfgs ..
 		p.Disks = append(p.Disks, primary.DiskSpec{Name: n, Path: path})
 	}
 	p.Primary, err = primary.Start(primary.Config{State: filepath.Join(dir, "primary"), Disks: p.Disks, NBD: []string{"unix:" + p.PrimaryNBD},
-		Replica: &primary.ReplicaConfig{Addr: addr, TLSDir: tlsDir, Name: "primary", ReplicaName: "replica", Codec: replica.CodecZstd,
+		Replica: &primary.ReplicaConfig{Addr: addr, TLSDir: tlsDir, Name: "primary", ReplicaName: "replica", Codec: wire.CodecZstd,
 			Timeout: cfg.Timeout, Backoff: cfg.Backoff},
 		Log: log})
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/names"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/ship"
 	"github.com/vrep-io/vrep/snapshot"
 )
 
@@ -41,7 +41,7 @@ type DiskStatus struct {
 	Segments       int    `json:"log_segments"`
 	ResyncRequired bool   `json:"resync_required"`
 	// Replication is present when the disk is replicated.
-	Replication *replica.ShipStatus `json:"replication,omitempty"`
+	Replication *ship.ShipStatus `json:"replication,omitempty"`
 }
 
 // GroupStatus is one consistency group in /v1/status.

@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/health"
 )
 
 // collector exports the daemon's state at scrape time: the same figures
@@ -53,7 +53,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				connected = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, connected, d.Name)
-			health := map[replica.Health]float64{replica.Normal: 0, replica.Warning: 1, replica.Critical: 2}[r.Health]
+			health := map[health.Health]float64{health.Normal: 0, health.Warning: 1, health.Critical: 2}[r.Health]
 			ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, health, d.Name)
 			if r.LagKnown {
 				ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, r.LagSeconds, d.Name)

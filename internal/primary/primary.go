@@ -20,7 +20,7 @@ import (
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/nbd"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/ship"
 )
 
 // ErrLocked is returned when a state directory, an image or a socket is
@@ -85,7 +85,7 @@ type Daemon struct {
 	listeners []net.Listener
 	fuse      *fuse.Mount
 	points    *points
-	shippers  map[string]*replica.Shipper
+	shippers  map[string]*ship.Shipper
 	freq      atomic.Int64 // the copy frequency now, ns (0: continuous)
 	freqMu    sync.Mutex   // one frequency change at a time
 	stopShip  context.CancelFunc

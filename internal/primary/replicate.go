@@ -10,7 +10,9 @@ import (
 
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/health"
+	"github.com/vrep-io/vrep/replica/ship"
+	"github.com/vrep-io/vrep/replica/wire"
 )
 
 // ReplicaConfig says where and how the disks are replicated.
@@ -19,7 +21,7 @@ type ReplicaConfig struct {
 	TLSDir      string // ca.crt, NAME.crt, NAME.key
 	Name        string // this primary's certificate name
 	ReplicaName string // the name the replica's certificate must carry
-	Codec       replica.Codec
+	Codec       wire.Codec
 	Backoff     []time.Duration // nil: Hyper-V's schedule
 	// Interval is the copy frequency: 0 is continuous (every durable
 	// record, as soon as it is durable); otherwise a crash-consistent
@@ -61,7 +63,7 @@ func (d *Daemon) pointsEvery() time.Duration {
 }
 
 // shipMode sets a disk's shipper to the copy frequency now.
-func (d *Daemon) shipMode(disk *Disk, sh *replica.Shipper) {
+func (d *Daemon) shipMode(disk *Disk, sh *ship.Shipper) {
 	if iv := d.interval(); iv > 0 {
 		sh.SetMode(disk.shipThrough.Load, true, iv, d.pointsEvery())
 		return
@@ -81,12 +83,12 @@ func (d *Daemon) startShipping() error {
 	d.freq.Store(int64(rc.Interval))
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stopShip = cancel
-	d.shippers = map[string]*replica.Shipper{}
+	d.shippers = map[string]*ship.Shipper{}
 	for _, disk := range d.Disks {
 		vm, _, _ := names.Disk(disk.Name)
-		sc := replica.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
+		sc := ship.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
 			VM: vm, Log: d.log}
-		sh := replica.NewShipper(disk.Name, disk.Volume, sc)
+		sh := ship.NewShipper(disk.Name, disk.Volume, sc)
 		d.shipMode(disk, sh)
 		d.shippers[disk.Name] = sh
 		d.shipWG.Add(1)
@@ -183,6 +185,6 @@ func (d *Daemon) SetFrequency(vm string, interval time.Duration) (ReplicationSet
 	for _, disk := range d.Disks {
 		d.shipMode(disk, d.shippers[disk.Name])
 	}
-	d.log.Info("copy frequency changed", "from", replica.FrequencyName(old), "to", replica.FrequencyName(interval), "points_every", every)
-	return ReplicationSettings{Frequency: replica.FrequencyName(interval), PointsEvery: every.Seconds(), VMs: vms}, nil
+	d.log.Info("copy frequency changed", "from", health.FrequencyName(old), "to", health.FrequencyName(interval), "points_every", every)
+	return ReplicationSettings{Frequency: health.FrequencyName(interval), PointsEvery: every.Seconds(), VMs: vms}, nil
 }

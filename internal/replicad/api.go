@@ -13,7 +13,8 @@ import (
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/names"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/health"
+	"github.com/vrep-io/vrep/replica/store"
 )
 
 // The replica's API, on a unix socket (file permissions are its access
@@ -202,14 +203,14 @@ func (d *Daemon) Status() (Status, error) {
 		si := d.srv.Stream(k)
 		ds.Primary, ds.Connected, ds.Since = si.Primary, si.Connected, si.Since
 		if si.PointsEvery > 0 {
-			ds.Frequency, ds.PointsEvery = replica.FrequencyName(si.Interval), si.PointsEvery.Seconds()
+			ds.Frequency, ds.PointsEvery = health.FrequencyName(si.Interval), si.PointsEvery.Seconds()
 		}
-		in := replica.ReplicaState{Seeded: h.Seeded, Connected: si.Connected, Since: si.Since,
+		in := health.ReplicaState{Seeded: h.Seeded, Connected: si.Connected, Since: si.Since,
 			Interval: si.Interval, PointsEvery: si.PointsEvery}
 		if ds.LastPoint != nil {
 			in.LastPoint = ds.LastPoint.Time
 		}
-		health, why := replica.JudgeReplica(in, time.Now())
+		health, why := health.JudgeReplica(in, time.Now())
 		ds.Health, ds.Reason = string(health), why
 		st.Disks = append(st.Disks, ds)
 	}
@@ -231,7 +232,7 @@ func (d *Daemon) handler() http.Handler {
 			daemon.WriteErr(w, e.Status, err)
 		case errors.Is(err, names.ErrBadName):
 			daemon.WriteErr(w, http.StatusBadRequest, err)
-		case errors.Is(err, replica.ErrNoPoint):
+		case errors.Is(err, store.ErrNoPoint):
 			daemon.WriteErr(w, http.StatusNotFound, err)
 		default:
 			daemon.WriteErr(w, http.StatusInternalServerError, err)

@@ -10,7 +10,7 @@ import (
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/vfs"
 	"github.com/vrep-io/vrep/nbd"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/store"
 )
 
 // A test failover (Hyper-V's "<vm> - Test"): every disk of a VM, at one
@@ -26,8 +26,8 @@ type test struct {
 
 type testDisk struct {
 	export string
-	view   *replica.View
-	ov     *replica.Overlay
+	view   *store.View
+	ov     *store.Overlay
 }
 
 // StartTest starts a test failover of VM at point id (0: the newest).
@@ -86,7 +86,7 @@ func (d *Daemon) startTestDisk(key string, lsn uint64) (td testDisk, err error) 
 	if td.view, err = d.Catalog.OpenView(key, lsn); err != nil {
 		return td, err
 	}
-	if td.ov, err = replica.NewOverlay(vfs.OS{}, overlayPath(d.cfg.Data, key), td.view); err != nil {
+	if td.ov, err = store.NewOverlay(vfs.OS{}, overlayPath(d.cfg.Data, key), td.view); err != nil {
 		td.view.Close()
 		return td, err
 	}

@@ -17,7 +17,8 @@ import (
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/nbd"
-	"github.com/vrep-io/vrep/replica"
+	"github.com/vrep-io/vrep/replica/receive"
+	"github.com/vrep-io/vrep/replica/store"
 )
 
 // Config configures a replica daemon.
@@ -31,8 +32,8 @@ type Config struct {
 	FUSE     string   // mount point for test failovers
 	API      string   // default Data/api.sock
 	// Retention is the default policy; Overrides by "VM" or "VM/DISK".
-	Retention  replica.Retention
-	Overrides  map[string]replica.Retention
+	Retention  store.Retention
+	Overrides  map[string]store.Retention
 	PruneEvery time.Duration // default one minute
 	Log        *slog.Logger
 }
@@ -43,8 +44,8 @@ type Daemon struct {
 	log  *slog.Logger
 	lock *os.File
 	// Catalog is the point index.
-	Catalog *replica.Catalog
-	srv     *replica.Server
+	Catalog *store.Catalog
+	srv     *receive.Server
 	ln      net.Listener
 	nbd     *nbd.Server
 	fuse    *fuse.Mount
@@ -84,11 +85,11 @@ func Start(cfg Config) (d *Daemon, err error) {
 		return d, err
 	}
 	d.clearStaleTests()
-	if d.Catalog, err = replica.OpenCatalog(replica.CatalogConfig{Data: cfg.Data, Retention: cfg.Retention,
+	if d.Catalog, err = store.OpenCatalog(store.CatalogConfig{Data: cfg.Data, Retention: cfg.Retention,
 		Overrides: cfg.Overrides, Log: cfg.Log}); err != nil {
 		return d, err
 	}
-	d.srv = replica.NewServer(replica.ServerConfig{Data: cfg.Data, TLS: cfg.TLS, Allow: cfg.Allow,
+	d.srv = receive.NewServer(receive.ServerConfig{Data: cfg.Data, TLS: cfg.TLS, Allow: cfg.Allow,
 		AllowAny: cfg.AllowAny, Catalog: d.Catalog, Log: cfg.Log})
 	d.nbd = nbd.NewServer(cfg.Log)
 	if cfg.FUSE != "" {

@@ -1,8 +1,9 @@
-package replica
+package store
 
 import (
 	"bytes"
 	"errors"
+	"github.com/vrep-io/vrep/replica/wire"
 	"math/rand/v2"
 	"testing"
 
@@ -92,12 +93,12 @@ func TestApplyIsIdempotentByLSN(t *testing.T) {
 		t.Fatal("image differs from the records applied")
 	}
 	// A gap is a broken chain, and nothing of it is applied.
-	if lsn, err := d.Apply(recs[21:]); !errors.Is(err, ErrBrokenChain) || lsn != 30 {
+	if lsn, err := d.Apply(recs[21:]); !errors.Is(err, wire.ErrBrokenChain) || lsn != 30 {
 		t.Fatalf("a gap: %d, %v", lsn, err)
 	}
 	// A record past the end of the disk is refused.
 	bad := []hrl.Record{{Type: hrl.TypeWrite, LSN: 31, Offset: diskSize - 10, Payload: make([]byte, 20), Span: 20}}
-	if _, err := d.Apply(bad); !errors.Is(err, ErrFrame) {
+	if _, err := d.Apply(bad); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("a record past the end: %v", err)
 	}
 	d.Close()

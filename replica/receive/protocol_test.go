@@ -1,8 +1,9 @@
-package replica
+package receive
 
 import (
 	"crypto/tls"
 	"errors"
+	"github.com/vrep-io/vrep/replica/wire"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,16 +28,16 @@ func TestRecordsForAnotherDiskRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	c := NewConn(nc)
+	c := wire.NewConn(nc)
 	defer c.Close()
-	c.WriteFrame(MsgHello, Hello{Version: Version, Codecs: AllCodecs, Prefer: CodecNone}.Encode())
+	c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: wire.CodecNone}.Encode())
 	c.Flush()
-	if _, err := expect(c, MsgWelcome); err != nil {
+	if _, err := wire.Expect(c, wire.MsgWelcome); err != nil {
 		t.Fatal(err)
 	}
-	c.WriteFrame(MsgOpenDisk, encodeOpenDisk("vm1/disk0", 4<<20))
+	c.WriteFrame(wire.MsgOpenDisk, wire.EncodeOpenDisk("vm1/disk0", 4<<20))
 	c.Flush()
-	if _, err := expect(c, MsgDiskState); err != nil {
+	if _, err := wire.Expect(c, wire.MsgDiskState); err != nil {
 		t.Fatal(err)
 	}
 	payload := make([]byte, 4096)
@@ -44,11 +45,11 @@ func TestRecordsForAnotherDiskRefused(t *testing.T) {
 		payload[i] = 0xAB
 	}
 	recs := []hrl.Record{{LSN: 1, Type: hrl.TypeWrite, Offset: 0, Payload: payload}}
-	c.WriteFrame(MsgRecords, AppendRecords(nil, "vm1/disk1", recs))
+	c.WriteFrame(wire.MsgRecords, wire.AppendRecords(nil, "vm1/disk1", recs))
 	c.Flush()
-	_, err = expect(c, MsgAck)
-	var re *RemoteError
-	if !errors.As(err, &re) || re.Code != CodeBadRequest || !strings.Contains(re.Msg, "vm1/disk1") {
+	_, err = wire.Expect(c, wire.MsgAck)
+	var re *wire.RemoteError
+	if !errors.As(err, &re) || re.Code != wire.CodeBadRequest || !strings.Contains(re.Msg, "vm1/disk1") {
 		t.Fatalf("records for another disk answered with %v, want a bad-request error naming vm1/disk1", err)
 	}
 	if _, err := os.Stat(filepath.Join(rg.data, "primary1", "vm1", "disk1")); err == nil {

@@ -1,9 +1,16 @@
-package replica
+// Package receive is the replica's side of a stream: it authorizes a
+// primary by its certificate, confines it to its own storage root, runs
+// one stream per disk, applies what arrives through replica/store and
+// acknowledges only what is durable.
+package receive
 
 import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/vrep-io/vrep/replica/health"
+	"github.com/vrep-io/vrep/replica/store"
+	"github.com/vrep-io/vrep/replica/wire"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -29,7 +36,7 @@ type ServerConfig struct {
 	AllowAny bool
 	// Catalog, if set, keeps the history of every disk: points and undo
 	// entries (see Catalog).
-	Catalog *Catalog
+	Catalog *store.Catalog
 	// IdleTimeout is how long an open stream may stay silent (a primary
 	// sends keepalives while it has nothing to ship), or a frame stand
 	// still mid-transfer, before the replica gives up on it (default 5
@@ -171,7 +178,7 @@ func (s *Server) rootName(name string) (string, error) {
 	case !ok && s.cfg.AllowAny:
 		sub = name
 	case !ok:
-		return "", fmt.Errorf("%w: %q is not allowed on this replica", errUnauthorized, name)
+		return "", fmt.Errorf("%w: %q is not allowed on this replica", wire.ErrUnauthorized, name)
 	}
 	if err := names.Part(sub); err != nil {
 		return "", err
@@ -186,7 +193,7 @@ func (s *Server) serve(nc net.Conn) {
 	// primary may stay quiet (caught up) for a while, and a frame may
 	// crawl over a thin link as long as it moves.
 	base := min(30*time.Second, s.cfg.IdleTimeout)
-	pc := newProgressConn(nc, base)
+	pc := wire.NewProgressConn(nc, base)
 	tc := tls.Server(pc, s.cfg.TLS)
 	if err := tc.Handshake(); err != nil {
 		log.Warn("replica: TLS handshake refused", "err", err)
@@ -198,11 +205,11 @@ func (s *Server) serve(nc net.Conn) {
 		return
 	}
 	log = log.With("primary", name)
-	c := NewConn(tc)
+	c := wire.NewConn(tc)
 	defer c.Close()
 	fail := func(code uint16, err error) {
 		log.Warn("replica: stream ended", "err", err)
-		c.WriteFrame(MsgError, encodeError(code, err.Error()))
+		c.WriteFrame(wire.MsgError, wire.EncodeError(code, err.Error()))
 		c.Flush()
 	}
 	// applyFailed answers an error from applying: malformed input is the
@@ -210,48 +217,48 @@ func (s *Server) serve(nc net.Conn) {
 	// replica's, and retrying may help.
 	applyFailed := func(err error) {
 		switch {
-		case errors.Is(err, ErrBrokenChain):
-			fail(CodeResync, err)
-		case errors.Is(err, ErrFrame):
-			fail(CodeBadRequest, err)
+		case errors.Is(err, wire.ErrBrokenChain):
+			fail(wire.CodeResync, err)
+		case errors.Is(err, wire.ErrFrame), errors.Is(err, store.ErrInvalid):
+			fail(wire.CodeBadRequest, err)
 		default:
-			fail(CodeRetry, err)
+			fail(wire.CodeRetry, err)
 		}
 	}
 	rootName, err := s.rootName(name)
 	root := filepath.Join(s.cfg.Data, rootName)
 	if err != nil {
-		fail(CodeUnauthorized, err)
+		fail(wire.CodeUnauthorized, err)
 		return
 	}
-	body, err := expect(c, MsgHello)
+	body, err := wire.Expect(c, wire.MsgHello)
 	if err != nil {
-		fail(CodeBadRequest, err)
+		fail(wire.CodeBadRequest, err)
 		return
 	}
-	h, err := DecodeHello(body)
+	h, err := wire.DecodeHello(body)
 	if err != nil {
-		fail(CodeBadRequest, err)
+		fail(wire.CodeBadRequest, err)
 		return
 	}
-	w, err := Negotiate(h, AllCodecs)
+	w, err := wire.Negotiate(h, wire.AllCodecs)
 	if err != nil {
-		fail(CodeBadRequest, err)
+		fail(wire.CodeBadRequest, err)
 		return
 	}
-	c.WriteFrame(MsgWelcome, w.Encode())
+	c.WriteFrame(wire.MsgWelcome, w.Encode())
 	if err := c.Flush(); err != nil {
 		return
 	}
 	c.SetCodec(w.Codec)
-	body, err = expect(c, MsgOpenDisk)
+	body, err = wire.Expect(c, wire.MsgOpenDisk)
 	if err != nil {
-		fail(CodeBadRequest, err)
+		fail(wire.CodeBadRequest, err)
 		return
 	}
-	diskName, size, err := decodeOpenDisk(body)
+	diskName, size, err := wire.DecodeOpenDisk(body)
 	if err != nil {
-		fail(CodeBadRequest, err)
+		fail(wire.CodeBadRequest, err)
 		return
 	}
 	vm, dname, _ := names.Disk(diskName)
@@ -276,7 +283,7 @@ func (s *Server) serve(nc net.Conn) {
 		select {
 		case <-old.done:
 		case <-time.After(30 * time.Second):
-			fail(CodeRetry, fmt.Errorf("disk %s is still being replicated by another stream", diskName))
+			fail(wire.CodeRetry, fmt.Errorf("disk %s is still being replicated by another stream", diskName))
 			return
 		}
 	}
@@ -285,26 +292,26 @@ func (s *Server) serve(nc net.Conn) {
 		delete(s.busy, dir)
 		s.mu.Unlock()
 	}()
-	d, err := OpenDisk(s.fs, dir, size)
+	d, err := store.OpenDisk(s.fs, dir, size)
 	if err != nil {
-		fail(CodeResync, err)
+		fail(wire.CodeResync, err)
 		return
 	}
 	defer d.Close()
 	if s.cfg.Catalog != nil {
 		if err := d.WithHistory(s.cfg.Catalog, rootName+"/"+vm+"/"+dname); err != nil {
-			fail(CodeRetry, err)
+			fail(wire.CodeRetry, err)
 			return
 		}
 	}
 	applied, seeded := d.Applied()
 	if !seeded {
 		if err := d.ResetBase(); err != nil {
-			fail(CodeRetry, err)
+			fail(wire.CodeRetry, err)
 			return
 		}
 	}
-	c.WriteFrame(MsgDiskState, encodeDiskState(applied, seeded))
+	c.WriteFrame(wire.MsgDiskState, wire.EncodeDiskState(applied, seeded))
 	if err := c.Flush(); err != nil {
 		return
 	}
@@ -313,7 +320,7 @@ func (s *Server) serve(nc net.Conn) {
 	key := rootName + "/" + vm + "/" + dname
 	s.streamEvent(key, func(si *StreamInfo) { si.Primary, si.Connected, si.Since = name, true, time.Now() })
 	defer s.streamEvent(key, func(si *StreamInfo) { si.Connected, si.Since = false, time.Now() })
-	pc.scale.Store(int64((s.cfg.IdleTimeout + base - 1) / base))
+	pc.Scale.Store(int64((s.cfg.IdleTimeout + base - 1) / base))
 	var recs []hrl.Record
 	for {
 		t, body, err := c.ReadFrame()
@@ -325,30 +332,30 @@ func (s *Server) serve(nc net.Conn) {
 		}
 		var ack uint64
 		switch t {
-		case MsgKeepalive:
+		case wire.MsgKeepalive:
 			continue
-		case MsgSettings:
-			iv, pe, err := decodeSettings(body)
+		case wire.MsgSettings:
+			iv, pe, err := wire.DecodeSettings(body)
 			if err != nil {
-				fail(CodeBadRequest, err)
+				fail(wire.CodeBadRequest, err)
 				return
 			}
 			s.streamEvent(key, func(si *StreamInfo) { si.Interval, si.PointsEvery = iv, pe })
-			log.Info("replica: copy frequency", "frequency", FrequencyName(iv), "points_every", pe)
+			log.Info("replica: copy frequency", "frequency", health.FrequencyName(iv), "points_every", pe)
 			continue
-		case MsgBaseChunk:
+		case wire.MsgBaseChunk:
 			if len(body) < 8 {
-				fail(CodeBadRequest, fmt.Errorf("%w: short base chunk", ErrFrame))
+				fail(wire.CodeBadRequest, fmt.Errorf("%w: short base chunk", wire.ErrFrame))
 				return
 			}
-			off, _ := decodeU64(body[:8])
+			off, _ := wire.DecodeU64(body[:8])
 			if err := d.WriteBase(int64(off), body[8:]); err != nil {
 				applyFailed(err)
 				return
 			}
 			continue // acknowledged by BaseDone
-		case MsgBaseDone:
-			lsn, err := decodeU64(body)
+		case wire.MsgBaseDone:
+			lsn, err := wire.DecodeU64(body)
 			if err == nil {
 				err = d.FinishBase(lsn)
 			}
@@ -358,11 +365,11 @@ func (s *Server) serve(nc net.Conn) {
 			}
 			ack = lsn
 			log.Info("replica: initial copy complete", "lsn", lsn)
-		case MsgRecords:
+		case wire.MsgRecords:
 			recs = recs[:0]
-			disk, err := DecodeRecords(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
+			disk, err := wire.DecodeRecords(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
 			if err == nil && disk != diskName {
-				fail(CodeBadRequest, fmt.Errorf("%w: records for disk %s on the stream of %s", ErrFrame, disk, diskName))
+				fail(wire.CodeBadRequest, fmt.Errorf("%w: records for disk %s on the stream of %s", wire.ErrFrame, disk, diskName))
 				return
 			}
 			if err == nil {
@@ -372,11 +379,11 @@ func (s *Server) serve(nc net.Conn) {
 				applyFailed(err)
 				return
 			}
-		case MsgRecordsRange:
+		case wire.MsgRecordsRange:
 			recs = recs[:0]
-			disk, from, through, err := DecodeRecordsRange(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
+			disk, from, through, err := wire.DecodeRecordsRange(body, func(r hrl.Record) error { recs = append(recs, r); return nil })
 			if err == nil && disk != diskName {
-				fail(CodeBadRequest, fmt.Errorf("%w: records for disk %s on the stream of %s", ErrFrame, disk, diskName))
+				fail(wire.CodeBadRequest, fmt.Errorf("%w: records for disk %s on the stream of %s", wire.ErrFrame, disk, diskName))
 				return
 			}
 			if err == nil {
@@ -387,10 +394,10 @@ func (s *Server) serve(nc net.Conn) {
 				return
 			}
 		default:
-			fail(CodeBadRequest, fmt.Errorf("%w: unexpected message %d", ErrFrame, t))
+			fail(wire.CodeBadRequest, fmt.Errorf("%w: unexpected message %d", wire.ErrFrame, t))
 			return
 		}
-		c.WriteFrame(MsgAck, encodeU64(ack))
+		c.WriteFrame(wire.MsgAck, wire.EncodeU64(ack))
 		if err := c.Flush(); err != nil {
 			return
 		}

@@ -1,4 +1,4 @@
-package replica
+package store
 
 import (
 	"encoding/binary"
@@ -12,6 +12,7 @@ import (
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/vfs"
+	"github.com/vrep-io/vrep/replica/wire"
 )
 
 // Disk is one replicated disk on the replica: its image and the LSN
@@ -50,10 +51,13 @@ const (
 	stateSize  = 36
 )
 
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 var (
-	// ErrBrokenChain is returned for a record that does not follow the
-	// applied LSN: records are missing; the disk needs a resync.
-	ErrBrokenChain = errors.New("replica: broken LSN chain")
+	// ErrInvalid is returned for input that cannot be applied as it is:
+	// a chunk or record past the end of the disk, an impossible range.
+	// The sender is at fault; the replica changed nothing.
+	ErrInvalid = errors.New("replica: invalid input")
 	// ErrNotSeeded is returned for records before the initial copy is done.
 	ErrNotSeeded = errors.New("replica: initial copy not complete")
 )
@@ -171,10 +175,10 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 // order; nothing is durable until FinishBase.
 func (d *Disk) WriteBase(off int64, data []byte) error {
 	if d.seeded {
-		return fmt.Errorf("%w: base chunk after the initial copy completed", ErrFrame)
+		return fmt.Errorf("%w: base chunk after the initial copy completed", ErrInvalid)
 	}
 	if off < 0 || off+int64(len(data)) > d.size {
-		return fmt.Errorf("%w: base chunk past the end of the disk", ErrFrame)
+		return fmt.Errorf("%w: base chunk past the end of the disk", ErrInvalid)
 	}
 	_, err := d.img.WriteAt(data, off)
 	return err
@@ -218,7 +222,7 @@ func (d *Disk) Apply(recs []hrl.Record) (uint64, error) {
 // later one, never across a point): the applied LSN becomes through.
 func (d *Disk) ApplyRange(recs []hrl.Record, from, through uint64) (uint64, error) {
 	if from == 0 || through < from {
-		return d.applied, fmt.Errorf("%w: records range %d..%d", ErrFrame, from, through)
+		return d.applied, fmt.Errorf("%w: records range %d..%d", ErrInvalid, from, through)
 	}
 	return d.apply(recs, from, through)
 }
@@ -234,7 +238,7 @@ func (d *Disk) apply(recs []hrl.Record, from, through uint64) (uint64, error) {
 			return d.applied, nil // applied before: a resumed stream
 		}
 		if from > d.applied+1 {
-			return d.applied, fmt.Errorf("%w: records from %d after %d", ErrBrokenChain, from, d.applied)
+			return d.applied, fmt.Errorf("%w: records from %d after %d", wire.ErrBrokenChain, from, d.applied)
 		}
 	}
 	next := d.applied
@@ -244,12 +248,12 @@ func (d *Disk) apply(recs []hrl.Record, from, through uint64) (uint64, error) {
 			continue // applied before: a resumed stream
 		}
 		if from == 0 && r.LSN != next+1 || from != 0 && (r.LSN <= next || r.LSN > through) {
-			return d.applied, fmt.Errorf("%w: record %d after %d", ErrBrokenChain, r.LSN, next)
+			return d.applied, fmt.Errorf("%w: record %d after %d", wire.ErrBrokenChain, r.LSN, next)
 		}
 		if r.Type != hrl.TypeMarker {
 			off, n := int64(r.Offset), int64(r.Span)
 			if off < 0 || off+n > d.size || off+n < off {
-				return d.applied, fmt.Errorf("%w: record %d reaches past the end of the disk", ErrFrame, r.LSN)
+				return d.applied, fmt.Errorf("%w: record %d reaches past the end of the disk", ErrInvalid, r.LSN)
 			}
 		}
 		if first < 0 {

@@ -1,9 +1,11 @@
-package replica
+package store
 
 import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/vrep-io/vrep/replica/ship"
+	"github.com/vrep-io/vrep/replica/wire"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -435,7 +437,7 @@ func TestCoalesce(t *testing.T) {
 		{Type: hrl.TypeZero, LSN: 10, Offset: 8192, Span: 4096}, w(11, 8192, 4096), // the zero covered
 	}
 	var lsns []uint64
-	for _, r := range Coalesce(slices.Clone(recs)) {
+	for _, r := range ship.Coalesce(slices.Clone(recs)) {
 		lsns = append(lsns, r.LSN)
 	}
 	if want := []uint64{3, 4, 5, 8, 9, 11}; !equalU64(lsns, want) {
@@ -451,7 +453,7 @@ func TestCoalesce(t *testing.T) {
 		}
 		cat, co := seededDisk(t, vfs.OS{}, t.TempDir(), base, CatalogConfig{Retention: Retention{Window: time.Hour}})
 		for from := 0; from < len(recs); from += 50 {
-			batch := Coalesce(slices.Clone(recs[from : from+50]))
+			batch := ship.Coalesce(slices.Clone(recs[from : from+50]))
 			if lsn, err := co.ApplyRange(batch, uint64(from+1), uint64(from+50)); err != nil || lsn != uint64(from+50) {
 				t.Fatalf("ApplyRange: %d, %v", lsn, err)
 			}
@@ -464,7 +466,7 @@ func TestCoalesce(t *testing.T) {
 		if lsn, err := co.ApplyRange(nil, 251, 300); err != nil || lsn != 300 {
 			t.Fatalf("a resent range: %d, %v", lsn, err)
 		}
-		if _, err := co.ApplyRange(nil, 302, 310); !errors.Is(err, ErrBrokenChain) {
+		if _, err := co.ApplyRange(nil, 302, 310); !errors.Is(err, wire.ErrBrokenChain) {
 			t.Fatalf("a range after a gap: %v", err)
 		}
 		full.Close()

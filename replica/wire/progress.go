@@ -1,4 +1,4 @@
-package replica
+package wire
 
 import (
 	"net"
@@ -6,38 +6,40 @@ import (
 	"time"
 )
 
-// progressConn gives up on a connection that stops moving, not on one
+// ProgressConn is the transport under a stream, on both sides. It gives up on a connection that stops moving, not on one
 // that is slow: every read and every write of at most progressChunk bytes
 // must complete within the timeout (times the current scale), so a
 // black-holed or half-open link is detected in about one timeout while a
 // thin one still carries a large frame.
-type progressConn struct {
+type ProgressConn struct {
 	net.Conn
 	timeout time.Duration
-	scale   atomic.Int64 // multiplies timeout; 0 turns the deadlines off
+	// Scale multiplies the timeout; 0 turns the deadlines off.
+	Scale atomic.Int64
 }
 
 const progressChunk = 64 << 10
 
-func newProgressConn(c net.Conn, timeout time.Duration) *progressConn {
-	pc := &progressConn{Conn: c, timeout: timeout}
-	pc.scale.Store(1)
+// NewProgressConn wraps c with a progress timeout.
+func NewProgressConn(c net.Conn, timeout time.Duration) *ProgressConn {
+	pc := &ProgressConn{Conn: c, timeout: timeout}
+	pc.Scale.Store(1)
 	return pc
 }
 
-func (c *progressConn) deadline() time.Time {
-	if s := c.scale.Load(); s > 0 {
+func (c *ProgressConn) deadline() time.Time {
+	if s := c.Scale.Load(); s > 0 {
 		return time.Now().Add(time.Duration(s) * c.timeout)
 	}
 	return time.Time{}
 }
 
-func (c *progressConn) Read(p []byte) (int, error) {
+func (c *ProgressConn) Read(p []byte) (int, error) {
 	c.Conn.SetReadDeadline(c.deadline())
 	return c.Conn.Read(p)
 }
 
-func (c *progressConn) Write(p []byte) (int, error) {
+func (c *ProgressConn) Write(p []byte) (int, error) {
 	done := 0
 	for done < len(p) {
 		n := min(len(p)-done, progressChunk)

@@ -1,4 +1,10 @@
-package replica
+// Package ship is the primary's side of replication: a Shipper per disk
+// sends the initial copy of a tracked volume, then every durable change-
+// log record (continuously or at a copy frequency, coalesced within an
+// interval, never across a point), and releases the log as the replica
+// acknowledges. It speaks replica/wire and links nothing of the
+// replica's store.
+package ship
 
 import (
 	"bytes"
@@ -7,6 +13,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/vrep-io/vrep/replica/health"
+	"github.com/vrep-io/vrep/replica/wire"
 	"log/slog"
 	"net"
 	"slices"
@@ -27,7 +35,7 @@ var DefaultBackoff = []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minu
 type ShipperConfig struct {
 	Addr  string      // the replica, host:port
 	TLS   *tls.Config // pki.ClientConfig
-	Codec Codec       // preferred compression
+	Codec wire.Codec  // preferred compression
 	// Backoff is the retry schedule for recoverable errors; its last entry
 	// repeats (default DefaultBackoff; tests scale it down).
 	Backoff []time.Duration
@@ -60,20 +68,11 @@ type ShipperConfig struct {
 }
 
 // Health is a disk's replication health, as Hyper-V reports it.
-type Health string
-
-// Health values.
-const (
-	Normal   Health = "Normal"
-	Warning  Health = "Warning"  // retrying a recoverable error
-	Critical Health = "Critical" // stopped: the operator must act
-)
-
 // ShipStatus is what a shipper reports. Health and Reason are
 // JudgeShipping's verdict on the rest.
 type ShipStatus struct {
-	Health Health `json:"health"`
-	Reason string `json:"reason,omitempty"`
+	Health health.Health `json:"health"`
+	Reason string        `json:"reason,omitempty"`
 	// Connected says whether a stream to the replica is open; Since is
 	// when it opened, or when it was lost (or shipping started).
 	Connected bool      `json:"connected"`
@@ -158,7 +157,7 @@ func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
 		cfg.Log = slog.Default()
 	}
 	return &Shipper{disk: disk, vol: vol, cfg: cfg, wake: make(chan struct{}, 1),
-		st: ShipStatus{Health: Normal, Since: time.Now()},
+		st: ShipStatus{Health: health.Normal, Since: time.Now()},
 		// The replica must ack what is logged now before the lag is known.
 		target: vol.Log().LastLSN(),
 		mode:   shipMode{cfg.Through, cfg.Coalesce, cfg.Interval, cfg.PointsEvery}}
@@ -204,13 +203,13 @@ func (s *Shipper) Status() ShipStatus {
 	resync := s.noteOverflow()
 	s.mu.Lock()
 	st := s.st
-	in := ShipState{VM: s.cfg.VM, Stopped: s.stopped, Resync: resync, OverflowAt: s.overflow,
+	in := health.ShipState{VM: s.cfg.VM, Stopped: s.stopped, Resync: resync, OverflowAt: s.overflow,
 		Connected: st.Connected, Since: st.Since, LastErr: s.lastErr, RetryAt: s.retryAt,
 		CopyDone: s.copyDone, Initial: st.Initial, Interval: s.mode.interval, PointsEvery: s.mode.pointsEvery,
 		CaughtUp: s.caughtUp}
 	tickAt := s.tickAt
 	s.mu.Unlock()
-	st.Frequency = FrequencyName(in.Interval)
+	st.Frequency = health.FrequencyName(in.Interval)
 	st.PointsEvery = in.PointsEvery.Seconds()
 	switch {
 	case !st.Connected:
@@ -237,7 +236,7 @@ func (s *Shipper) Status() ShipStatus {
 	}
 	lag, known := in.Lag(now)
 	st.LagSeconds, st.LagKnown = lag.Seconds(), known
-	st.Health, st.Reason = JudgeShipping(in, now)
+	st.Health, st.Reason = health.JudgeShipping(in, now)
 	return st
 }
 
@@ -250,12 +249,12 @@ func (s *Shipper) set(fn func(*ShipStatus)) {
 // fatal reports whether an error needs the operator: authentication,
 // authorization, a broken chain. Anything else is retried.
 func fatal(err error) bool {
-	var re *RemoteError
+	var re *wire.RemoteError
 	if errors.As(err, &re) {
 		return !re.Recoverable()
 	}
 	var ce *tls.CertificateVerificationError
-	return errors.As(err, &ce) || errors.Is(err, ErrBrokenChain) || errors.Is(err, ErrVersion)
+	return errors.As(err, &ce) || errors.Is(err, wire.ErrBrokenChain) || errors.Is(err, wire.ErrVersion)
 }
 
 // Run ships until ctx ends. Recoverable errors are retried on the backoff
@@ -344,7 +343,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	pc := newProgressConn(raw, s.cfg.Timeout)
+	pc := wire.NewProgressConn(raw, s.cfg.Timeout)
 	nc := tls.Client(pc, s.cfg.TLS)
 	defer nc.Close()
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
@@ -354,31 +353,31 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	}
 	// arm scales the progress timeout: 10 for the ack of a whole initial
 	// copy (the replica makes the image durable), else 1.
-	arm := func(n int) { pc.scale.Store(int64(n)) }
-	c := NewConn(nc)
+	arm := func(n int) { pc.Scale.Store(int64(n)) }
+	c := wire.NewConn(nc)
 	defer c.Close()
-	c.WriteFrame(MsgHello, Hello{Version: Version, Codecs: AllCodecs, Prefer: s.cfg.Codec}.Encode())
+	c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: s.cfg.Codec}.Encode())
 	if err := c.Flush(); err != nil {
 		return false, err
 	}
-	body, err := expect(c, MsgWelcome)
+	body, err := wire.Expect(c, wire.MsgWelcome)
 	if err != nil {
 		return false, err
 	}
-	w, err := DecodeWelcome(body)
+	w, err := wire.DecodeWelcome(body)
 	if err != nil {
 		return false, err
 	}
 	c.SetCodec(w.Codec)
 	s.set(func(st *ShipStatus) { st.Codec = w.Codec.String() })
-	c.WriteFrame(MsgOpenDisk, encodeOpenDisk(s.disk, s.vol.Size()))
+	c.WriteFrame(wire.MsgOpenDisk, wire.EncodeOpenDisk(s.disk, s.vol.Size()))
 	if err := c.Flush(); err != nil {
 		return false, err
 	}
-	if body, err = expect(c, MsgDiskState); err != nil {
+	if body, err = wire.Expect(c, wire.MsgDiskState); err != nil {
 		return false, err
 	}
-	applied, seeded, err := decodeDiskState(body)
+	applied, seeded, err := wire.DecodeDiskState(body)
 	if err != nil {
 		return false, err
 	}
@@ -393,7 +392,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		s.cfg.Log.Info(fmt.Sprintf("%s: replication resumed after %s, %d records behind", s.disk, down.Round(time.Second), behind),
 			"disk", s.disk, "after", down, "behind", behind)
 	}
-	c.WriteFrame(MsgSettings, encodeSettings(mode.interval, mode.pointsEvery))
+	c.WriteFrame(wire.MsgSettings, wire.EncodeSettings(mode.interval, mode.pointsEvery))
 	if err := c.Flush(); err != nil {
 		return false, err
 	}
@@ -406,7 +405,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		s.st.Initial, s.copyDone = 100, true
 		s.mu.Unlock()
 	} else if first := s.vol.Log().Segments()[0].First; first > applied+1 {
-		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d", ErrBrokenChain, applied, first)
+		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d", wire.ErrBrokenChain, applied, first)
 	} else {
 		s.set(func(st *ShipStatus) { st.Initial = 100 })
 	}
@@ -426,7 +425,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		mode, modeGen = s.mode, s.modeGen
 		s.mu.Unlock()
 		if changed {
-			c.WriteFrame(MsgSettings, encodeSettings(mode.interval, mode.pointsEvery))
+			c.WriteFrame(wire.MsgSettings, wire.EncodeSettings(mode.interval, mode.pointsEvery))
 			if err := c.Flush(); err != nil {
 				return progressed, err
 			}
@@ -457,7 +456,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			}
 			if time.Since(lastSent) >= s.cfg.Keepalive {
 				arm(1)
-				c.WriteFrame(MsgKeepalive, nil)
+				c.WriteFrame(wire.MsgKeepalive, nil)
 				if err := c.Flush(); err != nil {
 					return progressed, err
 				}
@@ -470,9 +469,9 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			}
 			continue
 		}
-		typ, build := MsgRecords, s.batch
+		typ, build := wire.MsgRecords, s.batch
 		if mode.coalesce {
-			typ, build = MsgRecordsRange, s.coalescedBatch
+			typ, build = wire.MsgRecordsRange, s.coalescedBatch
 		}
 		body, last, payload, err := build(applied, durable, limit)
 		if err != nil {
@@ -486,16 +485,16 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		if err := c.Flush(); err != nil {
 			return progressed, err
 		}
-		ab, err := expect(c, MsgAck)
+		ab, err := wire.Expect(c, wire.MsgAck)
 		if err != nil {
 			return progressed, err
 		}
-		ack, err := decodeU64(ab)
+		ack, err := wire.DecodeU64(ab)
 		if err != nil {
 			return progressed, err
 		}
 		if ack != last {
-			return progressed, fmt.Errorf("%w: sent through %d, acknowledged %d", ErrBrokenChain, last, ack)
+			return progressed, fmt.Errorf("%w: sent through %d, acknowledged %d", wire.ErrBrokenChain, last, ack)
 		}
 		faultpoint.Hit(faultpoint.ShipAfterAck)
 		applied = ack
@@ -539,7 +538,7 @@ var errBatchFull = errors.New("batch full")
 // batch builds a Records body of the records after applied, up to durable,
 // and counts their payload bytes.
 func (s *Shipper) batch(applied, durable uint64, limit int) ([]byte, uint64, int64, error) {
-	body := AppendRecords(nil, s.disk, nil)
+	body := wire.AppendRecords(nil, s.disk, nil)
 	countAt := len(body) - 4
 	var count uint32
 	var payload int64
@@ -587,7 +586,7 @@ func (s *Shipper) coalescedBatch(applied, durable uint64, limit int) ([]byte, ui
 		payload += int64(len(r.Payload))
 	}
 	s.set(func(st *ShipStatus) { st.Coalesced += int64(len(recs) - len(kept)) })
-	return AppendRecordsRange(nil, applied+1, last, s.disk, kept), last, payload, nil
+	return wire.AppendRecordsRange(nil, applied+1, last, s.disk, kept), last, payload, nil
 }
 
 // Coalesce returns recs without the records that a later record overwrites
@@ -638,7 +637,7 @@ func (s spans) add(lo, hi uint64) spans {
 
 // initialCopy sends the base image at the checkpoint, skipping zero chunks,
 // while the VM keeps writing into the log.
-func (s *Shipper) initialCopy(c *Conn, arm func(int)) (uint64, error) {
+func (s *Shipper) initialCopy(c *wire.Conn, arm func(int)) (uint64, error) {
 	ckpt := s.vol.PauseMerge()
 	defer s.vol.ResumeMerge()
 	base := s.vol.Base()
@@ -659,25 +658,25 @@ func (s *Shipper) initialCopy(c *Conn, arm func(int)) (uint64, error) {
 		}
 		binary.LittleEndian.PutUint64(buf, uint64(off))
 		arm(1)
-		if err := c.WriteFrame(MsgBaseChunk, buf[:8+n]); err != nil {
+		if err := c.WriteFrame(wire.MsgBaseChunk, buf[:8+n]); err != nil {
 			return 0, err
 		}
 	}
 	arm(10) // the replica makes the whole image durable
-	c.WriteFrame(MsgBaseDone, encodeU64(ckpt))
+	c.WriteFrame(wire.MsgBaseDone, wire.EncodeU64(ckpt))
 	if err := c.Flush(); err != nil {
 		return 0, err
 	}
-	ab, err := expect(c, MsgAck)
+	ab, err := wire.Expect(c, wire.MsgAck)
 	if err != nil {
 		return 0, err
 	}
-	ack, err := decodeU64(ab)
+	ack, err := wire.DecodeU64(ab)
 	if err != nil {
-		return 0, fmt.Errorf("%w: the acknowledgement of the initial copy at %d does not decode: %v", ErrFrame, ckpt, err)
+		return 0, fmt.Errorf("%w: the acknowledgement of the initial copy at %d does not decode: %v", wire.ErrFrame, ckpt, err)
 	}
 	if ack != ckpt {
-		return 0, fmt.Errorf("%w: initial copy at %d acknowledged as %d", ErrFrame, ckpt, ack)
+		return 0, fmt.Errorf("%w: initial copy at %d acknowledged as %d", wire.ErrFrame, ckpt, ack)
 	}
 	s.cfg.Log.Info("initial replication complete", "disk", s.disk, "lsn", ckpt)
 	return ckpt, nil

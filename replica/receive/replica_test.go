@@ -1,9 +1,12 @@
-package replica
+package receive
 
 import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/vrep-io/vrep/replica/health"
+	"github.com/vrep-io/vrep/replica/ship"
+	"github.com/vrep-io/vrep/replica/wire"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -88,7 +91,7 @@ func serveJoined(t *testing.T, srv *Server, l net.Listener) func() {
 // runJoined runs sh until the test ends (or the returned wait's ctx is
 // cancelled) and joins it in the test's cleanup. The returned channel is
 // closed when Run has returned.
-func runJoined(t *testing.T, sh *Shipper) (context.CancelFunc, <-chan struct{}) {
+func runJoined(t *testing.T, sh *ship.Shipper) (context.CancelFunc, <-chan struct{}) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { sh.Run(ctx); close(done) }()
@@ -96,13 +99,17 @@ func runJoined(t *testing.T, sh *Shipper) (context.CancelFunc, <-chan struct{}) 
 	return cancel, done
 }
 
-func (r *rig) shipper(t *testing.T, name, addr string) *Shipper {
+func (r *rig) shipper(t *testing.T, name, addr string, opts ...func(*ship.ShipperConfig)) *ship.Shipper {
 	cfg, err := pki.ClientConfig(r.pkiDir, name, "replica1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewShipper("vm1/disk0", r.vol, ShipperConfig{Addr: addr, TLS: cfg, Codec: CodecZstd,
-		Backoff: []time.Duration{10 * time.Millisecond, 50 * time.Millisecond}, Poll: 5 * time.Millisecond, Log: quiet()})
+	sc := ship.ShipperConfig{Addr: addr, TLS: cfg, Codec: wire.CodecZstd,
+		Backoff: []time.Duration{10 * time.Millisecond, 50 * time.Millisecond}, Poll: 5 * time.Millisecond, Log: quiet()}
+	for _, o := range opts {
+		o(&sc)
+	}
+	return ship.NewShipper("vm1/disk0", r.vol, sc)
 }
 
 func writeSome(t *testing.T, v *tracked.Volume, r *rand.Rand, n int) {
@@ -156,7 +163,7 @@ func TestReplicateConvergesAcrossRestarts(t *testing.T) {
 	writeSome(t, rg.vol, rnd, 300) // during the initial copy and after
 	last := rg.vol.Log().LastLSN()
 	waitFor(t, "catch-up", func() bool { return sh.Status().Acked >= last })
-	if st := sh.Status(); st.Health != Normal || st.Initial != 100 || st.Codec != "zstd" || st.Shipped == 0 ||
+	if st := sh.Status(); st.Health != health.Normal || st.Initial != 100 || st.Codec != "zstd" || st.Shipped == 0 ||
 		st.WireSent == 0 || st.WireSent > st.Shipped {
 		t.Fatalf("status %+v (compressible records must cost fewer wire bytes)", st)
 	}
@@ -167,7 +174,7 @@ func TestReplicateConvergesAcrossRestarts(t *testing.T) {
 	// address; the shipper retries and resumes from the acked LSN.
 	stop()
 	writeSome(t, rg.vol, rnd, 200)
-	waitFor(t, "warning", func() bool { return sh.Status().Health == Warning })
+	waitFor(t, "warning", func() bool { return sh.Status().Health == health.Warning })
 	_, stop = rg.serve(t, addr, map[string]string{"primary1": ""})
 	defer stop()
 	last = rg.vol.Log().LastLSN()
@@ -187,17 +194,17 @@ func TestUnauthorizedPrimaryIsCritical(t *testing.T) {
 	defer stop()
 	sh := rg.shipper(t, "stranger", addr)
 	cancel, done := runJoined(t, sh)
-	// It stops in Critical and waits for the operator (Resume), without
+	// It stops in health.Critical and waits for the operator (Resume), without
 	// retrying.
-	waitFor(t, "Critical", func() bool { return sh.Status().Health == Critical })
+	waitFor(t, "Critical", func() bool { return sh.Status().Health == health.Critical })
 	if st := sh.Status(); st.Acked != 0 || st.Connected || !st.NextSend.IsZero() || !strings.Contains(st.Reason, "replication resume") {
 		t.Fatalf("status %+v", st)
 	}
-	// Resume retries at once: refused again, Critical again.
+	// Resume retries at once: refused again, health.Critical again.
 	if was := sh.Resume(); was != "stopped" {
 		t.Fatalf("Resume of a stopped shipper says %q", was)
 	}
-	waitFor(t, "Critical after the resume", func() bool { return sh.Status().Health == Critical })
+	waitFor(t, "health.Critical after the resume", func() bool { return sh.Status().Health == health.Critical })
 	cancel()
 	<-done
 	if _, err := os.Stat(filepath.Join(rg.data, "stranger")); err == nil {
@@ -224,7 +231,7 @@ func TestPrimaryReachesOnlyItsRoot(t *testing.T) {
 
 // TestReplicaIOErrorIsRetried: an I/O error on the replica (a full disk,
 // say) is the replica's trouble, not the primary's: the primary retries
-// in Warning, never Critical, and converges once the fault clears.
+// in health.Warning, never health.Critical, and converges once the fault clears.
 func TestReplicaIOErrorIsRetried(t *testing.T) {
 	rg := newRig(t, 4<<20)
 	cfg, _ := pki.ServerConfig(rg.pkiDir, "replica1")
@@ -245,9 +252,9 @@ func TestReplicaIOErrorIsRetried(t *testing.T) {
 	writeSome(t, rg.vol, rnd, 50)
 	sh := rg.shipper(t, "primary1", l.Addr().String())
 	runJoined(t, sh)
-	waitFor(t, "a retry", func() bool { return sh.Status().Health == Warning })
+	waitFor(t, "a retry", func() bool { return sh.Status().Health == health.Warning })
 	time.Sleep(100 * time.Millisecond) // several retries
-	if st := sh.Status(); st.Health == Critical {
+	if st := sh.Status(); st.Health == health.Critical {
 		t.Fatalf("an I/O error on the replica stopped replication: %+v", st)
 	}
 	failing.Store(false)
@@ -297,8 +304,7 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 		srv := NewServer(ServerConfig{Data: rg.data, TLS: cfg, Allow: map[string]string{"primary1": ""},
 			IdleTimeout: 400 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 		stopSrv := serveJoined(t, srv, l)
-		sh := rg.shipper(t, "primary1", l.Addr().String())
-		sh.cfg.Keepalive = keepalive
+		sh := rg.shipper(t, "primary1", l.Addr().String(), func(c *ship.ShipperConfig) { c.Keepalive = keepalive })
 		cancel, done := runJoined(t, sh)
 		r := rand.New(rand.NewPCG(1, 1))
 		for range 2 {

@@ -1,4 +1,10 @@
-package replica
+// Package store is the replica's disks and their history: the apply
+// engine (the image and its applied LSN, idempotent by LSN), undo
+// segments that keep old content before it is overwritten, the point
+// catalog indexed in badger, read-only point views, copy-on-write
+// overlays and retention. The on-disk formats are specified on Disk
+// (disk.go), on Catalog (this file) and in history.go.
+package store
 
 import (
 	"bytes"

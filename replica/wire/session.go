@@ -1,4 +1,4 @@
-package replica
+package wire
 
 import (
 	"encoding/binary"
@@ -41,12 +41,12 @@ const MsgSettings MsgType = 12
 // frequency or point interval.
 const maxInterval = 7 * 24 * time.Hour
 
-func encodeSettings(interval, pointsEvery time.Duration) []byte {
+func EncodeSettings(interval, pointsEvery time.Duration) []byte {
 	b := binary.LittleEndian.AppendUint64(nil, uint64(interval))
 	return binary.LittleEndian.AppendUint64(b, uint64(pointsEvery))
 }
 
-func decodeSettings(b []byte) (interval, pointsEvery time.Duration, err error) {
+func DecodeSettings(b []byte) (interval, pointsEvery time.Duration, err error) {
 	if len(b) != 16 {
 		return 0, 0, fmt.Errorf("%w: settings of %d bytes", ErrFrame, len(b))
 	}
@@ -77,24 +77,24 @@ func (e *RemoteError) Error() string { return "replica says: " + e.Msg }
 // Recoverable reports whether retrying may help.
 func (e *RemoteError) Recoverable() bool { return e.Code == CodeRetry }
 
-func encodeError(code uint16, msg string) []byte {
+func EncodeError(code uint16, msg string) []byte {
 	return append(binary.LittleEndian.AppendUint16(nil, code), msg...)
 }
 
-func decodeError(b []byte) error {
+func DecodeError(b []byte) error {
 	if len(b) < 2 {
 		return fmt.Errorf("%w: short error message", ErrFrame)
 	}
 	return &RemoteError{Code: binary.LittleEndian.Uint16(b), Msg: string(b[2:])}
 }
 
-func encodeOpenDisk(disk string, size int64) []byte {
+func EncodeOpenDisk(disk string, size int64) []byte {
 	b := binary.LittleEndian.AppendUint16(nil, uint16(len(disk)))
 	b = append(b, disk...)
 	return binary.LittleEndian.AppendUint64(b, uint64(size))
 }
 
-func decodeOpenDisk(b []byte) (string, int64, error) {
+func DecodeOpenDisk(b []byte) (string, int64, error) {
 	if len(b) < 2 {
 		return "", 0, fmt.Errorf("%w: short open", ErrFrame)
 	}
@@ -113,16 +113,16 @@ func decodeOpenDisk(b []byte) (string, int64, error) {
 	return disk, size, nil
 }
 
-func encodeU64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+func EncodeU64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
 
-func decodeU64(b []byte) (uint64, error) {
+func DecodeU64(b []byte) (uint64, error) {
 	if len(b) != 8 {
 		return 0, fmt.Errorf("%w: want 8 bytes, got %d", ErrFrame, len(b))
 	}
 	return binary.LittleEndian.Uint64(b), nil
 }
 
-func encodeDiskState(applied uint64, seeded bool) []byte {
+func EncodeDiskState(applied uint64, seeded bool) []byte {
 	b := binary.LittleEndian.AppendUint64(nil, applied)
 	if seeded {
 		return append(b, 1)
@@ -130,21 +130,21 @@ func encodeDiskState(applied uint64, seeded bool) []byte {
 	return append(b, 0)
 }
 
-func decodeDiskState(b []byte) (uint64, bool, error) {
+func DecodeDiskState(b []byte) (uint64, bool, error) {
 	if len(b) != 9 || b[8] > 1 {
 		return 0, false, fmt.Errorf("%w: bad disk state", ErrFrame)
 	}
 	return binary.LittleEndian.Uint64(b), b[8] == 1, nil
 }
 
-// expect reads the next frame, turning an Error message into an error.
-func expect(c *Conn, want MsgType) ([]byte, error) {
+// Expect reads the next frame, turning an Error message into an error.
+func Expect(c *Conn, want MsgType) ([]byte, error) {
 	t, body, err := c.ReadFrame()
 	if err != nil {
 		return nil, err
 	}
 	if t == MsgError {
-		return nil, decodeError(body)
+		return nil, DecodeError(body)
 	}
 	if t != want {
 		return nil, fmt.Errorf("%w: got message %d, want %d", ErrFrame, t, want)
@@ -152,4 +152,8 @@ func expect(c *Conn, want MsgType) ([]byte, error) {
 	return body, nil
 }
 
-var errUnauthorized = errors.New("replica: primary not authorized")
+// ErrBrokenChain is returned for records that do not follow the applied
+// LSN: records are missing, and the disk needs a resync (CodeResync).
+var ErrBrokenChain = errors.New("replica: broken LSN chain")
+
+var ErrUnauthorized = errors.New("replica: primary not authorized")

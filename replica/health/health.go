@@ -1,9 +1,22 @@
-package replica
+// Package health judges a disk's replication health, on either side of
+// a stream, as pure functions from state and time to a verdict and its
+// reason (Hyper-V's Normal, Warning and Critical).
+package health
 
 import (
 	"fmt"
 	"strings"
 	"time"
+)
+
+// Health is a disk's replication health, as Hyper-V names it.
+type Health string
+
+// Health values.
+const (
+	Normal   Health = "Normal"
+	Warning  Health = "Warning"  // retrying a recoverable error
+	Critical Health = "Critical" // stopped: the operator must act
 )
 
 // Health judgement, on both sides of a stream: pure functions from what a
