@@ -43,7 +43,7 @@ fuzz:
 	@set -e; for spec in \
 		./hrl:FuzzOpen ./hrl:FuzzOpenChain ./hrl:FuzzDecodeMarker \
 		./nbd:FuzzHandshake ./nbd:FuzzRequest \
-		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode \
+		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode ./internal/statefile:FuzzDecode \
 		./replica/wire:FuzzReadFrame ./replica/wire:FuzzDecodeRecords ./replica/wire:FuzzDecodeRecordsRange \
 		./replica/store:FuzzDecodeUndoRef; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \

@@ -4,12 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io/fs"
 	"path/filepath"
 
 	"github.com/vrep-io/vrep/hrl"
-	"github.com/vrep-io/vrep/internal/vfs"
+	"github.com/vrep-io/vrep/internal/statefile"
 )
 
 // The log-overflow path. When the log the consumer has not released grows
@@ -114,33 +113,26 @@ func (v *Volume) writeDirty() error {
 		v.mu.RUnlock()
 		return nil
 	}
-	b := make([]byte, 24, 24+len(v.dirty)+4)
-	copy(b, dirtyMagic)
-	binary.LittleEndian.PutUint16(b[8:], 1)
-	binary.LittleEndian.PutUint64(b[16:], uint64(v.opts.RegionSize))
-	b = append(b, v.dirty...)
+	body := binary.LittleEndian.AppendUint64(make([]byte, 6, 14+len(v.dirty)), uint64(v.opts.RegionSize))
+	body = append(body, v.dirty...)
 	v.mu.RUnlock()
-	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
-	if err := vfs.WriteFileAtomic(v.fs, filepath.Join(v.dir, "dirty"), b); err != nil {
+	if err := statefile.Write(v.fs, filepath.Join(v.dir, "dirty"), dirtyMagic, body); err != nil {
 		return fmt.Errorf("tracked: writing dirty bitmap: %w", err)
 	}
 	return nil
 }
 
 func (v *Volume) readDirty() error {
-	b, err := vfs.ReadFile(v.fs, filepath.Join(v.dir, "dirty"))
+	body, err := statefile.Read(v.fs, filepath.Join(v.dir, "dirty"), dirtyMagic, 14+int((v.regions()+7)/8))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
+	}
+	if errors.Is(err, statefile.ErrBad) || err == nil && int64(binary.LittleEndian.Uint64(body[6:])) != v.opts.RegionSize {
+		return fmt.Errorf("%w: bad dirty bitmap", ErrCorrupt)
 	}
 	if err != nil {
 		return fmt.Errorf("tracked: %w", err)
 	}
-	want := 24 + int((v.regions()+7)/8) + 4
-	if len(b) != want || string(b[:8]) != dirtyMagic || binary.LittleEndian.Uint16(b[8:]) != 1 ||
-		int64(binary.LittleEndian.Uint64(b[16:])) != v.opts.RegionSize ||
-		crc32.Checksum(b[:len(b)-4], castagnoli) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
-		return fmt.Errorf("%w: bad dirty bitmap", ErrCorrupt)
-	}
-	v.dirty = b[24 : len(b)-4]
+	v.dirty = body[14:]
 	return nil
 }

@@ -29,7 +29,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io/fs"
 	"maps"
 	"path/filepath"
@@ -40,6 +39,7 @@ import (
 
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/statefile"
 	"github.com/vrep-io/vrep/internal/vfs"
 )
 
@@ -811,33 +811,25 @@ func (v *Volume) close() error {
 
 const (
 	ckptMagic = "VREPCKPT"
-	ckptSize  = 28
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 func (v *Volume) readCheckpoint() (uint64, error) {
-	b, err := vfs.ReadFile(v.fs, filepath.Join(v.dir, "checkpoint"))
+	body, err := statefile.Read(v.fs, filepath.Join(v.dir, "checkpoint"), ckptMagic, 14)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
+	}
+	if errors.Is(err, statefile.ErrBad) {
+		return 0, fmt.Errorf("%w: bad checkpoint file", ErrCorrupt)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("tracked: %w", err)
 	}
-	if len(b) != ckptSize || string(b[:8]) != ckptMagic || binary.LittleEndian.Uint16(b[8:]) != 1 ||
-		crc32.Checksum(b[:24], castagnoli) != binary.LittleEndian.Uint32(b[24:]) {
-		return 0, fmt.Errorf("%w: bad checkpoint file", ErrCorrupt)
-	}
-	return binary.LittleEndian.Uint64(b[16:]), nil
+	return binary.LittleEndian.Uint64(body[6:]), nil
 }
 
 func (v *Volume) writeCheckpoint(lsn uint64) error {
-	b := make([]byte, ckptSize)
-	copy(b, ckptMagic)
-	binary.LittleEndian.PutUint16(b[8:], 1)
-	binary.LittleEndian.PutUint64(b[16:], lsn)
-	binary.LittleEndian.PutUint32(b[24:], crc32.Checksum(b[:24], castagnoli))
-	if err := vfs.WriteFileAtomic(v.fs, filepath.Join(v.dir, "checkpoint"), b); err != nil {
+	body := binary.LittleEndian.AppendUint64(make([]byte, 6, 14), lsn)
+	if err := statefile.Write(v.fs, filepath.Join(v.dir, "checkpoint"), ckptMagic, body); err != nil {
 		return fmt.Errorf("tracked: writing checkpoint: %w", err)
 	}
 	return nil

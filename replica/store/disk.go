@@ -11,6 +11,7 @@ import (
 
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/faultpoint"
+	"github.com/vrep-io/vrep/internal/statefile"
 	"github.com/vrep-io/vrep/internal/vfs"
 	"github.com/vrep-io/vrep/replica/wire"
 )
@@ -48,7 +49,6 @@ type Disk struct {
 // Part of the format; do not change.
 const (
 	stateMagic = "VREPRSTA"
-	stateSize  = 36
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -118,35 +118,31 @@ type diskState struct {
 // readState reads the state file of the disk in dir; a missing file is
 // fs.ErrNotExist.
 func readState(fsys vfs.FS, dir string) (diskState, error) {
-	b, err := vfs.ReadFile(fsys, filepath.Join(dir, "state"))
+	body, err := statefile.Read(fsys, filepath.Join(dir, "state"), stateMagic, 22)
 	if errors.Is(err, fs.ErrNotExist) {
 		return diskState{}, err
+	}
+	if errors.Is(err, statefile.ErrBad) {
+		return diskState{}, fmt.Errorf("replica: %s: bad state file", dir)
 	}
 	if err != nil {
 		return diskState{}, fmt.Errorf("replica: %w", err)
 	}
-	if len(b) != stateSize || string(b[:8]) != stateMagic || binary.LittleEndian.Uint16(b[8:]) != 1 ||
-		crc32.Checksum(b[:32], castagnoli) != binary.LittleEndian.Uint32(b[32:]) {
-		return diskState{}, fmt.Errorf("replica: %s: bad state file", dir)
-	}
 	return diskState{
-		size:    int64(binary.LittleEndian.Uint64(b[16:])),
-		applied: binary.LittleEndian.Uint64(b[24:]),
-		seeded:  binary.LittleEndian.Uint16(b[10:])&1 != 0,
+		seeded:  binary.LittleEndian.Uint16(body)&1 != 0,
+		size:    int64(binary.LittleEndian.Uint64(body[6:])),
+		applied: binary.LittleEndian.Uint64(body[14:]),
 	}, nil
 }
 
 func (d *Disk) writeState() error {
-	b := make([]byte, stateSize)
-	copy(b, stateMagic)
-	binary.LittleEndian.PutUint16(b[8:], 1)
+	body := make([]byte, 22)
 	if d.seeded {
-		binary.LittleEndian.PutUint16(b[10:], 1)
+		binary.LittleEndian.PutUint16(body, 1)
 	}
-	binary.LittleEndian.PutUint64(b[16:], uint64(d.size))
-	binary.LittleEndian.PutUint64(b[24:], d.applied)
-	binary.LittleEndian.PutUint32(b[32:], crc32.Checksum(b[:32], castagnoli))
-	if err := vfs.WriteFileAtomic(d.fs, filepath.Join(d.dir, "state"), b); err != nil {
+	binary.LittleEndian.PutUint64(body[6:], uint64(d.size))
+	binary.LittleEndian.PutUint64(body[14:], d.applied)
+	if err := statefile.Write(d.fs, filepath.Join(d.dir, "state"), stateMagic, body); err != nil {
 		return fmt.Errorf("replica: publishing applied LSN: %w", err)
 	}
 	return nil
