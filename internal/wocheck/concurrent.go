@@ -303,6 +303,11 @@ func checkConcurrent(before, after Image, h *History, durableBefore, limit time.
 			if d.seq != 0 && x.Ack.Before(d.sub) {
 				lost[d.seq] = true
 			}
+			if durable[n.seq] && !present[n.seq] {
+				rep.add("acknowledged write lost: block %d lacks write %d (%s), found nowhere in the image: it holds write %d, acknowledged before write %d was submitted",
+					lba, n.seq, what, x.Seq, n.seq)
+				continue
+			}
 			rep.add("block %d holds write %d, but write %d (%s) was submitted after write %d was acknowledged: stale, a write was dropped or reordered",
 				lba, x.Seq, n.seq, what, x.Seq)
 		}
