@@ -150,10 +150,12 @@ func TestReplicationEndToEnd(t *testing.T) {
 // failovers: each must be a prefix of the acknowledged writes. No restart
 // after the first initial copy may start another one; at the end the
 // replica converges to the primary byte for byte.
-// VREP_REPL_CRASH_ITERATIONS sets the count (make soak).
+// VREP_REPL_CRASH_ITERATIONS sets the count (make soak), VREP_REPL_CRASH_QD
+// the requests in flight (default 1; above 1, the concurrent rule).
 func TestReplicationCrashLoop(t *testing.T) {
 	need(t, "qemu-img")
 	iterations := envInt(t, "VREP_REPL_CRASH_ITERATIONS", 20)
+	qd := max(envInt(t, "VREP_REPL_CRASH_QD", 1), 1)
 	const size = 16 << 20
 	const blocks = size / wocheck.BlockSize
 	e := newEnv(t, size)
@@ -189,9 +191,14 @@ func TestReplicationCrashLoop(t *testing.T) {
 			}
 			killed <- time.Now() // no write of this run lands after this
 		}()
-		w := wocheck.Workload{Disk: 1, Run: uint32(i + 1), Blocks: blocks, Seed: uint64(i), FlushEvery: 8}
+		w := wocheck.Workload{Disk: 1, Run: uint32(i + 1), Blocks: blocks, Seed: uint64(i), FlushEvery: 8, Depth: qd}
 		start := time.Now()
-		h := w.Write(context.Background(), cl, 1<<30)
+		var h *wocheck.History
+		if qd > 1 {
+			h = w.WriteConcurrent(context.Background(), []wocheck.Device{cl}, 1<<30)
+		} else {
+			h = w.Write(context.Background(), cl, 1<<30)
+		}
 		stop := <-killed
 		cl.Close()
 		if victim != "primary" {
@@ -224,7 +231,7 @@ func TestReplicationCrashLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, filepath.Join(repData, "primary1", "vm1", "disk0", "image"))
-	t.Logf("%d iterations (kills: %v), 1 initial copy, replica equal to the primary, 0 write-order violations, %d points checked", iterations, victims, runs.pointsChecked)
+	t.Logf("QD %d: %d iterations (kills: %v), 1 initial copy, replica equal to the primary, 0 write-order violations, %d points checked", qd, iterations, victims, runs.pointsChecked)
 }
 
 // TestReplicationInterval: with --frequency, a disk ships only at points

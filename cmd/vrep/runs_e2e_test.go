@@ -40,7 +40,7 @@ func newRuns(t *testing.T, blocks int64, repData, repSock string, r *rand.Rand) 
 func (rs *runs) add(h *wocheck.History, start, stop time.Time, primaryDied bool, after wocheck.Image, what string) {
 	rs.t.Helper()
 	i := len(rs.hists)
-	if rep := wocheck.CheckSerial(rs.befores[i], after, h); !rep.OK() {
+	if rep := wocheck.Check(rs.befores[i], after, h); !rep.OK() { // the rule of h's queue depth
 		rs.t.Fatalf("run %d (%s): %s", i, what, strings.Join(rep.Violations, "\n"))
 	}
 	rs.hists = append(rs.hists, h)
@@ -91,7 +91,7 @@ func (rs *runs) checkPoints(max int) {
 		case i >= 0 && (p.Time.Before(rs.stops[i]) || !rs.primaryDied[i]):
 			// During run i, or after it on a primary that lived on (a
 			// write in flight when the client hung up may land).
-			rep = wocheck.CheckPoint(rs.befores[i], img, rs.hists[i], p.Time)
+			rep = wocheck.CheckAt(rs.befores[i], img, rs.hists[i], p.Time)
 		default: // after a restart, before the next run: the disk was still
 			rep = wocheck.CheckPoint(rs.befores[i+1], img, &wocheck.History{}, p.Time)
 		}

@@ -1,6 +1,12 @@
-// Package nbdclient is a small synchronous NBD client (fixed newstyle,
-// NBD_OPT_GO, simple replies), for tests and tools that drive an export
-// from Go: one request at a time.
+// Package nbdclient is a small NBD client (fixed newstyle, NBD_OPT_GO,
+// simple replies), for tests and tools that drive an export from Go.
+//
+// Requests are pipelined: any number of goroutines may call ReadAt,
+// WriteAt and Sync at once, each call's requests go out as soon as the
+// socket is free, and replies, which the server may send in any order,
+// are matched to their requests by handle. A reply whose handle matches
+// no request in flight breaks the protocol: the connection is closed and
+// every call in flight fails with ErrProtocol.
 package nbdclient
 
 import (
@@ -14,22 +20,39 @@ import (
 	"time"
 )
 
-// Client is a connection to one export. It is safe for concurrent use;
-// requests are sent one at a time.
+// Client is a connection to one export. It is safe for concurrent use.
 type Client struct {
-	mu     sync.Mutex
-	c      net.Conn
-	r      *bufio.Reader
-	size   int64
-	flags  uint16
-	cookie uint64
+	c     net.Conn
+	r     *bufio.Reader
+	size  int64
+	flags uint16
+
+	wmu sync.Mutex // serializes requests on the socket
+
+	mu       sync.Mutex
+	cookie   uint64
+	inflight map[uint64]*call
+	err      error // set once the connection failed; fails every later call
+	reading  bool  // the reply reader runs
+}
+
+// call is one request waiting for its reply.
+type call struct {
+	into []byte // read payload destination
+	done chan error
 }
 
 // MaxRequest is the largest read or write sent in one request.
 const MaxRequest = 32 << 20
 
-// ErrServer wraps an error the server replied with.
-var ErrServer = errors.New("nbd server error")
+var (
+	// ErrServer wraps an error the server replied with.
+	ErrServer = errors.New("nbd server error")
+	// ErrProtocol wraps a reply the client cannot match to a request.
+	ErrProtocol = errors.New("nbdclient: protocol error")
+	// ErrClosed is returned by calls on a closed client.
+	ErrClosed = errors.New("nbdclient: connection closed")
+)
 
 // Dial connects to export on network/addr ("unix", path or "tcp", host:port).
 func Dial(network, addr, export string) (*Client, error) {
@@ -37,7 +60,19 @@ func Dial(network, addr, export string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl := &Client{c: c, r: bufio.NewReader(c)}
+	cl, err := DialConn(c, export)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return cl, nil
+}
+
+// DialConn runs the handshake for export over an established connection
+// (tests wrap the connection to inject faults). The client owns c from
+// then on, and closes it if the handshake fails.
+func DialConn(c net.Conn, export string) (*Client, error) {
+	cl := &Client{c: c, r: bufio.NewReader(c), inflight: map[uint64]*call{}}
 	if err := cl.handshake(export); err != nil {
 		c.Close()
 		return nil, err
@@ -94,34 +129,89 @@ func (cl *Client) handshake(export string) error {
 // Size is the export's size.
 func (cl *Client) Size() int64 { return cl.size }
 
+// do sends one request and waits for its reply.
 func (cl *Client) do(typ, flags uint16, off int64, length int, payload, into []byte) error {
 	cl.mu.Lock()
-	defer cl.mu.Unlock()
+	if cl.err != nil {
+		cl.mu.Unlock()
+		return cl.err
+	}
 	cl.cookie++
-	h := binary.BigEndian.AppendUint32(nil, 0x25609513)
+	cookie := cl.cookie
+	ca := &call{into: into, done: make(chan error, 1)}
+	cl.inflight[cookie] = ca
+	if !cl.reading {
+		cl.reading = true
+		go cl.readReplies()
+	}
+	cl.mu.Unlock()
+
+	h := make([]byte, 0, 28+len(payload))
+	h = binary.BigEndian.AppendUint32(h, 0x25609513)
 	h = binary.BigEndian.AppendUint16(h, flags)
 	h = binary.BigEndian.AppendUint16(h, typ)
-	h = binary.BigEndian.AppendUint64(h, cl.cookie)
+	h = binary.BigEndian.AppendUint64(h, cookie)
 	h = binary.BigEndian.AppendUint64(h, uint64(off))
 	h = binary.BigEndian.AppendUint32(h, uint32(length))
-	if _, err := cl.c.Write(append(h, payload...)); err != nil {
-		return err
+	cl.wmu.Lock()
+	_, err := cl.c.Write(append(h, payload...))
+	cl.wmu.Unlock()
+	if err != nil {
+		cl.fail(fmt.Errorf("nbdclient: sending a request: %w", err))
 	}
-	var rep [16]byte
-	if _, err := io.ReadFull(cl.r, rep[:]); err != nil {
-		return err
+	return <-ca.done
+}
+
+// readReplies reads replies until the connection fails, handing each to
+// the call with its handle.
+func (cl *Client) readReplies() {
+	for {
+		var rep [16]byte
+		if _, err := io.ReadFull(cl.r, rep[:]); err != nil {
+			cl.fail(fmt.Errorf("nbdclient: reading a reply: %w", err))
+			return
+		}
+		if binary.BigEndian.Uint32(rep[:]) != 0x67446698 {
+			cl.fail(fmt.Errorf("%w: bad reply magic %#x", ErrProtocol, binary.BigEndian.Uint32(rep[:])))
+			return
+		}
+		cookie := binary.BigEndian.Uint64(rep[8:])
+		cl.mu.Lock()
+		ca := cl.inflight[cookie]
+		delete(cl.inflight, cookie)
+		cl.mu.Unlock()
+		if ca == nil {
+			cl.fail(fmt.Errorf("%w: reply for handle %d, which no request in flight has", ErrProtocol, cookie))
+			return
+		}
+		if e := binary.BigEndian.Uint32(rep[4:]); e != 0 {
+			ca.done <- fmt.Errorf("%w: errno %d", ErrServer, e)
+			continue
+		}
+		if ca.into != nil {
+			if _, err := io.ReadFull(cl.r, ca.into); err != nil {
+				err = fmt.Errorf("nbdclient: reading a reply: %w", err)
+				ca.done <- err
+				cl.fail(err)
+				return
+			}
+		}
+		ca.done <- nil
 	}
-	if binary.BigEndian.Uint32(rep[:]) != 0x67446698 || binary.BigEndian.Uint64(rep[8:]) != cl.cookie {
-		return errors.New("nbd: bad reply")
+}
+
+// fail closes the connection and fails every call in flight with err.
+func (cl *Client) fail(err error) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.err == nil {
+		cl.err = err
+		cl.c.Close()
 	}
-	if e := binary.BigEndian.Uint32(rep[4:]); e != 0 {
-		return fmt.Errorf("%w: errno %d", ErrServer, e)
+	for cookie, ca := range cl.inflight {
+		ca.done <- cl.err
+		delete(cl.inflight, cookie)
 	}
-	if into != nil {
-		_, err := io.ReadFull(cl.r, into)
-		return err
-	}
-	return nil
 }
 
 // ReadAt reads len(p) bytes at off.
@@ -151,14 +241,15 @@ func (cl *Client) WriteAt(p []byte, off int64) (int, error) {
 // Sync sends NBD_CMD_FLUSH.
 func (cl *Client) Sync() error { return cl.do(3, 0, 0, 0, nil, nil) }
 
-// Close disconnects politely.
+// Close disconnects politely; calls still in flight fail with ErrClosed.
 func (cl *Client) Close() error {
-	cl.mu.Lock()
 	h := binary.BigEndian.AppendUint32(nil, 0x25609513)
 	h = binary.BigEndian.AppendUint16(h, 0)
 	h = binary.BigEndian.AppendUint16(h, 2) // DISC
 	h = append(h, make([]byte, 20)...)
+	cl.wmu.Lock()
 	cl.c.Write(h)
-	cl.mu.Unlock()
-	return cl.c.Close()
+	cl.wmu.Unlock()
+	cl.fail(ErrClosed)
+	return nil
 }

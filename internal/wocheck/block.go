@@ -18,6 +18,67 @@
 //
 // The last 12 bytes of each 512-byte sector are (seq uint64, sector
 // uint32): a block whose sectors come from different writes is torn.
+//
+// # The serial rule
+//
+// With one write in flight at a time (CheckSerial, CheckPoint), an image
+// must be the image before the run plus exactly the writes up to some K,
+// in order, where K includes every write acknowledged before the last
+// completed flush was submitted (or before the point was asked for).
+//
+// # The concurrent rule
+//
+// CheckConcurrent and CheckConcurrentPoint check the images of a workload
+// that keeps many writes in flight (WriteConcurrent: a queue depth, over
+// one or more connections), which the device may complete in any order;
+// Check and CheckAt pick the rule by the history's depth.
+//
+// Every write w of the history has a submit time sub(w), taken before its
+// request is sent, and, if it was acknowledged, an ack time ack(w), taken
+// after its reply arrived. Both are read on the workload's side, so the
+// device received w after sub(w) and had completed it before ack(w).
+//
+// Order. w precedes v (w ≺ v) when w was acknowledged before v was
+// submitted: ack(w) < sub(v). The device then had w complete before it
+// ever saw v, so where they overlap v must win. Two writes neither of
+// which precedes the other were in flight together; where they overlap
+// either may win, block by block: every outcome is legal.
+//
+// Required writes. An image must hold, block by block, every required
+// write or a write that may have landed after it (one that does not
+// precede it). A write is required when
+//
+//   - it is durable: acknowledged before a completed flush was submitted
+//     (crash images), or acknowledged before the point was asked for
+//     (points);
+//   - it precedes a write present in the image: let K be the present
+//     write submitted last (the highest seq present); every write
+//     acknowledged before sub(K) must be in, since the device completed
+//     it before K existed. Writes in flight with K may be missing;
+//   - it is present: a write found in one block must be whole in every
+//     block it covered (or overwritten there by a write it does not
+//     precede): no partial multi-block writes.
+//
+// The check. Every block must decode to one of: the block before the run
+// (when no required write covers it), or a valid stamp of this run whose
+// seq is a write of the history that covered that block (else: unknown
+// seq, misdirected) and that no required write covering the block
+// supersedes, that is x with no required r over the block such that
+// x ≺ r (else: stale, a write was dropped or reordered; or, when the
+// block still holds its old content: dropped, or acknowledged write lost
+// when r was durable). A torn, corrupt or foreign block that was not so
+// before is a violation. For a point taken at time T, no block may hold a
+// write submitted after T.
+//
+// With one write in flight at a time every write precedes the next, the
+// order is total, and the rule is the serial one of CheckSerial (the
+// tests check that both agree on serial histories).
+//
+// The self-test (nbd_test.go) runs the workload at queue depth 32
+// through the real NBD server over devices that acknowledge a write
+// before its group commit is written, apply two writes in swapped order,
+// or over a connection whose replies carry another request's handle:
+// each is caught, at the points its flushes take or in its crash image.
 package wocheck
 
 import (

@@ -33,6 +33,8 @@ type Op struct {
 // History is what one workload run did, in submit order.
 type History struct {
 	Disk, Run uint32
+	Depth     int // operations kept in flight: above 1, the concurrent rule applies
+	Conns     int // devices (connections) the operations were spread over
 	Ops       []Op
 }
 
@@ -50,6 +52,8 @@ type Workload struct {
 	Seed       uint64 // for the LBAs and sizes
 	FlushEvery int    // a flush after about this many writes (0: never)
 	MaxBlocks  int    // blocks per write, 1 to this (default 4)
+	Depth      int    // operations in flight (WriteConcurrent; default 1)
+	FinalFlush bool   // WriteConcurrent: flush once after the last write
 }
 
 // Write writes until ctx ends, n operations are done, or the device fails.
@@ -124,6 +128,8 @@ type Report struct {
 	Highest    uint64   // K: the newest write of the run found in the image
 	Required   uint64   // the newest write a completed flush made durable
 	Writes     int      // writes in the history
+	Present    int      // writes found in the image (concurrent rule)
+	Lost       int      // durable writes missing from the image (concurrent rule)
 	Violations []string // empty: the image is a valid prefix
 }
 

@@ -45,7 +45,13 @@ func check(t *testing.T, h *History, img []byte) Report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return CheckSerial(make(Image, blocks), after, h)
+	rep := CheckSerial(make(Image, blocks), after, h)
+	// With one write in flight at a time the concurrent rule is the
+	// serial one: both must agree on every image.
+	if conc := CheckConcurrent(make(Image, blocks), after, h); conc.OK() != rep.OK() {
+		t.Errorf("the rules disagree: serial %v, concurrent %v", rep.Violations, conc.Violations)
+	}
+	return rep
 }
 
 func TestEveryPrefixAfterTheFlushPasses(t *testing.T) {
