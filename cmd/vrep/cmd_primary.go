@@ -7,10 +7,12 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
@@ -32,6 +34,7 @@ func primaryCmd() *cobra.Command {
 		codec      string
 		backoff    []time.Duration
 		frequency  string
+		configFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "primary --state DIR --disk VM/DISK=PATH... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -41,6 +44,13 @@ func primaryCmd() *cobra.Command {
   qemu-system-x86_64 -drive file=nbd+unix:///vm1/disk0?socket=/run/vrep.sock,format=raw`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmdline := map[string]bool{} // what the command line set: a reload leaves it
+			cmd.Flags().Visit(func(f *pflag.Flag) { cmdline[f.Name] = true })
+			if configFile != "" {
+				if err := applyConfig(cmd.Flags(), configFile); err != nil {
+					return err
+				}
+			}
 			if cfg.State == "" {
 				return fmt.Errorf("%w: --state is required", errUsage)
 			}
@@ -120,6 +130,13 @@ func primaryCmd() *cobra.Command {
 				return err
 			}
 			cfg.Log.Info("serving", "disks", len(d.Disks), "nbd", cfg.NBD, "fuse", cfg.FUSE)
+			if configFile != "" {
+				stopReload := reloadOnHUP(cfg.Log, cmd.Flags(), cmdline, configFile, func(interval time.Duration) error {
+					_, err := d.SetFrequency("", interval)
+					return err
+				})
+				defer stopReload()
+			}
 			werr := d.Wait(ctx)
 			cfg.Log.Info("stopping: draining requests, merging and syncing")
 			if err := d.Close(); err != nil {
@@ -129,6 +146,7 @@ func primaryCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "read settings from this YAML file, named like the flags (flags override it); SIGHUP rereads it: the copy frequency changes at once, other changes at the next start")
 	f.StringVar(&cfg.State, "state", "", "state directory (change logs, checkpoints, lock)")
 	f.StringArrayVar(&disks, "disk", nil, "protect a disk: VM/DISK=PATH to a raw image (repeatable)")
 	f.StringArrayVar(&cfg.NBD, "nbd", nil, "serve NBD on unix:PATH or tcp:HOST:PORT (repeatable)")
@@ -154,4 +172,69 @@ func primaryCmd() *cobra.Command {
 	f.MarkHidden("cpuprofile")
 	f.Var(&mergeAfter, "merge-after", "merge the log into the image once this much waits (e.g. 256M, 1G)")
 	return cmd
+}
+
+// reloadOnHUP rereads the primary's config file at each SIGHUP until the
+// returned stop is called. What a running daemon can change (the copy
+// frequency) changes at once; any other setting that differs from what
+// the daemon started with is named in the log as waiting for a restart.
+// A setting given on the command line wins over the file, as at start.
+func reloadOnHUP(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]bool, file string, setFrequency func(time.Duration) error) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				reloadConfig(log, running, cmdline, file, setFrequency)
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		wg.Wait()
+	}
+}
+
+func reloadConfig(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]bool, file string, setFrequency func(time.Duration) error) {
+	fresh := primaryCmd().Flags()
+	if err := applyConfig(fresh, file); err != nil {
+		log.Error("config reload refused; nothing changed", "file", file, "err", err)
+		return
+	}
+	changed := 0
+	fresh.VisitAll(func(f *pflag.Flag) {
+		cur := running.Lookup(f.Name)
+		if cur == nil || f.Name == "config" || cmdline[f.Name] || f.Value.String() == cur.Value.String() {
+			return
+		}
+		changed++
+		if f.Name != "frequency" {
+			log.Warn("config reload: this setting changes at the next start", "setting", f.Name, "now", cur.Value.String(), "file", f.Value.String())
+			return
+		}
+		var interval time.Duration
+		if v := f.Value.String(); v != "continuous" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				log.Error("config reload: bad frequency; unchanged", "frequency", v)
+				return
+			}
+			interval = d
+		}
+		if err := setFrequency(interval); err != nil {
+			log.Error("config reload: the copy frequency did not change", "err", err)
+			return
+		}
+		cur.Value.Set(f.Value.String())
+		log.Info("config reload: copy frequency changed", "frequency", f.Value.String())
+	})
+	log.Info("config reloaded", "file", file, "changed", changed)
 }

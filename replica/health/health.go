@@ -45,7 +45,15 @@ func FrequencyName(interval time.Duration) string {
 	if interval <= 0 {
 		return "continuous"
 	}
-	return interval.String()
+	// As an operator writes it: 5m, 15m, 1h30m, not 5m0s.
+	s := interval.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // ShipState is what the primary knows about one disk's stream.

@@ -132,3 +132,12 @@ func TestJudgeReplica(t *testing.T) {
 		})
 	}
 }
+
+func TestFrequencyName(t *testing.T) {
+	for in, want := range map[time.Duration]string{0: "continuous", 30 * time.Second: "30s", 5 * time.Minute: "5m",
+		15 * time.Minute: "15m", time.Hour: "1h", 90 * time.Minute: "1h30m", 1500 * time.Millisecond: "1.5s", 61 * time.Second: "1m1s"} {
+		if got := FrequencyName(in); got != want {
+			t.Errorf("FrequencyName(%v) = %q, want %q", in, got, want)
+		}
+	}
+}
