@@ -20,6 +20,7 @@ import (
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/vfs"
+	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -98,13 +99,8 @@ func writeSome(t *testing.T, v *tracked.Volume, r *rand.Rand, n int) {
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	t.Helper()
+	waitfor.True(t, what, cond)
 }
 
 func (r *rig) replicaImage(t *testing.T, root string) []byte {
@@ -172,7 +168,7 @@ func TestUnauthorizedPrimaryIsCritical(t *testing.T) {
 	go func() { sh.Run(ctx); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(waitfor.Patience):
 		t.Fatal("an unauthorized primary kept retrying")
 	}
 	if st := sh.Status(); st.Health != Critical || st.Acked != 0 {
@@ -212,9 +208,11 @@ func TestReplicaIOErrorIsRetried(t *testing.T) {
 	srv := NewServer(ServerConfig{Data: "/data", TLS: cfg, Allow: map[string]string{"primary1": ""}, Log: quiet()})
 	mem := vfs.NewMem(1)
 	var failing atomic.Bool
+	var injected atomic.Int32
 	failing.Store(true)
 	mem.Inject = func(op, name string) error {
 		if failing.Load() && op == "write" && filepath.Base(name) == "image" {
+			injected.Add(1)
 			return errors.New("injected ENOSPC")
 		}
 		return nil
@@ -229,7 +227,7 @@ func TestReplicaIOErrorIsRetried(t *testing.T) {
 	defer cancel()
 	go sh.Run(ctx)
 	waitFor(t, "a retry", func() bool { return sh.Status().Health == Warning })
-	time.Sleep(100 * time.Millisecond) // several retries
+	waitFor(t, "several retries", func() bool { return injected.Load() >= 4 })
 	if st := sh.Status(); st.Health == Critical {
 		t.Fatalf("an I/O error on the replica stopped replication: %+v", st)
 	}
@@ -277,8 +275,9 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 			t.Fatal(err)
 		}
 		var logs lockedBuffer
+		const idle = time.Second // ten keepalives: a busy machine may delay a few
 		srv := NewServer(ServerConfig{Data: rg.data, TLS: cfg, Allow: map[string]string{"primary1": ""},
-			IdleTimeout: 400 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+			IdleTimeout: idle, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 		go srv.Serve(l)
 		sh := rg.shipper(t, "primary1", l.Addr().String())
 		sh.cfg.Keepalive = keepalive
@@ -286,10 +285,16 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 		done := make(chan struct{})
 		go func() { sh.Run(ctx); close(done) }()
 		r := rand.New(rand.NewPCG(1, 1))
-		for range 2 {
+		for round := range 2 {
 			writeSome(t, rg.vol, r, 20)
 			waitFor(t, "the replica to catch up", func() bool { return sh.Status().Acked == rg.vol.Log().LastLSN() })
-			time.Sleep(1200 * time.Millisecond) // three idle timeouts
+			if keepalive > time.Second {
+				// Silent: the replica drops the stream after its idle timeout.
+				waitFor(t, "the replica to drop the silent stream", func() bool { return logs.count("replica: stream closed") > round })
+			} else {
+				// Kept alive: the stream must outlive three idle timeouts.
+				time.Sleep(3 * idle)
+			}
 		}
 		cancel()
 		<-done

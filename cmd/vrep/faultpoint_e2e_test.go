@@ -6,6 +6,8 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -92,7 +94,9 @@ func TestFaultPointCrashes(t *testing.T) {
 			start := time.Now()
 			h := &wocheck.History{Disk: w.Disk, Run: w.Run}
 			if cl != nil { // else the armed primary died at start
-				h = w.Write(ctx, &pacedDevice{Device: cl, ctx: ctx, t: t, e: e}, math.MaxInt)
+				paced := newPacedDevice(ctx, cl, e)
+				h = w.Write(ctx, paced, math.MaxInt)
+				paced.api.CloseIdleConnections()
 				cl.Close()
 			}
 			var died bool
@@ -144,32 +148,55 @@ func TestFaultPointCrashes(t *testing.T) {
 		iter, hits, took, runs.pointsChecked)
 }
 
-// pacedDevice is the fault-point workload's device. Every 256 writes it
-// waits while the replica is more than 16 MiB behind: a workload that
-// runs until a slow daemon reaches its point must keep the primary's
-// unreleased log well within its overflow bound (64 MiB here), past which
-// the design is a resync.
+// pacedDevice is the fault-point workload's device. Every 32 writes it
+// asks the primary's API how far behind the replica is, and waits while
+// that is more than 1 MiB: a workload that runs until a slow daemon
+// reaches its point keeps the primary's unreleased log far within its
+// overflow bound (64 MiB here, past which the design is a resync), and
+// the batches shipped small, so that an armed replica passes its point
+// often, not once per 8 MiB batch a busy machine takes seconds to apply.
 type pacedDevice struct {
 	wocheck.Device
 	ctx    context.Context
-	t      *testing.T
-	e      *env
+	api    *http.Client // to the primary's API socket
 	writes int
 }
 
+func newPacedDevice(ctx context.Context, dev wocheck.Device, e *env) *pacedDevice {
+	sock := filepath.Join(e.state, "api.sock")
+	api := &http.Client{Timeout: waitfor.Patience, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+	return &pacedDevice{Device: dev, ctx: ctx, api: api}
+}
+
 func (p *pacedDevice) WriteAt(b []byte, off int64) (int, error) {
-	if p.writes++; p.writes%256 == 0 {
-		for p.ctx.Err() == nil {
-			var st primary.Status
-			code, out := vrepRun(p.t, "status", "--state", p.e.state, "--json")
-			if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Disks) != 1 ||
-				st.Disks[0].Replication == nil || st.Disks[0].Replication.LagBytes <= 16<<20 {
-				break // caught up enough, or the primary is gone: the write tells
-			}
-			time.Sleep(50 * time.Millisecond)
+	if p.writes++; p.writes%32 == 0 {
+		for p.ctx.Err() == nil && p.lag() > 1<<20 {
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	return p.Device.WriteAt(b, off)
+}
+
+// lag is the replica's lag in bytes, or 0 when the primary cannot say
+// (it died at its fault point: the write that follows tells).
+func (p *pacedDevice) lag() int64 {
+	req, err := http.NewRequestWithContext(p.ctx, "GET", "http://vrep/v1/status", nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := p.api.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var st primary.Status
+	if json.NewDecoder(resp.Body).Decode(&st) != nil || len(st.Disks) != 1 || st.Disks[0].Replication == nil {
+		return 0
+	}
+	return st.Disks[0].Replication.LagBytes
 }
 
 // TestFaultPointsOnlyInTestBuilds: VREP_FAULTPOINT armed at the first

@@ -260,11 +260,18 @@ func TestReplicationInterval(t *testing.T) {
 	}
 	var samples []sample
 	u := e.uri("vm1/disk0")
-	for i, start := 0, time.Now(); time.Since(start) < 3*time.Second; i++ {
+	// Writes for 3 s, and on until three intervals have been shipped,
+	// however slowly a busy machine runs them.
+	seen := map[uint64]bool{}
+	for i, start := 0, time.Now(); time.Since(start) < 3*time.Second || len(seen) < 3; i++ {
+		if time.Since(start) > waitfor.Patience {
+			t.Fatalf("in %v, the replica acknowledged only LSNs %v", waitfor.Patience, seen)
+		}
 		qemuIO(t, u, "write -P "+strconv.Itoa(0x40+i%32)+" 1M 256k", "write -P "+strconv.Itoa(0x60+i%32)+" "+strconv.Itoa(i%16)+"M 64k", "flush")
 		var st primary.Status
 		if code, out := vrepRun(t, "status", "--state", e.state, "--json"); code == 0 && json.Unmarshal([]byte(out), &st) == nil {
 			samples = append(samples, sample{time.Now(), st.Disks[0].Replication.Acked})
+			seen[st.Disks[0].Replication.Acked] = true
 		}
 	}
 	st := waitReplicated(t, e)
