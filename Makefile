@@ -8,6 +8,8 @@ TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermou
 
 .PHONY: build test tools bench bench-nbd bench-fuse fuzz soak vet clean
 
+# build: the production binary. Fault points (internal/faultpoint) exist
+# only with -tags faultpoints, which the crash tests build for themselves.
 build:
 	$(GO) build -o bin/vrep ./cmd/vrep
 
@@ -23,13 +25,16 @@ tools:
 vet:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags faultpoints ./internal/faultpoint
 
 # test: vet, then every package under the race detector (the power-cut
 # test runs its short tier here; `make soak` runs the long one).
 test: tools vet
 	$(GO) test -race -short -timeout 15m $(PKGS)
+	$(GO) test -race -short -tags faultpoints ./internal/faultpoint
 
 # soak: the long tiers of the crash tests (make test runs short ones).
+# The fault-point loop builds its daemons with -tags faultpoints itself.
 soak:
 	VREP_POWERCUT_SEEDS=2000 $(GO) test -race -timeout 60m -run 'TestPowerCut' ./blockdev/tracked
 	VREP_CRASH_ITERATIONS=300 $(GO) test -timeout 60m -run 'TestCrashLoopWriteOrder' -v ./cmd/vrep

@@ -14,10 +14,12 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vrep-io/vrep/blockdev"
+	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
 const testSize = 16 << 20
@@ -263,6 +265,24 @@ func (d slowDev) WriteAt(p []byte, off int64) (int, error) {
 	return d.Device.WriteAt(p, off)
 }
 
+// gateDev holds every write at a gate until open is closed, and closes
+// all once want writes have reached it.
+type gateDev struct {
+	blockdev.Device
+	want    int64
+	entered atomic.Int64
+	all     chan struct{}
+	open    chan struct{}
+}
+
+func (d *gateDev) WriteAt(p []byte, off int64) (int, error) {
+	if d.entered.Add(1) == d.want {
+		close(d.all)
+	}
+	<-d.open
+	return d.Device.WriteAt(p, off)
+}
+
 func TestManyInFlightOutOfOrder(t *testing.T) {
 	dev := blockdev.NewMem(testSize)
 	_, sock := serve(t, slowDev{dev}, false)
@@ -342,8 +362,8 @@ func TestHostileHandshakes(t *testing.T) {
 }
 
 func TestShutdownDrains(t *testing.T) {
-	dev := blockdev.NewMem(testSize)
-	s, sock := serve(t, slowDev{dev}, false)
+	dev := &gateDev{Device: blockdev.NewMem(testSize), want: 50, all: make(chan struct{}), open: make(chan struct{})}
+	s, sock := serve(t, dev, false)
 	cl := dial(t, sock, "vm1/disk0")
 	var buf bytes.Buffer
 	for i := range 50 {
@@ -351,10 +371,17 @@ func TestShutdownDrains(t *testing.T) {
 		buf.Write(bytes.Repeat([]byte{9}, 4096))
 	}
 	cl.write(buf.Bytes())
-	time.Sleep(20 * time.Millisecond) // let the server read them
+	// Every write has been read and is in flight (held at the gate) when
+	// Shutdown begins.
+	select {
+	case <-dev.all:
+	case <-time.After(waitfor.Patience):
+		t.Fatalf("the server took %d of 50 writes", dev.entered.Load())
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); s.Shutdown(context.Background()) }()
+	close(dev.open)
 	for range 50 {
 		if _, code, _ := cl.reply(0); code != 0 {
 			t.Fatalf("a write read before Shutdown failed: errno %d", code)

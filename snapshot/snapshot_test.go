@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"encoding/binary"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,6 +62,7 @@ func TestGroupNeverShowsCommitWithoutRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	var done atomic.Bool
+	var taken atomic.Int64 // points taken so far
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -68,6 +70,14 @@ func TestGroupNeverShowsCommitWithoutRecord(t *testing.T) {
 		defer done.Store(true)
 		blk := make([]byte, 512)
 		for i := 1; i < blocks; i++ {
+			// Eight times along the way the writer lets a point be taken
+			// before it goes on, so that points fall inside the workload
+			// however the machine schedules the two.
+			if i%(blocks/8) == 0 {
+				for want := taken.Load() + 1; taken.Load() < want; {
+					runtime.Gosched()
+				}
+			}
 			binary.LittleEndian.PutUint64(blk, uint64(i))
 			if _, err := a.WriteAt(blk, int64(i)*512); err != nil {
 				t.Error(err)
@@ -86,7 +96,8 @@ func TestGroupNeverShowsCommitWithoutRecord(t *testing.T) {
 			t.Fatal(err)
 		}
 		points = append(points, p)
-		time.Sleep(200 * time.Microsecond)
+		taken.Add(1)
+		time.Sleep(200 * time.Microsecond) // pacing: fewer points to check
 	}
 	wg.Wait()
 	mid := 0

@@ -11,12 +11,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/waitfor"
 	"github.com/vrep-io/vrep/snapshot"
 )
 
@@ -98,14 +98,17 @@ func TestAppPointOnExt4(t *testing.T) {
 			synced.Store(i)
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// The writer has fsynced a few records before the freeze...
+	waitfor.True(t, "the writer to fsync 10 records", func() bool { return synced.Load() >= 10 || t.Failed() })
 	g, _ := snapshot.NewGroup("vm1", map[string]snapshot.Disk{"vm1/disk0": v})
 	before := synced.Load()
-	p, err := AppPoint(context.Background(), g, []Quiescer{FSFreeze{Path: mnt}}, 10*time.Second, quiet())
+	p, err := AppPoint(context.Background(), g, []Quiescer{FSFreeze{Path: mnt}}, waitfor.Patience, quiet())
 	if err != nil || p.Kind != hrl.KindApp {
 		t.Fatalf("app point: %+v %v", p, err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// ...and a few more after the thaw, which the point must not hold.
+	atPoint := synced.Load()
+	waitfor.True(t, "the writer to go on after the thaw", func() bool { return synced.Load() >= atPoint+10 || t.Failed() })
 	stop.Store(true)
 	wg.Wait()
 	end := synced.Load()

@@ -19,6 +19,7 @@ import (
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/vfs"
+	"github.com/vrep-io/vrep/internal/waitfor"
 	"github.com/vrep-io/vrep/snapshot"
 )
 
@@ -73,7 +74,7 @@ func TestAppPointKinds(t *testing.T) {
 	g, _ := group(t)
 	ctx := context.Background()
 	a, b := &fake{name: "a"}, &fake{name: "b"}
-	p, err := AppPoint(ctx, g, []Quiescer{a, b}, time.Second, quiet())
+	p, err := AppPoint(ctx, g, []Quiescer{a, b}, waitfor.Patience, quiet())
 	if err != nil || p.Kind != hrl.KindApp || p.Reason != "" {
 		t.Fatalf("healthy freeze: %+v %v", p, err)
 	}
@@ -83,7 +84,7 @@ func TestAppPointKinds(t *testing.T) {
 	// A failed freeze: crash-consistent, with the reason, all attempted thawed.
 	a, b = &fake{name: "a"}, &fake{name: "b", failErr: errors.New("database busy")}
 	c := &fake{name: "c"}
-	p, err = AppPoint(ctx, g, []Quiescer{a, b, c}, time.Second, quiet())
+	p, err = AppPoint(ctx, g, []Quiescer{a, b, c}, waitfor.Patience, quiet())
 	if err != nil || p.Kind != hrl.KindCrash || !strings.Contains(p.Reason, "database busy") {
 		t.Fatalf("failed freeze: %+v %v", p, err)
 	}
@@ -99,11 +100,11 @@ func TestAppPointKinds(t *testing.T) {
 	}
 	// b is thawed once more if the watchdog thawed it before its freeze
 	// returned: the freeze may have taken hold after that thaw.
-	if time.Since(start) > 5*time.Second || a.log() != "freeze,thaw" || (b.log() != "freeze,thaw" && b.log() != "freeze,thaw,thaw") {
+	if time.Since(start) > 30*time.Second || a.log() != "freeze,thaw" || (b.log() != "freeze,thaw" && b.log() != "freeze,thaw,thaw") {
 		t.Fatalf("calls %q %q after %v", a.log(), b.log(), time.Since(start))
 	}
 	// Nothing to quiesce: crash-consistent, and it says so.
-	p, _ = AppPoint(ctx, g, nil, time.Second, quiet())
+	p, _ = AppPoint(ctx, g, nil, waitfor.Patience, quiet())
 	if p.Kind != hrl.KindCrash || !strings.Contains(p.Reason, "nothing is configured") {
 		t.Fatalf("no quiescers: %+v", p)
 	}
@@ -114,7 +115,7 @@ func TestHooks(t *testing.T) {
 	mark := filepath.Join(dir, "marks")
 	h := Hooks{Pre: "echo pre >> " + mark, Post: "echo post >> " + mark, Log: quiet()}
 	g, _ := group(t)
-	p, err := AppPoint(context.Background(), g, []Quiescer{h}, 5*time.Second, quiet())
+	p, err := AppPoint(context.Background(), g, []Quiescer{h}, waitfor.Patience, quiet())
 	if err != nil || p.Kind != hrl.KindApp {
 		t.Fatalf("%+v %v", p, err)
 	}
@@ -122,14 +123,14 @@ func TestHooks(t *testing.T) {
 		t.Fatalf("hooks ran as %q", b)
 	}
 	// A failing pre-freeze hook downgrades the point.
-	p, _ = AppPoint(context.Background(), g, []Quiescer{Hooks{Pre: "exit 3", Log: quiet()}}, 5*time.Second, quiet())
+	p, _ = AppPoint(context.Background(), g, []Quiescer{Hooks{Pre: "exit 3", Log: quiet()}}, waitfor.Patience, quiet())
 	if p.Kind != hrl.KindCrash || !strings.Contains(p.Reason, "exit status 3") {
 		t.Fatalf("failing hook: %+v", p)
 	}
 	// A hook that hangs is killed at its deadline, with its children.
 	start := time.Now()
 	p, _ = AppPoint(context.Background(), g, []Quiescer{Hooks{Pre: "sleep 60 & sleep 60", Log: quiet()}}, 300*time.Millisecond, quiet())
-	if p.Kind != hrl.KindCrash || time.Since(start) > 5*time.Second {
+	if p.Kind != hrl.KindCrash || time.Since(start) > 30*time.Second {
 		t.Fatalf("hanging hook: %+v after %v", p, time.Since(start))
 	}
 }
@@ -225,7 +226,7 @@ func TestGuestAgent(t *testing.T) {
 		t.Fatalf("unknown command: %v", err)
 	}
 	g, _ := group(t)
-	p, err := AppPoint(ctx, g, []Quiescer{qa}, 2*time.Second, quiet())
+	p, err := AppPoint(ctx, g, []Quiescer{qa}, waitfor.Patience, quiet())
 	if err != nil || p.Kind != hrl.KindApp || script.frozen {
 		t.Fatalf("app point through the agent: %+v %v frozen=%v", p, err, script.frozen)
 	}

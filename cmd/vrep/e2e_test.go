@@ -20,24 +20,26 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
+// vrepBin is the vrep binary the tests run, built as production builds
+// it: without fault points.
 var vrepBin string
+
+// binDir holds the binaries TestMain and faultBin build.
+var binDir string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "vrep-bin")
 	if err != nil {
 		panic(err)
 	}
+	binDir = dir
 	vrepBin = filepath.Join(dir, "vrep")
-	// The daemons run with the race detector, unless VREP_E2E_RACE=0 (the
-	// long soaks, where its 5-10x slowdown would only measure itself).
-	args := []string{"build", "-race", "-o", vrepBin, "."}
-	if os.Getenv("VREP_E2E_RACE") == "0" {
-		args = []string{"build", "-o", vrepBin, "."}
-	}
-	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building vrep: %v\n%s", err, out)
+	if err := buildVrep(vrepBin); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	// A race-enabled binary sleeps a second at exit by default; the
@@ -46,6 +48,45 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// buildVrep builds the vrep binary at out with the build tags given. The
+// daemons run with the race detector, unless VREP_E2E_RACE=0 (the long
+// soaks, where its 5-10x slowdown would only measure itself).
+func buildVrep(out string, tags ...string) error {
+	args := []string{"build"}
+	if os.Getenv("VREP_E2E_RACE") != "0" {
+		args = append(args, "-race")
+	}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	args = append(args, "-o", out, ".")
+	if b, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("building vrep (go %s): %v\n%s", strings.Join(args, " "), err, b)
+	}
+	return nil
+}
+
+var (
+	faultBinOnce sync.Once
+	faultBinPath string
+	faultBinErr  error
+)
+
+// faultBin returns a vrep binary built with the faultpoints tag, whose
+// daemons obey VREP_FAULTPOINT; it is built on first use, so that only
+// the tests that arm fault points pay for a second build.
+func faultBin(t *testing.T) string {
+	t.Helper()
+	faultBinOnce.Do(func() {
+		faultBinPath = filepath.Join(binDir, "vrep-faultpoints")
+		faultBinErr = buildVrep(faultBinPath, "faultpoints")
+	})
+	if faultBinErr != nil {
+		t.Fatal(faultBinErr)
+	}
+	return faultBinPath
 }
 
 // daemonLog is where a daemon's stderr goes: w, and with VREP_E2E_LOG
@@ -139,6 +180,8 @@ func envInt(t *testing.T, name string, def int) int {
 
 type env struct {
 	dir, img, state, sock string
+	// bin is the vrep binary daemons start from; vrepBin when empty.
+	bin string
 	// daemonEnv is added to the environment of daemons started from now on.
 	daemonEnv []string
 }
@@ -173,7 +216,11 @@ func (e *env) start(t *testing.T, extra ...string) *daemon {
 			d.fuse = args[i+1]
 		}
 	}
-	cmd := exec.Command(vrepBin, args...)
+	bin := e.bin
+	if bin == "" {
+		bin = vrepBin
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), e.daemonEnv...)
 	cmd.Stderr = daemonLog(t, d.stderr)
 	if err := cmd.Start(); err != nil {
@@ -182,7 +229,7 @@ func (e *env) start(t *testing.T, extra ...string) *daemon {
 	d.proc = cmd.Process
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(waitfor.Patience)
 	for {
 		if c, err := net.Dial("unix", e.sock); err == nil {
 			c.Close()
@@ -222,7 +269,7 @@ func (d *daemon) stop() error {
 	case err := <-d.waitCh:
 		d.waitCh = nil
 		return err
-	case <-time.After(60 * time.Second):
+	case <-time.After(waitfor.Patience):
 		d.t.Fatalf("vrep primary did not stop on SIGTERM:\n%s", d.stderr)
 		return nil
 	}

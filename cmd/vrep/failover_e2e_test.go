@@ -12,10 +12,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/replicad"
+	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
 // TestAppPointTestFailover: an ext4 on a FUSE-served disk, replicated; a
@@ -68,24 +68,37 @@ func TestAppPointTestFailover(t *testing.T) {
 		}
 		done <- nil
 	}()
-	time.Sleep(300 * time.Millisecond)
-	mu.Lock()
-	before := synced
-	mu.Unlock()
+	// progress waits until the writer has fsynced more than n records.
+	progress := func(n int, what string) int {
+		var now int
+		waitfor.True(t, what, func() bool {
+			select {
+			case err := <-done:
+				t.Fatalf("the writer stopped: %v", err)
+			default:
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			now = synced
+			return now > n
+		})
+		return now
+	}
+	before := progress(10, "the writer to fsync 10 records")
 	var p primary.PointInfo
 	code, out := vrepRun(t, "point", "create", "vm1", "--app", "--state", e.state, "--json")
 	if code != 0 || json.Unmarshal([]byte(out), &p) != nil || p.Kind != "app-consistent" {
 		t.Fatalf("app point: exit %d\n%s", code, out)
 	}
-	time.Sleep(200 * time.Millisecond) // the writer goes on after the thaw
+	mu.Lock()
+	atPoint := synced
+	mu.Unlock()
+	progress(atPoint+5, "the writer to go on after the thaw") // the file system was thawed
 	stop()
 	if err := <-done; err != nil {
 		t.Fatalf("the writer failed (the file system stayed frozen?): %v", err)
 	}
 	f.Close()
-	if before < 10 {
-		t.Fatalf("only %d records before the point", before)
-	}
 	waitReplicated(t, e)
 
 	// The replica lists the point.

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
 // qemuIO runs qemu-io commands against an export and fails on any error
@@ -160,11 +162,11 @@ func TestNbdfuse(t *testing.T) {
 		exec.Command("fusermount3", "-u", mnt).Run()
 		select {
 		case <-done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(waitfor.Patience):
 			cmd.Process.Kill()
 		}
 	}()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(waitfor.Patience); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat(pidfile); err == nil {
 			break
 		}

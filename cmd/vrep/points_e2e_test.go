@@ -2,14 +2,18 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
 func TestPointsThroughTheAPI(t *testing.T) {
@@ -46,7 +50,7 @@ func TestPointsThroughTheAPI(t *testing.T) {
 	if code != exitError || !strings.Contains(out, "no such VM") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 		t.Fatalf("point of an unknown VM: exit %d\n%s", code, out)
 	}
-	time.Sleep(700 * time.Millisecond) // the schedule takes crash points
+	checkSchedule(t, e, map[string]string{"vm1": "vm1/disk0", "vm2": "vm2/disk0"}, 300*time.Millisecond, 5)
 	var st primary.Status
 	code, out = vrepRun(t, "status", "--state", e.state, "--json")
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Disks) != 2 || len(st.Groups) != 2 ||
@@ -72,5 +76,70 @@ func TestPointsThroughTheAPI(t *testing.T) {
 	code, out = vrepRun(t, "log-check", filepath.Join(e.state, "disks", "vm2", "disk0"))
 	if code != 0 || strings.Contains(out, " 0 points") {
 		t.Fatalf("log-check vm2: exit %d\n%s", code, out)
+	}
+}
+
+// checkSchedule waits until the point schedule has taken at least n
+// crash-consistent points of every group in disks (group → its one
+// disk), as the daemon's API lists them, and checks them: each belongs to
+// a configured group and holds exactly that group's disk, no group gets
+// more than a tick's worth over another, and they come at the cadence or
+// slower (a slow machine only spaces them out).
+func checkSchedule(t *testing.T, e *env, disks map[string]string, every time.Duration, n int) {
+	t.Helper()
+	api := filepath.Join(e.state, "api.sock")
+	var byGroup map[string][]primary.PointInfo
+	var out string
+	waitfor.True(t, fmt.Sprintf("the schedule to take %d points of each of %d groups", n, len(disks)), func() bool {
+		out = run(t, "curl", "-s", "--unix-socket", api, "http://vrep/v1/points")
+		var pts []primary.PointInfo
+		if err := json.Unmarshal([]byte(out), &pts); err != nil {
+			t.Fatalf("GET /v1/points: %v\n%s", err, out)
+		}
+		byGroup = map[string][]primary.PointInfo{}
+		for _, p := range pts {
+			// Points asked for by hand in this test are app-consistent or
+			// carry the reason they are not.
+			if p.Kind == "crash-consistent" && p.Reason == "" {
+				byGroup[p.Group] = append(byGroup[p.Group], p)
+			}
+		}
+		for g := range disks {
+			if len(byGroup[g]) < n {
+				return false
+			}
+		}
+		return true
+	})
+	counts := map[string]int{}
+	for g, pts := range byGroup {
+		disk, ok := disks[g]
+		if !ok {
+			t.Fatalf("the schedule took %d points of group %q, which is not configured:\n%s", len(pts), g, out)
+		}
+		for _, p := range pts {
+			if _, has := p.LSNs[disk]; !has || len(p.LSNs) != 1 {
+				t.Fatalf("scheduled point %d of group %s holds %v, want exactly %s", p.ID, g, p.LSNs, disk)
+			}
+		}
+		// A slow take of one group delays the other's in the same tick, and
+		// the ticker hands over a missed tick at once: single gaps may be
+		// short, but most are the cadence or longer.
+		var gaps []time.Duration
+		for i := 1; i < len(pts); i++ {
+			gaps = append(gaps, pts[i].Time.Sub(pts[i-1].Time))
+		}
+		slices.Sort(gaps)
+		if med := gaps[len(gaps)/2]; med < every/2 {
+			t.Fatalf("group %s: scheduled points %v apart (median of %d gaps), want about %v:\n%s", g, med, len(gaps), every, out)
+		}
+		counts[g] = len(pts)
+	}
+	lo, hi := math.MaxInt, 0
+	for g := range disks {
+		lo, hi = min(lo, counts[g]), max(hi, counts[g])
+	}
+	if hi-lo > 2 {
+		t.Fatalf("scheduled points per group %v: every tick takes one of each group", counts)
 	}
 }

@@ -16,45 +16,62 @@ import (
 	"github.com/vrep-io/vrep/internal/nbdclient"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/replicad"
+	"github.com/vrep-io/vrep/internal/waitfor"
 	"github.com/vrep-io/vrep/internal/wocheck"
 )
 
 // startReplica runs `vrep replica` and returns a kill function.
 func startReplica(t *testing.T, dir, pkiDir, addr string, extra ...string) func() {
 	t.Helper()
-	kill, _ := startReplicaEnv(t, nil, dir, pkiDir, addr, extra...)
-	return kill
+	r := startReplicaEnv(t, vrepBin, nil, dir, pkiDir, addr, extra...)
+	return r.kill
 }
 
-// startReplicaEnv runs `vrep replica` with more environment and returns a
-// kill function and a channel closed when the process has exited.
-func startReplicaEnv(t *testing.T, env []string, dir, pkiDir, addr string, extra ...string) (func(), <-chan struct{}) {
+// replicaProc is a running `vrep replica`.
+type replicaProc struct {
+	kill   func()        // SIGKILL, then wait for the exit
+	done   chan struct{} // closed when the process has exited
+	stderr *syncBuffer
+}
+
+// startReplicaEnv runs bin's `vrep replica` with more environment. With
+// env set (a fault point armed), the replica may die before it listens.
+func startReplicaEnv(t *testing.T, bin string, env []string, dir, pkiDir, addr string, extra ...string) *replicaProc {
 	t.Helper()
-	var out syncBuffer
-	cmd := exec.Command(vrepBin, append([]string{"replica", "--data", filepath.Join(dir, "replica"), "--listen", addr,
+	out := &syncBuffer{}
+	cmd := exec.Command(bin, append([]string{"replica", "--data", filepath.Join(dir, "replica"), "--listen", addr,
 		"--tls-dir", pkiDir, "--name", "replica1", "--allow", "primary1"}, extra...)...)
 	cmd.Env = append(os.Environ(), env...)
-	cmd.Stderr = daemonLog(t, &out)
+	cmd.Stderr = daemonLog(t, out)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("vrep replica did not start:\n%s", out.String())
-		}
-	}
 	kill := func() {
 		cmd.Process.Kill()
 		<-done
 	}
 	t.Cleanup(kill)
-	return kill, done
+	r := &replicaProc{kill: kill, done: done, stderr: out}
+	for deadline := time.Now().Add(waitfor.Patience); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-done:
+			if len(env) > 0 {
+				return r // armed with a fault point, and it struck already
+			}
+			t.Fatalf("vrep replica exited at start:\n%s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("vrep replica did not start:\n%s", out.String())
+		}
+	}
+	return r
 }
 
 // replicationSetup makes a CA and certificates for "replica1" and
@@ -88,7 +105,7 @@ func freePort(t *testing.T) string {
 // is not what this waits for).
 func waitReplicated(t *testing.T, e *env) primary.DiskStatus {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(waitfor.Patience)
 	target := uint64(0)
 	for {
 		var st primary.Status
@@ -250,11 +267,18 @@ func TestReplicationInterval(t *testing.T) {
 	}
 	var samples []sample
 	u := e.uri("vm1/disk0")
-	for i, start := 0, time.Now(); time.Since(start) < 3*time.Second; i++ {
+	// Writes for 3 s, and on until three intervals have been shipped,
+	// however slowly a busy machine runs them.
+	seen := map[uint64]bool{}
+	for i, start := 0, time.Now(); time.Since(start) < 3*time.Second || len(seen) < 3; i++ {
+		if time.Since(start) > waitfor.Patience {
+			t.Fatalf("in %v, the replica acknowledged only LSNs %v", waitfor.Patience, seen)
+		}
 		qemuIO(t, u, "write -P "+strconv.Itoa(0x40+i%32)+" 1M 256k", "write -P "+strconv.Itoa(0x60+i%32)+" "+strconv.Itoa(i%16)+"M 64k", "flush")
 		var st primary.Status
 		if code, out := vrepRun(t, "status", "--state", e.state, "--json"); code == 0 && json.Unmarshal([]byte(out), &st) == nil {
 			samples = append(samples, sample{time.Now(), st.Disks[0].Replication.Acked})
+			seen[st.Disks[0].Replication.Acked] = true
 		}
 	}
 	st := waitReplicated(t, e)

@@ -1,17 +1,14 @@
 // Package faultpoint kills the process at named places in the code, for
 // crash tests: with VREP_FAULTPOINT=NAME:N in the environment, the N-th
 // time the code passes Hit(NAME) the process sends itself SIGKILL, as a
-// power cut or an OOM kill would end it there. Without the variable, Hit
-// costs one atomic load.
+// power cut or an OOM kill would end it there.
+//
+// Fault points exist only in test builds: built with the faultpoints tag
+// (go build -tags faultpoints), Hit does the above and costs one atomic
+// load when the variable is unset; in every other build, production ones
+// included, Hit is an empty function the compiler inlines away, and
+// VREP_FAULTPOINT is ignored.
 package faultpoint
-
-import (
-	"os"
-	"strconv"
-	"strings"
-	"sync/atomic"
-	"syscall"
-)
 
 // The named points. Each is a moment where a crash must lose nothing
 // acknowledged and leave nothing half-done that recovery cannot finish.
@@ -29,38 +26,3 @@ const (
 // All lists every point, for test loops.
 var All = []string{LogAfterWrite, LogAfterSync, ShipBeforeSend, ShipAfterAck,
 	ApplyBeforeIndex, ApplyBeforeImage, ApplyBeforeState, PruneBetweenDelete}
-
-var (
-	armed atomic.Bool
-	name  string
-	left  atomic.Int64
-)
-
-func init() {
-	spec := os.Getenv("VREP_FAULTPOINT")
-	if spec == "" {
-		return
-	}
-	n := int64(1)
-	if p, c, ok := strings.Cut(spec, ":"); ok {
-		spec = p
-		if v, err := strconv.ParseInt(c, 10, 64); err == nil && v > 0 {
-			n = v
-		}
-	}
-	name = spec
-	left.Store(n)
-	armed.Store(true)
-}
-
-// Hit marks a pass through the named point.
-func Hit(point string) {
-	if !armed.Load() || point != name {
-		return
-	}
-	if left.Add(-1) == 0 {
-		os.Stderr.WriteString("vrep: fault point " + point + " reached: killing the process\n")
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {} // never returns
-	}
-}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
 // handshake runs one TLS handshake over loopback and returns the name the
@@ -31,7 +33,7 @@ func handshake(t *testing.T, server, client *tls.Config) (string, error) {
 			return
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.SetDeadline(time.Now().Add(waitfor.Patience))
 		tc := tls.Server(c, server)
 		if err := tc.Handshake(); err != nil {
 			done <- result{err: err}
@@ -46,7 +48,7 @@ func handshake(t *testing.T, server, client *tls.Config) (string, error) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(waitfor.Patience))
 	tc := tls.Client(c, client)
 	cerr := tc.Handshake()
 	if cerr == nil {
@@ -126,7 +128,7 @@ func TestRefusals(t *testing.T) {
 			errc <- err
 			return
 		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.SetDeadline(time.Now().Add(waitfor.Patience))
 		errc <- tls.Server(c, srv).Handshake()
 		c.Close()
 	}()

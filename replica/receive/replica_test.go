@@ -23,6 +23,7 @@ import (
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/vfs"
+	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -127,13 +128,8 @@ func writeSome(t *testing.T, v *tracked.Volume, r *rand.Rand, n int) {
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	t.Helper()
+	waitfor.True(t, what, cond)
 }
 
 func (r *rig) replicaImage(t *testing.T, root string) []byte {
@@ -194,17 +190,17 @@ func TestUnauthorizedPrimaryIsCritical(t *testing.T) {
 	defer stop()
 	sh := rg.shipper(t, "stranger", addr)
 	cancel, done := runJoined(t, sh)
-	// It stops in health.Critical and waits for the operator (Resume), without
+	// It stops in Critical and waits for the operator (Resume), without
 	// retrying.
 	waitFor(t, "Critical", func() bool { return sh.Status().Health == health.Critical })
 	if st := sh.Status(); st.Acked != 0 || st.Connected || !st.NextSend.IsZero() || !strings.Contains(st.Reason, "replication resume") {
 		t.Fatalf("status %+v", st)
 	}
-	// Resume retries at once: refused again, health.Critical again.
+	// Resume retries at once: refused again, Critical again.
 	if was := sh.Resume(); was != "stopped" {
 		t.Fatalf("Resume of a stopped shipper says %q", was)
 	}
-	waitFor(t, "health.Critical after the resume", func() bool { return sh.Status().Health == health.Critical })
+	waitFor(t, "Critical after the resume", func() bool { return sh.Status().Health == health.Critical })
 	cancel()
 	<-done
 	if _, err := os.Stat(filepath.Join(rg.data, "stranger")); err == nil {
@@ -231,7 +227,7 @@ func TestPrimaryReachesOnlyItsRoot(t *testing.T) {
 
 // TestReplicaIOErrorIsRetried: an I/O error on the replica (a full disk,
 // say) is the replica's trouble, not the primary's: the primary retries
-// in health.Warning, never health.Critical, and converges once the fault clears.
+// in Warning, never Critical, and converges once the fault clears.
 func TestReplicaIOErrorIsRetried(t *testing.T) {
 	rg := newRig(t, 4<<20)
 	cfg, _ := pki.ServerConfig(rg.pkiDir, "replica1")
@@ -239,9 +235,11 @@ func TestReplicaIOErrorIsRetried(t *testing.T) {
 	srv := NewServer(ServerConfig{Data: "/data", TLS: cfg, Allow: map[string]string{"primary1": ""}, Log: quiet()})
 	mem := vfs.NewMem(1)
 	var failing atomic.Bool
+	var injected atomic.Int32
 	failing.Store(true)
 	mem.Inject = func(op, name string) error {
 		if failing.Load() && op == "write" && filepath.Base(name) == "image" {
+			injected.Add(1)
 			return errors.New("injected ENOSPC")
 		}
 		return nil
@@ -253,7 +251,7 @@ func TestReplicaIOErrorIsRetried(t *testing.T) {
 	sh := rg.shipper(t, "primary1", l.Addr().String())
 	runJoined(t, sh)
 	waitFor(t, "a retry", func() bool { return sh.Status().Health == health.Warning })
-	time.Sleep(100 * time.Millisecond) // several retries
+	waitFor(t, "several retries", func() bool { return injected.Load() >= 4 })
 	if st := sh.Status(); st.Health == health.Critical {
 		t.Fatalf("an I/O error on the replica stopped replication: %+v", st)
 	}
@@ -301,16 +299,23 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 			t.Fatal(err)
 		}
 		var logs lockedBuffer
+		const idle = time.Second // ten keepalives: a busy machine may delay a few
 		srv := NewServer(ServerConfig{Data: rg.data, TLS: cfg, Allow: map[string]string{"primary1": ""},
-			IdleTimeout: 400 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+			IdleTimeout: idle, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 		stopSrv := serveJoined(t, srv, l)
 		sh := rg.shipper(t, "primary1", l.Addr().String(), func(c *ship.ShipperConfig) { c.Keepalive = keepalive })
 		cancel, done := runJoined(t, sh)
 		r := rand.New(rand.NewPCG(1, 1))
-		for range 2 {
+		for round := range 2 {
 			writeSome(t, rg.vol, r, 20)
 			waitFor(t, "the replica to catch up", func() bool { return sh.Status().Acked == rg.vol.Log().LastLSN() })
-			time.Sleep(1200 * time.Millisecond) // three idle timeouts
+			if keepalive > time.Second {
+				// Silent: the replica drops the stream after its idle timeout.
+				waitFor(t, "the replica to drop the silent stream", func() bool { return logs.count("replica: stream closed") > round })
+			} else {
+				// Kept alive: the stream must outlive three idle timeouts.
+				time.Sleep(3 * idle)
+			}
 		}
 		cancel()
 		<-done
