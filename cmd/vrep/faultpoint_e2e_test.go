@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,10 +36,12 @@ import (
 // test failovers; no crash may force a full copy, and the replica
 // converges to the primary. The daemons are built with the faultpoints
 // tag. VREP_FAULTPOINT_ROUNDS sets how many times every point is visited
-// (make soak).
+// (make soak); VREP_FAULTPOINT_QD the workload's queue depth (default 32,
+// checked by the concurrent rule; 1 for the serial one).
 func TestFaultPointCrashes(t *testing.T) {
 	need(t, "qemu-img")
 	rounds := envInt(t, "VREP_FAULTPOINT_ROUNDS", 1)
+	qd := envInt(t, "VREP_FAULTPOINT_QD", 32) // requests in flight (1: the serial workload)
 	bin := faultBin(t)
 	const size = 16 << 20
 	const blocks = size / wocheck.BlockSize
@@ -90,12 +93,16 @@ func TestFaultPointCrashes(t *testing.T) {
 					cancel()
 				}(rep.done)
 			}
-			w := wocheck.Workload{Disk: 1, Run: uint32(iter + 1), Blocks: blocks, Seed: uint64(iter), FlushEvery: 8}
+			w := wocheck.Workload{Disk: 1, Run: uint32(iter + 1), Blocks: blocks, Seed: uint64(iter), FlushEvery: 8, Depth: qd}
 			start := time.Now()
-			h := &wocheck.History{Disk: w.Disk, Run: w.Run}
+			h := &wocheck.History{Disk: w.Disk, Run: w.Run, Depth: qd, Conns: 1}
 			if cl != nil { // else the armed primary died at start
 				paced := newPacedDevice(ctx, cl, e)
-				h = w.Write(ctx, paced, math.MaxInt)
+				if qd > 1 {
+					h = w.WriteConcurrent(ctx, []wocheck.Device{paced}, math.MaxInt)
+				} else {
+					h = w.Write(ctx, paced, math.MaxInt)
+				}
 				paced.api.CloseIdleConnections()
 				cl.Close()
 			}
@@ -159,7 +166,7 @@ type pacedDevice struct {
 	wocheck.Device
 	ctx    context.Context
 	api    *http.Client // to the primary's API socket
-	writes int
+	writes atomic.Int64
 }
 
 func newPacedDevice(ctx context.Context, dev wocheck.Device, e *env) *pacedDevice {
@@ -172,7 +179,7 @@ func newPacedDevice(ctx context.Context, dev wocheck.Device, e *env) *pacedDevic
 }
 
 func (p *pacedDevice) WriteAt(b []byte, off int64) (int, error) {
-	if p.writes++; p.writes%32 == 0 {
+	if p.writes.Add(1)%32 == 0 {
 		for p.ctx.Err() == nil && p.lag() > 1<<20 {
 			time.Sleep(10 * time.Millisecond)
 		}
