@@ -243,4 +243,3 @@ func (v *View) Close() error {
 	v.segs.close()
 	return v.img.Close()
 }
-
