@@ -5,7 +5,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/vfs"
@@ -28,10 +27,6 @@ func (d *Daemon) diskDir(name string) string {
 // The reason is persisted first, then the volumes refuse writes.
 func (d *Daemon) supersede(vm, msg string) {
 	reason := "superseded: " + msg + "; this copy no longer takes writes"
-	if rc := d.cfg.Replica; rc != nil && rc.ReplicaName != "" {
-		reason = "superseded: " + strings.Replace(msg, " failed over ", " failed over to "+rc.ReplicaName+" ", 1) +
-			"; this copy no longer takes writes"
-	}
 	for _, disk := range d.Disks {
 		if v, _, _ := names.Disk(disk.Name); v != vm || disk.Volume.Fenced() != nil {
 			continue
