@@ -379,7 +379,7 @@ func TestFailoverKilledAtEachStep(t *testing.T) {
 			if fp == faultpoint.FailoverStateSaved {
 				<-rg.repDone
 				rg.startReplica(t, nil)
-				if st := rg.status(t); len(st.Failovers) != 1 || st.Failovers[0].State != "FailedOver" {
+				if st := rg.status(t); len(st.Failovers) != 1 || st.Failovers[0].State != "FailedOver" || st.Failovers[0].Error != "" {
 					t.Fatalf("after a kill at %s: %+v", fp, st.Failovers)
 				}
 				want = rg.writeServed(t, 2, rg.served(t))

@@ -328,6 +328,11 @@ func (d *Daemon) openFoDisk(f *failover, fd *foDisk, fresh, onImage bool) (err e
 		if err := os.MkdirAll(fd.dir, 0o700); err != nil {
 			return err
 		}
+		if _, err := os.Stat(ovPath + ".map"); errors.Is(err, fs.ErrNotExist) {
+			// Killed after the state was saved, before the disk was
+			// first served: nothing was written yet.
+			fresh = true
+		}
 		if fresh {
 			fd.ov, err = store.CreateOverlay(vfs.OS{}, ovPath, fd.view)
 		} else {
