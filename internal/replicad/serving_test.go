@@ -86,8 +86,8 @@ func BenchmarkTimeToServing(b *testing.B) {
 		name string
 		id   string
 	}{{"latest", "latest"}, {"oldest-of-1000", strconv.Itoa(1)}} {
-		var total time.Duration
 		b.Run(c.name, func(b *testing.B) {
+			var total time.Duration
 			for range b.N {
 				t0 := time.Now()
 				if _, err := d.StartFailover("vm1", c.id); err != nil {
