@@ -622,6 +622,10 @@ func (n *diskNode) errno(op string, off int64, length int, err error) syscall.Er
 	if errors.Is(err, blockdev.ErrOutOfRange) {
 		return syscall.EINVAL
 	}
+	if errors.Is(err, blockdev.ErrReadOnly) { // read-only or fenced
+		n.log.Warn("fuse: write refused", "disk", n.name, "op", op, "err", err)
+		return syscall.EROFS
+	}
 	n.log.Error("fuse: I/O failed", "disk", n.name, "op", op, "offset", off, "length", length, "err", err)
 	return syscall.EIO
 }

@@ -145,3 +145,38 @@ func TestDetachWhileOpen(t *testing.T) {
 		t.Fatalf("Detach after the close = %d, %v", n, err)
 	}
 }
+
+// fencedDev refuses writes as a fenced tracked volume does.
+type fencedDev struct{ blockdev.Device }
+
+func (fencedDev) WriteAt(p []byte, off int64) (int, error) {
+	return 0, fmt.Errorf("fenced: %w", blockdev.ErrReadOnly)
+}
+
+// TestFencedFileIsReadOnly: a write to the file of a device that turned
+// read-only (a superseded copy of a failed-over disk) fails with EROFS;
+// reads go on.
+func TestFencedFileIsReadOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	m, err := New(filepath.Join(t.TempDir(), "mnt"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unmount()
+	if err := m.Add("vm1/disk0", fencedDev{blockdev.NewMem(1 << 20)}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(m.Path("vm1/disk0"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(make([]byte, 4096), 0); !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("write to a fenced file: %v, want EROFS", err)
+	}
+	if _, err := f.ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+}

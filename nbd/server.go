@@ -780,8 +780,13 @@ func (c *conn) finish(j job, err error, flush bool) {
 	code := uint32(0)
 	if err != nil {
 		code = errIO
-		if errors.Is(err, blockdev.ErrOutOfRange) {
+		switch {
+		case errors.Is(err, blockdev.ErrOutOfRange):
 			code = errInval
+		case errors.Is(err, blockdev.ErrReadOnly):
+			// A read-only or fenced device (a superseded copy of a
+			// failed-over disk): NBD has no EROFS.
+			code = errPerm
 		}
 		c.logf(slog.LevelError, "nbd: request failed", "export", c.exp.Name, "cmd", q.typ, "offset", q.off, "length", q.length, "err", err)
 	}

@@ -608,3 +608,24 @@ func comm(t *testing.T) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+// fencedDev refuses writes as a fenced tracked volume does.
+type fencedDev struct{ blockdev.Device }
+
+func (fencedDev) WriteAt(p []byte, off int64) (int, error) {
+	return 0, fmt.Errorf("fenced: %w", blockdev.ErrReadOnly)
+}
+
+// TestFencedDeviceRefusesWrites: a device that turned read-only under a
+// writable export (a superseded copy of a failed-over disk) answers
+// writes with EPERM and keeps serving reads.
+func TestFencedDeviceRefusesWrites(t *testing.T) {
+	_, sock := serve(t, fencedDev{blockdev.NewMem(testSize)}, false)
+	cl := dial(t, sock, "vm1/disk0")
+	if code, _ := cl.do(cmdWrite, 0, 0, make([]byte, 512), 512); code != errPerm {
+		t.Fatalf("write to a fenced device: errno %d, want EPERM", code)
+	}
+	if code, _ := cl.do(cmdRead, 0, 0, nil, 512); code != 0 {
+		t.Fatalf("read: errno %d", code)
+	}
+}

@@ -84,6 +84,9 @@ var (
 	ErrClosed = errors.New("tracked: volume closed")
 	// ErrCorrupt is wrapped by errors about damaged volume metadata.
 	ErrCorrupt = errors.New("tracked: corrupt volume state")
+	// ErrFenced is wrapped, with blockdev.ErrReadOnly and the reason, by
+	// every write, trim and zero refused after Fence.
+	ErrFenced = errors.New("tracked: this disk no longer takes writes")
 )
 
 // IsCorruption reports whether err says the volume's log or metadata is
@@ -113,6 +116,7 @@ type Volume struct {
 	dirty    []byte // dirty-region bitmap; non-nil: resync required
 	paused   int
 	closed   bool
+	fenced   error // non-nil: writes are refused with it (Fence)
 
 	mergeMu sync.Mutex   // one merge or checkpoint at a time
 	ckptAt  time.Time    // when the checkpoint was last written; guarded by mu
@@ -431,6 +435,10 @@ func (v *Volume) submit(e *hrl.Entry) (*hrl.Batch, error) {
 		v.mu.Unlock()
 		return nil, ErrClosed
 	}
+	if v.fenced != nil {
+		v.mu.Unlock()
+		return nil, v.fenced
+	}
 	pos, b, err := v.log.Append(*e)
 	if err != nil {
 		v.mu.Unlock()
@@ -470,6 +478,27 @@ func (v *Volume) Sync() error {
 		return v.writeDirty()
 	}
 	return nil
+}
+
+// Fence makes the volume refuse every later write, trim and zero with an
+// error wrapping ErrFenced, blockdev.ErrReadOnly and reason: another copy
+// of the disk took over (a failover), and two writable copies must never
+// both go on. Writes ordered before the fence complete, so a later Sync
+// makes durable only what was acknowledged before; reads keep working.
+// A second Fence keeps the first reason.
+func (v *Volume) Fence(reason error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fenced == nil {
+		v.fenced = fmt.Errorf("%w (%w): %w", ErrFenced, blockdev.ErrReadOnly, reason)
+	}
+}
+
+// Fenced returns the error writes are refused with since Fence, or nil.
+func (v *Volume) Fenced() error {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.fenced
 }
 
 // Hold stops the volume's writes from being ordered until release is

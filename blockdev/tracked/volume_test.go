@@ -780,3 +780,42 @@ func TestCheckpointErrorsReportedAndCleared(t *testing.T) {
 		})
 	}
 }
+
+// TestFence: after Fence every write, trim and zero is refused with
+// ErrFenced (and blockdev.ErrReadOnly, and the reason), nothing more
+// reaches the log, and reads and flushes keep working.
+func TestFence(t *testing.T) {
+	fs := vfs.NewMem(12)
+	v, err := Open("/vol", blockdev.NewMem(1<<20), Options{FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	want := bytes.Repeat([]byte{7}, 4096)
+	if _, err := v.WriteAt(want, 8192); err != nil {
+		t.Fatal(err)
+	}
+	last := v.Log().LastLSN()
+	reason := errors.New("superseded: vm1 failed over")
+	v.Fence(reason)
+	for what, err := range map[string]error{
+		"write": func() error { _, err := v.WriteAt(make([]byte, 4096), 0); return err }(),
+		"fua":   func() error { _, err := v.WriteAtSync(make([]byte, 4096), 0); return err }(),
+		"trim":  v.Trim(0, 4096),
+		"zero":  v.WriteZeroes(0, 4096, false),
+	} {
+		if !errors.Is(err, ErrFenced) || !errors.Is(err, blockdev.ErrReadOnly) || !errors.Is(err, reason) {
+			t.Errorf("%s after the fence: %v", what, err)
+		}
+	}
+	if v.Log().LastLSN() != last {
+		t.Fatal("a fenced volume logged a record")
+	}
+	if err := v.Sync(); err != nil {
+		t.Fatalf("flush after the fence: %v", err)
+	}
+	got := make([]byte, 4096)
+	if _, err := v.ReadAt(got, 8192); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read after the fence: %v", err)
+	}
+}

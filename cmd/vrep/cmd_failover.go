@@ -151,8 +151,131 @@ clients are disconnected and the open files answer I/O errors.`,
 	sa.register(stop.Flags())
 	sa.needs("replica", "a test failover runs on the replica")
 	stop.Flags().BoolVar(&force, "force", false, "stop even while a client holds a test disk (it gets I/O errors)")
-	cmd.AddCommand(test, stop)
+	cmd.AddCommand(test, stop, failoverStartCmd(), failoverCancelCmd(), failoverCommitCmd())
 	return cmd
+}
+
+func failoverStartCmd() *cobra.Command {
+	var a apiFlags
+	var point string
+	cmd := &cobra.Command{
+		Use:   "start VM [--point ID|latest|latest-app] [--data DIR | --api SOCKET]",
+		Short: "Unplanned failover: serve a point as the VM's writable disks, on the replica",
+		Long: `Run on the replica when the primary is gone. Serves every disk of VM, as it
+was at the point (default latest; latest-app: the newest app-consistent
+point), writable and tracked, under its own name: NBD export VM/DISK on the
+replica's --nbd sockets, VM/DISK.img under its --fuse directory. Nothing is
+copied first: writes go to a layer over the point. The VM's generation is
+raised and its streams are refused from now on: a primary that comes back
+learns it was superseded and stops taking writes.
+
+Then either vrep failover commit VM (keep it: the VM runs here for good,
+its points are dropped) or vrep failover cancel VM (discard what was
+written, replicate again with every point intact, e.g. to try another
+point). Exit codes: 1 unknown VM, no point, or a point that does not exist
+or was pruned; 2 a bad point; 4 a test failover of the VM runs, or a
+failover of it is already in progress or committed.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q := "/v1/failover/start?vm=" + url.QueryEscape(args[0])
+			if point != "" {
+				if _, err := strconv.ParseUint(point, 10, 64); err != nil && point != "latest" && point != "latest-app" {
+					return fmt.Errorf("%w: --point must be a point id (as vrep points shows), latest or latest-app", errUsage)
+				}
+				q += "&point=" + url.QueryEscape(point)
+			}
+			var f replicad.FailoverInfo
+			if err := a.call("POST", q, &f); err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), f)
+			}
+			printFailover(cmd.OutOrStdout(), f)
+			fmt.Fprintf(cmd.OutOrStdout(), "  serving after %.3f s; commit with vrep failover commit %s, or cancel with vrep failover cancel %s\n",
+				f.ServingSeconds, args[0], args[0])
+			return nil
+		},
+	}
+	a.register(cmd.Flags())
+	a.needs("replica", "a failover runs on the replica")
+	cmd.Flags().StringVar(&point, "point", "", "the point: an id, latest (default) or latest-app")
+	return cmd
+}
+
+func failoverCancelCmd() *cobra.Command {
+	var a apiFlags
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "cancel VM [--force] [--data DIR | --api SOCKET]",
+		Short: "Cancel a failover: discard what was written, replicate again with every point intact",
+		Long: `Stops serving the failed-over disks of VM and discards what was written to
+them; the replica image and every point are exactly as before the failover,
+and the VM's primary may stream again. While a client holds a disk (an NBD
+connection to VM/DISK, or its file open) it refuses with exit code 4 and
+names the holder: stop the VM first, or pass --force (the NBD clients are
+disconnected, open files answer I/O errors). A committed failover cannot be
+cancelled (exit code 4); a VM that is not failed over is exit code 1.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q := "/v1/failover/cancel?vm=" + url.QueryEscape(args[0])
+			if force {
+				q += "&force=1"
+			}
+			var f replicad.FailoverInfo
+			if err := a.call("POST", q, &f); err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), f)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "failover of %s cancelled: what was written is discarded; it replicates again with every point intact\n", f.VM)
+			return nil
+		},
+	}
+	a.register(cmd.Flags())
+	a.needs("replica", "a failover runs on the replica")
+	cmd.Flags().BoolVar(&force, "force", false, "cancel even while a client holds a disk (it gets I/O errors)")
+	return cmd
+}
+
+func failoverCommitCmd() *cobra.Command {
+	var a apiFlags
+	cmd := &cobra.Command{
+		Use:   "commit VM [--data DIR | --api SOCKET]",
+		Short: "Commit a failover: the VM runs on the replica for good; its points are dropped",
+		Long: `Keeps the failed-over VM's disks as they run: the replica image is brought
+back to the point, what was written since is folded into it, and the disks
+go on being served from it without dropping their clients. The VM's points
+and history are dropped (as Hyper-V and Azure Site Recovery do at commit):
+the image now changes under new writes, so older points could not be read
+back. A kill at any step is finished at the next start. A VM that is not
+failed over is exit code 1; one already committed, exit code 4.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var f replicad.FailoverInfo
+			if err := a.call("POST", "/v1/failover/commit?vm="+url.QueryEscape(args[0]), &f); err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), f)
+			}
+			printFailover(cmd.OutOrStdout(), f)
+			return nil
+		},
+	}
+	a.register(cmd.Flags())
+	a.needs("replica", "a failover runs on the replica")
+	return cmd
+}
+
+// printFailover prints a failover's state in plain words and its disks.
+func printFailover(out io.Writer, f replicad.FailoverInfo) {
+	fmt.Fprintf(out, "%s: %s (generation %d)\n", f.VM, f.Summary, f.Generation)
+	fmt.Fprintf(out, "  NBD exports: %s\n", strings.Join(f.Exports, ", "))
+	if len(f.Files) > 0 {
+		fmt.Fprintf(out, "  files:       %s\n", strings.Join(f.Files, ", "))
+	}
 }
 
 func printTest(out io.Writer, title string, t replicad.TestInfo) {

@@ -94,7 +94,7 @@ of VM or VM/DISK to a retention); flags override it.`,
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			d, err := replicad.Start(replicad.Config{
-				Data: c.Data, Listen: c.Listen, TLS: tc, Allow: roots, AllowAny: c.AllowAny,
+				Data: c.Data, Name: c.Name, Listen: c.Listen, TLS: tc, Allow: roots, AllowAny: c.AllowAny,
 				NBD: c.NBD, FUSE: c.FUSE, API: c.API,
 				Retention: store.Retention{Window: retention, KeepApp: c.KeepApp}, Overrides: overrides,
 				PruneEvery: pruneEvery, Log: log,

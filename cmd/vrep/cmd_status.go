@@ -174,6 +174,10 @@ func printReplicaStatus(out io.Writer, st replicad.Status) error {
 		fmt.Fprintln(out)
 		printTest(out, "test failover of "+t.VM+" running since "+t.Started, t)
 	}
+	for _, f := range st.Failovers {
+		fmt.Fprintln(out)
+		printFailover(out, f)
+	}
 	return nil
 }
 

@@ -17,7 +17,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"failover", "planned", "vm1"}, `unknown command "planned" for "vrep failover"`},
 		{[]string{"frobnicate"}, `unknown command "frobnicate" for "vrep"`},
 		{[]string{"statsu"}, "did you mean status"},
-		{[]string{"failover"}, "needs a subcommand: test, test-stop"},
+		{[]string{"failover"}, "needs a subcommand: cancel, commit, start, test, test-stop"},
 		{[]string{"status", "--bogus"}, "unknown flag: --bogus"},
 		{[]string{"points"}, "accepts 1 arg(s), received 0"},
 		{[]string{"points", "vm1", "vm2"}, "accepts 1 arg(s), received 2"},

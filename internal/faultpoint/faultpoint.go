@@ -23,6 +23,20 @@ const (
 	PruneBetweenDelete = "prune-between-delete" // old points deleted, their history not yet
 )
 
+// The failover's points, on the replica (not in All: a crash loop of
+// the replication path never passes them).
+const (
+	FailoverStateSaved   = "failover-state-saved"   // failed-over state persisted, nothing served yet
+	CommitRolledBack     = "commit-rolled-back"     // the image rolled back to the point, the step not yet persisted
+	CommitFolded         = "commit-folded"          // the overlay folded into the image, the base not yet switched
+	CommitSwitched       = "commit-switched"        // the volume's base switched to the image, history not yet dropped
+	CommitHistoryDropped = "commit-history-dropped" // points and undo dropped, Committed not yet persisted
+)
+
+// Failover lists the failover's points, in the order a commit passes
+// them.
+var Failover = []string{FailoverStateSaved, CommitRolledBack, CommitFolded, CommitSwitched, CommitHistoryDropped}
+
 // All lists every point, for test loops.
 var All = []string{LogAfterWrite, LogAfterSync, ShipBeforeSend, ShipAfterAck,
 	ApplyBeforeIndex, ApplyBeforeImage, ApplyBeforeState, PruneBetweenDelete}

@@ -90,6 +90,9 @@ func (d *Daemon) Status() Status {
 		case v.Err() != nil:
 			ds.Health = "Warning: " + v.Err().Error()
 		}
+		if r := disk.superseded.Load(); r != nil {
+			ds.Health = *r
+		}
 		if h := d.stoppingHealth(disk.Name); h != "" {
 			ds.Health = h
 		}

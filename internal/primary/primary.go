@@ -73,6 +73,8 @@ type Disk struct {
 	// shipThrough is the LSN of the disk's newest point: what an interval
 	// copy frequency may ship.
 	shipThrough atomic.Uint64
+	// superseded is why the disk is fenced (its VM failed over), or nil.
+	superseded atomic.Pointer[string]
 }
 
 // Daemon is a running primary.
@@ -133,6 +135,9 @@ func Start(cfg Config) (d *Daemon, err error) {
 			return d, err
 		}
 		d.Disks = append(d.Disks, disk)
+		if err := d.fenceIfSuperseded(disk); err != nil {
+			return d, fmt.Errorf("disk %s: %w", spec.Name, err)
+		}
 		d.nbd.Add(nbd.Export{Name: spec.Name, Device: disk.Volume})
 	}
 	if err := d.setupPoints(cfg.Points); err != nil {

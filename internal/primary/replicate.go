@@ -87,7 +87,7 @@ func (d *Daemon) startShipping() error {
 	for _, disk := range d.Disks {
 		vm, _, _ := names.Disk(disk.Name)
 		sc := ship.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
-			VM: vm, Log: d.log}
+			VM: vm, Log: d.log, OnSuperseded: func(msg string) { d.supersede(vm, msg) }}
 		sh := ship.NewShipper(disk.Name, disk.Volume, sc)
 		d.shipMode(disk, sh)
 		d.shippers[disk.Name] = sh

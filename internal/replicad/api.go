@@ -24,6 +24,9 @@ import (
 //	GET  /v1/points?vm=VM                   []VMPoint, oldest first
 //	POST /v1/failover/test?vm=VM[&point=ID] TestInfo
 //	POST /v1/failover/test-stop?vm=VM[&force=1] TestInfo (409 while in use)
+//	POST /v1/failover/start?vm=VM[&point=ID|latest|latest-app] FailoverInfo
+//	POST /v1/failover/cancel?vm=VM[&force=1] FailoverInfo (409 while in use)
+//	POST /v1/failover/commit?vm=VM          FailoverInfo
 //
 // VM is "VM", or "ROOT/VM" when several primaries replicate a VM of that
 // name. Errors are {"error": "one sentence"} with a 4xx or 5xx status.
@@ -33,6 +36,8 @@ type Status struct {
 	Role  string       `json:"role"` // "replica"
 	Disks []DiskStatus `json:"disks"`
 	Tests []TestInfo   `json:"tests"`
+	// Failovers are the VMs failed over to this replica.
+	Failovers []FailoverInfo `json:"failovers"`
 }
 
 // DiskStatus is one replicated disk.
@@ -220,6 +225,7 @@ func (d *Daemon) Status() (Status, error) {
 	}
 	d.mu.Unlock()
 	slices.SortFunc(st.Tests, func(a, b TestInfo) int { return strings.Compare(a.VM, b.VM) })
+	st.Failovers = d.failovers()
 	return st, nil
 }
 
@@ -270,6 +276,18 @@ func (d *Daemon) handler() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/failover/test-stop", func(w http.ResponseWriter, r *http.Request) {
 		info, err := d.StopTest(r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1")
+		answer(w, info, err)
+	})
+	mux.HandleFunc("POST /v1/failover/start", func(w http.ResponseWriter, r *http.Request) {
+		info, err := d.StartFailover(r.URL.Query().Get("vm"), r.URL.Query().Get("point"))
+		answer(w, info, err)
+	})
+	mux.HandleFunc("POST /v1/failover/cancel", func(w http.ResponseWriter, r *http.Request) {
+		info, err := d.CancelFailover(r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1")
+		answer(w, info, err)
+	})
+	mux.HandleFunc("POST /v1/failover/commit", func(w http.ResponseWriter, r *http.Request) {
+		info, err := d.CommitFailover(r.URL.Query().Get("vm"))
 		answer(w, info, err)
 	})
 	return mux

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/vfs"
 	"github.com/vrep-io/vrep/nbd"
@@ -39,6 +40,9 @@ func (d *Daemon) StartTest(spec string, id uint64) (TestInfo, error) {
 	slices.Sort(keys)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if f := d.fos[root+"/"+vm]; f != nil {
+		return TestInfo{}, conflict("VM %s is failed over (%s); a test failover waits until it is cancelled", vm, strings.ToLower(f.st.State))
+	}
 	for k := range d.tests {
 		if strings.HasSuffix(k, "/"+vm) {
 			return TestInfo{}, conflict("a test failover of VM %s is already running; stop it first with vrep failover test-stop %s", vm, spec)
@@ -122,7 +126,7 @@ func (d *Daemon) StopTest(spec string, force bool) (TestInfo, error) {
 	}
 	t := d.tests[key]
 	if !force {
-		if err := d.detachIdle(t); err != nil {
+		if err := d.detachIdle(t.served()); err != nil {
 			return TestInfo{}, err
 		}
 	}
@@ -131,22 +135,36 @@ func (d *Daemon) StopTest(spec string, force bool) (TestInfo, error) {
 	return t.info, nil
 }
 
-// detachIdle detaches every export and file of a test unless a client
-// holds one; then it puts back what it detached and names the holders.
-// Each detach is atomic, so no client can slip in between the check and
-// the stop.
-func (d *Daemon) detachIdle(t *test) error {
+// served is an export and the device it serves.
+type served struct {
+	export string
+	dev    blockdev.Device
+}
+
+func (t *test) served() []served {
+	var out []served
+	for _, td := range t.disks {
+		out = append(out, served{td.export, td.ov})
+	}
+	return out
+}
+
+// detachIdle detaches every export and file given (a test's, a
+// failover's) unless a client holds one; then it puts back what it
+// detached and names the holders. Each detach is atomic, so no client
+// can slip in between the check and the stop.
+func (d *Daemon) detachIdle(disks []served) error {
 	// A client that has just closed is seen gone a moment later.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var undo []func()
 	busy := false
-	for _, td := range t.disks {
+	for _, td := range disks {
 		if _, err := d.nbd.Detach(ctx, td.export, false); err != nil {
 			busy = true
 			continue
 		}
-		undo = append(undo, func() { d.nbd.Add(nbd.Export{Name: td.export, Device: td.ov}) })
+		undo = append(undo, func() { d.nbd.Add(nbd.Export{Name: td.export, Device: td.dev}) })
 		if d.fuse == nil {
 			continue
 		}
@@ -155,7 +173,7 @@ func (d *Daemon) detachIdle(t *test) error {
 			continue
 		}
 		undo = append(undo, func() {
-			if err := d.fuse.Add(td.export, td.ov); err != nil {
+			if err := d.fuse.Add(td.export, td.dev); err != nil {
 				d.log.Error("replica: serving a test disk again after a refused stop", "disk", td.export, "err", err)
 			}
 		})
@@ -167,7 +185,7 @@ func (d *Daemon) detachIdle(t *test) error {
 		f()
 	}
 	var held []string
-	for _, td := range t.disks {
+	for _, td := range disks {
 		var what []string
 		if c := d.nbd.Connections(td.export); len(c) > 0 {
 			what = append(what, count(len(c), "NBD connection")+" ("+strings.Join(c, ", ")+")")
@@ -182,7 +200,7 @@ func (d *Daemon) detachIdle(t *test) error {
 		}
 	}
 	if len(held) == 0 { // released meanwhile: the caller may try again
-		held = append(held, "a test disk was in use a moment ago")
+		held = append(held, "a disk was in use a moment ago")
 	}
 	return conflict("%s; stop the guest or pass --force", strings.Join(held, "; "))
 }

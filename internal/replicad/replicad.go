@@ -24,6 +24,7 @@ import (
 // Config configures a replica daemon.
 type Config struct {
 	Data     string // storage: a root per primary, the index, the API socket
+	Name     string // this replica's name, told to a superseded primary
 	Listen   string // host:port for primaries
 	TLS      *tls.Config
 	Allow    map[string]string
@@ -52,7 +53,8 @@ type Daemon struct {
 	api     *daemon.API
 
 	mu    sync.Mutex
-	tests map[string]*test // by ROOT/VM
+	tests map[string]*test     // by ROOT/VM
+	fos   map[string]*failover // by ROOT/VM
 
 	servers   daemon.Servers
 	stop      chan struct{}
@@ -69,7 +71,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if cfg.PruneEvery <= 0 {
 		cfg.PruneEvery = time.Minute
 	}
-	d = &Daemon{cfg: cfg, log: cfg.Log, tests: map[string]*test{}, stop: make(chan struct{})}
+	d = &Daemon{cfg: cfg, log: cfg.Log, tests: map[string]*test{}, fos: map[string]*failover{}, stop: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -97,6 +99,9 @@ func Start(cfg Config) (d *Daemon, err error) {
 			return d, err
 		}
 	}
+	d.mu.Lock()
+	d.resumeFailovers()
+	d.mu.Unlock()
 	api := cfg.API
 	if api == "" {
 		api = filepath.Join(cfg.Data, "api.sock")
@@ -169,6 +174,9 @@ func (d *Daemon) Close() error {
 				d.log.Warn("replica: unmount", "err", err)
 			}
 		}
+		d.mu.Lock()
+		d.closeFailovers()
+		d.mu.Unlock()
 		if d.Catalog != nil {
 			d.Catalog.Close()
 		}

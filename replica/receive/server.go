@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,6 +76,7 @@ type Server struct {
 	busy    map[string]*diskStream // disk directories with a stream
 	conns   map[net.Conn]struct{}
 	ls      map[net.Listener]struct{}
+	fences  map[string]string // ROOT/VM → why its streams are refused (Fence)
 	closed  bool
 	wg      sync.WaitGroup
 }
@@ -144,6 +146,38 @@ func (s *Server) Serve(l net.Listener) error {
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// Fence refuses every stream of the disks of VM under root from now on,
+// with wire.CodeSuperseded and why (the VM failed over here): it closes
+// the streams open now and returns once they let go of their disks, so
+// that nothing applies to them afterwards.
+func (s *Server) Fence(root, vm, why string) {
+	s.mu.Lock()
+	if s.fences == nil {
+		s.fences = map[string]string{}
+	}
+	s.fences[root+"/"+vm] = why
+	prefix := filepath.Join(s.cfg.Data, root, vm) + string(filepath.Separator)
+	var open []*diskStream
+	for dir, ds := range s.busy {
+		if strings.HasPrefix(dir, prefix) {
+			ds.conn.Close()
+			open = append(open, ds)
+		}
+	}
+	s.mu.Unlock()
+	for _, ds := range open {
+		<-ds.done
+	}
+}
+
+// Unfence accepts the streams of VM under root again (a failover
+// cancelled).
+func (s *Server) Unfence(root, vm string) {
+	s.mu.Lock()
+	delete(s.fences, root+"/"+vm)
+	s.mu.Unlock()
 }
 
 // Stream returns what the server knows of the stream of the disk
@@ -271,6 +305,11 @@ func (s *Server) serve(nc net.Conn) {
 	defer close(me.done)
 	for {
 		s.mu.Lock()
+		if why, ok := s.fences[rootName+"/"+vm]; ok {
+			s.mu.Unlock()
+			fail(wire.CodeSuperseded, errors.New(why))
+			return
+		}
 		old := s.busy[dir]
 		if old == nil {
 			s.busy[dir] = me

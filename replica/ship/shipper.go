@@ -63,8 +63,13 @@ type ShipperConfig struct {
 	// SetMode changes them, with Through and Coalesce, on a running stream.
 	Interval, PointsEvery time.Duration
 	// VM names the disk's VM in the commands a health reason suggests.
-	VM  string
-	Log *slog.Logger
+	VM string
+	// OnSuperseded, if set, is called when the replica refuses the stream
+	// because the VM failed over to it (wire.CodeSuperseded), with the
+	// replica's message: the caller must fence the disk. Shipping stops
+	// in Critical, as for any non-recoverable error.
+	OnSuperseded func(msg string)
+	Log          *slog.Logger
 }
 
 // Health is a disk's replication health, as Hyper-V reports it.
@@ -274,6 +279,10 @@ func (s *Shipper) Run(ctx context.Context) {
 		s.noteOverflow()
 		now := time.Now()
 		if fatal(err) {
+			var re *wire.RemoteError
+			if errors.As(err, &re) && re.Code == wire.CodeSuperseded && s.cfg.OnSuperseded != nil {
+				s.cfg.OnSuperseded(re.Msg)
+			}
 			s.mu.Lock()
 			s.stopped, s.lastErr, s.retryAt = err.Error(), err.Error(), time.Time{}
 			s.disconnectedLocked(now)

@@ -75,6 +75,7 @@ type Catalog struct {
 	// pruneMu orders pruning with opening views: a view never opens on a
 	// point pruning is about to drop.
 	pruneMu sync.Mutex
+	held    map[string]int // disks retention leaves alone (Hold); under pruneMu
 }
 
 // UndoBlock is the unit undo entries are widened to.
@@ -291,6 +292,20 @@ func (c *Catalog) undoSizes(disk string) (lsns []uint64, sizes []int64, err erro
 	return lsns, sizes, err
 }
 
+// keys returns up to max index keys of kind for disk.
+func (c *Catalog) keys(kind byte, disk string, max int) ([][]byte, error) {
+	var out [][]byte
+	err := c.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: indexPrefix(kind, disk)})
+		defer it.Close()
+		for it.Rewind(); it.Valid() && len(out) < max; it.Next() {
+			out = append(out, it.Item().KeyCopy(nil))
+		}
+		return nil
+	})
+	return out, err
+}
+
 // undoAfter returns the undo entries of disk with an LSN above lsn, in
 // LSN order.
 func (c *Catalog) undoAfter(disk string, lsn uint64) ([]*undoRef, error) {
@@ -481,6 +496,9 @@ func (c *Catalog) Prune() error {
 func (c *Catalog) pruneDisk(disk string) error {
 	c.pruneMu.Lock()
 	defer c.pruneMu.Unlock()
+	if c.held[disk] > 0 {
+		return nil
+	}
 	st, err := c.state(disk)
 	if err != nil {
 		return err

@@ -41,4 +41,15 @@
 // own checksum, so the record checksum made when the VM wrote the block
 // protects it all the way to the replica image. The session messages are
 // specified in session.go.
+//
+// # Errors
+//
+// Either side may end a stream with Error (code uint16, message), then
+// close. The code says what the primary does next: 1 retry with backoff;
+// 2 unauthorized, 3 bad request and 4 resync stop replication for the
+// operator (Critical); 5 superseded: the VM failed over to the replica,
+// which refuses every stream of the VM's disks from then on (fencing),
+// and the primary fences its copy: it refuses writes, so that two
+// writable copies of one VM never both go on. The message names the VM,
+// its new generation and the failover's time.
 package wire

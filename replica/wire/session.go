@@ -64,6 +64,11 @@ const (
 	CodeUnauthorized uint16 = 2 // the primary's name is not allowed (or not to this disk)
 	CodeBadRequest   uint16 = 3 // a malformed or out-of-order message
 	CodeResync       uint16 = 4 // broken chain or a changed disk: the disk needs a resync
+	// CodeSuperseded: the disk's VM failed over to the replica, which
+	// serves it now (a higher generation of the VM's relationship). The
+	// primary's copy is superseded: it must stop taking writes (fence)
+	// and never retry; the message names the VM, the generation and when.
+	CodeSuperseded uint16 = 5
 )
 
 // RemoteError is an Error message from the peer.
