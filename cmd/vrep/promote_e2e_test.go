@@ -17,6 +17,7 @@ import (
 	"github.com/vrep-io/vrep/internal/nbdclient"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/replicad"
+	"github.com/vrep-io/vrep/internal/waitfor"
 	"github.com/vrep-io/vrep/internal/wocheck"
 )
 
@@ -67,14 +68,26 @@ func newFoRig(t *testing.T, size int64, writes int, repEnv []string) *foRig {
 	if rep := wocheck.CheckSerial(rg.before, rg.final, rg.h); !rep.OK() {
 		t.Fatalf("the primary's disk: %s", strings.Join(rep.Violations, "\n"))
 	}
-	time.Sleep(300 * time.Millisecond) // points after the run: the disk as it ends
+	waitReplicated(t, e)
+	// A point taken after the run: the latest point is the disk as it ends.
+	waitfor.True(t, "a point after the workload", func() bool {
+		pts := rg.points(t)
+		return len(pts) > 0 && pts[len(pts)-1].Time.After(rg.stop)
+	})
 	waitReplicated(t, e)
 	d.kill() // the primary is gone
 	return rg
 }
 
+// startReplica starts the replica; armed with a fault point (env), from
+// the binary built with them.
 func (rg *foRig) startReplica(t *testing.T, env []string) {
-	rg.killReplica, rg.repDone = startReplicaEnv(t, env, rg.e.dir, rg.pkiDir, rg.addr, rg.repArgs...)
+	bin := vrepBin
+	if len(env) > 0 {
+		bin = faultBin(t)
+	}
+	rp := startReplicaEnv(t, bin, env, rg.e.dir, rg.pkiDir, rg.addr, rg.repArgs...)
+	rg.killReplica, rg.repDone = rp.kill, rp.done
 }
 
 // points lists the replica's points of vm1.
