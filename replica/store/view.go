@@ -358,3 +358,85 @@ func (o *Overlay) Discard() error {
 	}
 	return nil
 }
+
+var (
+	_ blockdev.Mapper = (*View)(nil)
+	_ blockdev.Mapper = (*Overlay)(nil)
+)
+
+// Map reports the disk's allocation at the point: blocks with history
+// after the point are data (their old content comes from the undo
+// entries), the rest is what the image's holes say (SEEK_DATA).
+func (v *View) Map(off, n int64) ([]blockdev.Extent, error) {
+	if err := blockdev.CheckRange(v.size, off, n); err != nil || n == 0 {
+		return nil, err
+	}
+	v.sh.mu.RLock()
+	defer v.sh.mu.RUnlock()
+	if v.closed {
+		return nil, errors.New("replica: point view closed")
+	}
+	fd, canSeek := blockdev.FileMapper(v.img)
+	var out []blockdev.Extent
+	end := off + n
+	for pos := off; pos < end && len(out) < blockdev.MaxExtents; {
+		_, old := v.blocks.get(pos / UndoBlock)
+		bEnd := min((pos/UndoBlock+1)*UndoBlock, end)
+		for bEnd < end {
+			if _, ok := v.blocks.get(bEnd / UndoBlock); ok != old {
+				break
+			}
+			bEnd = min(bEnd+UndoBlock, end)
+		}
+		if old || !canSeek {
+			out = blockdev.AppendExtent(out, blockdev.Extent{Length: bEnd - pos})
+			pos = bEnd
+			continue
+		}
+		ext, err := blockdev.MapFD(fd, pos, bEnd-pos)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ext {
+			out = blockdev.AppendExtent(out, e)
+			pos += e.Length
+		}
+	}
+	return out, nil
+}
+
+// Map reports written blocks as data and the rest as the base maps them.
+func (o *Overlay) Map(off, n int64) ([]blockdev.Extent, error) {
+	if err := blockdev.CheckRange(o.size, off, n); err != nil || n == 0 {
+		return nil, err
+	}
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	var out []blockdev.Extent
+	end := off + n
+	for pos := off; pos < end && len(out) < blockdev.MaxExtents; {
+		mine := o.has(pos / UndoBlock)
+		bEnd := min((pos/UndoBlock+1)*UndoBlock, end)
+		for bEnd < end && o.has(bEnd/UndoBlock) == mine {
+			bEnd = min(bEnd+UndoBlock, end)
+		}
+		if mine {
+			out = blockdev.AppendExtent(out, blockdev.Extent{Length: bEnd - pos})
+			pos = bEnd
+			continue
+		}
+		ext, err := blockdev.Map(o.base, pos, bEnd-pos)
+		if err != nil {
+			return nil, err
+		}
+		if len(ext) == 0 {
+			ext = []blockdev.Extent{{Length: bEnd - pos}}
+		}
+		for _, e := range ext {
+			e.Length = min(e.Length, bEnd-pos)
+			out = blockdev.AppendExtent(out, e)
+			pos += e.Length
+		}
+	}
+	return out, nil
+}
