@@ -13,7 +13,7 @@ var _ blockdev.Mapper = (*Volume)(nil)
 var errEnough = errors.New("tracked: enough extents")
 
 // Map reports the disk's allocation as every acknowledged write left it:
-// unmerged records are data, unmerged trims and zeroes read as zeros,
+// unmerged records are data, unmerged trims and zeroes are holes,
 // and the rest is what the base reports.
 func (v *Volume) Map(off, n int64) ([]blockdev.Extent, error) {
 	if err := blockdev.CheckRange(v.Size(), off, n); err != nil || n == 0 {
@@ -61,8 +61,10 @@ func (v *Volume) mapLayer(out *[]blockdev.Extent, off, n int64, x, next *index) 
 		switch {
 		case e == nil:
 			return v.mapLayer(out, o, n, next, nil)
-		case e.seg == nil: // a trim or zeroes not merged yet
-			*out = blockdev.AppendExtent(*out, blockdev.Extent{Length: n, Zero: true})
+		case e.seg == nil:
+			// A trim or zeroes not merged yet: the merge punches a hole
+			// for either (a hole is only a hint for NO_HOLE zeroes).
+			*out = blockdev.AppendExtent(*out, blockdev.Extent{Length: n, Hole: true, Zero: true})
 		default:
 			*out = blockdev.AppendExtent(*out, blockdev.Extent{Length: n})
 		}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// span is a byte range of a disk.
+type span struct{ off, n int64 }
+
+func (s span) String() string { return fmt.Sprintf("%d+%d", s.off, s.n) }
+
+// mergeSpans sorts and joins touching spans.
+func mergeSpans(in []span) []span {
+	sort.Slice(in, func(i, j int) bool { return in[i].off < in[j].off })
+	var out []span
+	for _, s := range in {
+		if k := len(out) - 1; k >= 0 && out[k].off+out[k].n == s.off {
+			out[k].n += s.n
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// nbdinfoData returns the extents nbdinfo --map reports as data.
+func nbdinfoData(t *testing.T, uri string) []span {
+	t.Helper()
+	var data []span
+	for _, line := range strings.Split(run(t, "nbdinfo", "--map", uri), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		off, _ := strconv.ParseInt(f[0], 10, 64)
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		if f[2] == "0" {
+			data = append(data, span{off, n})
+		}
+	}
+	return mergeSpans(data)
+}
+
+// qemuImgData returns the extents qemu-img map reports as data.
+func qemuImgData(t *testing.T, uri string) []span {
+	t.Helper()
+	var ext []struct {
+		Start, Length int64
+		Data, Zero    bool
+	}
+	out := run(t, "qemu-img", "map", "--output=json", "-f", "raw", uri)
+	if err := json.Unmarshal([]byte(out), &ext); err != nil {
+		t.Fatalf("qemu-img map: %v\n%s", err, out)
+	}
+	var data []span
+	for _, e := range ext {
+		if e.Data && !e.Zero {
+			data = append(data, span{e.Start, e.Length})
+		}
+	}
+	return mergeSpans(data)
+}
+
+// TestBlockStatusMap: on a primary's export, nbdinfo --map and qemu-img
+// map report exactly the written layout of a sparse image: data where
+// the image held data and where writes went, holes elsewhere and where
+// a trim went, before and after the log is merged into the image.
+func TestBlockStatusMap(t *testing.T) {
+	need(t, "nbdinfo", "qemu-img", "qemu-io")
+	e := newEnv(t, 64<<20)
+	f, _ := os.OpenFile(e.img, os.O_WRONLY, 0)
+	f.WriteAt([]byte(strings.Repeat("x", 64<<10)), 40<<20) // data in the image before vrep starts
+	f.Close()
+	d := e.start(t)
+	u := e.uri("vm1/disk0")
+	qemuIO(t, u,
+		"write -P 0xa1 1M 1M",
+		"write -P 0xb2 8M 64k",
+		"write -P 0xc3 20M 2M",
+		"discard 20992k 512k", // [20.5M, 21M) trimmed inside the last write
+	)
+	want := "1048576+1048576 8388608+65536 20971520+524288 22020096+1048576 41943040+65536"
+	for _, phase := range []string{"unmerged", "merged"} {
+		if got := fmt.Sprint(nbdinfoData(t, u)); got != "["+want+"]" {
+			t.Errorf("%s: nbdinfo --map data = %s, want [%s]", phase, got, want)
+		}
+		if got := fmt.Sprint(qemuImgData(t, u)); got != "["+want+"]" {
+			t.Errorf("%s: qemu-img map data = %s, want [%s]", phase, got, want)
+		}
+		if phase == "unmerged" {
+			// A clean stop merges the log into the image; serve it again.
+			if err := d.stop(); err != nil {
+				t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+			}
+			d = e.start(t)
+		}
+	}
+}
+
+// countingProxy forwards unix-socket connections to target and counts
+// the bytes the server sends back: what a client read, on the wire.
+type countingProxy struct {
+	sock string
+	down atomic.Int64
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func newCountingProxy(t *testing.T, dir, target string) *countingProxy {
+	p := &countingProxy{sock: filepath.Join(dir, "proxy.sock")}
+	l, err := net.Listen("unix", p.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("unix", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(s, c); s.(*net.UnixConn).CloseWrite() }()
+			go func() {
+				defer wg.Done()
+				// Counted as forwarded: a client that has exited has
+				// been counted for all it read.
+				io.Copy(countingWriter{c, &p.down}, s)
+				c.Close()
+				s.Close()
+			}()
+		}
+	}()
+	return p
+}
+
+// TestBlockStatusCopy: copying a 4 GiB disk with 5% written reads about
+// the written bytes with block status (nbdcopy and qemu-img convert),
+// and the copies are exact. Without -short it also measures nbdcopy
+// --no-extents, which reads the whole disk, for the figure.
+func TestBlockStatusCopy(t *testing.T) {
+	need(t, "nbdcopy", "qemu-img", "qemu-io")
+	const size = 4 << 30
+	e := newEnv(t, size)
+	// 5%: 51 extents of 4 MiB spread over the disk, in the image, plus
+	// two writes through the export that stay in the log a while, and a
+	// trim of one extent.
+	f, _ := os.OpenFile(e.img, os.O_WRONLY, 0)
+	buf := make([]byte, 4<<20)
+	var written int64
+	for i := range 51 {
+		for j := range buf {
+			buf[j] = byte(i + j>>12)
+		}
+		f.WriteAt(buf, int64(i)*(80<<20)+int64(i)*4096)
+		written += int64(len(buf))
+	}
+	f.Close()
+	e.start(t)
+	qemuIO(t, e.uri("vm1/disk0"), "write -P 0x5a 3000M 1M", "write -P 0x6b 4095M 1M", "discard 80M 8M")
+	written += 2<<20 - 4<<20 // extent 1 (at 80M + 4K) is trimmed
+	p := newCountingProxy(t, e.dir, e.sock)
+	src := fmt.Sprintf("nbd+unix:///vm1/disk0?socket=%s", p.sock)
+	copyWith := func(name string, args ...string) (int64, time.Duration) {
+		t.Helper()
+		out := filepath.Join(e.dir, "copy.img")
+		os.Remove(out)
+		before := p.down.Load()
+		start := time.Now()
+		if args[0] == "qemu-img" {
+			run(t, args[0], append(args[1:], src, out)...)
+		} else {
+			os.WriteFile(out, nil, 0o600)
+			os.Truncate(out, size)
+			run(t, args[0], append(args[1:], src, out)...)
+		}
+		took := time.Since(start)
+		read := p.down.Load() - before
+		// The copy is exact (compare skips what both sides map as zero).
+		run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", out, e.uri("vm1/disk0"))
+		os.Remove(out)
+		t.Logf("%-26s read %7.1f MiB (%.2fx the %d MiB written) in %v", name, float64(read)/(1<<20), float64(read)/float64(written), written>>20, took.Round(time.Millisecond))
+		return read, took
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"nbdcopy", []string{"nbdcopy"}},
+		{"qemu-img convert", []string{"qemu-img", "convert", "-f", "raw", "-O", "raw"}},
+	} {
+		if read, _ := copyWith(c.name, c.args...); float64(read) > 1.1*float64(written) {
+			t.Errorf("%s read %d bytes for %d written: block status is not used", c.name, read, written)
+		}
+	}
+	if testing.Short() {
+		return
+	}
+	if read, _ := copyWith("nbdcopy --no-extents", "nbdcopy", "--no-extents"); read < size {
+		t.Errorf("nbdcopy --no-extents read %d bytes of a %d-byte disk", read, size)
+	}
+}
