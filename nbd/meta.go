@@ -162,8 +162,10 @@ func contexts(e *Export) []metaContext {
 		}
 		return st, nil
 	}}}
-	for _, x := range e.Contexts {
-		out = append(out, metaContext{name: x.Name, status: x.Status})
+	if e.Contexts != nil {
+		for _, x := range e.Contexts() {
+			out = append(out, metaContext{name: x.Name, status: x.Status})
+		}
 	}
 	return out
 }

@@ -191,9 +191,11 @@ func TestBlockStatus(t *testing.T) {
 // of order, twice, malformed, or for another export.
 func TestMetaNegotiation(t *testing.T) {
 	s, sock := serve(t, layoutDev(), false)
-	s.Add(Export{Name: "other", Device: blockdev.NewMem(testSize), Contexts: []Context{{Name: "vrep:changed:p1", Status: func(off, n int64) ([]Status, error) {
-		return []Status{{Length: n, Flags: 1}}, nil
-	}}}})
+	s.Add(Export{Name: "other", Device: blockdev.NewMem(testSize), Contexts: func() []Context {
+		return []Context{{Name: "vrep:changed:p1", Status: func(off, n int64) ([]Status, error) {
+			return []Status{{Length: n, Flags: 1}}, nil
+		}}}
+	}})
 	var plain *client
 	plain = dialWith(t, sock, "vm1/disk0", func(cl *client) {
 		if _, final := cl.metaOption(optSetMeta, metaData("vm1/disk0", BaseAllocation)); final != repErrInvalid {

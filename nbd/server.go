@@ -43,8 +43,10 @@ type Export struct {
 	Name     string
 	Device   blockdev.Device
 	ReadOnly bool
-	// Contexts are metadata contexts offered besides base:allocation.
-	Contexts []Context
+	// Contexts, if set, lists the metadata contexts offered besides
+	// base:allocation; it is asked at each metadata option, so the list
+	// may change while the export is served.
+	Contexts func() []Context
 }
 
 // Server serves exports to any number of connections. It is safe for

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -14,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vrep-io/vrep/internal/primary"
 )
 
 // span is a byte range of a disk.
@@ -229,3 +233,118 @@ func TestBlockStatusCopy(t *testing.T) {
 		t.Errorf("nbdcopy --no-extents read %d bytes of a %d-byte disk", read, size)
 	}
 }
+
+// changedSpans returns the extents nbdinfo reports changed (status 1)
+// in a vrep:changed: context.
+func changedSpans(t *testing.T, uri, context string) []span {
+	t.Helper()
+	var out []span
+	for _, line := range strings.Split(run(t, "nbdinfo", "--map="+context, uri), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		off, _ := strconv.ParseInt(f[0], 10, 64)
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		if f[2] == "1" {
+			out = append(out, span{off, n})
+		}
+	}
+	return mergeSpans(out)
+}
+
+// applyIncrement is the documented recipe for an incremental copy: for
+// every extent the vrep:changed:ID context marks, qemu-img copies that
+// range of the export into the same range of the older copy (raw
+// driver's offset and size on both sides; nothing else is touched).
+func applyIncrement(t *testing.T, sock, export, img string, changed []span) {
+	t.Helper()
+	for _, s := range changed {
+		run(t, "qemu-img", "convert", "-n",
+			"--image-opts", fmt.Sprintf("driver=raw,offset=%d,size=%d,file.driver=nbd,file.server.type=unix,file.server.path=%s,file.export=%s", s.off, s.n, sock, export),
+			"--target-image-opts", fmt.Sprintf("driver=raw,offset=%d,size=%d,file.driver=file,file.filename=%s", s.off, s.n, img))
+	}
+}
+
+// TestIncrementalCopyBetweenPoints: a test failover export of a newer
+// point reports, in vrep:changed:OLDER, exactly the blocks written
+// between the two points; copying only those onto a full copy of the
+// older point gives the newer point byte for byte.
+func TestIncrementalCopyBetweenPoints(t *testing.T) {
+	need(t, "qemu-io", "qemu-img", "nbdinfo", "nbdcopy")
+	e := newEnv(t, 64<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	repData := filepath.Join(e.dir, "replica")
+	repSock := filepath.Join(e.dir, "r.sock")
+	startReplica(t, e.dir, pkiDir, addr, "--nbd", "unix:"+repSock)
+	e.start(t, replicaFlags(addr, pkiDir)...)
+	u := e.uri("vm1/disk0")
+	point := func() string {
+		t.Helper()
+		var p primary.PointInfo
+		code, out := vrepRun(t, "point", "create", "vm1", "--state", e.state, "--json")
+		if code != 0 || json.Unmarshal([]byte(out), &p) != nil {
+			t.Fatalf("point create: exit %d\n%s", code, out)
+		}
+		return strconv.FormatUint(p.ID, 10)
+	}
+	qemuIO(t, u, "write -P 0x11 0 4M", "write -P 0x22 10M 1M", "write -P 0x33 40M 64k")
+	p1 := point()
+	qemuIO(t, u,
+		"write -P 0x44 1M 64k",        // over data of p1
+		"write -P 0x55 20M 1M",        // where p1 had nothing
+		"write -P 0x66 41943140 5000", // unaligned: two blocks
+		"discard 10M 512k",            // a trim
+	)
+	p2 := point()
+	qemuIO(t, u, "write -P 0x77 30M 1M") // after p2: not in the increment
+	waitReplicated(t, e)
+
+	testAt := func(id string) {
+		t.Helper()
+		if code, out := vrepRun(t, "failover", "test", "vm1", "--point", id, "--data", repData); code != 0 {
+			t.Fatalf("failover test at %s: exit %d\n%s", id, code, out)
+		}
+	}
+	stopTest := func() {
+		t.Helper()
+		if code, out := vrepRun(t, "failover", "test-stop", "vm1", "--data", repData); code != 0 {
+			t.Fatalf("test-stop: exit %d\n%s", code, out)
+		}
+	}
+	export := "vm1/disk0-test"
+	tu := fmt.Sprintf("nbd+unix:///%s?socket=%s", export, repSock)
+	older := filepath.Join(e.dir, "p1.img")
+	testAt(p1)
+	run(t, "nbdcopy", tu, older)
+	if out, err := exec.Command("nbdinfo", "--map="+ChangedCtx(p2), tu).CombinedOutput(); err == nil {
+		t.Errorf("the export of p1 offers a context for the newer p2:\n%s", out)
+	}
+	stopTest()
+
+	testAt(p2)
+	changed := changedSpans(t, tu, ChangedCtx(p1))
+	want := "[1048576+65536 10485760+524288 20971520+1048576 41943040+8192]"
+	if fmt.Sprint(changed) != want {
+		t.Fatalf("vrep:changed:%s = %v, want %s", p1, changed, want)
+	}
+	applyIncrement(t, repSock, export, older, changed)
+	newer := filepath.Join(e.dir, "p2.img")
+	run(t, "nbdcopy", tu, newer)
+	a, _ := os.ReadFile(older)
+	b, _ := os.ReadFile(newer)
+	if len(a) != 64<<20 || !bytes.Equal(a, b) {
+		t.Fatalf("p1 + the increment differs from p2 (%d and %d bytes)", len(a), len(b))
+	}
+	if a[30<<20] != 0 || a[20<<20] != 0x55 || a[10<<20] != 0 || a[1<<20] != 0x44 {
+		t.Fatal("the copies do not hold p2's writes")
+	}
+	// A point that is no point, and a malformed id, are no contexts.
+	if out, err := exec.Command("nbdinfo", "--map=vrep:changed:12345", tu).CombinedOutput(); err == nil {
+		t.Errorf("nbdinfo --map of an unknown point succeeded:\n%s", out)
+	}
+	stopTest()
+}
+
+// ChangedCtx is the changed-blocks context of point id.
+func ChangedCtx(id string) string { return "vrep:changed:" + id }

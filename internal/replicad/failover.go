@@ -28,6 +28,7 @@ type testDisk struct {
 	export string
 	view   *store.View
 	ov     *store.Overlay
+	exp    nbd.Export // as served, with its changed-block contexts
 }
 
 // StartTest starts a test failover of VM at point id (0: the newest).
@@ -90,7 +91,8 @@ func (d *Daemon) startTestDisk(key string, lsn uint64) (td testDisk, err error) 
 		td.view.Close()
 		return td, err
 	}
-	d.nbd.Add(nbd.Export{Name: td.export, Device: td.ov})
+	td.exp = d.export(key, td)
+	d.nbd.Add(td.exp)
 	if d.fuse != nil {
 		if err := d.fuse.Add(td.export, td.ov); err != nil {
 			d.nbd.Remove(td.export)
@@ -146,7 +148,7 @@ func (d *Daemon) detachIdle(t *test) error {
 			busy = true
 			continue
 		}
-		undo = append(undo, func() { d.nbd.Add(nbd.Export{Name: td.export, Device: td.ov}) })
+		undo = append(undo, func() { d.nbd.Add(td.exp) })
 		if d.fuse == nil {
 			continue
 		}

@@ -440,3 +440,102 @@ func (o *Overlay) Map(off, n int64) ([]blockdev.Extent, error) {
 	}
 	return out, nil
 }
+
+// Changes is the set of blocks (UndoBlock each) written between two
+// points of a disk. It never changes once made: safe for concurrent use.
+type Changes struct {
+	bits []uint64
+	size int64
+}
+
+// Has reports whether block b changed.
+func (c *Changes) Has(b int64) bool {
+	return b>>6 < int64(len(c.bits)) && c.bits[b>>6]&(1<<(b&63)) != 0
+}
+
+// Bytes returns how many bytes of the disk the changed blocks cover.
+func (c *Changes) Bytes() int64 {
+	var n int64
+	for b := range (c.size + UndoBlock - 1) / UndoBlock {
+		if c.Has(b) {
+			n += min(UndoBlock, c.size-b*UndoBlock)
+		}
+	}
+	return n
+}
+
+// ChangedSince returns the blocks that differ between the disk at the
+// point at LSN since and at the view's point: the blocks of every undo
+// entry in between, read from the index alone (no data, no scan of the
+// image). A block written and written back counts as changed. since
+// must be a point the catalog still holds (its history after it is
+// then complete), older than the view's.
+func (v *View) ChangedSince(since uint64) (*Changes, error) {
+	if since >= v.lsn {
+		return nil, fmt.Errorf("%w: the point at LSN %d is not older than the view's (%d)", ErrNoPoint, since, v.lsn)
+	}
+	c := v.cat
+	// Under the prune lock: the history after since cannot go meanwhile.
+	c.pruneMu.Lock()
+	defer c.pruneMu.Unlock()
+	st, err := c.state(v.disk)
+	if err != nil {
+		return nil, err
+	}
+	pts, err := c.diskPoints(v.disk, st.applied)
+	if err != nil {
+		return nil, err
+	}
+	found := false
+	for _, p := range pts {
+		found = found || p.LSN == since
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: %s has no point at LSN %d", ErrNoPoint, v.disk, since)
+	}
+	refs, err := c.undoAfter(v.disk, since)
+	if err != nil {
+		return nil, err
+	}
+	ch := &Changes{bits: make([]uint64, ((v.size+UndoBlock-1)/UndoBlock+63)/64), size: v.size}
+	for _, r := range refs {
+		if r.lsn > v.lsn {
+			break // in LSN order
+		}
+		for b := r.off / UndoBlock; b < (r.off+r.length+UndoBlock-1)/UndoBlock; b++ {
+			ch.bits[b>>6] |= 1 << (b & 63)
+		}
+	}
+	return ch, nil
+}
+
+// ChangeRun is a run of blocks that changed, or did not.
+type ChangeRun struct {
+	Length  int64
+	Changed bool
+}
+
+// ChangedRuns describes [off, off+n) of the overlay against an earlier
+// point: a block changed if ch (the view's ChangedSince) has it or the
+// overlay has written it. At most blockdev.MaxExtents runs, covering a
+// prefix of the range.
+func (o *Overlay) ChangedRuns(ch *Changes, off, n int64) ([]ChangeRun, error) {
+	if err := blockdev.CheckRange(o.size, off, n); err != nil || n == 0 {
+		return nil, err
+	}
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	var out []ChangeRun
+	end := off + n
+	for pos := off; pos < end && len(out) < blockdev.MaxExtents; {
+		b := pos / UndoBlock
+		changed := ch.Has(b) || o.has(b)
+		bEnd := min((b+1)*UndoBlock, end)
+		for bEnd < end && (ch.Has(bEnd/UndoBlock) || o.has(bEnd/UndoBlock)) == changed {
+			bEnd = min(bEnd+UndoBlock, end)
+		}
+		out = append(out, ChangeRun{Length: bEnd - pos, Changed: changed})
+		pos = bEnd
+	}
+	return out, nil
+}
