@@ -328,6 +328,27 @@ func TestIncrementalCopyBetweenPoints(t *testing.T) {
 	if fmt.Sprint(changed) != want {
 		t.Fatalf("vrep:changed:%s = %v, want %s", p1, changed, want)
 	}
+	// qemu reads the context as it reads a dirty bitmap: with
+	// x-dirty-bitmap its map shows the changed extents as "data": false
+	// (qemu's documented inversion for dirty bitmaps).
+	var qext []struct {
+		Start, Length int64
+		Data          bool
+	}
+	out := run(t, "qemu-img", "map", "--output=json", "--image-opts",
+		fmt.Sprintf("driver=nbd,server.type=unix,server.path=%s,export=%s,x-dirty-bitmap=%s", repSock, export, ChangedCtx(p1)))
+	if err := json.Unmarshal([]byte(out), &qext); err != nil {
+		t.Fatalf("qemu-img map x-dirty-bitmap: %v\n%s", err, out)
+	}
+	var dirty []span
+	for _, x := range qext {
+		if !x.Data {
+			dirty = append(dirty, span{x.Start, x.Length})
+		}
+	}
+	if got := fmt.Sprint(mergeSpans(dirty)); got != want {
+		t.Errorf("qemu-img map with x-dirty-bitmap=%s: dirty %s, want %s", ChangedCtx(p1), got, want)
+	}
 	applyIncrement(t, repSock, export, older, changed)
 	newer := filepath.Join(e.dir, "p2.img")
 	run(t, "nbdcopy", tu, newer)

@@ -14,6 +14,22 @@ import (
 // qemu's "qemu:dirty-bitmap:" contexts mark a dirty one, so tools that
 // take the context name (nbdinfo --map=NAME, qemu's x-dirty-bitmap=NAME,
 // libnbd's block_status) read it as they read a dirty bitmap.
+//
+// An incremental copy from a copy OLD.img of point P1 to point P2
+// (cmd/vrep TestIncrementalCopyBetweenPoints runs exactly this):
+//
+//	vrep failover test VM --point P2 --data DIR
+//	nbdinfo --map=vrep:changed:P1 "nbd+unix:///VM/DISK-test?socket=SOCK" |
+//	while read off len st _; do
+//	  [ "$st" = 1 ] || continue
+//	  qemu-img convert -n \
+//	    --image-opts "driver=raw,offset=$off,size=$len,file.driver=nbd,file.server.type=unix,file.server.path=SOCK,file.export=VM/DISK-test" \
+//	    --target-image-opts "driver=raw,offset=$off,size=$len,file.driver=file,file.filename=OLD.img"
+//	done
+//	vrep failover test-stop VM --data DIR
+//
+// OLD.img then holds P2 byte for byte. nbdcopy reads base:allocation
+// only, never a dirty bitmap, so it serves full copies.
 const ChangedContext = "vrep:changed:"
 
 // export is the NBD export of a test disk: its overlay, with a
