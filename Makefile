@@ -48,7 +48,7 @@ soak:
 fuzz:
 	@set -e; for spec in \
 		./hrl:FuzzOpen ./hrl:FuzzOpenChain ./hrl:FuzzDecodeMarker \
-		./nbd:FuzzHandshake ./nbd:FuzzRequest \
+		./nbd:FuzzHandshake ./nbd:FuzzRequest ./nbd:FuzzMetaOption ./nbd:FuzzStatusRequest \
 		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode ./internal/statefile:FuzzDecode \
 		./replica/wire:FuzzReadFrame ./replica/wire:FuzzDecodeRecords ./replica/wire:FuzzDecodeRecordsRange \
 		./replica/store:FuzzDecodeUndoRef; do \

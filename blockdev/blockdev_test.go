@@ -1,6 +1,7 @@
 package blockdev_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,4 +30,42 @@ func TestFile(t *testing.T) {
 		t.Cleanup(func() { d.Close() })
 		return d
 	})
+}
+
+// TestFileMapLayout: a sparse image maps as the holes and data written
+// into it, and a trimmed range becomes a hole again.
+func TestFileMapLayout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	d, err := blockdev.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = 1
+	}
+	d.WriteAt(buf, 1<<20)
+	d.WriteAt(buf, 4<<20)
+	if err := d.Trim(4<<20, 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.Map(0, 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The trimmed range joins the hole before it.
+	want := []blockdev.Extent{
+		{Length: 1 << 20, Hole: true, Zero: true}, {Length: 1 << 20},
+		{Length: 2<<20 + 512<<10, Hole: true, Zero: true}, {Length: 512 << 10}, {Length: 3 << 20, Hole: true, Zero: true},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Map = %v, want %v", got, want)
+	}
 }

@@ -19,6 +19,9 @@ const (
 	optList       = protocol.NEGOTIATION_ID_OPTION_LIST
 	optInfo       = protocol.NEGOTIATION_ID_OPTION_INFO
 	optGo         = protocol.NEGOTIATION_ID_OPTION_GO
+	optStructured = uint32(8)
+	optListMeta   = uint32(9)
+	optSetMeta    = uint32(10)
 
 	repAck        = protocol.NEGOTIATION_TYPE_REPLY_ACK
 	repServer     = protocol.NEGOTIATION_TYPE_REPLY_SERVER
@@ -27,6 +30,7 @@ const (
 	repErrInvalid = uint32(3 | 1<<31)
 	repErrUnknown = protocol.NEGOTIATION_TYPE_REPLY_ERR_UNKNOWN
 	repErrTooBig  = uint32(9 | 1<<31)
+	repMeta       = uint32(4)
 
 	infoExport    = protocol.NEGOTIATION_TYPE_INFO_EXPORT
 	infoBlockSize = protocol.NEGOTIATION_TYPE_INFO_BLOCKSIZE
@@ -38,6 +42,7 @@ const (
 	tfSendFUA      = uint16(1 << 3)
 	tfSendTrim     = uint16(1 << 5)
 	tfSendZeroes   = uint16(1 << 6)
+	tfSendDF       = uint16(1 << 7)
 	tfCanMultiConn = protocol.NEGOTIATION_REPLY_FLAGS_CAN_MULTI_CONN
 
 	// Commands.
@@ -47,16 +52,32 @@ const (
 	cmdFlush  = uint16(3)
 	cmdTrim   = uint16(4)
 	cmdZeroes = uint16(6)
+	cmdStatus = uint16(7) // NBD_CMD_BLOCK_STATUS
 
 	// Command flags.
 	cfFUA    = uint16(1 << 0)
 	cfNoHole = uint16(1 << 1)
 	cfDF     = uint16(1 << 2)
+	cfReqOne = uint16(1 << 3)
+
+	// Structured replies.
+	magicStructured = uint32(0x668e33ef)
+	rfDone          = uint16(1 << 0)
+	rtNone          = uint16(0)
+	rtOffsetData    = uint16(1)
+	rtOffsetHole    = uint16(2)
+	rtBlockStatus   = uint16(5)
+	rtError         = uint16(1<<15 | 1)
+
+	// base:allocation status flags.
+	stateHole = uint32(1 << 0)
+	stateZero = uint32(1 << 1)
 
 	// Errors.
 	errPerm     = protocol.TRANSMISSION_ERROR_EPERM
 	errIO       = uint32(5)
 	errInval    = protocol.TRANSMISSION_ERROR_EINVAL
+	errOverflow = uint32(75)
 	errNoSpc    = uint32(28)
 	errShutdown = uint32(108)
 )

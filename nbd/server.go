@@ -1,5 +1,6 @@
 // Package nbd serves block devices over the NBD protocol (fixed newstyle
-// handshake, simple replies) on unix sockets and TCP, for qemu, qemu-img,
+// handshake, simple or structured replies, block status with
+// base:allocation; see meta.go) on unix sockets and TCP, for qemu, qemu-img,
 // nbdcopy, nbdinfo, nbdfuse, fio's nbd engine and the kernel's nbd-client.
 //
 // Many requests are served at once per connection and replies go out as
@@ -42,6 +43,10 @@ type Export struct {
 	Name     string
 	Device   blockdev.Device
 	ReadOnly bool
+	// Contexts, if set, lists the metadata contexts offered besides
+	// base:allocation; it is asked at each metadata option, so the list
+	// may change while the export is served.
+	Contexts func() []Context
 }
 
 // Server serves exports to any number of connections. It is safe for
@@ -264,6 +269,11 @@ type conn struct {
 
 	bound string // the export chosen; guarded by s.mu
 
+	// Negotiated during the handshake, read-only afterwards.
+	structured bool          // NBD_OPT_STRUCTURED_REPLY
+	meta       []metaContext // selected by NBD_OPT_SET_META_CONTEXT
+	metaExport *Export       // the export meta was selected for
+
 	wmu   sync.Mutex // guards w
 	w     *bufio.Writer
 	ready atomic.Int32 // replies waiting for wmu
@@ -434,9 +444,10 @@ func (c *conn) handshake() error {
 			if e == nil || !c.s.bind(c, e) {
 				return fmt.Errorf("%w: unknown export %q", ErrProtocol, data)
 			}
+			c.choose(e)
 			var b [10 + 124]byte
 			binary.BigEndian.PutUint64(b[0:], uint64(e.Device.Size()))
-			binary.BigEndian.PutUint16(b[8:], transmissionFlags(e))
+			binary.BigEndian.PutUint16(b[8:], c.tflags(e))
 			out := b[:]
 			if noZeroes {
 				out = b[:10]
@@ -467,6 +478,10 @@ func (c *conn) handshake() error {
 			if e != nil && opt == optGo {
 				return c.w.Flush()
 			}
+		case optStructured:
+			c.optStructured(data)
+		case optListMeta, optSetMeta:
+			c.optMeta(opt, data)
 		default:
 			c.optReply(opt, repErrUnsup, nil)
 		}
@@ -503,7 +518,7 @@ func (c *conn) infoGo(opt uint32, data []byte) (*Export, error) {
 	var info [12]byte
 	binary.BigEndian.PutUint16(info[0:], infoExport)
 	binary.BigEndian.PutUint64(info[2:], uint64(e.Device.Size()))
-	binary.BigEndian.PutUint16(info[10:], transmissionFlags(e))
+	binary.BigEndian.PutUint16(info[10:], c.tflags(e))
 	c.optReply(opt, repInfo, info[:])
 	for i := range nreq {
 		if binary.BigEndian.Uint16(rest[2+2*i:]) == infoBlockSize {
@@ -516,6 +531,9 @@ func (c *conn) infoGo(opt uint32, data []byte) (*Export, error) {
 		}
 	}
 	c.optReply(opt, repAck, nil)
+	if opt == optGo {
+		c.choose(e)
+	}
 	return e, nil
 }
 
@@ -565,9 +583,18 @@ func decodeRequest(b []byte) (request, error) {
 
 // validate returns the NBD error for a request, or 0. A request that
 // carries a payload is validated before the payload is read.
-func validate(q request, size int64, ro bool) uint32 {
+func validate(q request, size int64, ro, status bool) uint32 {
 	var okFlags uint16
 	switch q.typ {
+	case cmdStatus:
+		if !status {
+			return errInval // no metadata context selected
+		}
+		okFlags = cfReqOne | cfFUA
+		if q.flags&^okFlags != 0 || q.length == 0 || q.off > uint64(size) || uint64(q.length) > uint64(size)-q.off {
+			return errInval
+		}
+		return 0
 	case cmdRead:
 		okFlags = cfDF // harmless without structured replies
 	case cmdWrite, cmdTrim:
@@ -616,7 +643,7 @@ func (c *conn) transmit() error {
 		if q.typ == cmdDisc {
 			return errDisc
 		}
-		code := validate(q, size, c.exp.ReadOnly)
+		code := validate(q, size, c.exp.ReadOnly, len(c.meta) > 0)
 		if code != 0 {
 			if q.typ == cmdWrite {
 				// Keep the stream in step without holding the payload.
@@ -626,7 +653,7 @@ func (c *conn) transmit() error {
 			}
 			c.logf(slog.LevelInfo, "nbd: refused request", "export", c.exp.Name, "cmd", q.typ,
 				"flags", q.flags, "offset", q.off, "length", q.length, "errno", code)
-			c.reply(q.cookie, code, nil, true)
+			c.replyTo(q, code, nil, true)
 			continue
 		}
 		var buf []byte
@@ -642,6 +669,11 @@ func (c *conn) transmit() error {
 					putBuf(buf)
 					return err
 				}
+			}
+		} else if q.typ == cmdStatus {
+			tokens = 1 // its reply: up to half a MiB of descriptors
+			if err := c.take(tokens); err != nil {
+				return err
 			}
 		}
 		select {
@@ -769,6 +801,11 @@ func (c *conn) do(j job) {
 		if err == nil && q.flags&cfFUA != 0 {
 			err = dev.Sync()
 		}
+	case cmdStatus:
+		if err = c.blockStatus(q); err == nil {
+			c.release(j)
+			return
+		}
 	}
 	c.finish(j, err, true)
 }
@@ -794,7 +831,12 @@ func (c *conn) finish(j job, err error, flush bool) {
 	if q.typ == cmdRead && code == 0 {
 		data = j.buf
 	}
-	c.reply(q.cookie, code, data, flush)
+	c.replyTo(q, code, data, flush)
+	c.release(j)
+}
+
+// release gives back what an answered request held.
+func (c *conn) release(j job) {
 	putBuf(j.buf)
 	for range j.tokens {
 		<-c.budget
@@ -812,11 +854,17 @@ func (c *conn) reply(cookie uint64, code uint32, data []byte, flush bool) {
 	binary.BigEndian.PutUint32(h[0:], magicReply)
 	binary.BigEndian.PutUint32(h[4:], code)
 	binary.BigEndian.PutUint64(h[8:], cookie)
+	c.send(flush, h[:], data)
+}
+
+// send writes one reply made of parts, flushing as reply says.
+func (c *conn) send(flush bool, parts ...[]byte) {
 	c.ready.Add(1)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.w.Write(h[:])
-	c.w.Write(data)
+	for _, p := range parts {
+		c.w.Write(p)
+	}
 	if c.ready.Add(-1) == 0 && flush {
 		if err := c.w.Flush(); err != nil {
 			c.nc.Close() // the peer is gone; the reader sees it next

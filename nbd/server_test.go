@@ -51,6 +51,12 @@ type client struct {
 
 func dial(t *testing.T, sock, export string) *client {
 	t.Helper()
+	return dialWith(t, sock, export, nil)
+}
+
+// dialWith is dial with options sent before NBD_OPT_GO by pre.
+func dialWith(t *testing.T, sock, export string, pre func(cl *client)) *client {
+	t.Helper()
 	c, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +70,9 @@ func dial(t *testing.T, sock, export string) *client {
 		t.Fatalf("bad greeting % x", hello)
 	}
 	cl.write(binary.BigEndian.AppendUint32(nil, clientFixed|clientNoZero))
+	if pre != nil {
+		pre(cl)
+	}
 	// NBD_OPT_GO with a block-size request.
 	data := binary.BigEndian.AppendUint32(nil, uint32(len(export)))
 	data = append(data, export...)
@@ -393,6 +402,12 @@ func TestShutdownDrains(t *testing.T) {
 // pipeServe runs one connection of a fresh server over net.Pipe, feeding
 // it input, and returns once the server closed the connection.
 func pipeServe(t *testing.T, input []byte, handshake bool) {
+	pipeServeWith(t, input, handshake, false)
+}
+
+// pipeServeWith is pipeServe; with structured, the handshake also
+// negotiates structured replies and selects base:allocation.
+func pipeServeWith(t *testing.T, input []byte, handshake, structured bool) {
 	s := NewServer(quiet())
 	s.Add(Export{Name: "d", Device: blockdev.NewMem(1 << 20)})
 	a, b := net.Pipe()
@@ -402,6 +417,10 @@ func pipeServe(t *testing.T, input []byte, handshake bool) {
 	go io.Copy(io.Discard, b)
 	if handshake {
 		b.Write(binary.BigEndian.AppendUint32(nil, clientFixed|clientNoZero))
+		if structured {
+			b.Write(optBytes(optStructured, nil))
+			b.Write(optBytes(optSetMeta, metaData("d", BaseAllocation)))
+		}
 		opt := binary.BigEndian.AppendUint64(nil, magicOpt)
 		opt = binary.BigEndian.AppendUint32(opt, optExportName)
 		opt = binary.BigEndian.AppendUint32(opt, 1)
@@ -423,7 +442,49 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(binary.BigEndian.AppendUint32(opt, 0))
 	goOpt := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(nil, clientFixed), magicOpt), optGo)
 	f.Add(append(binary.BigEndian.AppendUint32(goOpt, 9), 0, 0, 0, 1, 'd', 0, 1, 0, 3))
+	meta := binary.BigEndian.AppendUint32(nil, clientFixed)
+	meta = append(meta, optBytes(optStructured, nil)...)
+	meta = append(meta, optBytes(optListMeta, metaData("d"))...)
+	meta = append(meta, optBytes(optSetMeta, metaData("d", BaseAllocation, "base:"))...)
+	meta = append(meta, optBytes(optStructured, nil)...)
+	f.Add(append(meta, optBytes(optGo, []byte{0, 0, 0, 1, 'd', 0, 0})...))
 	f.Fuzz(func(t *testing.T, in []byte) { pipeServe(t, in, false) })
+}
+
+// optBytes encodes an option.
+func optBytes(opt uint32, data []byte) []byte {
+	b := binary.BigEndian.AppendUint64(nil, magicOpt)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	return append(b, data...)
+}
+
+// FuzzMetaOption: any option data decodes to queries or an error, and
+// what decodes encodes back to the same bytes.
+func FuzzMetaOption(f *testing.F) {
+	f.Add(metaData("d", BaseAllocation))
+	f.Add(metaData("", "base:", "vrep:changed:1"))
+	f.Add(metaData("d"))
+	f.Add([]byte{0, 0, 0, 1, 'd', 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r, err := decodeMeta(in)
+		if err != nil {
+			return
+		}
+		if got := metaData(r.export, r.queries...); !bytes.Equal(got, in) {
+			t.Fatalf("decode then encode: % x, want % x", got, in)
+		}
+	})
+}
+
+// FuzzStatusRequest: requests after structured replies and
+// base:allocation are negotiated, block status among them.
+func FuzzStatusRequest(f *testing.F) {
+	f.Add(reqBytes(cmdStatus, 0, 1, 0, 1<<20))
+	f.Add(reqBytes(cmdStatus, cfReqOne, 2, 4096, 1))
+	f.Add(reqBytes(cmdStatus, 0, 3, 1<<20-512, 4096))
+	f.Add(append(reqBytes(cmdRead, cfDF, 4, 0, 512), reqBytes(cmdStatus, 1<<7, 5, 0, 0xffffffff)...))
+	f.Fuzz(func(t *testing.T, in []byte) { pipeServeWith(t, in, true, true) })
 }
 
 func FuzzRequest(f *testing.F) {

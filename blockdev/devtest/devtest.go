@@ -41,6 +41,69 @@ func Run(t *testing.T, f Factory) {
 		}
 		testSubmit(t, d.(blockdev.Device), d)
 	})
+	t.Run("Map", func(t *testing.T) {
+		d := f(t, Size)
+		if _, ok := d.(blockdev.Mapper); !ok {
+			t.Skip("not a blockdev.Mapper")
+		}
+		// Data, a trimmed range inside it, zeroes, and data at the edges.
+		for _, w := range []struct{ off, n int64 }{{0, 4096}, {1 << 20, 3 << 20}, {Size - 8192, 8192}, {5<<20 + 100, 1000}} {
+			if _, err := d.WriteAt(fill(uint64(w.off)|1, int(w.n)), w.off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := blockdev.Trim(d, 2<<20, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+		if err := blockdev.WriteZeroes(d, 3<<20, 4096, false); err != nil {
+			t.Fatal(err)
+		}
+		testMap(t, d, snapshot(t, d))
+	})
+}
+
+// testMap checks a Mapper against the content it must read: extents are
+// consecutive, start where asked and stay inside the range, and none
+// that claims a hole or zeros covers a byte that is not zero. Whole-device
+// walks and random ranges, aligned or not; ranges past the end refused.
+func testMap(t *testing.T, d blockdev.Device, want []byte) {
+	t.Helper()
+	m := d.(blockdev.Mapper)
+	size := d.Size()
+	check := func(off, n int64) {
+		t.Helper()
+		for end := off + n; off < end; {
+			ext, err := m.Map(off, end-off)
+			if err != nil {
+				t.Fatalf("Map(%d, %d): %v", off, end-off, err)
+			}
+			if len(ext) == 0 {
+				t.Fatalf("Map(%d, %d) returned no extent", off, end-off)
+			}
+			for _, e := range ext {
+				if e.Length <= 0 || off+e.Length > end {
+					t.Fatalf("Map: extent of %d bytes at %d leaves [%d, %d)", e.Length, off, off, end)
+				}
+				if e.Hole || e.Zero {
+					if i := bytes.IndexFunc(want[off:off+e.Length], func(r rune) bool { return r != 0 }); i >= 0 {
+						t.Fatalf("Map: [%d, +%d) reported hole=%v zero=%v, but byte %d is not zero", off, e.Length, e.Hole, e.Zero, off+int64(i))
+					}
+				}
+				off += e.Length
+			}
+		}
+	}
+	check(0, size)
+	r := rand.New(rand.NewPCG(5, 5))
+	for range 200 {
+		n := 1 + r.Int64N(2<<20)
+		check(r.Int64N(size-n+1), n)
+	}
+	for _, off := range []int64{-1, size, size - 4095} {
+		if _, err := m.Map(off, 4096); !errors.Is(err, blockdev.ErrOutOfRange) {
+			t.Errorf("Map(%d, 4096) = %v, want ErrOutOfRange", off, err)
+		}
+	}
 }
 
 // testSubmit submits overlapping writes with up to 32 outstanding: each
@@ -374,6 +437,13 @@ func RunReadOnly(t *testing.T, f ReadOnlyFactory) {
 				t.Fatalf("ReadAt(%d, %d) differs from the expected content", n, off)
 			}
 		}
+	})
+	t.Run("Map", func(t *testing.T) {
+		d, want := f(t, Size)
+		if _, ok := d.(blockdev.Mapper); !ok {
+			t.Skip("not a blockdev.Mapper")
+		}
+		testMap(t, d, want)
 	})
 	t.Run("Concurrent", func(t *testing.T) {
 		d, want := f(t, Size)

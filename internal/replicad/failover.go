@@ -29,6 +29,7 @@ type testDisk struct {
 	export string
 	view   *store.View
 	ov     *store.Overlay
+	exp    nbd.Export // as served, with its changed-block contexts
 }
 
 // StartTest starts a test failover of VM at point id (0: the newest).
@@ -94,7 +95,8 @@ func (d *Daemon) startTestDisk(key string, lsn uint64) (td testDisk, err error) 
 		td.view.Close()
 		return td, err
 	}
-	d.nbd.Add(nbd.Export{Name: td.export, Device: td.ov})
+	td.exp = d.export(key, td)
+	d.nbd.Add(td.exp)
 	if d.fuse != nil {
 		if err := d.fuse.Add(td.export, td.ov); err != nil {
 			d.nbd.Remove(td.export)
@@ -139,12 +141,13 @@ func (d *Daemon) StopTest(spec string, force bool) (TestInfo, error) {
 type served struct {
 	export string
 	dev    blockdev.Device
+	exp    nbd.Export // as served over NBD (with its block-status contexts)
 }
 
 func (t *test) served() []served {
 	var out []served
 	for _, td := range t.disks {
-		out = append(out, served{td.export, td.ov})
+		out = append(out, served{td.export, td.ov, td.exp})
 	}
 	return out
 }
@@ -164,7 +167,7 @@ func (d *Daemon) detachIdle(disks []served) error {
 			busy = true
 			continue
 		}
-		undo = append(undo, func() { d.nbd.Add(nbd.Export{Name: td.export, Device: td.dev}) })
+		undo = append(undo, func() { d.nbd.Add(td.exp) })
 		if d.fuse == nil {
 			continue
 		}

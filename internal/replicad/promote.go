@@ -450,7 +450,7 @@ func (d *Daemon) CancelFailover(spec string, force bool) (FailoverInfo, error) {
 func (f *failover) served() []served {
 	var out []served
 	for _, fd := range f.disks {
-		out = append(out, served{fd.export, fd.vol})
+		out = append(out, served{fd.export, fd.vol, nbd.Export{Name: fd.export, Device: fd.vol}})
 	}
 	return out
 }

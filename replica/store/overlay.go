@@ -288,3 +288,72 @@ func (o *Overlay) Discard() error {
 	}
 	return nil
 }
+
+var _ blockdev.Mapper = (*Overlay)(nil)
+
+// Map reports written blocks as data and the rest as the base maps them.
+func (o *Overlay) Map(off, n int64) ([]blockdev.Extent, error) {
+	if err := blockdev.CheckRange(o.size, off, n); err != nil || n == 0 {
+		return nil, err
+	}
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	var out []blockdev.Extent
+	end := off + n
+	for pos := off; pos < end && len(out) < blockdev.MaxExtents; {
+		mine := o.has(pos / UndoBlock)
+		bEnd := min((pos/UndoBlock+1)*UndoBlock, end)
+		for bEnd < end && o.has(bEnd/UndoBlock) == mine {
+			bEnd = min(bEnd+UndoBlock, end)
+		}
+		if mine {
+			out = blockdev.AppendExtent(out, blockdev.Extent{Length: bEnd - pos})
+			pos = bEnd
+			continue
+		}
+		ext, err := blockdev.Map(o.base, pos, bEnd-pos)
+		if err != nil {
+			return nil, err
+		}
+		if len(ext) == 0 {
+			ext = []blockdev.Extent{{Length: bEnd - pos}}
+		}
+		for _, e := range ext {
+			e.Length = min(e.Length, bEnd-pos)
+			out = blockdev.AppendExtent(out, e)
+			pos += e.Length
+		}
+	}
+	return out, nil
+}
+
+// ChangeRun is a run of blocks that changed, or did not.
+type ChangeRun struct {
+	Length  int64
+	Changed bool
+}
+
+// ChangedRuns describes [off, off+n) of the overlay against an earlier
+// point: a block changed if ch (the view's ChangedSince) has it or the
+// overlay has written it. At most blockdev.MaxExtents runs, covering a
+// prefix of the range.
+func (o *Overlay) ChangedRuns(ch *Changes, off, n int64) ([]ChangeRun, error) {
+	if err := blockdev.CheckRange(o.size, off, n); err != nil || n == 0 {
+		return nil, err
+	}
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	var out []ChangeRun
+	end := off + n
+	for pos := off; pos < end && len(out) < blockdev.MaxExtents; {
+		b := pos / UndoBlock
+		changed := ch.Has(b) || o.has(b)
+		bEnd := min((b+1)*UndoBlock, end)
+		for bEnd < end && (ch.Has(bEnd/UndoBlock) || o.has(bEnd/UndoBlock)) == changed {
+			bEnd = min(bEnd+UndoBlock, end)
+		}
+		out = append(out, ChangeRun{Length: bEnd - pos, Changed: changed})
+		pos = bEnd
+	}
+	return out, nil
+}

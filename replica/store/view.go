@@ -243,3 +243,116 @@ func (v *View) Close() error {
 	v.segs.close()
 	return v.img.Close()
 }
+
+var (
+	_ blockdev.Mapper = (*View)(nil)
+)
+
+// Map reports the disk's allocation at the point: blocks with history
+// after the point are data (their old content comes from the undo
+// entries), the rest is what the image's holes say (SEEK_DATA).
+func (v *View) Map(off, n int64) ([]blockdev.Extent, error) {
+	if err := blockdev.CheckRange(v.size, off, n); err != nil || n == 0 {
+		return nil, err
+	}
+	v.sh.mu.RLock()
+	defer v.sh.mu.RUnlock()
+	if v.closed {
+		return nil, errors.New("replica: point view closed")
+	}
+	fd, canSeek := blockdev.FileMapper(v.img)
+	var out []blockdev.Extent
+	end := off + n
+	for pos := off; pos < end && len(out) < blockdev.MaxExtents; {
+		_, old := v.blocks.get(pos / UndoBlock)
+		bEnd := min((pos/UndoBlock+1)*UndoBlock, end)
+		for bEnd < end {
+			if _, ok := v.blocks.get(bEnd / UndoBlock); ok != old {
+				break
+			}
+			bEnd = min(bEnd+UndoBlock, end)
+		}
+		if old || !canSeek {
+			out = blockdev.AppendExtent(out, blockdev.Extent{Length: bEnd - pos})
+			pos = bEnd
+			continue
+		}
+		ext, err := blockdev.MapFD(fd, pos, bEnd-pos)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ext {
+			out = blockdev.AppendExtent(out, e)
+			pos += e.Length
+		}
+	}
+	return out, nil
+}
+
+// Changes is the set of blocks (UndoBlock each) written between two
+// points of a disk. It never changes once made: safe for concurrent use.
+type Changes struct {
+	bits []uint64
+	size int64
+}
+
+// Has reports whether block b changed.
+func (c *Changes) Has(b int64) bool {
+	return b>>6 < int64(len(c.bits)) && c.bits[b>>6]&(1<<(b&63)) != 0
+}
+
+// Bytes returns how many bytes of the disk the changed blocks cover.
+func (c *Changes) Bytes() int64 {
+	var n int64
+	for b := range (c.size + UndoBlock - 1) / UndoBlock {
+		if c.Has(b) {
+			n += min(UndoBlock, c.size-b*UndoBlock)
+		}
+	}
+	return n
+}
+
+// ChangedSince returns the blocks that differ between the disk at the
+// point at LSN since and at the view's point: the blocks of every undo
+// entry in between, read from the index alone (no data, no scan of the
+// image). A block written and written back counts as changed. since
+// must be a point the catalog still holds (its history after it is
+// then complete), older than the view's.
+func (v *View) ChangedSince(since uint64) (*Changes, error) {
+	if since >= v.lsn {
+		return nil, fmt.Errorf("%w: the point at LSN %d is not older than the view's (%d)", ErrNoPoint, since, v.lsn)
+	}
+	c := v.cat
+	// Under the prune lock: the history after since cannot go meanwhile.
+	c.pruneMu.Lock()
+	defer c.pruneMu.Unlock()
+	st, err := c.state(v.disk)
+	if err != nil {
+		return nil, err
+	}
+	pts, err := c.diskPoints(v.disk, st.applied)
+	if err != nil {
+		return nil, err
+	}
+	found := false
+	for _, p := range pts {
+		found = found || p.LSN == since
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: %s has no point at LSN %d", ErrNoPoint, v.disk, since)
+	}
+	refs, err := c.undoAfter(v.disk, since)
+	if err != nil {
+		return nil, err
+	}
+	ch := &Changes{bits: make([]uint64, ((v.size+UndoBlock-1)/UndoBlock+63)/64), size: v.size}
+	for _, r := range refs {
+		if r.lsn > v.lsn {
+			break // in LSN order
+		}
+		for b := r.off / UndoBlock; b < (r.off+r.length+UndoBlock-1)/UndoBlock; b++ {
+			ch.bits[b>>6] |= 1 << (b & 63)
+		}
+	}
+	return ch, nil
+}
