@@ -21,6 +21,7 @@ import (
 // control):
 //
 //	GET  /v1/status                         Status
+//	GET  /metrics                           Prometheus
 //	GET  /v1/points?vm=VM                   []VMPoint, oldest first
 //	POST /v1/failover/test?vm=VM[&point=ID] TestInfo
 //	POST /v1/failover/test-stop?vm=VM[&force=1] TestInfo (409 while in use)
@@ -60,6 +61,9 @@ type DiskStatus struct {
 	// LastPointAge is how old the newest point is: how much an unplanned
 	// failover to it would lose, at most.
 	LastPointAge float64 `json:"last_point_age_seconds"`
+	// ReceivedBytes counts what primaries sent for the disk since the
+	// daemon started (decoded frames).
+	ReceivedBytes int64 `json:"received_bytes"`
 }
 
 // VMPoint is a recovery point of a VM: present on every disk of the VM.
@@ -201,7 +205,7 @@ func (d *Daemon) Status() (Status, error) {
 			ds.LastApplied = fi.ModTime()
 		}
 		si := d.srv.Stream(k)
-		ds.Primary, ds.Connected, ds.Since = si.Primary, si.Connected, si.Since
+		ds.Primary, ds.Connected, ds.Since, ds.ReceivedBytes = si.Primary, si.Connected, si.Since, si.Received
 		if si.PointsEvery > 0 {
 			ds.Frequency, ds.PointsEvery = health.FrequencyName(si.Interval), si.PointsEvery.Seconds()
 		}
@@ -225,6 +229,7 @@ func (d *Daemon) Status() (Status, error) {
 
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.metricsHandler())
 	fail := func(w http.ResponseWriter, err error) {
 		var e *Error
 		switch {
