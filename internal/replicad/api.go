@@ -12,6 +12,7 @@ import (
 
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/store"
@@ -22,6 +23,7 @@ import (
 //
 //	GET  /v1/status                         Status
 //	GET  /metrics                           Prometheus
+//	GET  /v1/events[?since=DUR]             []events.Event, oldest first
 //	GET  /v1/points?vm=VM                   []VMPoint, oldest first
 //	POST /v1/failover/test?vm=VM[&point=ID] TestInfo
 //	POST /v1/failover/test-stop?vm=VM[&force=1] TestInfo (409 while in use)
@@ -210,7 +212,7 @@ func (d *Daemon) Status() (Status, error) {
 			ds.Frequency, ds.PointsEvery = health.FrequencyName(si.Interval), si.PointsEvery.Seconds()
 		}
 		in := health.ReplicaState{Seeded: h.Seeded, Connected: si.Connected, Since: si.Since,
-			Interval: si.Interval, PointsEvery: si.PointsEvery}
+			Interval: si.Interval, PointsEvery: si.PointsEvery, RPO: d.cfg.RPO.For(strings.Split(k, "/")[1])}
 		if ds.LastPoint != nil {
 			in.LastPoint = ds.LastPoint.Time
 		}
@@ -230,6 +232,7 @@ func (d *Daemon) Status() (Status, error) {
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", d.metricsHandler())
+	mux.Handle("GET /v1/events", events.Handler(d.cfg.Events))
 	fail := func(w http.ResponseWriter, err error) {
 		var e *Error
 		switch {

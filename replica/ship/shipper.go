@@ -63,7 +63,10 @@ type ShipperConfig struct {
 	// SetMode changes them, with Through and Coalesce, on a running stream.
 	Interval, PointsEvery time.Duration
 	// VM names the disk's VM in the commands a health reason suggests.
-	VM  string
+	VM string
+	// RPO, when set, is the VM's recovery point objective: health judges
+	// the lag by it instead of by the copy frequency.
+	RPO health.RPO
 	Log *slog.Logger
 }
 
@@ -206,7 +209,7 @@ func (s *Shipper) Status() ShipStatus {
 	in := health.ShipState{VM: s.cfg.VM, Stopped: s.stopped, Resync: resync, OverflowAt: s.overflow,
 		Connected: st.Connected, Since: st.Since, LastErr: s.lastErr, RetryAt: s.retryAt,
 		CopyDone: s.copyDone, Initial: st.Initial, Interval: s.mode.interval, PointsEvery: s.mode.pointsEvery,
-		CaughtUp: s.caughtUp}
+		CaughtUp: s.caughtUp, RPO: s.cfg.RPO}
 	tickAt := s.tickAt
 	s.mu.Unlock()
 	st.Frequency = health.FrequencyName(in.Interval)
