@@ -141,6 +141,12 @@ func primaryCmd() *cobra.Command {
 			}
 			rec.Record(events.Event{Kind: events.Started, Reason: fmt.Sprintf("primary started with %d disks", len(d.Disks))})
 			stopWatch := rec.Watch(d.HealthSamples)
+			closeHTTP, err := ops.serveHTTP(d.PublicHandler(), cfg.Log)
+			if err != nil {
+				stopWatch()
+				d.Close()
+				return err
+			}
 			cfg.Log.Info("serving", "disks", len(d.Disks), "nbd", cfg.NBD, "fuse", cfg.FUSE)
 			if configFile != "" {
 				stopReload := reloadOnHUP(cfg.Log, cmd.Flags(), cmdline, configFile, func(interval time.Duration) error {
@@ -150,6 +156,7 @@ func primaryCmd() *cobra.Command {
 				defer stopReload()
 			}
 			werr := d.Wait(ctx)
+			closeHTTP()
 			stopWatch()
 			cfg.Log.Info("stopping: draining requests, merging and syncing")
 			if err := d.Close(); err != nil {

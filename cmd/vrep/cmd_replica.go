@@ -112,10 +112,17 @@ of VM or VM/DISK to a retention); flags override it.`,
 			}
 			rec.Record(events.Event{Kind: events.Started, Reason: "replica started, listening on " + d.Addr()})
 			stopWatch := rec.Watch(d.HealthSamples)
+			closeHTTP, err := ops.serveHTTP(d.PublicHandler(), log)
+			if err != nil {
+				stopWatch()
+				d.Close()
+				return err
+			}
 			log.Info("replica serving", "listen", d.Addr(), "data", c.Data, "retention", retention)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			err = d.Wait(ctx)
+			closeHTTP()
 			stopWatch()
 			d.Close()
 			return err

@@ -3,12 +3,14 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	vdaemon "github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica/health"
@@ -20,18 +22,25 @@ type opsFlags struct {
 	rpo   []string
 	hook  string
 	every time.Duration
+	http  string
 }
 
 func (o *opsFlags) register(f *pflag.FlagSet, what string) {
 	f.StringArrayVar(&o.rpo, "rpo-threshold", nil, "[VM=]WARN[,CRITICAL]: "+what+" past WARN is a Warning, past CRITICAL (default 3×WARN) Critical (repeatable: one default, then per VM)")
 	f.StringVar(&o.hook, "on-health-change", "", "run this command (sh -c) at each health change, with VREP_EVENT, VREP_VM, VREP_DISK, VREP_HEALTH, VREP_PREVIOUS and VREP_REASON set")
+	f.StringVar(&o.http, "http", "", "also serve the status page and /metrics over TCP on this loopback HOST:PORT, e.g. 127.0.0.1:9847")
 	f.DurationVar(&o.every, "health-every", 5*time.Second, "sample health (for events and the status page's chart) this often")
 	f.MarkHidden("health-every")
 }
 
-// policy parses the RPO thresholds.
+// policy parses the RPO thresholds (and checks --http).
 func (o *opsFlags) policy() (health.RPOPolicy, error) {
 	p := health.RPOPolicy{VMs: map[string]health.RPO{}}
+	if o.http != "" {
+		if err := vdaemon.CheckLoopback(o.http); err != nil {
+			return p, fmt.Errorf("%w: %v", errUsage, err)
+		}
+	}
 	for _, s := range o.rpo {
 		vm, r, err := health.ParseRPO(s)
 		if err != nil {
@@ -62,4 +71,18 @@ func (o *opsFlags) recorder(dir string) (*events.Recorder, *slog.Logger, error) 
 		return nil, nil, err
 	}
 	return rec, slog.New(events.Tap(text, rec)), nil
+}
+
+// serveHTTP serves the daemon's public handler over --http, if given;
+// the returned close is never nil.
+func (o *opsFlags) serveHTTP(h http.Handler, log *slog.Logger) (func(), error) {
+	if o.http == "" {
+		return func() {}, nil
+	}
+	a, err := vdaemon.ServeHTTP(o.http, h)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("status page", "url", "http://"+o.http+"/")
+	return a.Close, nil
 }

@@ -24,6 +24,7 @@ import (
 //	GET  /v1/status                         Status
 //	GET  /metrics                           Prometheus
 //	GET  /v1/events[?since=DUR]             []events.Event, oldest first
+//	GET  /[?window=DUR&vm=VM]               the status page (HTML)
 //	GET  /v1/points?vm=VM                   []VMPoint, oldest first
 //	POST /v1/failover/test?vm=VM[&point=ID] TestInfo
 //	POST /v1/failover/test-stop?vm=VM[&force=1] TestInfo (409 while in use)
@@ -233,6 +234,7 @@ func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.Handle("GET /v1/events", events.Handler(d.cfg.Events))
+	mux.Handle("GET /{$}", d.PublicHandler())
 	fail := func(w http.ResponseWriter, err error) {
 		var e *Error
 		switch {
