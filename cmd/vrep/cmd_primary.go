@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"sync"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	vdaemon "github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
@@ -147,6 +149,11 @@ func primaryCmd() *cobra.Command {
 				d.Close()
 				return err
 			}
+			apiSock := cfg.API
+			if apiSock == "" {
+				apiSock = filepath.Join(cfg.State, "api.sock")
+			}
+			systemd := vdaemon.NotifyReady(cfg.Log, vdaemon.ProbeAPI(apiSock, 30*time.Second))
 			cfg.Log.Info("serving", "disks", len(d.Disks), "nbd", cfg.NBD, "fuse", cfg.FUSE)
 			if configFile != "" {
 				stopReload := reloadOnHUP(cfg.Log, cmd.Flags(), cmdline, configFile, func(interval time.Duration) error {
@@ -156,6 +163,7 @@ func primaryCmd() *cobra.Command {
 				defer stopReload()
 			}
 			werr := d.Wait(ctx)
+			systemd.Stop()
 			closeHTTP()
 			stopWatch()
 			cfg.Log.Info("stopping: draining requests, merging and syncing")

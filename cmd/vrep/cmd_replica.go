@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	vdaemon "github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
@@ -118,10 +121,26 @@ of VM or VM/DISK to a retention); flags override it.`,
 				d.Close()
 				return err
 			}
+			apiSock := c.API
+			if apiSock == "" {
+				apiSock = filepath.Join(c.Data, "api.sock")
+			}
+			systemd := vdaemon.NotifyReady(log, vdaemon.ProbeAPI(apiSock, 30*time.Second))
+			// SIGHUP (systemctl reload) must not kill the replica: it has
+			// nothing it can reread while running yet, and says so.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer func() { signal.Stop(hup); close(hup) }()
+			go func() {
+				for range hup {
+					log.Warn("SIGHUP: the replica rereads no settings while running; restart it (systemctl restart) to change them")
+				}
+			}()
 			log.Info("replica serving", "listen", d.Addr(), "data", c.Data, "retention", retention)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			err = d.Wait(ctx)
+			systemd.Stop()
 			closeHTTP()
 			stopWatch()
 			d.Close()
