@@ -33,6 +33,7 @@ const (
 	Overflow     Kind = "overflow"      // the change log overflowed; the disk needs a resync
 	Resume       Kind = "resume"        // replication resumed (by the operator or after an interruption)
 	Refused      Kind = "refused"       // a peer's connection was refused
+	Interrupted  Kind = "interrupted"   // a replication stream failed (retried, or stopped until resumed)
 	Failover     Kind = "failover"      // a failover step
 	TestFailover Kind = "test-failover" // a test failover started or stopped
 	Started      Kind = "started"       // the daemon started

@@ -115,6 +115,7 @@ func TestTapRules(t *testing.T) {
 	log.Info("vm1/disk0: replication resume asked for by the operator", "disk", "vm1/disk0", "was", "stopped")
 	log.Info("vm1/disk0: replication resumed after 12s, 40 records behind", "disk", "vm1/disk0")
 	log.Info("replica: test failover started", "vm", "vm1", "point", 7)
+	log.Warn("replication interrupted", "disk", "vm1/disk0", "err", "EOF", "retry_in", "1m")
 	log.Info("replica: stream open", "disk", "vm1/disk0")
 	evs, _ := r.Events(time.Time{})
 	var got []string
@@ -127,6 +128,7 @@ func TestTapRules(t *testing.T) {
 		"resume vm1 vm1/disk0: replication resume asked for by the operator (was stopped)",
 		"resume vm1 vm1/disk0: replication resumed after 12s, 40 records behind",
 		"test-failover vm1 test failover started (point 7)",
+		"interrupted vm1 replication interrupted (err EOF)",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -25,6 +25,9 @@ var rules = []rule{
 	{Resume, func(m string, _ map[string]string) bool {
 		return strings.HasSuffix(m, ": replication resume asked for by the operator") || strings.Contains(m, ": replication resumed after ")
 	}},
+	{Interrupted, func(m string, _ map[string]string) bool {
+		return m == "replication interrupted" || strings.HasPrefix(m, "replication stopped: ")
+	}},
 	{TestFailover, func(m string, _ map[string]string) bool { return strings.HasPrefix(m, "replica: test failover ") }},
 	{Failover, func(m string, _ map[string]string) bool {
 		for _, p := range []string{"replica: failover", "replica: planned failover", "replica: unplanned failover", "replica: promot", "replica: commit", "failover"} {

@@ -26,6 +26,7 @@ import (
 //	POST /v1/replication?[vm=VM&]frequency=F    ReplicationSettings
 //	GET  /metrics                               Prometheus
 //	GET  /v1/events[?since=DUR]                 []events.Event, oldest first
+//	GET  /v1/measure?vm=VM[&window=DUR]         Measure
 //	GET  /[?window=DUR&vm=VM]                   the status page (HTML)
 //
 // F is "continuous" or a duration (30s, 5m, 15m); without vm the
@@ -124,6 +125,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.Handle("GET /{$}", d.PublicHandler())
 	mux.Handle("GET /v1/events", events.Handler(d.cfg.Events))
+	mux.Handle("GET /v1/measure", d.measureHandler())
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		daemon.WriteJSON(w, http.StatusOK, d.Status())
 	})

@@ -97,6 +97,7 @@ type Daemon struct {
 	servers   daemon.Servers
 	closeOnce sync.Once
 	stopping  atomic.Bool // Close has begun: status says what it waits for
+	batches   batchLog    // acknowledged batches, for vrep measure
 }
 
 // Start opens every disk and starts serving. On error everything opened

@@ -90,7 +90,7 @@ func (d *Daemon) startShipping() error {
 	for _, disk := range d.Disks {
 		vm, _, _ := names.Disk(disk.Name)
 		sc := ship.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
-			VM: vm, RPO: rc.RPO.For(vm), Log: d.log}
+			VM: vm, RPO: rc.RPO.For(vm), OnBatch: d.batches.adder(disk.Name), Log: d.log}
 		sh := ship.NewShipper(disk.Name, disk.Volume, sc)
 		d.shipMode(disk, sh)
 		d.shippers[disk.Name] = sh

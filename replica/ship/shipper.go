@@ -67,7 +67,19 @@ type ShipperConfig struct {
 	// RPO, when set, is the VM's recovery point objective: health judges
 	// the lag by it instead of by the copy frequency.
 	RPO health.RPO
-	Log *slog.Logger
+	// OnBatch, if set, is told of each batch the replica acknowledged
+	// (replication statistics: vrep measure). It must not block.
+	OnBatch func(Batch)
+	Log     *slog.Logger
+}
+
+// Batch is one acknowledged batch of records: a replication cycle.
+type Batch struct {
+	At      time.Time     // when the ack came
+	Records uint64        // LSNs the batch covered
+	Bytes   int64         // record payload bytes
+	Wire    int64         // frame bytes sent, after compression
+	Latency time.Duration // from sending the batch to its ack
 }
 
 // Health is a disk's replication health, as Hyper-V reports it.
@@ -500,6 +512,9 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			return progressed, fmt.Errorf("%w: sent through %d, acknowledged %d", wire.ErrBrokenChain, last, ack)
 		}
 		faultpoint.Hit(faultpoint.ShipAfterAck)
+		if f := s.cfg.OnBatch; f != nil {
+			f(Batch{At: time.Now(), Records: ack - applied, Bytes: payload, Wire: c.Sent() - sentBefore, Latency: time.Since(lastSent)})
+		}
 		applied = ack
 		progressed = true
 		limit = min(2*limit, maxBatch)
