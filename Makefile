@@ -2,11 +2,29 @@
 GO      ?= go
 PKGS    := ./...
 FUZZTIME ?= 20s
-# Debian packages the tests drive: real NBD clients, FUSE, file systems.
-DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux curl openssl
-TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup curl openssl
+# Debian packages the tests drive: real NBD clients, FUSE, file systems,
+# and a real browser (headless Chromium) for the status page.
+DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux curl openssl chromium fonts-dejavu-core
+TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup curl openssl chromium
 
-.PHONY: build test tools bench bench-nbd bench-fuse fuzz soak vet clean
+.PHONY: build test tools bench bench-nbd bench-fuse fuzz soak vet clean install
+
+# install: the binary, the systemd units (Type=notify, watchdog) and, in
+# /etc/vrep, example settings (*.yaml.example: copy one to primary.yaml
+# or replica.yaml and edit it; an existing file is never overwritten).
+# DESTDIR stages the tree elsewhere (packaging); without it systemd is
+# told to reload its units.
+PREFIX  ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+install: build
+	install -D -m 0755 bin/vrep $(DESTDIR)$(PREFIX)/bin/vrep
+	install -D -m 0644 dist/systemd/vrep-primary.service $(DESTDIR)$(UNITDIR)/vrep-primary.service
+	install -D -m 0644 dist/systemd/vrep-replica.service $(DESTDIR)$(UNITDIR)/vrep-replica.service
+	install -d -m 0700 $(DESTDIR)/etc/vrep
+	install -m 0600 dist/systemd/primary.yaml $(DESTDIR)/etc/vrep/primary.yaml.example
+	install -m 0600 dist/systemd/replica.yaml $(DESTDIR)/etc/vrep/replica.yaml.example
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; then: cp /etc/vrep/primary.yaml.example /etc/vrep/primary.yaml, edit, systemctl enable --now vrep-primary"
 
 # build: the production binary. Fault points (internal/faultpoint) exist
 # only with -tags faultpoints, which the crash tests build for themselves.

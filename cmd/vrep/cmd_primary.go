@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"sync"
 	"syscall"
@@ -14,6 +15,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	vdaemon "github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
 	"github.com/vrep-io/vrep/replica/wire"
@@ -35,6 +38,7 @@ func primaryCmd() *cobra.Command {
 		backoff    []time.Duration
 		frequency  string
 		configFile string
+		ops        opsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "primary --state DIR --disk VM/DISK=PATH... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -122,13 +126,34 @@ func primaryCmd() *cobra.Command {
 				pprof.StartCPUProfile(f)
 				defer pprof.StopCPUProfile()
 			}
-			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			if rc.RPO, err = ops.policy(); err != nil {
+				return err
+			}
+			rec, log, err := ops.recorder(cfg.State)
+			if err != nil {
+				return err
+			}
+			defer rec.Close()
+			cfg.Log, cfg.Events = log, rec
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			d, err := primary.Start(cfg)
 			if err != nil {
 				return err
 			}
+			rec.Record(events.Event{Kind: events.Started, Reason: fmt.Sprintf("primary started with %d disks", len(d.Disks))})
+			stopWatch := rec.Watch(d.HealthSamples)
+			closeHTTP, err := ops.serveHTTP(d.PublicHandler(), cfg.Log)
+			if err != nil {
+				stopWatch()
+				d.Close()
+				return err
+			}
+			apiSock := cfg.API
+			if apiSock == "" {
+				apiSock = filepath.Join(cfg.State, "api.sock")
+			}
+			systemd := vdaemon.NotifyReady(cfg.Log, vdaemon.ProbeAPI(apiSock, 30*time.Second))
 			cfg.Log.Info("serving", "disks", len(d.Disks), "nbd", cfg.NBD, "fuse", cfg.FUSE)
 			if configFile != "" {
 				stopReload := reloadOnHUP(cfg.Log, cmd.Flags(), cmdline, configFile, func(interval time.Duration) error {
@@ -138,6 +163,9 @@ func primaryCmd() *cobra.Command {
 				defer stopReload()
 			}
 			werr := d.Wait(ctx)
+			systemd.Stop()
+			closeHTTP()
+			stopWatch()
 			cfg.Log.Info("stopping: draining requests, merging and syncing")
 			if err := d.Close(); err != nil {
 				return err
@@ -170,6 +198,7 @@ func primaryCmd() *cobra.Command {
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 30*time.Second, "on SIGTERM, wait this long for the disks' holders (a loop device, a VM) to let go; then their I/O fails and the FUSE mount is detached lazily")
 	f.StringVar(&cpuprofile, "cpuprofile", "", "write a CPU profile here until exit")
 	f.MarkHidden("cpuprofile")
+	ops.register(f, "the replica's lag")
 	f.Var(&mergeAfter, "merge-after", "merge the log into the image once this much waits (e.g. 256M, 1G)")
 	return cmd
 }

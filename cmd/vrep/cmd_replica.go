@@ -3,15 +3,17 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	vdaemon "github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/replicad"
@@ -34,6 +36,7 @@ func replicaCmd() *cobra.Command {
 		configFile string
 		retention  time.Duration
 		pruneEvery time.Duration
+		ops        opsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "replica --data DIR --listen ADDR --tls-dir DIR --name NAME (--allow PRIMARY[=ROOT]... | --allow-any) | --config FILE",
@@ -92,20 +95,54 @@ of VM or VM/DISK to a retention); flags override it.`,
 			if err != nil {
 				return err
 			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			rpo, err := ops.policy()
+			if err != nil {
+				return err
+			}
+			rec, log, err := ops.recorder(c.Data)
+			if err != nil {
+				return err
+			}
+			defer rec.Close()
 			d, err := replicad.Start(replicad.Config{
 				Data: c.Data, Name: c.Name, Listen: c.Listen, TLS: tc, Allow: roots, AllowAny: c.AllowAny,
 				NBD: c.NBD, FUSE: c.FUSE, API: c.API,
 				Retention: store.Retention{Window: retention, KeepApp: c.KeepApp}, Overrides: overrides,
-				PruneEvery: pruneEvery, Log: log,
+				PruneEvery: pruneEvery, RPO: rpo, Events: rec, Log: log,
 			})
 			if err != nil {
 				return err
 			}
+			rec.Record(events.Event{Kind: events.Started, Reason: "replica started, listening on " + d.Addr()})
+			stopWatch := rec.Watch(d.HealthSamples)
+			closeHTTP, err := ops.serveHTTP(d.PublicHandler(), log)
+			if err != nil {
+				stopWatch()
+				d.Close()
+				return err
+			}
+			apiSock := c.API
+			if apiSock == "" {
+				apiSock = filepath.Join(c.Data, "api.sock")
+			}
+			systemd := vdaemon.NotifyReady(log, vdaemon.ProbeAPI(apiSock, 30*time.Second))
+			// SIGHUP (systemctl reload) must not kill the replica: it has
+			// nothing it can reread while running yet, and says so.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer func() { signal.Stop(hup); close(hup) }()
+			go func() {
+				for range hup {
+					log.Warn("SIGHUP: the replica rereads no settings while running; restart it (systemctl restart) to change them")
+				}
+			}()
 			log.Info("replica serving", "listen", d.Addr(), "data", c.Data, "retention", retention)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			err = d.Wait(ctx)
+			systemd.Stop()
+			closeHTTP()
+			stopWatch()
 			d.Close()
 			return err
 		},
@@ -124,6 +161,7 @@ of VM or VM/DISK to a retention); flags override it.`,
 	f.DurationVar(&retention, "retention", 24*time.Hour, "keep recovery points this long (0: the latest point only)")
 	f.IntVar(&c.KeepApp, "keep-app", 0, "also keep this many newest app-consistent points, however old")
 	f.StringArrayVar(&keep, "keep", nil, "VM[/DISK]=DURATION: another retention for a VM or disk (repeatable)")
+	ops.register(f, "the newest point's age")
 	f.DurationVar(&pruneEvery, "prune-every", time.Minute, "apply retention this often")
 	f.MarkHidden("prune-every")
 	return cmd

@@ -148,7 +148,9 @@ func (a *API) Close() {
 	defer cancel()
 	a.srv.Shutdown(ctx)
 	<-a.done
-	os.Remove(a.path)
+	if a.path != "" {
+		os.Remove(a.path)
+	}
 }
 
 // RoleHeader names the role of the daemon that answers an API request

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica/ship"
 	"github.com/vrep-io/vrep/snapshot"
@@ -24,6 +25,9 @@ import (
 //	POST /v1/replication/resume?vm=VM           ResumeInfo
 //	POST /v1/replication?[vm=VM&]frequency=F    ReplicationSettings
 //	GET  /metrics                               Prometheus
+//	GET  /v1/events[?since=DUR]                 []events.Event, oldest first
+//	GET  /v1/measure?vm=VM[&window=DUR]         Measure
+//	GET  /[?window=DUR&vm=VM]                   the status page (HTML)
 //
 // F is "continuous" or a duration (30s, 5m, 15m); without vm the
 // frequency changes for every VM.
@@ -122,6 +126,9 @@ func (d *Daemon) Status() Status {
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", d.metricsHandler())
+	mux.Handle("GET /{$}", d.PublicHandler())
+	mux.Handle("GET /v1/events", events.Handler(d.cfg.Events))
+	mux.Handle("GET /v1/measure", d.measureHandler())
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		daemon.WriteJSON(w, http.StatusOK, d.Status())
 	})

@@ -4,9 +4,8 @@ import (
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/replica/health"
 )
 
@@ -26,11 +25,17 @@ var (
 	descHealth     = prometheus.NewDesc("vrep_replication_health", "Replication health: 0 Normal, 1 Warning, 2 Critical (the reason is in vrep status).", []string{"disk"}, nil)
 	descLag        = prometheus.NewDesc("vrep_replication_lag_seconds", "How long the replica has not had everything logged; absent while unknown.", []string{"disk"}, nil)
 	descFrequency  = prometheus.NewDesc("vrep_replication_frequency_seconds", "Copy frequency; 0 is continuous.", []string{"disk"}, nil)
+	descAcked      = prometheus.NewDesc("vrep_replication_acked_lsn", "LSN up to which the replica acknowledged the log.", []string{"disk"}, nil)
+	descLagBytes   = prometheus.NewDesc("vrep_replication_lag_bytes", "Log bytes the replica has not acknowledged.", []string{"disk"}, nil)
+	descWire       = prometheus.NewDesc("vrep_replication_wire_bytes_total", "Frame bytes sent to the replica, headers included, after compression.", []string{"disk"}, nil)
+	descShipped    = prometheus.NewDesc("vrep_replication_record_bytes_total", "Record payload bytes the replica acknowledged (before compression).", []string{"disk"}, nil)
+	descInitial    = prometheus.NewDesc("vrep_replication_initial_copy_ratio", "Initial copy progress, 0 to 1.", []string{"disk"}, nil)
+	descHealthSet  = prometheus.NewDesc("vrep_replication_health_state", "1 for the disk's replication health, 0 for the other two.", []string{"disk", "health"}, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastLSN, descSyncedLSN, descCheckpoint, descSegments, descResync, descHold, descLastPoint,
-		descConnected, descHealth, descLag, descFrequency} {
+		descConnected, descHealth, descLag, descFrequency, descAcked, descLagBytes, descWire, descShipped, descInitial, descHealthSet} {
 		ch <- d
 	}
 }
@@ -53,13 +58,21 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				connected = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, connected, d.Name)
-			health := map[health.Health]float64{health.Normal: 0, health.Warning: 1, health.Critical: 2}[r.Health]
-			ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, health, d.Name)
+			level := map[health.Health]float64{health.Normal: 0, health.Warning: 1, health.Critical: 2}[r.Health]
+			ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, level, d.Name)
 			if r.LagKnown {
 				ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, r.LagSeconds, d.Name)
 			}
 			freq, _ := ParseFrequency(r.Frequency)
 			ch <- prometheus.MustNewConstMetric(descFrequency, prometheus.GaugeValue, freq.Seconds(), d.Name)
+			ch <- prometheus.MustNewConstMetric(descAcked, prometheus.CounterValue, float64(r.Acked), d.Name)
+			ch <- prometheus.MustNewConstMetric(descLagBytes, prometheus.GaugeValue, float64(r.LagBytes), d.Name)
+			ch <- prometheus.MustNewConstMetric(descWire, prometheus.CounterValue, float64(r.WireSent), d.Name)
+			ch <- prometheus.MustNewConstMetric(descShipped, prometheus.CounterValue, float64(r.Shipped), d.Name)
+			ch <- prometheus.MustNewConstMetric(descInitial, prometheus.GaugeValue, float64(r.Initial)/100, d.Name)
+			for _, h := range []health.Health{health.Normal, health.Warning, health.Critical} {
+				ch <- prometheus.MustNewConstMetric(descHealthSet, prometheus.GaugeValue, daemon.Bool(r.Health == h), d.Name, string(h))
+			}
 		}
 	}
 	for _, g := range st.Groups {
@@ -74,7 +87,5 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 // metricsHandler serves the daemon's metrics and Go's own.
 func (d *Daemon) metricsHandler() http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	return daemon.MetricsHandler(collector{d})
 }

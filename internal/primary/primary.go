@@ -18,6 +18,7 @@ import (
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/nbd"
 	"github.com/vrep-io/vrep/replica/ship"
@@ -61,7 +62,9 @@ type Config struct {
 	// loop device on a FUSE file, an NBD client's requests) to let go
 	// before it refuses their I/O and detaches the mount (default 30 s).
 	StopTimeout time.Duration
-	Log         *slog.Logger
+	// Events, if set, records the daemon's events; the API serves them.
+	Events *events.Recorder
+	Log    *slog.Logger
 }
 
 // Disk is one protected disk being served.
@@ -96,6 +99,7 @@ type Daemon struct {
 	servers   daemon.Servers
 	closeOnce sync.Once
 	stopping  atomic.Bool // Close has begun: status says what it waits for
+	batches   batchLog    // acknowledged batches, for vrep measure
 }
 
 // Start opens every disk and starts serving. On error everything opened

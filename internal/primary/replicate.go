@@ -32,6 +32,9 @@ type ReplicaConfig struct {
 	// Timeout is how long a connection to the replica may stand still
 	// mid-exchange before it is given up and retried (default one minute).
 	Timeout time.Duration
+	// RPO is the recovery point objective of each VM (zero: judge the lag
+	// by the copy frequency).
+	RPO health.RPOPolicy
 }
 
 // DefaultContinuousPoints is how often a replicating primary takes a
@@ -87,7 +90,8 @@ func (d *Daemon) startShipping() error {
 	for _, disk := range d.Disks {
 		vm, _, _ := names.Disk(disk.Name)
 		sc := ship.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
-			VM: vm, Log: d.log, OnSuperseded: func(msg string) { d.supersede(vm, msg) }}
+			VM: vm, RPO: rc.RPO.For(vm), OnBatch: d.batches.adder(disk.Name), Log: d.log,
+			OnSuperseded: func(msg string) { d.supersede(vm, msg) }}
 		sh := ship.NewShipper(disk.Name, disk.Volume, sc)
 		d.shipMode(disk, sh)
 		d.shippers[disk.Name] = sh

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/store"
@@ -21,6 +22,9 @@ import (
 // control):
 //
 //	GET  /v1/status                         Status
+//	GET  /metrics                           Prometheus
+//	GET  /v1/events[?since=DUR]             []events.Event, oldest first
+//	GET  /[?window=DUR&vm=VM]               the status page (HTML)
 //	GET  /v1/points?vm=VM                   []VMPoint, oldest first
 //	POST /v1/failover/test?vm=VM[&point=ID] TestInfo
 //	POST /v1/failover/test-stop?vm=VM[&force=1] TestInfo (409 while in use)
@@ -65,6 +69,9 @@ type DiskStatus struct {
 	// LastPointAge is how old the newest point is: how much an unplanned
 	// failover to it would lose, at most.
 	LastPointAge float64 `json:"last_point_age_seconds"`
+	// ReceivedBytes counts what primaries sent for the disk since the
+	// daemon started (decoded frames).
+	ReceivedBytes int64 `json:"received_bytes"`
 }
 
 // VMPoint is a recovery point of a VM: present on every disk of the VM.
@@ -206,12 +213,12 @@ func (d *Daemon) Status() (Status, error) {
 			ds.LastApplied = fi.ModTime()
 		}
 		si := d.srv.Stream(k)
-		ds.Primary, ds.Connected, ds.Since = si.Primary, si.Connected, si.Since
+		ds.Primary, ds.Connected, ds.Since, ds.ReceivedBytes = si.Primary, si.Connected, si.Since, si.Received
 		if si.PointsEvery > 0 {
 			ds.Frequency, ds.PointsEvery = health.FrequencyName(si.Interval), si.PointsEvery.Seconds()
 		}
 		in := health.ReplicaState{Seeded: h.Seeded, Connected: si.Connected, Since: si.Since,
-			Interval: si.Interval, PointsEvery: si.PointsEvery}
+			Interval: si.Interval, PointsEvery: si.PointsEvery, RPO: d.cfg.RPO.For(strings.Split(k, "/")[1])}
 		if ds.LastPoint != nil {
 			in.LastPoint = ds.LastPoint.Time
 		}
@@ -231,6 +238,9 @@ func (d *Daemon) Status() (Status, error) {
 
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.metricsHandler())
+	mux.Handle("GET /v1/events", events.Handler(d.cfg.Events))
+	mux.Handle("GET /{$}", d.PublicHandler())
 	fail := func(w http.ResponseWriter, err error) {
 		var e *Error
 		switch {

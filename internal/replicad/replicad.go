@@ -16,7 +16,9 @@ import (
 
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/nbd"
+	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/receive"
 	"github.com/vrep-io/vrep/replica/store"
 )
@@ -36,7 +38,12 @@ type Config struct {
 	Retention  store.Retention
 	Overrides  map[string]store.Retention
 	PruneEvery time.Duration // default one minute
-	Log        *slog.Logger
+	// RPO is the recovery point objective of each VM: health judges the
+	// newest point's age by it (zero: by the primary's point interval).
+	RPO health.RPOPolicy
+	// Events, if set, records the daemon's events; the API serves them.
+	Events *events.Recorder
+	Log    *slog.Logger
 }
 
 // Daemon is a running replica.

@@ -4,6 +4,7 @@
 package health
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -37,6 +38,82 @@ func Bounds(expected time.Duration) (warn, critical time.Duration) {
 		expected = FallbackExpected
 	}
 	return 2*expected + 30*time.Second, 6*expected + 5*time.Minute
+}
+
+// RPO is an operator's recovery point objective for a VM: past Warn the
+// replica's lag (or, on the replica, the newest point's age) is a
+// Warning, past Critical a Critical. Zero Warn: judge by the copy
+// frequency (Bounds) instead.
+type RPO struct {
+	Warn, Critical time.Duration
+}
+
+// CriticalFactor is how many thresholds of lag are Critical when an RPO
+// names no second bound.
+const CriticalFactor = 3
+
+// bounds returns the Warning and Critical bounds for an expected
+// interval: the RPO's when it has one, else Bounds'.
+func (r RPO) bounds(expected time.Duration) (warn, critical time.Duration) {
+	if r.Warn <= 0 {
+		return Bounds(expected)
+	}
+	critical = r.Critical
+	if critical <= r.Warn {
+		critical = CriticalFactor * r.Warn
+	}
+	return r.Warn, critical
+}
+
+// past says, for a reason, which bound a lag passed.
+func (r RPO) past(lag, crit time.Duration) string {
+	switch {
+	case r.Warn <= 0:
+		return ""
+	case lag > crit:
+		return fmt.Sprintf(", past the RPO's critical bound of %s", FrequencyName(crit))
+	}
+	return fmt.Sprintf(", past the RPO threshold of %s", FrequencyName(r.Warn))
+}
+
+// RPOPolicy is the RPO of every VM: Default, and by VM name.
+type RPOPolicy struct {
+	Default RPO
+	VMs     map[string]RPO
+}
+
+// For returns the RPO of a VM.
+func (p RPOPolicy) For(vm string) RPO {
+	if r, ok := p.VMs[vm]; ok {
+		return r
+	}
+	return p.Default
+}
+
+// ErrBadRPO is returned for an RPO threshold that is not WARN[,CRITICAL].
+var ErrBadRPO = errors.New("health: bad RPO threshold")
+
+// ParseRPO parses an --rpo-threshold: "[VM=]WARN[,CRITICAL]", durations
+// such as 5m or 30s (CRITICAL, if given, past WARN). vm is "" for the
+// daemon's default.
+func ParseRPO(s string) (vm string, r RPO, err error) {
+	spec := s
+	if v, rest, ok := strings.Cut(s, "="); ok {
+		vm, spec = v, rest
+	}
+	ws, cs, hasCrit := strings.Cut(spec, ",")
+	bad := func() (string, RPO, error) {
+		return "", RPO{}, fmt.Errorf("%w %q: give [VM=]WARN[,CRITICAL], durations such as 5m,15m, the second past the first", ErrBadRPO, s)
+	}
+	if r.Warn, err = time.ParseDuration(ws); err != nil || r.Warn <= 0 {
+		return bad()
+	}
+	if hasCrit {
+		if r.Critical, err = time.ParseDuration(cs); err != nil || r.Critical <= r.Warn {
+			return bad()
+		}
+	}
+	return vm, r, nil
 }
 
 // FrequencyName is how a copy frequency is shown: "continuous" or a
@@ -82,6 +159,8 @@ type ShipState struct {
 	// since CaughtUp (the last time it had everything; zero: unknown).
 	Behind   bool
 	CaughtUp time.Time
+	// RPO, when set, bounds the lag instead of the copy frequency.
+	RPO RPO
 }
 
 // Expected is the interval at which the replica should get something new.
@@ -122,7 +201,7 @@ func JudgeShipping(s ShipState, now time.Time) (Health, string) {
 		return Critical, fmt.Sprintf("replication stopped: %s; fix the cause, then run %s", s.Stopped, resume)
 	}
 	lag, known := s.Lag(now)
-	warn, crit := Bounds(s.Expected())
+	warn, crit := s.RPO.bounds(s.Expected())
 	if !s.Connected {
 		why := "not connected since " + stamp(s.Since)
 		if s.LastErr != "" {
@@ -130,6 +209,9 @@ func JudgeShipping(s ShipState, now time.Time) (Health, string) {
 		}
 		if !s.RetryAt.IsZero() {
 			why += fmt.Sprintf("; retrying at %s (%s retries now)", stamp(s.RetryAt), resume)
+		}
+		if known && lag > warn && s.RPO.Warn > 0 {
+			why += fmt.Sprintf("; the replica is %s behind%s", lag.Round(time.Second), s.RPO.past(lag, crit))
 		}
 		if known && lag > crit {
 			return Critical, why
@@ -139,7 +221,7 @@ func JudgeShipping(s ShipState, now time.Time) (Health, string) {
 	if !known || lag <= warn {
 		return Normal, ""
 	}
-	why := fmt.Sprintf("the replica is %s behind (copy frequency %s)", lag.Round(time.Second), FrequencyName(s.Interval))
+	why := fmt.Sprintf("the replica is %s behind (copy frequency %s%s)", lag.Round(time.Second), FrequencyName(s.Interval), s.RPO.past(lag, crit))
 	if lag > crit {
 		return Critical, why
 	}
@@ -157,6 +239,9 @@ type ReplicaState struct {
 	// Interval and PointsEvery are the copy frequency and point interval
 	// the primary last announced; zero PointsEvery: not known.
 	Interval, PointsEvery time.Duration
+	// RPO, when set, bounds the newest point's age instead of the point
+	// interval.
+	RPO RPO
 }
 
 // JudgeReplica is the replica's health policy for one disk: the newest
@@ -175,7 +260,7 @@ func JudgeReplica(s ReplicaState, now time.Time) (Health, string) {
 	if expected <= 0 {
 		expected = s.Interval
 	}
-	warn, crit := Bounds(expected)
+	warn, crit := s.RPO.bounds(expected)
 	switch {
 	case !s.Seeded:
 		worse(Warning, "initial replication not complete")
@@ -187,7 +272,7 @@ func JudgeReplica(s ReplicaState, now time.Time) (Health, string) {
 		if expected > 0 {
 			every = "points expected every " + expected.String()
 		}
-		why := fmt.Sprintf("the newest recovery point is %s old (%s)", age.Round(time.Second), every)
+		why := fmt.Sprintf("the newest recovery point is %s old (%s%s)", age.Round(time.Second), every, s.RPO.past(age, crit))
 		switch {
 		case age > crit:
 			worse(Critical, why)

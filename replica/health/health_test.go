@@ -1,6 +1,7 @@
 package health
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,27 @@ func TestJudgeShipping(t *testing.T) {
 			Critical, []string{"not allowed", "fix the cause", "vrep replication resume vm1"}, "0s"},
 		{"log overflowed", with(func(s *ShipState) { s.Connected, s.Resync, s.OverflowAt = false, true, ago(time.Minute) }),
 			Critical, []string{"resync required", "overflowed (noticed at", "not automatic yet", "vrep resync vm1", "stay readable"}, "0s"},
+		{"RPO 10s, 20s behind (the frequency alone says Normal)", with(func(s *ShipState) {
+			s.RPO, s.Behind, s.CaughtUp = RPO{Warn: 10 * time.Second}, true, ago(20*time.Second)
+		}), Warning, []string{"20s behind", "past the RPO threshold of 10s"}, "20s"},
+		{"RPO 10s, 5s behind", with(func(s *ShipState) {
+			s.RPO, s.Behind, s.CaughtUp = RPO{Warn: 10 * time.Second}, true, ago(5*time.Second)
+		}), Normal, nil, "5s"},
+		{"RPO 10s, no second bound: Critical at three thresholds", with(func(s *ShipState) {
+			s.RPO, s.Behind, s.CaughtUp = RPO{Warn: 10 * time.Second}, true, ago(31*time.Second)
+		}), Critical, []string{"31s behind", "past the RPO's critical bound of 30s"}, "31s"},
+		{"RPO 10s,1m: 50s behind is a Warning", with(func(s *ShipState) {
+			s.RPO, s.Behind, s.CaughtUp = RPO{Warn: 10 * time.Second, Critical: time.Minute}, true, ago(50*time.Second)
+		}), Warning, []string{"past the RPO threshold of 10s"}, "50s"},
+		{"RPO 1h: a lag the frequency calls Critical is Normal", with(func(s *ShipState) {
+			s.RPO, s.Behind, s.CaughtUp = RPO{Warn: time.Hour}, true, ago(10*time.Minute)
+		}), Normal, nil, "10m0s"},
+		{"RPO 10s,1m, replica gone past the critical bound", with(func(s *ShipState) {
+			s.RPO, s.Connected, s.Since, s.LastErr, s.Behind, s.CaughtUp = RPO{Warn: 10 * time.Second, Critical: time.Minute}, false, ago(2*time.Minute), "EOF", true, ago(2*time.Minute)
+		}), Critical, []string{"not connected since", "2m0s behind", "past the RPO's critical bound of 1m"}, "2m0s"},
+		{"RPO 10s,1m, replica gone past the threshold", with(func(s *ShipState) {
+			s.RPO, s.Connected, s.Since, s.LastErr, s.Behind, s.CaughtUp = RPO{Warn: 10 * time.Second, Critical: time.Minute}, false, ago(20*time.Second), "EOF", true, ago(20*time.Second)
+		}), Warning, []string{"not connected since", "20s behind", "past the RPO threshold of 10s"}, "20s"},
 		{"log overflowed before the daemon started", with(func(s *ShipState) { s.Resync, s.Stopped = true, "broken chain" }),
 			Critical, []string{"before this daemon started"}, "0s"},
 	}
@@ -111,6 +133,14 @@ func TestJudgeReplica(t *testing.T) {
 			Warning, []string{"frequency not known yet"}},
 		{"not seeded", with(func(s *ReplicaState) { s.Seeded, s.LastPoint = false, time.Time{} }), Warning, []string{"initial replication not complete"}},
 		{"no point yet", with(func(s *ReplicaState) { s.LastPoint = time.Time{} }), Warning, []string{"no recovery point yet"}},
+		{"RPO 1m, 84 s old point", with(func(s *ReplicaState) { s.RPO, s.LastPoint = RPO{Warn: time.Minute}, ago(84*time.Second) }),
+			Warning, []string{"1m24s old", "past the RPO threshold of 1m"}},
+		{"RPO 1m,2m, 3 minutes old", with(func(s *ReplicaState) {
+			s.RPO, s.LastPoint = RPO{Warn: time.Minute, Critical: 2 * time.Minute}, ago(3*time.Minute)
+		}), Critical, []string{"3m0s old", "past the RPO's critical bound of 2m"}},
+		{"RPO 1h, 10 minutes old (the interval alone says Critical)", with(func(s *ReplicaState) {
+			s.RPO, s.LastPoint = RPO{Warn: time.Hour}, ago(10*time.Minute)
+		}), Normal, nil},
 		{"Critical stays Critical without a primary", with(func(s *ReplicaState) {
 			s.LastPoint, s.Connected = ago(time.Hour), false
 		}), Critical, []string{"1h0m0s old", "no primary connected"}},
@@ -139,5 +169,40 @@ func TestFrequencyName(t *testing.T) {
 		if got := FrequencyName(in); got != want {
 			t.Errorf("FrequencyName(%v) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestParseRPO(t *testing.T) {
+	cases := []struct {
+		in   string
+		vm   string
+		want RPO
+		ok   bool
+	}{
+		{"5m", "", RPO{Warn: 5 * time.Minute}, true},
+		{"5m,15m", "", RPO{Warn: 5 * time.Minute, Critical: 15 * time.Minute}, true},
+		{"vm1=30s", "vm1", RPO{Warn: 30 * time.Second}, true},
+		{"vm1=30s,2m", "vm1", RPO{Warn: 30 * time.Second, Critical: 2 * time.Minute}, true},
+		{"", "", RPO{}, false},
+		{"0s", "", RPO{}, false},
+		{"-5m", "", RPO{}, false},
+		{"5m,5m", "", RPO{}, false},
+		{"5m,1m", "", RPO{}, false},
+		{"vm1=", "", RPO{}, false},
+		{"soon", "", RPO{}, false},
+		{"5m,later", "", RPO{}, false},
+	}
+	for _, c := range cases {
+		vm, r, err := ParseRPO(c.in)
+		if (err == nil) != c.ok || vm != c.vm || r != c.want {
+			t.Errorf("ParseRPO(%q) = %q, %+v, %v; want %q, %+v, ok %v", c.in, vm, r, err, c.vm, c.want, c.ok)
+		}
+		if err != nil && !errors.Is(err, ErrBadRPO) {
+			t.Errorf("ParseRPO(%q): %v is not ErrBadRPO", c.in, err)
+		}
+	}
+	p := RPOPolicy{Default: RPO{Warn: time.Minute}, VMs: map[string]RPO{"vm2": {Warn: time.Second}}}
+	if p.For("vm1").Warn != time.Minute || p.For("vm2").Warn != time.Second {
+		t.Errorf("RPOPolicy.For: %+v", p)
 	}
 }

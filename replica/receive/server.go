@@ -63,6 +63,9 @@ type StreamInfo struct {
 	// Interval and PointsEvery are the copy frequency and point interval
 	// the primary last announced (Settings); zero PointsEvery: unknown.
 	Interval, PointsEvery time.Duration
+	// Received counts the frame bytes (decoded) that primaries sent for
+	// the disk since the server started, over all its streams.
+	Received int64
 }
 
 // Server is a replica: it receives initial copies and records over mutual
@@ -369,6 +372,7 @@ func (s *Server) serve(nc net.Conn) {
 			}
 			return
 		}
+		s.streamEvent(key, func(si *StreamInfo) { si.Received += int64(len(body)) })
 		var ack uint64
 		switch t {
 		case wire.MsgKeepalive:

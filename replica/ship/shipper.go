@@ -69,7 +69,22 @@ type ShipperConfig struct {
 	// replica's message: the caller must fence the disk. Shipping stops
 	// in Critical, as for any non-recoverable error.
 	OnSuperseded func(msg string)
-	Log          *slog.Logger
+	// RPO, when set, is the VM's recovery point objective: health judges
+	// the lag by it instead of by the copy frequency.
+	RPO health.RPO
+	// OnBatch, if set, is told of each batch the replica acknowledged
+	// (replication statistics: vrep measure). It must not block.
+	OnBatch func(Batch)
+	Log     *slog.Logger
+}
+
+// Batch is one acknowledged batch of records: a replication cycle.
+type Batch struct {
+	At      time.Time     // when the ack came
+	Records uint64        // LSNs the batch covered
+	Bytes   int64         // record payload bytes
+	Wire    int64         // frame bytes sent, after compression
+	Latency time.Duration // from sending the batch to its ack
 }
 
 // Health is a disk's replication health, as Hyper-V reports it.
@@ -211,7 +226,7 @@ func (s *Shipper) Status() ShipStatus {
 	in := health.ShipState{VM: s.cfg.VM, Stopped: s.stopped, Resync: resync, OverflowAt: s.overflow,
 		Connected: st.Connected, Since: st.Since, LastErr: s.lastErr, RetryAt: s.retryAt,
 		CopyDone: s.copyDone, Initial: st.Initial, Interval: s.mode.interval, PointsEvery: s.mode.pointsEvery,
-		CaughtUp: s.caughtUp}
+		CaughtUp: s.caughtUp, RPO: s.cfg.RPO}
 	tickAt := s.tickAt
 	s.mu.Unlock()
 	st.Frequency = health.FrequencyName(in.Interval)
@@ -506,6 +521,9 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			return progressed, fmt.Errorf("%w: sent through %d, acknowledged %d", wire.ErrBrokenChain, last, ack)
 		}
 		faultpoint.Hit(faultpoint.ShipAfterAck)
+		if f := s.cfg.OnBatch; f != nil {
+			f(Batch{At: time.Now(), Records: ack - applied, Bytes: payload, Wire: c.Sent() - sentBefore, Latency: time.Since(lastSent)})
+		}
 		applied = ack
 		progressed = true
 		limit = min(2*limit, maxBatch)

@@ -1,0 +1,83 @@
+package replicad
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/replica/health"
+)
+
+// collector exports the replica's state at scrape time from Status, so
+// /metrics and vrep status never disagree. Every series is labelled with
+// the primary's root, the VM and the disk (VM/DISK, as on the primary).
+type collector struct{ d *Daemon }
+
+var diskLabels = []string{"root", "vm", "disk"}
+
+var (
+	descHealth = prometheus.NewDesc("vrep_replica_health",
+		"1 for the disk's replication health (Normal, Warning or Critical), 0 for the others; the reason is in vrep status.",
+		append(diskLabels, "health"), nil)
+	descPointAge = prometheus.NewDesc("vrep_replica_last_point_age_seconds",
+		"Age of the newest recovery point: at most what an unplanned failover to it loses; absent while there is none.", diskLabels, nil)
+	descLastPoint = prometheus.NewDesc("vrep_replica_last_point_timestamp_seconds",
+		"Time of the newest recovery point; absent while there is none.", diskLabels, nil)
+	descPoints = prometheus.NewDesc("vrep_replica_points",
+		"Recovery points kept.", diskLabels, nil)
+	descHistory = prometheus.NewDesc("vrep_replica_history_bytes",
+		"Undo data kept to make older points readable.", diskLabels, nil)
+	descApplied = prometheus.NewDesc("vrep_replica_applied_lsn",
+		"LSN up to which the primary's change log is applied (durably) to the replica.", diskLabels, nil)
+	descConnected = prometheus.NewDesc("vrep_replica_primary_connected",
+		"1 while the primary streams to the disk.", diskLabels, nil)
+	descSeeded = prometheus.NewDesc("vrep_replica_initial_copy_complete",
+		"1 once the disk's initial copy is complete.", diskLabels, nil)
+	descReceived = prometheus.NewDesc("vrep_replica_received_bytes_total",
+		"Frame bytes (decoded) received from the primary for the disk since the daemon started.", diskLabels, nil)
+	descTests = prometheus.NewDesc("vrep_replica_test_failovers",
+		"Test failovers running.", nil, nil)
+	descUp = prometheus.NewDesc("vrep_replica_status_ok",
+		"1 when the replica could read its catalog at this scrape.", nil, nil)
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descHealth, descPointAge, descLastPoint, descPoints, descHistory, descApplied,
+		descConnected, descSeeded, descReceived, descTests, descUp} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.d.Status()
+	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, daemon.Bool(err == nil))
+	if err != nil {
+		return
+	}
+	g := func(desc *prometheus.Desc, t prometheus.ValueType, v float64, l []string, more ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, t, v, append(l, more...)...)
+	}
+	for _, ds := range st.Disks {
+		vm, _, _ := strings.Cut(ds.Name, "/")
+		l := []string{ds.Root, vm, ds.Name}
+		for _, h := range []health.Health{health.Normal, health.Warning, health.Critical} {
+			g(descHealth, prometheus.GaugeValue, daemon.Bool(ds.Health == string(h)), l, string(h))
+		}
+		if p := ds.LastPoint; p != nil {
+			g(descPointAge, prometheus.GaugeValue, ds.LastPointAge, l)
+			g(descLastPoint, prometheus.GaugeValue, float64(p.Time.UnixNano())/1e9, l)
+		}
+		g(descPoints, prometheus.GaugeValue, float64(ds.Points), l)
+		g(descHistory, prometheus.GaugeValue, float64(ds.HistoryBytes), l)
+		g(descApplied, prometheus.CounterValue, float64(ds.AppliedLSN), l)
+		g(descConnected, prometheus.GaugeValue, daemon.Bool(ds.Connected), l)
+		g(descSeeded, prometheus.GaugeValue, daemon.Bool(ds.Seeded), l)
+		g(descReceived, prometheus.CounterValue, float64(ds.ReceivedBytes), l)
+	}
+	ch <- prometheus.MustNewConstMetric(descTests, prometheus.GaugeValue, float64(len(st.Tests)))
+}
+
+// metricsHandler serves the replica's metrics and Go's own.
+func (d *Daemon) metricsHandler() http.Handler { return daemon.MetricsHandler(collector{d}) }
