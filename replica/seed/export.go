@@ -1,7 +1,6 @@
 package seed
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -179,7 +178,8 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 	var enc reedsolomon.Encoder
 	if m.ParityShards > 0 {
 		var err error
-		if enc, err = reedsolomon.New(k, m.ParityShards); err != nil {
+		// One goroutine per Encode: the coders are the parallelism.
+		if enc, err = reedsolomon.New(k, m.ParityShards, reedsolomon.WithMaxGoroutines(1)); err != nil {
 			return nil, err
 		}
 	}
@@ -194,7 +194,6 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 	type shardOut struct {
 		path string
 		f    *os.File
-		w    *bufio.Writer
 		h    *xxh3.Hasher128
 		size int64
 		in   chan *exportJob
@@ -207,9 +206,12 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 			return nil, err
 		}
 		*created = append(*created, p)
-		o := &shardOut{path: p, f: f, w: bufio.NewWriterSize(f, 1<<20), h: xxh3.New128(), in: make(chan *exportJob, 4)}
+		// Pieces are large: written straight, without a buffer to copy into.
+		o := &shardOut{path: p, f: f, h: xxh3.New128(), in: make(chan *exportJob, 4)}
 		hdr := shardHeader{index: i, count: ns, seed: id}.encode()
-		o.w.Write(hdr)
+		if _, err := f.Write(hdr); err != nil {
+			return nil, err
+		}
 		o.h.Write(hdr)
 		o.size = HeaderSize
 		outs[i] = o
@@ -230,12 +232,12 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 					continue // drain
 				}
 				binary.LittleEndian.PutUint64(sum[:], job.sums[i])
-				if _, err := o.w.Write(job.pieces[i]); err != nil {
-					fail(fmt.Errorf("writing %s: %w", o.path, err))
+				if _, err := o.f.Write(job.pieces[i]); err != nil {
+					fail(err)
 					continue
 				}
-				if _, err := o.w.Write(sum[:]); err != nil {
-					fail(fmt.Errorf("writing %s: %w", o.path, err))
+				if _, err := o.f.Write(sum[:]); err != nil {
+					fail(err)
 					continue
 				}
 				o.h.Write(job.pieces[i])
@@ -245,12 +247,8 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 			if ctx.Err() != nil {
 				return
 			}
-			if err := o.w.Flush(); err != nil {
-				fail(fmt.Errorf("writing %s: %w", o.path, err))
-				return
-			}
 			if err := o.f.Sync(); err != nil {
-				fail(fmt.Errorf("writing %s: %w", o.path, err))
+				fail(err)
 			}
 		}()
 	}

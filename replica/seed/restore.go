@@ -1,7 +1,6 @@
 package seed
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -200,7 +199,7 @@ func (s *Seed) Restore(ctx context.Context, disk string, w io.WriterAt, workers 
 	var enc reedsolomon.Encoder
 	if m.ParityShards > 0 {
 		var err error
-		if enc, err = reedsolomon.New(k, m.ParityShards); err != nil {
+		if enc, err = reedsolomon.New(k, m.ParityShards, reedsolomon.WithMaxGoroutines(1)); err != nil {
 			return rep, err
 		}
 	}
@@ -352,7 +351,7 @@ func (s *Seed) readShard(ctx context.Context, d *Disk, i int, path string, store
 		return
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 1<<20)
+	br := f // pieces are large: read straight, without a buffer to copy from
 	h := xxh3.New128()
 	hdr := make([]byte, HeaderSize)
 	if _, err := io.ReadFull(br, hdr); err != nil {
