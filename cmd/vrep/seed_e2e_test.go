@@ -130,6 +130,10 @@ func TestSeedEndToEnd(t *testing.T) {
 	if st.Replication.InitialBytes != 0 || st.Replication.AwaitingSeed != 0 {
 		t.Fatalf("after the seed: %d bytes of initial copy sent over the network, awaiting seed %d", st.Replication.InitialBytes, st.Replication.AwaitingSeed)
 	}
+	// The seed's point is on the replica, with the points shipped after.
+	if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || !strings.Contains(out, strconv.FormatUint(res.PointID, 10)) {
+		t.Fatalf("the replica's points lack the seed's point %d: exit %d\n%s", res.PointID, code, out)
+	}
 	if strings.Contains(d.stderr.String(), "initial replication started") {
 		t.Fatalf("the primary started an initial copy:\n%s", d.stderr)
 	}
