@@ -69,7 +69,7 @@ fuzz:
 		./nbd:FuzzHandshake ./nbd:FuzzRequest ./nbd:FuzzMetaOption ./nbd:FuzzStatusRequest \
 		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode ./internal/statefile:FuzzDecode \
 		./replica/wire:FuzzReadFrame ./replica/wire:FuzzDecodeRecords ./replica/wire:FuzzDecodeRecordsRange \
-		./replica/store:FuzzDecodeUndoRef; do \
+		./replica/store:FuzzDecodeUndoRef ./replica/seed:FuzzDecodeManifest; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "== $$fn ($$pkg)"; \
 		$(GO) test $$pkg -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) 2>&1 | tail -n 3; \

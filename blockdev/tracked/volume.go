@@ -112,6 +112,7 @@ type Volume struct {
 	applied  uint64 // LSN the base holds as read (page cache); ≥ ckpt
 	unckpt   int64  // bytes merged since the checkpoint
 	released uint64 // LSN the consumer no longer needs
+	keepFrom uint64 // records from this LSN on stay whatever is released (0: none); see KeepFrom
 	unrel    int64  // bytes appended after released (approximate)
 	dirty    []byte // dirty-region bitmap; non-nil: resync required
 	paused   int
@@ -552,13 +553,33 @@ func (v *Volume) Release(lsn uint64) error {
 	if lsn > v.released {
 		v.released = lsn
 	}
-	rel, ckpt := v.released, v.ckpt
+	through := v.dropThroughLocked()
 	v.mu.Unlock()
-	if err := v.log.DropThrough(min(rel, ckpt)); err != nil {
+	if err := v.log.DropThrough(through); err != nil {
 		return fmt.Errorf("tracked: %w", err)
 	}
 	v.recountUnreleased()
 	return nil
+}
+
+// KeepFrom keeps the log's records from lsn on, whatever the consumer
+// releases, until KeepFrom(0): a seed exported at lsn-1 is shipped from
+// lsn once it is imported, by a consumer that may have released more
+// before. It does not bring back records already dropped.
+func (v *Volume) KeepFrom(lsn uint64) {
+	v.mu.Lock()
+	v.keepFrom = lsn
+	v.mu.Unlock()
+}
+
+// dropThroughLocked is the LSN through which log segments may go: merged
+// into a durable base, released, and not kept. Called with mu held.
+func (v *Volume) dropThroughLocked() uint64 {
+	through := min(v.released, v.ckpt)
+	if v.keepFrom > 0 {
+		through = min(through, v.keepFrom-1)
+	}
+	return through
 }
 
 // recountUnreleased sets unrel to the log bytes after the released LSN.
@@ -638,7 +659,7 @@ func (v *Volume) checkpointLocked(force bool) error {
 	}
 	// Also when only the drop after the last checkpoint failed.
 	v.mu.RLock()
-	through := min(v.released, v.ckpt)
+	through := v.dropThroughLocked()
 	v.mu.RUnlock()
 	if err := v.log.DropThrough(through); err != nil {
 		err = fmt.Errorf("tracked: dropping merged log segments: %w", err)

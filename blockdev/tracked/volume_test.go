@@ -819,3 +819,38 @@ func TestFence(t *testing.T) {
 		t.Fatalf("read after the fence: %v", err)
 	}
 }
+
+// A seed's LSN keeps the log after it even when the consumer has released
+// past it (a disk seeded again after it replicated over the network).
+func TestKeepFromHoldsTheLogPastRelease(t *testing.T) {
+	fs := vfs.NewMem(14)
+	v, err := Open("/vol", blockdev.NewMem(8<<20), Options{FS: fs, Retain: true, SegmentSize: 64 << 10, MergeIdle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for i := range 64 {
+		v.WriteAt(payload(uint64(i), 4096), int64(i)*4096)
+	}
+	sealed, err := v.Log().Seal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.KeepFrom(20)
+	if err := v.Merge(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Release(sealed); err != nil {
+		t.Fatal(err)
+	}
+	if first := v.Log().Segments()[0].First; first > 20 {
+		t.Fatalf("the log starts at %d: record 20, kept for a seed, was dropped", first)
+	}
+	v.KeepFrom(0)
+	if err := v.Release(sealed); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(v.Log().Segments()); got != 1 {
+		t.Fatalf("%d segments once nothing is kept, want only the active one", got)
+	}
+}

@@ -120,6 +120,8 @@ func printReplication(out io.Writer, disks []primary.DiskStatus, now time.Time) 
 // lagText is the lag as the operator reads it: unknown until it is.
 func lagText(r ship.ShipStatus) string {
 	switch {
+	case r.AwaitingSeed > 0 && !r.LagKnown:
+		return fmt.Sprintf("waiting for its seed (LSN %d) to be imported on the replica", r.AwaitingSeed)
 	case r.LagKnown:
 		return fmt.Sprintf("%s / %s", units.Bytes(r.LagBytes), (time.Duration(r.LagSeconds * float64(time.Second))).Round(time.Second))
 	case r.Connected && r.Initial < 100:

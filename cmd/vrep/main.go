@@ -14,6 +14,8 @@ import (
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/replica/seed"
+	"github.com/vrep-io/vrep/replica/store"
 )
 
 // Exit codes: one per kind of failure an operator or script acts on.
@@ -33,7 +35,7 @@ served to VMs over NBD and FUSE, and replicated to a replica as recovery points.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), eventsCmd(), measureCmd(), demoCmd(), certCmd(), logCheckCmd())
+	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), eventsCmd(), measureCmd(), seedCmd(), demoCmd(), certCmd(), logCheckCmd())
 	strictUsage(root)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))
@@ -51,7 +53,18 @@ func sentence(err error) string {
 
 func exitCode(err error) int {
 	var de *daemonError
+	var se *seedErr
 	switch {
+	case errors.As(err, &se) && se.kind == "usage":
+		return exitUsage
+	case errors.As(err, &se) && se.kind == "conflict":
+		return exitConflict
+	case errors.Is(err, seed.ErrDamaged), errors.Is(err, seed.ErrManifest), errors.Is(err, seed.ErrNoSeed):
+		return exitCorrupt
+	case errors.Is(err, seed.ErrBadArgs), errors.Is(err, errSeedMismatch):
+		return exitUsage
+	case errors.Is(err, store.ErrSeeded):
+		return exitConflict
 	case errors.As(err, &de) && de.status == 409:
 		return exitConflict
 	case errors.As(err, &de) && de.status == 400:

@@ -23,6 +23,7 @@ import (
 //	GET  /v1/points                             []PointInfo
 //	POST /v1/points?target=X[&app=1]            PointInfo
 //	POST /v1/replication/resume?vm=VM           ResumeInfo
+//	POST /v1/seed/export                        NDJSON progress (seed.go)
 //	POST /v1/replication?[vm=VM&]frequency=F    ReplicationSettings
 //	GET  /metrics                               Prometheus
 //	GET  /v1/events[?since=DUR]                 []events.Event, oldest first
@@ -154,6 +155,7 @@ func (d *Daemon) handler() http.Handler {
 			daemon.WriteJSON(w, http.StatusOK, pointInfo(p))
 		}
 	})
+	mux.HandleFunc("POST /v1/seed/export", d.seedHandler)
 	mux.HandleFunc("POST /v1/replication/resume", func(w http.ResponseWriter, r *http.Request) {
 		info, err := d.Resume(r.URL.Query().Get("vm"))
 		if err != nil {

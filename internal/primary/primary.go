@@ -162,6 +162,9 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if err := d.startShipping(); err != nil {
 		return d, err
 	}
+	if err := d.restoreSeeds(); err != nil {
+		return d, err
+	}
 	// Listeners last: a socket that answers means every door is open.
 	for _, addr := range cfg.NBD {
 		l, err := daemon.Listen(addr)

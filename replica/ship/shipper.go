@@ -125,6 +125,13 @@ type ShipStatus struct {
 	LagBytes   int64   `json:"lag_bytes"`
 	LagSeconds float64 `json:"lag_seconds"`
 	LagKnown   bool    `json:"lag_known"`
+	// InitialBytes counts the bytes of base chunks sent by initial copies
+	// over the network (0 for a disk seeded from media).
+	InitialBytes int64 `json:"initial_copy_bytes"`
+	// AwaitingSeed is the LSN of a seed exported for the disk that the
+	// replica has not imported yet (0: none): no initial copy is sent
+	// over the network meanwhile.
+	AwaitingSeed uint64 `json:"awaiting_seed_lsn,omitempty"`
 }
 
 // Shipper ships one disk's change log to the replica: the initial copy
@@ -150,6 +157,24 @@ type Shipper struct {
 	tickAt   time.Time // when Through last moved (an interval's tick)
 	mode     shipMode
 	modeGen  uint64 // bumped by SetMode: the stream re-announces it
+	seedLSN  uint64 // a seed awaits import at this LSN (0: none); see AwaitSeed
+	seedDone func()
+}
+
+// ErrAwaitingSeed ends a session with a replica that has no copy of a
+// disk waiting for its seed: the seed is imported there, not sent.
+var ErrAwaitingSeed = errors.New("waiting for the seed to be imported on the replica (vrep seed import); no initial copy is sent over the network meanwhile")
+
+// AwaitSeed says a seed of the disk was exported at lsn: until the
+// replica holds the disk at lsn or later, no initial copy is sent over
+// the network, and done is then called once. AwaitSeed(0, nil) stops
+// waiting. The next connection attempt is made at once.
+func (s *Shipper) AwaitSeed(lsn uint64, done func()) {
+	s.mu.Lock()
+	s.seedLSN, s.seedDone = lsn, done
+	s.st.AwaitingSeed = lsn
+	s.mu.Unlock()
+	s.Resume()
 }
 
 // shipMode is what SetMode changes on a running stream.
@@ -411,7 +436,20 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	s.st.Connected, s.st.Since, s.retryAt = true, now, time.Time{}
 	s.lastErr, s.copyDone = "", seeded
 	mode, modeGen := s.mode, s.modeGen
+	seedLSN, seedDone := s.seedLSN, s.seedDone
+	if seedLSN > 0 && seeded && applied >= seedLSN {
+		s.seedLSN, s.seedDone, s.st.AwaitingSeed = 0, nil, 0
+	}
 	s.mu.Unlock()
+	if seedLSN > 0 && !seeded {
+		return false, fmt.Errorf("%w (seed at LSN %d)", ErrAwaitingSeed, seedLSN)
+	}
+	if seedLSN > 0 && seeded && applied >= seedLSN {
+		s.cfg.Log.Info(s.disk+": the replica holds the seed: shipping starts after it", "disk", s.disk, "seed_lsn", seedLSN, "applied", applied)
+		if seedDone != nil {
+			seedDone()
+		}
+	}
 	if behind := s.vol.Log().LastLSN() - min(applied, s.vol.Log().LastLSN()); wasDown {
 		s.cfg.Log.Info(fmt.Sprintf("%s: replication resumed after %s, %d records behind", s.disk, down.Round(time.Second), behind),
 			"disk", s.disk, "after", down, "behind", behind)
@@ -429,7 +467,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		s.st.Initial, s.copyDone = 100, true
 		s.mu.Unlock()
 	} else if first := s.vol.Log().Segments()[0].First; first > applied+1 {
-		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d", wire.ErrBrokenChain, applied, first)
+		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d: the replica's copy (a seed imported, or its last apply) is older than what the primary's log still holds; export a new seed or resync the disk", wire.ErrBrokenChain, applied, first)
 	} else {
 		s.set(func(st *ShipStatus) { st.Initial = 100 })
 	}
@@ -688,6 +726,7 @@ func (s *Shipper) initialCopy(c *wire.Conn, arm func(int)) (uint64, error) {
 		if err := c.WriteFrame(wire.MsgBaseChunk, buf[:8+n]); err != nil {
 			return 0, err
 		}
+		s.set(func(st *ShipStatus) { st.InitialBytes += n })
 	}
 	arm(10) // the replica makes the whole image durable
 	c.WriteFrame(wire.MsgBaseDone, wire.EncodeU64(ckpt))

@@ -1,0 +1,340 @@
+package main
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/waitfor"
+)
+
+// seedDirs returns n directories for a seed under the test's directory.
+func seedDirs(e *env, n int) []string {
+	var dirs []string
+	for i := range n {
+		dirs = append(dirs, filepath.Join(e.dir, "drive"+strconv.Itoa(i)))
+	}
+	return dirs
+}
+
+func flagEach(flag string, vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		out = append(out, flag, v)
+	}
+	return out
+}
+
+// flipByte flips one byte of a file.
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// primaryStatus returns the primary's one disk.
+func primaryDisk(t *testing.T, e *env) primary.DiskStatus {
+	t.Helper()
+	var st primary.Status
+	code, out := vrepRun(t, "status", "--state", e.state, "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Disks) != 1 {
+		t.Fatalf("status: %d %s", code, out)
+	}
+	return st.Disks[0]
+}
+
+// TestSeedEndToEnd: a disk written through NBD is exported over four
+// directories with parity 2 while replication waits for its seed; the VM
+// writes on; one directory is lost and another has flipped bytes; the
+// import rebuilds the disk on the replica; replication then starts after
+// the seed with no initial copy over the network, and the replica
+// converges to the primary byte for byte.
+func TestSeedEndToEnd(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	e := newEnv(t, 32<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	// The replica is not up yet: the primary must not copy over the
+	// network meanwhile either, once the seed is exported.
+	d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms")...)
+	u := e.uri("vm1/disk0")
+	for i := range 8 { // half the disk written, half left zero
+		qemuIO(t, u, "write -P "+strconv.Itoa(0x41+i)+" "+strconv.Itoa(i*4)+"M 2M", "flush")
+	}
+	dirs := seedDirs(e, 4)
+	code, out := vrepRun(t, append([]string{"seed", "export", "vm1", "--parity", "2", "--state", e.state, "--json"}, flagEach("--to", dirs)...)...)
+	if code != 0 {
+		t.Fatalf("seed export: exit %d\n%s", code, out)
+	}
+	var res primary.SeedResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if res.PointID == 0 || len(res.Disks) != 1 || res.Data != 2 || res.Parity != 2 {
+		t.Fatalf("export: %+v", res)
+	}
+	lsn := res.Disks[0].LSN
+	// Half the disk is zeros and not on the media: data plus parity is
+	// twice the written half, so the media hold about the image's size.
+	if res.OnMedia > 33<<20 || res.Disks[0].Zero < 14 {
+		t.Fatalf("%d bytes on media for a half-written 32 MiB disk, %d zero chunks", res.OnMedia, res.Disks[0].Zero)
+	}
+	if st := primaryDisk(t, e); st.Replication == nil || st.Replication.AwaitingSeed != lsn {
+		t.Fatalf("status does not show the disk waiting for its seed at %d: %+v", lsn, st.Replication)
+	}
+	_, text := vrepRun(t, "status", "--state", e.state)
+	if !strings.Contains(text, "waiting for its seed") {
+		t.Fatalf("status text:\n%s", text)
+	}
+	// The VM writes on after the seed: these ship over the network.
+	qemuIO(t, u, "write -P 0x77 1M 3M", "write -z 5M 64k", "discard 12M 1M", "write -P 0x78 30M 1M", "flush")
+
+	// One drive lost, one damaged.
+	if err := os.RemoveAll(dirs[1]); err != nil {
+		t.Fatal(err)
+	}
+	shard := filepath.Join(dirs[2], "disk0.shard")
+	for _, off := range []int64{40, 100_000, 3_000_000} {
+		flipByte(t, shard, off)
+	}
+	repData := filepath.Join(e.dir, "replica")
+	code, out = vrepRun(t, append([]string{"seed", "import", "--data", repData, "--vm", "vm1", "--primary", "primary1"}, flagEach("--from", dirs)...)...)
+	if code != 0 {
+		t.Fatalf("seed import: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"shard 1 missing: rebuilt", "shard 2 (", "damaged pieces: rebuilt", "imported at LSN " + strconv.FormatUint(lsn, 10), "verified"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("import output lacks %q:\n%s", want, out)
+		}
+	}
+	startReplica(t, e.dir, pkiDir, addr)
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	st := waitReplicated(t, e)
+	if st.Replication.InitialBytes != 0 || st.Replication.AwaitingSeed != 0 {
+		t.Fatalf("after the seed: %d bytes of initial copy sent over the network, awaiting seed %d", st.Replication.InitialBytes, st.Replication.AwaitingSeed)
+	}
+	// The seed's point is on the replica, with the points shipped after.
+	if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || !strings.Contains(out, strconv.FormatUint(res.PointID, 10)) {
+		t.Fatalf("the replica's points lack the seed's point %d: exit %d\n%s", res.PointID, code, out)
+	}
+	if strings.Contains(d.stderr.String(), "initial replication started") {
+		t.Fatalf("the primary started an initial copy:\n%s", d.stderr)
+	}
+	if err := d.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+	}
+	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, replicaImg)
+}
+
+// exportSeed runs vrep seed export and returns its result.
+func exportSeed(t *testing.T, e *env, dirs []string, parity int) primary.SeedResult {
+	t.Helper()
+	code, out := vrepRun(t, append([]string{"seed", "export", "vm1", "--parity", strconv.Itoa(parity), "--state", e.state, "--json"}, flagEach("--to", dirs)...)...)
+	if code != 0 {
+		t.Fatalf("seed export: exit %d\n%s", code, out)
+	}
+	var res primary.SeedResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	return res
+}
+
+// copyDirs copies seed directories (flat) to fresh ones.
+func copyDirs(t *testing.T, e *env, name string, dirs []string) []string {
+	t.Helper()
+	var out []string
+	for i, d := range dirs {
+		nd := filepath.Join(e.dir, name+strconv.Itoa(i))
+		run(t, "cp", "-r", d, nd)
+		out = append(out, nd)
+	}
+	return out
+}
+
+// nothingImported fails the test if the replica's data directory shows
+// the disk, seeded or staged.
+func nothingImported(t *testing.T, repData string) {
+	t.Helper()
+	vmDir := filepath.Join(repData, "primary1", "vm1")
+	ents, _ := os.ReadDir(vmDir)
+	if len(ents) != 0 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("a failed import left %v in %s", names, vmDir)
+	}
+}
+
+// TestSeedImportRefuses: bad media and bad arguments get one sentence
+// and their exit code, and leave nothing in the replica's data directory.
+func TestSeedImportRefuses(t *testing.T) {
+	need(t, "qemu-io")
+	e := newEnv(t, 8<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms")...)
+	qemuIO(t, e.uri("vm1/disk0"), "write -P 0x55 0 3M", "write -P 0x66 6M 1M", "flush")
+	good := seedDirs(e, 4)
+	exportSeed(t, e, good, 2)
+	repData := filepath.Join(e.dir, "replica")
+	importArgs := func(dirs []string, more ...string) []string {
+		return append(append([]string{"seed", "import", "--data", repData}, flagEach("--from", dirs)...), more...)
+	}
+	cases := []struct {
+		name   string
+		damage func(dirs []string) // on a copy of the seed
+		more   []string
+		code   int
+		says   string
+	}{
+		{"three of four directories missing, parity 2", func(d []string) { os.RemoveAll(d[0]); os.RemoveAll(d[1]); os.RemoveAll(d[3]) },
+			nil, exitCorrupt, "needs 2: 3 directories are missing or damaged and the parity covers 2"},
+		{"flipped bytes in three shards", func(d []string) {
+			for _, x := range d[:3] {
+				flipByte(t, filepath.Join(x, "disk0.shard"), 1000)
+			}
+		}, nil, exitCorrupt, "more shards are damaged than the parity (2) covers"},
+		{"two truncated shards and a lost one", func(d []string) {
+			os.Truncate(filepath.Join(d[0], "disk0.shard"), 100)
+			os.Truncate(filepath.Join(d[1], "disk0.shard"), 5000)
+			os.RemoveAll(d[2])
+		}, nil, exitCorrupt, "the parity (2) covers"},
+		{"another VM", nil, []string{"--vm", "vm2"}, exitUsage, "is of VM vm1, not vm2"},
+		{"another primary", nil, []string{"--primary", "primary2"}, exitUsage, "is from primary primary1, not primary2"},
+		{"a root that escapes the data directory", nil, []string{"--root", "../etc"}, exitUsage, "must not start with '.'"},
+		{"every manifest damaged", func(d []string) {
+			for _, x := range d {
+				flipByte(t, filepath.Join(x, "manifest.vseed"), 30)
+			}
+		}, nil, exitCorrupt, "no finished seed in the directories given"},
+		{"a manifest naming a path outside the target", func(d []string) {
+			for _, x := range d {
+				p := filepath.Join(x, "manifest.vseed")
+				b, _ := os.ReadFile(p)
+				os.WriteFile(p, reframeManifest(t, b, `"vm":"vm1"`, `"vm":"../../etc"`), 0o644)
+			}
+		}, nil, exitCorrupt, "must not start with '.'"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dirs := copyDirs(t, e, "case"+strconv.Itoa(i)+"-", good)
+			if c.damage != nil {
+				c.damage(dirs)
+			}
+			code, out := vrepRun(t, importArgs(dirs, c.more...)...)
+			if code != c.code || !strings.Contains(out, c.says) {
+				t.Fatalf("exit %d (want %d), output lacks %q:\n%s", code, c.code, c.says, out)
+			}
+			t.Logf("exit %d: %s", code, out)
+			nothingImported(t, repData)
+		})
+	}
+	t.Run("the replica daemon running", func(t *testing.T) {
+		startReplica(t, e.dir, pkiDir, addr)
+		code, out := vrepRun(t, importArgs(good)...)
+		if code != exitConflict || !strings.Contains(out, "stop the replica daemon") {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+	})
+}
+
+// reframeManifest replaces text in a manifest's JSON body and frames it
+// again with a good checksum: a manifest that is intact but lies.
+func reframeManifest(t *testing.T, b []byte, old, new string) []byte {
+	t.Helper()
+	body := strings.Replace(string(b[16:len(b)-4]), old, new, 1)
+	if body == string(b[16:len(b)-4]) {
+		t.Fatalf("%q not in the manifest", old)
+	}
+	out := append([]byte(nil), b[:12]...)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(body)))
+	out = append(out, body...)
+	return binary.LittleEndian.AppendUint32(out, crc32.Checksum(out, crc32.MakeTable(crc32.Castagnoli)))
+}
+
+// TestSeedImportFullDrive: a replica drive too small for the seed is
+// refused before anything is written.
+func TestSeedImportFullDrive(t *testing.T) {
+	needRoot(t)
+	need(t, "qemu-io")
+	e := newEnv(t, 16<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms")...)
+	qemuIO(t, e.uri("vm1/disk0"), "write -P 0x55 0 12M", "flush")
+	dirs := seedDirs(e, 3)
+	exportSeed(t, e, dirs, 1)
+	small := filepath.Join(e.dir, "small")
+	os.MkdirAll(small, 0o755)
+	run(t, "mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", small)
+	t.Cleanup(func() { run(t, "umount", small) })
+	code, out := vrepRun(t, append([]string{"seed", "import", "--data", small}, flagEach("--from", dirs)...)...)
+	if code != exitError || !strings.Contains(out, "free and the seed needs") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	nothingImported(t, small)
+}
+
+// TestSeedOlderThanLog: a seed the primary's log no longer reaches (two
+// newer seeds were exported since) is refused when the primary connects:
+// the disk goes Critical and the reason says to export a new seed or
+// resync; nothing is shipped.
+func TestSeedOlderThanLog(t *testing.T) {
+	need(t, "qemu-io")
+	e := newEnv(t, 8<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	// An interval copy frequency: each point seals the log's segment, so
+	// the log from before the newer seeds can go.
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--frequency", "1h", "--points-every", "1h")...)
+	u := e.uri("vm1/disk0")
+	var first []string
+	for i := range 3 {
+		qemuIO(t, u, "write -P "+strconv.Itoa(0x61+i)+" "+strconv.Itoa(i)+"M 1M", "flush")
+		dirs := seedDirs(e, 2)
+		for j := range dirs {
+			dirs[j] += "-" + strconv.Itoa(i)
+		}
+		exportSeed(t, e, dirs, 1)
+		if i == 0 {
+			first = dirs
+		}
+	}
+	repData := filepath.Join(e.dir, "replica")
+	if code, out := vrepRun(t, append([]string{"seed", "import", "--data", repData}, flagEach("--from", first)...)...); code != 0 {
+		t.Fatalf("import: exit %d\n%s", code, out)
+	}
+	startReplica(t, e.dir, pkiDir, addr)
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	deadline := time.Now().Add(waitfor.Patience)
+	for {
+		st := primaryDisk(t, e)
+		if r := st.Replication; r != nil && r.Health == "Critical" {
+			if !strings.Contains(r.Reason, "older than what the primary's log still holds; export a new seed or resync") || r.InitialBytes != 0 {
+				t.Fatalf("reason: %s (initial bytes %d)", r.Reason, r.InitialBytes)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never Critical: %+v", st.Replication)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

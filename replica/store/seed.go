@@ -1,0 +1,159 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/vfs"
+)
+
+// Seed import: a disk's first copy written from seed media rather than
+// sent by its primary. The image is staged beside the disk's directory,
+// in DATA/ROOT/VM/.DISK.seeding, and published in three durable steps
+// (PublishSeeds):
+//
+//  1. the staged directory, holding the image and a state file that says
+//     "initial copy not complete", is renamed to the disk's directory: to
+//     a primary that connects now the disk simply has no copy yet;
+//  2. each disk's state file is rewritten "complete, at LSN L" (the
+//     atomic step that makes it seeded: the primary ships from L+1);
+//  3. the seed's point is indexed at L.
+//
+// A crash before 2 leaves a disk without a copy, which a new import
+// replaces; between 2 and 3, a seeded disk without the seed's point,
+// never a point whose history is missing.
+
+// ErrSeeded is returned when a seed would replace a disk that already
+// has its initial copy.
+var ErrSeeded = errors.New("replica: the disk already has its initial copy")
+
+// SeedImport is a disk's image being written from a seed. One writer at a
+// time; WriteAt may run in parallel on distinct ranges.
+type SeedImport struct {
+	fs   vfs.FS
+	dir  string // the disk's directory
+	tmp  string // the staging directory
+	size int64
+	img  vfs.File
+	lsn  uint64
+	mark []byte
+}
+
+// BeginSeed starts the import of disk key ("ROOT/VM/DISK") under the data
+// directory: an empty image of size bytes, staged. A disk that already
+// has its initial copy is refused (ErrSeeded); one without is replaced
+// at PublishSeeds.
+func BeginSeed(data, key string, size int64) (*SeedImport, error) {
+	fsys := vfs.OS{}
+	dir := filepath.Join(data, key)
+	if err := checkReplaceable(fsys, dir); err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".seeding")
+	if err := os.RemoveAll(tmp); err != nil {
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	if err := fsys.MkdirAll(tmp); err != nil {
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	img, err := fsys.Create(filepath.Join(tmp, "image"))
+	if err != nil {
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	if err := img.Truncate(size); err != nil {
+		img.Close()
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	return &SeedImport{fs: fsys, dir: dir, tmp: tmp, size: size, img: img}, nil
+}
+
+func checkReplaceable(fsys vfs.FS, dir string) error {
+	st, err := readState(fsys, dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case st.seeded:
+		return fmt.Errorf("%w: %s holds it at LSN %d; a seed is imported only into a disk without one (remove the disk's directory first to replace it)", ErrSeeded, dir, st.applied)
+	}
+	return nil
+}
+
+// WriteAt writes into the staged image.
+func (s *SeedImport) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > s.size {
+		return 0, fmt.Errorf("%w: seed chunk past the end of the disk", ErrInvalid)
+	}
+	return s.img.WriteAt(p, off)
+}
+
+// ReadAt reads the staged image.
+func (s *SeedImport) ReadAt(p []byte, off int64) (int, error) { return s.img.ReadAt(p, off) }
+
+// Stage makes the staged image durable and says what it holds: the disk
+// at lsn, and the point whose marker payload is mark (nil: none).
+func (s *SeedImport) Stage(lsn uint64, mark []byte) error {
+	if err := s.img.Sync(); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	d := &Disk{fs: s.fs, dir: s.tmp, size: s.size}
+	if err := d.writeState(); err != nil {
+		return err
+	}
+	s.lsn, s.mark = lsn, mark
+	return nil
+}
+
+// Abort drops the staged image.
+func (s *SeedImport) Abort() {
+	s.img.Close()
+	os.RemoveAll(s.tmp)
+}
+
+// PublishSeeds publishes staged imports (see above) and indexes their
+// points in cat, under the disks' keys relative to data.
+func PublishSeeds(cat *Catalog, data string, imps []*SeedImport) error {
+	for _, s := range imps {
+		if err := checkReplaceable(s.fs, s.dir); err != nil {
+			return err
+		}
+		if err := s.img.Close(); err != nil {
+			return fmt.Errorf("replica: %w", err)
+		}
+		if err := os.RemoveAll(s.dir); err != nil {
+			return fmt.Errorf("replica: %w", err)
+		}
+		if err := s.fs.Rename(s.tmp, s.dir); err != nil {
+			return fmt.Errorf("replica: %w", err)
+		}
+		if err := s.fs.SyncDir(filepath.Dir(s.dir)); err != nil {
+			return fmt.Errorf("replica: %w", err)
+		}
+	}
+	for _, s := range imps {
+		d := &Disk{fs: s.fs, dir: s.dir, size: s.size, applied: s.lsn, seeded: true}
+		if err := d.writeState(); err != nil {
+			return err
+		}
+	}
+	for _, s := range imps {
+		if s.mark == nil {
+			continue
+		}
+		key, err := filepath.Rel(data, s.dir)
+		if err != nil {
+			return err
+		}
+		rec := hrl.Record{Type: hrl.TypeMarker, LSN: s.lsn, Payload: s.mark}
+		if err := cat.indexBatch(filepath.ToSlash(key), nil, []hrl.Record{rec}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
