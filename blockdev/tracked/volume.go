@@ -546,6 +546,20 @@ func (v *Volume) ResumeMerge() {
 	v.wakeMerger()
 }
 
+// StartRetaining makes a volume opened without Retain keep its log from
+// its checkpoint on, until Release: replication enabled on a running
+// disk (its initial copy reads the base; the log after it ships).
+// Idempotent.
+func (v *Volume) StartRetaining() {
+	v.mu.Lock()
+	if !v.opts.Retain {
+		v.opts.Retain = true
+		v.released = v.ckpt
+	}
+	v.mu.Unlock()
+	v.recountUnreleased()
+}
+
 // Release tells the volume its consumer no longer needs records up to lsn:
 // merged segments up to there may be deleted.
 func (v *Volume) Release(lsn uint64) error {

@@ -69,28 +69,11 @@ func primaryCmd() *cobra.Command {
 				cfg.Disks = append(cfg.Disks, spec)
 			}
 			cfg.MergeAfter = int64(mergeAfter)
-			if rc.Addr != "" {
-				if rc.TLSDir == "" || rc.Name == "" || rc.ReplicaName == "" {
-					return fmt.Errorf("%w: --replica needs --tls-dir, --name and --replica-name", errUsage)
-				}
-				var err error
-				if frequency != "continuous" {
-					if rc.Interval, err = time.ParseDuration(frequency); err != nil || rc.Interval <= 0 {
-						return fmt.Errorf("%w: --frequency %q must be continuous or a duration such as 30s, 5m or 15m", errUsage, frequency)
-					}
-				}
-				if rc.Codec, err = wire.ParseCodec(codec); err != nil {
-					return fmt.Errorf("%w: %v", errUsage, err)
-				}
-				for _, d := range backoff {
-					if d <= 0 {
-						return fmt.Errorf("%w: --retry-schedule waits must be positive, not %v", errUsage, d)
-					}
-				}
-				rc.Backoff = backoff
-				cfg.Replica = &rc
+			replica, err := replicaSettings(cmd.Flags())
+			if err != nil {
+				return err
 			}
-			var err error
+			cfg.Replica = replica
 			if cfg.Points.Groups, err = primary.ParseGroups(groups); err != nil {
 				return err
 			}
@@ -126,7 +109,7 @@ func primaryCmd() *cobra.Command {
 				pprof.StartCPUProfile(f)
 				defer pprof.StopCPUProfile()
 			}
-			if rc.RPO, err = ops.policy(); err != nil {
+			if _, err = ops.policy(); err != nil { // checks --http too
 				return err
 			}
 			rec, log, err := ops.recorder(cfg.State)
@@ -156,9 +139,12 @@ func primaryCmd() *cobra.Command {
 			systemd := vdaemon.NotifyReady(cfg.Log, vdaemon.ProbeAPI(apiSock, 30*time.Second))
 			cfg.Log.Info("serving", "disks", len(d.Disks), "nbd", cfg.NBD, "fuse", cfg.FUSE)
 			if configFile != "" {
-				stopReload := reloadOnHUP(cfg.Log, cmd.Flags(), cmdline, configFile, func(interval time.Duration) error {
-					_, err := d.SetFrequency("", interval)
-					return err
+				stopReload := reloadOnHUP(cfg.Log, cmd.Flags(), cmdline, configFile, reloadable{
+					frequency: func(interval time.Duration) error {
+						_, err := d.SetFrequency("", interval)
+						return err
+					},
+					enable: d.EnableReplication,
 				})
 				defer stopReload()
 			}
@@ -208,7 +194,54 @@ func primaryCmd() *cobra.Command {
 // frequency) changes at once; any other setting that differs from what
 // the daemon started with is named in the log as waiting for a restart.
 // A setting given on the command line wins over the file, as at start.
-func reloadOnHUP(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]bool, file string, setFrequency func(time.Duration) error) (stop func()) {
+// reloadable is what a running primary can change: the copy frequency,
+// and replication itself, when the daemon started without it.
+type reloadable struct {
+	frequency func(time.Duration) error
+	enable    func(*primary.ReplicaConfig) error
+}
+
+// replicaSettings reads where and how to replicate from f (nil: the
+// daemon does not replicate): at start, and again at a reload.
+func replicaSettings(f *pflag.FlagSet) (*primary.ReplicaConfig, error) {
+	get := func(name string) string { return f.Lookup(name).Value.String() }
+	rc := &primary.ReplicaConfig{Addr: get("replica"), TLSDir: get("tls-dir"), Name: get("name"), ReplicaName: get("replica-name")}
+	if rc.Addr == "" {
+		return nil, nil
+	}
+	if rc.TLSDir == "" || rc.Name == "" || rc.ReplicaName == "" {
+		return nil, fmt.Errorf("%w: --replica needs --tls-dir, --name and --replica-name", errUsage)
+	}
+	if frequency := get("frequency"); frequency != "continuous" {
+		iv, err := time.ParseDuration(frequency)
+		if err != nil || iv <= 0 {
+			return nil, fmt.Errorf("%w: --frequency %q must be continuous or a duration such as 30s, 5m or 15m", errUsage, frequency)
+		}
+		rc.Interval = iv
+	}
+	var err error
+	if rc.Codec, err = wire.ParseCodec(get("compression")); err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if rc.Backoff, err = f.GetDurationSlice("retry-schedule"); err != nil {
+		return nil, fmt.Errorf("%w: --retry-schedule: %v", errUsage, err)
+	}
+	for _, d := range rc.Backoff {
+		if d <= 0 {
+			return nil, fmt.Errorf("%w: --retry-schedule waits must be positive, not %v", errUsage, d)
+		}
+	}
+	rpo, err := f.GetStringArray("rpo-threshold")
+	if err != nil {
+		return nil, err
+	}
+	if rc.RPO, err = (&opsFlags{rpo: rpo}).policy(); err != nil {
+		return nil, err
+	}
+	return rc, nil
+}
+
+func reloadOnHUP(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]bool, file string, can reloadable) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -221,7 +254,7 @@ func reloadOnHUP(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]bo
 			case <-done:
 				return
 			case <-hup:
-				reloadConfig(log, running, cmdline, file, setFrequency)
+				reloadConfig(log, running, cmdline, file, can)
 			}
 		}
 	}()
@@ -232,13 +265,34 @@ func reloadOnHUP(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]bo
 	}
 }
 
-func reloadConfig(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]bool, file string, setFrequency func(time.Duration) error) {
+func reloadConfig(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]bool, file string, can reloadable) {
 	fresh := primaryCmd().Flags()
 	if err := applyConfig(fresh, file); err != nil {
 		log.Error("config reload refused; nothing changed", "file", file, "err", err)
 		return
 	}
+	// The command line still wins over the file.
+	running.Visit(func(f *pflag.Flag) {
+		if cmdline[f.Name] {
+			copyValue(fresh.Lookup(f.Name), f)
+		}
+	})
 	changed := 0
+	if running.Lookup("replica").Value.String() == "" && fresh.Lookup("replica").Value.String() != "" {
+		rc, err := replicaSettings(fresh)
+		if err == nil {
+			err = can.enable(rc)
+		}
+		if err != nil {
+			log.Error("config reload: replication not enabled", "err", err)
+			return
+		}
+		// The daemon now runs with the file's replication settings.
+		for _, name := range []string{"replica", "tls-dir", "name", "replica-name", "frequency", "compression", "retry-schedule", "rpo-threshold"} {
+			copyValue(running.Lookup(name), fresh.Lookup(name))
+		}
+		changed++
+	}
 	fresh.VisitAll(func(f *pflag.Flag) {
 		cur := running.Lookup(f.Name)
 		if cur == nil || f.Name == "config" || cmdline[f.Name] || f.Value.String() == cur.Value.String() {
@@ -258,12 +312,24 @@ func reloadConfig(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]b
 			}
 			interval = d
 		}
-		if err := setFrequency(interval); err != nil {
+		if err := can.frequency(interval); err != nil {
 			log.Error("config reload: the copy frequency did not change", "err", err)
 			return
 		}
-		cur.Value.Set(f.Value.String())
+		copyValue(cur, f)
 		log.Info("config reload: copy frequency changed", "frequency", f.Value.String())
 	})
 	log.Info("config reloaded", "file", file, "changed", changed)
+}
+
+// copyValue sets dst's value to src's (whole lists for list flags, which
+// Set would append to).
+func copyValue(dst, src *pflag.Flag) {
+	if d, ok := dst.Value.(pflag.SliceValue); ok {
+		if s, ok := src.Value.(pflag.SliceValue); ok {
+			d.Replace(s.GetSlice())
+			return
+		}
+	}
+	dst.Value.Set(src.Value.String())
 }

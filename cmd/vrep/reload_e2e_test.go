@@ -13,11 +13,13 @@ import (
 )
 
 // TestPrimaryConfigReload: `vrep primary --config FILE` takes its settings
-// from the file (the command line winning), and SIGHUP rereads it: the
-// copy frequency changes on the running daemon, a setting that cannot
-// change while running is named as waiting for the next start, and a
-// broken file changes nothing.
+// from the file (the command line winning), and SIGHUP rereads it:
+// replication added to the file starts on the running daemon (initial
+// copy, then the log), the copy frequency changes on it, a setting that
+// cannot change while running is named as waiting for the next start,
+// and a broken file changes nothing.
 func TestPrimaryConfigReload(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
 	e := newEnv(t, 16<<20)
 	pkiDir, addr := replicationSetup(t, e)
 	startReplica(t, e.dir, pkiDir, addr)
@@ -30,12 +32,26 @@ func TestPrimaryConfigReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("30s", "64M")
+	// No replication to begin with: the VM writes.
+	os.WriteFile(file, []byte("merge_after: 64M\n"), 0o600)
 	d := e.start(t, "--config", file)
-	st := waitStatus(t, e, "the file's frequency", func(d primary.DiskStatus) bool { return d.Replication.Frequency == "30s" })
-	if !st.Replication.Connected && st.Replication.Health == "Critical" {
-		t.Fatalf("replication from the config file did not start: %+v", *st.Replication)
+	qemuIO(t, e.uri("vm1/disk0"), "write -P 0x5a 0 2M", "flush")
+	if code, out := vrepRun(t, "replication", "resume", "vm1", "--state", e.state); code == 0 {
+		t.Fatalf("a primary that does not replicate resumed: %s", out)
 	}
+	// Replication added to the file, and SIGHUP: it starts, no restart.
+	write("30s", "64M")
+	d.proc.Signal(syscall.SIGHUP)
+	waitLog(t, d, "replication enabled on the running daemon")
+	qemuIO(t, e.uri("vm1/disk0"), "write -P 0xa5 4M 1M", "flush")
+	vrepRun(t, "point", "create", "vm1", "--state", e.state)
+	st := waitReplicated(t, e)
+	if st.Replication.Frequency != "30s" {
+		t.Fatalf("replication enabled at frequency %s, want the file's 30s", st.Replication.Frequency)
+	}
+	replicaImg := filepath.Join(e.dir, "replica", "primary1", "vm1", "disk0", "image")
+	// Through NBD: the primary's image file may lag its log.
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", replicaImg, e.uri("vm1/disk0"))
 
 	write("5m", "128M")
 	d.proc.Signal(syscall.SIGHUP)

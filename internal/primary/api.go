@@ -101,7 +101,7 @@ func (d *Daemon) Status() Status {
 		if h := d.stoppingHealth(disk.Name); h != "" {
 			ds.Health = h
 		}
-		if sh := d.shippers[disk.Name]; sh != nil {
+		if sh := d.shipper(disk.Name); sh != nil {
 			rs := sh.Status()
 			ds.Replication = &rs
 		}

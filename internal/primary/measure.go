@@ -105,7 +105,7 @@ func (d *Daemon) Measure(vm string, window time.Duration) (Measure, error) {
 	var latency time.Duration
 	for _, disk := range disks {
 		m.Disks = append(m.Disks, disk.Name)
-		st := d.shippers[disk.Name].Status()
+		st := d.shipper(disk.Name).Status()
 		if rank[st.Health] > rank[health.Health(m.Health)] {
 			m.Health = string(st.Health)
 		}

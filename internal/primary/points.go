@@ -178,6 +178,16 @@ func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
 	}()
 }
 
+// startCrashSchedule starts taking crash-consistent points every every,
+// or changes how often if a schedule runs. The caller holds d.freqMu.
+func (p *points) startCrashSchedule(d *Daemon, every time.Duration) {
+	if p.crash != nil {
+		p.crash.Reset(every)
+		return
+	}
+	p.schedule(d, every, false)
+}
+
 func (p *points) close() {
 	close(p.stop)
 	p.wg.Wait()
@@ -235,7 +245,7 @@ func (d *Daemon) TakePoint(ctx context.Context, target string, app bool) (snapsh
 			if serr := disk.Volume.Log().Sync(); serr != nil {
 				return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
 			}
-			if d.cfg.Replica != nil && d.interval() > 0 {
+			if d.replicating() && d.interval() > 0 {
 				if _, serr := disk.Volume.Log().Seal(); serr != nil {
 					return pt, fmt.Errorf("point %d: %w", pt.ID, serr)
 				}

@@ -90,6 +90,9 @@ type Daemon struct {
 	listeners []net.Listener
 	fuse      *fuse.Mount
 	points    *points
+	// shipMu guards shippers, stopShip and cfg.Replica: replication can be
+	// enabled on a running daemon (EnableReplication).
+	shipMu    sync.RWMutex
 	shippers  map[string]*ship.Shipper
 	freq      atomic.Int64 // the copy frequency now, ns (0: continuous)
 	freqMu    sync.Mutex   // one frequency change at a time
@@ -159,7 +162,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if d.api, err = daemon.ServeAPI(api, daemon.WithRole("primary", d.handler())); err != nil {
 		return d, err
 	}
-	if err := d.startShipping(); err != nil {
+	if err := d.startShipping(cfg.Replica); err != nil {
 		return d, err
 	}
 	if err := d.restoreSeeds(); err != nil {
@@ -268,8 +271,11 @@ func (d *Daemon) Close() error {
 		if d.points != nil {
 			d.points.close()
 		}
-		if d.stopShip != nil {
-			d.stopShip()
+		d.shipMu.RLock()
+		stopShip := d.stopShip
+		d.shipMu.RUnlock()
+		if stopShip != nil {
+			stopShip()
 			d.shipWG.Wait()
 		}
 		d.nbd.Shutdown(ctx)

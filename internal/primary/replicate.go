@@ -74,10 +74,63 @@ func (d *Daemon) shipMode(disk *Disk, sh *ship.Shipper) {
 	sh.SetMode(nil, false, 0, d.pointsEvery())
 }
 
-func (d *Daemon) startShipping() error {
-	rc := d.cfg.Replica
+// shipper returns a disk's shipper, nil when the daemon does not
+// replicate.
+func (d *Daemon) shipper(name string) *ship.Shipper {
+	d.shipMu.RLock()
+	defer d.shipMu.RUnlock()
+	return d.shippers[name]
+}
+
+// replicating reports whether the daemon replicates its disks.
+func (d *Daemon) replicating() bool {
+	d.shipMu.RLock()
+	defer d.shipMu.RUnlock()
+	return d.shippers != nil
+}
+
+// replicaConfig returns where the disks replicate to, nil if nowhere.
+func (d *Daemon) replicaConfig() *ReplicaConfig {
+	d.shipMu.RLock()
+	defer d.shipMu.RUnlock()
+	return d.cfg.Replica
+}
+
+// ErrAlreadyReplicating is returned when replication is enabled on a
+// daemon that replicates already.
+var ErrAlreadyReplicating = errors.New("this primary replicates already; another replica needs a restart")
+
+// EnableReplication starts replicating every disk of a running daemon to
+// rc, as --replica would have at start: each volume keeps its log from
+// its checkpoint on, the initial copy starts, and points are taken on the
+// copy frequency's schedule unless --points-every set one. The VMs keep
+// running throughout.
+func (d *Daemon) EnableReplication(rc *ReplicaConfig) error {
+	if d.replicating() {
+		return ErrAlreadyReplicating
+	}
+	for _, disk := range d.Disks {
+		disk.Volume.StartRetaining()
+	}
+	if err := d.startShipping(rc); err != nil {
+		return err
+	}
+	d.freqMu.Lock()
+	defer d.freqMu.Unlock()
+	d.points.startCrashSchedule(d, d.pointsEvery())
+	d.log.Info("replication enabled on the running daemon", "replica", rc.Addr, "frequency", health.FrequencyName(rc.Interval))
+	return nil
+}
+
+// startShipping starts a shipper per disk towards rc (nil: none).
+func (d *Daemon) startShipping(rc *ReplicaConfig) error {
 	if rc == nil {
 		return nil
+	}
+	d.shipMu.Lock()
+	defer d.shipMu.Unlock()
+	if d.shippers != nil {
+		return ErrAlreadyReplicating
 	}
 	tc, err := pki.ClientConfig(rc.TLSDir, rc.Name, rc.ReplicaName)
 	if err != nil {
@@ -85,6 +138,7 @@ func (d *Daemon) startShipping() error {
 	}
 	d.freq.Store(int64(rc.Interval))
 	ctx, cancel := context.WithCancel(context.Background())
+	d.cfg.Replica = rc
 	d.stopShip = cancel
 	d.shippers = map[string]*ship.Shipper{}
 	for _, disk := range d.Disks {
@@ -118,7 +172,7 @@ func (d *Daemon) vmShippers(vm string) ([]*Disk, error) {
 	switch {
 	case len(disks) == 0:
 		return nil, fmt.Errorf("%w: %s", ErrUnknownTarget, vm)
-	case d.shippers == nil:
+	case !d.replicating():
 		return nil, ErrNotReplicating
 	}
 	return disks, nil
@@ -140,7 +194,7 @@ func (d *Daemon) Resume(vm string) (ResumeInfo, error) {
 	}
 	info := ResumeInfo{VM: vm, Disks: map[string]string{}}
 	for _, disk := range disks {
-		was := d.shippers[disk.Name].Resume()
+		was := d.shipper(disk.Name).Resume()
 		info.Disks[disk.Name] = was
 		d.log.Info(disk.Name+": replication resume asked for by the operator", "disk", disk.Name, "was", was)
 	}
@@ -174,7 +228,7 @@ func (d *Daemon) SetFrequency(vm string, interval time.Duration) (ReplicationSet
 			return ReplicationSettings{}, fmt.Errorf("%w: it would change %s too; give --all to change it for every VM",
 				ErrDaemonWide, strings.Join(slices.DeleteFunc(slices.Clone(vms), func(v string) bool { return v == vm }), ", "))
 		}
-	} else if d.shippers == nil {
+	} else if !d.replicating() {
 		return ReplicationSettings{}, ErrNotReplicating
 	}
 	if interval < 0 {
@@ -187,7 +241,7 @@ func (d *Daemon) SetFrequency(vm string, interval time.Duration) (ReplicationSet
 	every := d.pointsEvery()
 	d.points.setEvery(every)
 	for _, disk := range d.Disks {
-		d.shipMode(disk, d.shippers[disk.Name])
+		d.shipMode(disk, d.shipper(disk.Name))
 	}
 	d.log.Info("copy frequency changed", "from", health.FrequencyName(old), "to", health.FrequencyName(interval), "points_every", every)
 	return ReplicationSettings{Frequency: health.FrequencyName(interval), PointsEvery: every.Seconds(), VMs: vms}, nil

@@ -103,7 +103,7 @@ func (d *Daemon) seedStatePath(disk *Disk) string {
 // awaitSeed makes a disk wait for its seed at lsn (see above).
 func (d *Daemon) awaitSeed(disk *Disk, lsn uint64) {
 	disk.Volume.KeepFrom(lsn + 1)
-	if sh := d.shippers[disk.Name]; sh != nil {
+	if sh := d.shipper(disk.Name); sh != nil {
 		sh.AwaitSeed(lsn, func() {
 			if err := os.Remove(d.seedStatePath(disk)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				d.log.Warn("seed: removing the seed's state file", "disk", disk.Name, "err", err)
@@ -149,7 +149,7 @@ func (d *Daemon) ExportSeed(ctx context.Context, req SeedRequest, progress func(
 	}
 	defer seedMu.Unlock()
 	start := time.Now()
-	res := SeedResult{VM: req.VM, Primary: d.cfg.Replica.Name}
+	res := SeedResult{VM: req.VM, Primary: d.replicaConfig().Name}
 	lsns, marks, pt, err := d.freezeAtPoint(ctx, disks, req)
 	defer func() {
 		for _, disk := range disks {
@@ -176,7 +176,7 @@ func (d *Daemon) ExportSeed(ctx context.Context, req SeedRequest, progress func(
 		}
 		srcs = append(srcs, s)
 	}
-	m, err := seed.Export(ctx, req.To, srcs, seed.Options{VM: req.VM, Primary: d.cfg.Replica.Name, Parity: req.Parity, Progress: progress})
+	m, err := seed.Export(ctx, req.To, srcs, seed.Options{VM: req.VM, Primary: res.Primary, Parity: req.Parity, Progress: progress})
 	if err != nil {
 		return res, err
 	}
