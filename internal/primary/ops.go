@@ -65,8 +65,5 @@ func (d *Daemon) StatusView() (statuspage.View, error) {
 // PublicHandler is what the primary serves over --http as well as on
 // its API socket: the status page and the metrics, read-only.
 func (d *Daemon) PublicHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /{$}", statuspage.Handler(statuspage.Config{View: d.StatusView, Recorder: d.cfg.Events}))
-	mux.Handle("GET /metrics", d.metricsHandler())
-	return mux
+	return statuspage.Public(statuspage.Config{View: d.StatusView, Recorder: d.cfg.Events}, d.metricsHandler())
 }

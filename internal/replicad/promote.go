@@ -390,7 +390,7 @@ func (d *Daemon) closeFoDisk(fd *foDisk) {
 
 // findFailover returns the failover of VM (or ROOT/VM), or a not-found
 // error naming what was asked.
-func (d *Daemon) findFailover(spec string) (*failover, error) {
+func (d *Daemon) findFailover(spec, verb string) (*failover, error) {
 	root, vm, _, err := d.vmDisks(spec)
 	if err != nil {
 		return nil, err
@@ -398,7 +398,7 @@ func (d *Daemon) findFailover(spec string) (*failover, error) {
 	if f := d.fos[root+"/"+vm]; f != nil {
 		return f, nil
 	}
-	return nil, notFound("VM %s is not failed over: there is no failover to %s", spec, "end")
+	return nil, notFound("VM %s is not failed over: there is no failover to %s", spec, verb)
 }
 
 // CancelFailover ends VM's failover and goes back to replicating: what
@@ -408,12 +408,8 @@ func (d *Daemon) findFailover(spec string) (*failover, error) {
 func (d *Daemon) CancelFailover(spec string, force bool) (FailoverInfo, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	f, err := d.findFailover(spec)
+	f, err := d.findFailover(spec, "cancel")
 	if err != nil {
-		var e *Error
-		if errors.As(err, &e) && e.Status == 404 {
-			return FailoverInfo{}, notFound("VM %s is not failed over: there is no failover to cancel", spec)
-		}
 		return FailoverInfo{}, err
 	}
 	if f.st.State != stFailedOver {
@@ -462,12 +458,8 @@ func (f *failover) served() []served {
 func (d *Daemon) CommitFailover(spec string) (FailoverInfo, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	f, err := d.findFailover(spec)
+	f, err := d.findFailover(spec, "commit")
 	if err != nil {
-		var e *Error
-		if errors.As(err, &e) && e.Status == 404 {
-			return FailoverInfo{}, notFound("VM %s is not failed over: there is no failover to commit", spec)
-		}
 		return FailoverInfo{}, err
 	}
 	switch {

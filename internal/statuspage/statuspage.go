@@ -116,6 +116,15 @@ func parse(r *http.Request) (params, error) {
 	return p, nil
 }
 
+// Public is what a daemon serves over --http as well as on its API
+// socket: the page and the metrics, read-only.
+func Public(cfg Config, metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", Handler(cfg))
+	mux.Handle("GET /metrics", metrics)
+	return mux
+}
+
 // Handler serves the page at any path it is mounted on.
 func Handler(cfg Config) http.Handler {
 	if cfg.Refresh <= 0 {
