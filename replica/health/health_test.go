@@ -44,7 +44,7 @@ func TestJudgeShipping(t *testing.T) {
 		{"stopped", with(func(s *ShipState) { s.Connected, s.Stopped = false, "replica says: not allowed" }),
 			Critical, []string{"not allowed", "fix the cause", "vrep replication resume vm1"}, "0s"},
 		{"log overflowed", with(func(s *ShipState) { s.Connected, s.Resync, s.OverflowAt = false, true, ago(time.Minute) }),
-			Critical, []string{"resync required", "overflowed (noticed at", "not automatic yet", "vrep resync vm1", "stay readable"}, "0s"},
+			Critical, []string{"resync required", "overflowed (noticed at", "resync window", "vrep resync vm1", "stay readable"}, "0s"},
 		{"log overflowed before the daemon started", with(func(s *ShipState) { s.Resync, s.Stopped = true, "broken chain" }),
 			Critical, []string{"before this daemon started"}, "0s"},
 	}
