@@ -14,24 +14,26 @@ import (
 
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
+	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/wire"
 )
 
 func primaryCmd() *cobra.Command {
 	var (
-		cfg        primary.Config
-		disks      []string
-		mergeAfter = units.Size(1 << 30)
-		cpuprofile string
-		groups     []string
-		freeze     []string
-		preFreeze  []string
-		postThaw   []string
-		agents     []string
-		rc         primary.ReplicaConfig
-		codec      string
-		backoff    []time.Duration
-		frequency  string
+		cfg          primary.Config
+		disks        []string
+		mergeAfter   = units.Size(1 << 30)
+		cpuprofile   string
+		groups       []string
+		freeze       []string
+		preFreeze    []string
+		postThaw     []string
+		agents       []string
+		rc           primary.ReplicaConfig
+		codec        string
+		backoff      []time.Duration
+		frequency    string
+		resyncWindow string
 	)
 	cmd := &cobra.Command{
 		Use:   "primary --state DIR --disk VM/DISK=PATH... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -74,6 +76,9 @@ func primaryCmd() *cobra.Command {
 					}
 				}
 				rc.Backoff = backoff
+				if rc.ResyncWindow, err = health.ParseResyncWindow(resyncWindow); err != nil {
+					return fmt.Errorf("%w: --resync-window: %v", errUsage, err)
+				}
 				cfg.Replica = &rc
 			}
 			var err error
@@ -133,6 +138,7 @@ func primaryCmd() *cobra.Command {
 	f.StringArrayVar(&disks, "disk", nil, "protect a disk: VM/DISK=PATH to a raw image (repeatable)")
 	f.StringArrayVar(&cfg.NBD, "nbd", nil, "serve NBD on unix:PATH or tcp:HOST:PORT (repeatable)")
 	f.StringVar(&cfg.FUSE, "fuse", "", "mount the disks as files under this directory")
+	f.StringVar(&resyncWindow, "resync-window", "18:00-06:00", "when automatic resyncs (log overflow, corrupt log, broken chain) run: HH:MM-HH:MM local time, or always; vrep resync --now runs one at once")
 	f.StringVar(&rc.Addr, "replica", "", "replicate every disk to this replica, host:port (continuous)")
 	f.StringVar(&rc.TLSDir, "tls-dir", "", "directory with ca.crt and this host's NAME.crt/NAME.key")
 	f.StringVar(&rc.Name, "name", "", "this primary's certificate name")

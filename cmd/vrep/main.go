@@ -33,7 +33,7 @@ served to VMs over NBD and FUSE, and replicated to a replica as recovery points.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), demoCmd(), certCmd(), logCheckCmd())
+	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), resyncCmd(), verifyCmd(), demoCmd(), certCmd(), logCheckCmd())
 	strictUsage(root)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))
@@ -51,7 +51,10 @@ func sentence(err error) string {
 
 func exitCode(err error) int {
 	var de *daemonError
+	var ve *verifyError
 	switch {
+	case errors.As(err, &ve):
+		return exitCorrupt
 	case errors.As(err, &de) && de.status == 409:
 		return exitConflict
 	case errors.As(err, &de) && de.status == 400:

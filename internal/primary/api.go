@@ -23,6 +23,7 @@ import (
 //	POST /v1/points?target=X[&app=1]            PointInfo
 //	POST /v1/replication/resume?vm=VM           ResumeInfo
 //	POST /v1/replication?[vm=VM&]frequency=F    ReplicationSettings
+//	POST /v1/resync, POST /v1/verify             see resync.go
 //	GET  /metrics                               Prometheus
 //
 // F is "continuous" or a duration (30s, 5m, 15m); without vm the
@@ -167,6 +168,7 @@ func (d *Daemon) handler() http.Handler {
 		}
 		daemon.WriteJSON(w, http.StatusOK, st)
 	})
+	d.resyncRoutes(mux)
 	return mux
 }
 

@@ -32,6 +32,8 @@ type ReplicaConfig struct {
 	// Timeout is how long a connection to the replica may stand still
 	// mid-exchange before it is given up and retried (default one minute).
 	Timeout time.Duration
+	// ResyncWindow is when automatic resyncs run (zero: 18:00-06:00).
+	ResyncWindow health.ResyncWindow
 }
 
 // DefaultContinuousPoints is how often a replicating primary takes a
@@ -87,7 +89,7 @@ func (d *Daemon) startShipping() error {
 	for _, disk := range d.Disks {
 		vm, _, _ := names.Disk(disk.Name)
 		sc := ship.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
-			VM: vm, Log: d.log}
+			VM: vm, Log: d.log, ResyncWindow: rc.ResyncWindow}
 		sh := ship.NewShipper(disk.Name, disk.Volume, sc)
 		d.shipMode(disk, sh)
 		d.shippers[disk.Name] = sh

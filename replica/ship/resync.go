@@ -29,7 +29,8 @@ type ResyncProgress struct {
 	BytesCompared int64  `json:"bytes_compared"`
 	// Sent counts the differing chunks sent, over every session of this
 	// resync; BytesSent their bytes before compression, WireBytes the
-	// frames of the exchange (hashes in, chunks out) as sent.
+	// frames the primary sent for it (chunks and marks, compressed,
+	// headers included).
 	Sent      uint64 `json:"chunks_sent"`
 	BytesSent int64  `json:"bytes_sent"`
 	WireBytes int64  `json:"wire_bytes"`
