@@ -74,8 +74,12 @@ type resyncCtl struct {
 	why     string // what asked for it
 	now     bool   // by hand with --now: the window is overridden
 	running bool
-	next    time.Time // when the window opens, while waiting
-	prog    *ResyncProgress
+	// paused: merging is paused at ckpt for a resync under way, from its
+	// first session to its end.
+	paused bool
+	ckpt   uint64
+	next   time.Time // when the window opens, while waiting
+	prog   *ResyncProgress
 }
 
 // SetResyncWindow sets when automatic resyncs may run.
@@ -97,6 +101,8 @@ func (s *Shipper) Resync(now bool) error {
 	if s.rs.why == "" {
 		s.rs.why = "asked for by hand"
 	}
+	// A new request: the status shows it, not the last resync's end.
+	s.rs.prog = &ResyncProgress{State: "waiting", Reason: s.rs.why + ": starts at the stream's next batch"}
 	s.mu.Unlock()
 	s.kick()
 	return nil
@@ -161,21 +167,31 @@ func (s *Shipper) resyncDecision(underWay bool) health.ResyncDecision {
 // chunks of the base and sends those that differ; then the replica holds
 // the disk at C, and the records after it follow as usual.
 func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), applied uint64, why string) (uint64, error) {
-	ckpt := s.vol.PauseMerge()
-	if ckpt < applied {
-		// The replica holds records the base has not merged: merge them,
-		// so the replica's applied LSN never goes back (its points up to
-		// it stay listed).
-		s.vol.ResumeMerge()
-		if err := s.vol.Merge(); err != nil {
-			return 0, fmt.Errorf("ship: merging before the resync: %w", err)
-		}
-		if ckpt = s.vol.PauseMerge(); ckpt < applied {
+	// Merging stays paused from the first session of a resync to its end,
+	// so a session after a cut link finds the base at the same checkpoint
+	// and the replica resumes after its last durable chunk.
+	s.mu.Lock()
+	held, ckpt := s.rs.paused, s.rs.ckpt
+	s.mu.Unlock()
+	if !held {
+		ckpt = s.vol.PauseMerge()
+		if ckpt < applied {
+			// The replica holds records the base has not merged: merge
+			// them, so the replica's applied LSN never goes back (its
+			// points up to it stay listed).
 			s.vol.ResumeMerge()
-			return 0, fmt.Errorf("%w: the primary's disk is merged through LSN %d, behind the replica's %d", wire.ErrResync, ckpt, applied)
+			if err := s.vol.Merge(); err != nil {
+				return 0, fmt.Errorf("ship: merging before the resync: %w", err)
+			}
+			if ckpt = s.vol.PauseMerge(); ckpt < applied {
+				s.vol.ResumeMerge()
+				return 0, fmt.Errorf("%w: the primary's disk is merged through LSN %d, behind the replica's %d", wire.ErrResync, ckpt, applied)
+			}
 		}
+		s.mu.Lock()
+		s.rs.paused, s.rs.ckpt = true, ckpt
+		s.mu.Unlock()
 	}
-	defer s.vol.ResumeMerge()
 	base := s.vol.Base()
 	size := base.Size()
 	chunk := wire.ChunkSize
@@ -287,7 +303,9 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 			return fail(err)
 		}
 	}
+	s.vol.ResumeMerge()
 	s.mu.Lock()
+	s.rs.paused = false
 	s.rs.running, s.rs.want, s.rs.now, s.rs.why = false, false, false, ""
 	s.overflow = time.Time{}
 	p.State, p.Percent, p.ETA, p.Finished = "done", 100, 0, time.Now()
@@ -454,6 +472,10 @@ func (s *Shipper) serveVerify(c *wire.Conn, arm func(int), applied uint64) (uint
 	if err == nil {
 		res, err = s.verifyExchange(c, arm, state, lsn, point)
 		res.Note = note
+		var re *wire.RemoteError
+		if err != nil && !errors.As(err, &re) && !errors.Is(err, wire.ErrResync) {
+			err = fmt.Errorf("%w: the stream to the replica ended during the verify (%v); run it again", ErrNotConnected, err)
+		}
 	}
 	req.answer <- verifyAnswer{res, err}
 	return applied, err
