@@ -6,7 +6,7 @@ FUZZTIME ?= 20s
 DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux curl openssl
 TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup curl openssl
 
-.PHONY: build test tools bench bench-nbd bench-fuse fuzz soak vet clean
+.PHONY: build test tools bench bench-nbd bench-fuse bench-resync fuzz soak vet clean
 
 build:
 	$(GO) build -o bin/vrep ./cmd/vrep
@@ -62,6 +62,11 @@ bench-nbd: tools build
 
 bench-fuse: tools build
 	BARE=1 bench/fuse.sh
+
+# bench-resync: vrep resync vs rsync --inplace --no-whole-file vs a full
+# copy of the same pair over loopback (SIZE=1G by default; installs rsync).
+bench-resync: build
+	bench/resync.sh
 
 clean:
 	rm -rf bin

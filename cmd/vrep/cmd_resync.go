@@ -66,6 +66,7 @@ Without --now the resync waits for the resync window of the primary
 
 // waitResync follows the disks' resyncs in the status until each is done.
 func waitResync(a *apiFlags, out io.Writer, disks []string) error {
+	shown := map[string]string{}
 	for {
 		var st primary.Status
 		if err := a.call("GET", "/v1/status", &st); err != nil {
@@ -77,7 +78,11 @@ func waitResync(a *apiFlags, out io.Writer, disks []string) error {
 				continue
 			}
 			r := d.Replication.Resync
-			fmt.Fprintf(out, "%s: %s\n", d.Name, resyncLine(r))
+			// A line when the state or the percentage moves.
+			if key := fmt.Sprint(r.State, r.Percent); shown[d.Name] != key {
+				shown[d.Name] = key
+				fmt.Fprintf(out, "%s: %s\n", d.Name, resyncLine(r))
+			}
 			switch r.State {
 			case "done":
 				done++
@@ -88,7 +93,7 @@ func waitResync(a *apiFlags, out io.Writer, disks []string) error {
 		if done == len(disks) {
 			return nil
 		}
-		time.Sleep(time.Second)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -278,3 +278,27 @@ func TestVerifyAndResumedResync(t *testing.T) {
 		t.Fatal("point 1 does not read back as it was after the resync")
 	}
 }
+
+// A quiet disk takes points that the replica applies while the base stays
+// merged through the last write: a resync then targets the newest of
+// those points, never an LSN behind the replica's.
+func TestResyncAfterPointsOnly(t *testing.T) {
+	rg := newResyncRig(t, 8<<20)
+	writeSome(t, rg.vol, rand.New(rand.NewPCG(9, 9)), 20)
+	addr, _, _ := rg.serveHistory(t, "")
+	sh := rg.shipper(t, "primary1", addr, always)
+	runJoined(t, sh)
+	waitFor(t, "the initial copy", func() bool { return sh.Status().Initial == 100 })
+	var last uint64
+	for i := range 3 {
+		last = point(t, rg.vol, uint64(i+1))
+	}
+	waitFor(t, "the points", func() bool { return sh.Status().Acked >= last })
+	if err := sh.Resync(true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the resync", func() bool { r := sh.Status().Resync; return r != nil && (r.State == "done" || r.State == "failed") })
+	if r := sh.Status().Resync; r.State != "done" || r.TargetLSN != last || r.Sent != 0 {
+		t.Fatalf("resync %+v: want done at the last point's LSN %d, nothing sent", r, last)
+	}
+}

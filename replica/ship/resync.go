@@ -34,6 +34,9 @@ type ResyncProgress struct {
 	Sent      uint64 `json:"chunks_sent"`
 	BytesSent int64  `json:"bytes_sent"`
 	WireBytes int64  `json:"wire_bytes"`
+	// HashBytes counts the hash frames received from the replica
+	// (headers included; sums do not compress).
+	HashBytes int64 `json:"hash_bytes"`
 	// Sessions counts the connections the resync took; ResumedAt is the
 	// chunk the last one started from (0: the start), SessionSent what it
 	// sent.
@@ -174,7 +177,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	held, ckpt := s.rs.paused, s.rs.ckpt
 	s.mu.Unlock()
 	if !held {
-		ckpt = s.vol.PauseMerge()
+		ckpt = s.markersAfter(s.vol.PauseMerge())
 		if ckpt < applied {
 			// The replica holds records the base has not merged: merge
 			// them, so the replica's applied LSN never goes back (its
@@ -183,7 +186,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 			if err := s.vol.Merge(); err != nil {
 				return 0, fmt.Errorf("ship: merging before the resync: %w", err)
 			}
-			if ckpt = s.vol.PauseMerge(); ckpt < applied {
+			if ckpt = s.markersAfter(s.vol.PauseMerge()); ckpt < applied {
 				s.vol.ResumeMerge()
 				return 0, fmt.Errorf("%w: the primary's disk is merged through LSN %d, behind the replica's %d", wire.ErrResync, ckpt, applied)
 			}
@@ -243,6 +246,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 		if err != nil {
 			return fail(err)
 		}
+		hashBytes := int64(wire.FrameHeaderSize + len(body))
 		ours, err := wire.HashChunks(ctx, base, size, chunk, next, uint64(len(theirs)), 0)
 		if err != nil {
 			return fail(err)
@@ -276,6 +280,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 		p.Sent += sent
 		p.SessionSent += sent
 		p.BytesSent += bytesSent
+		p.HashBytes += hashBytes
 		p.WireBytes += c.Sent() - sent0
 		sent0 = c.Sent()
 		p.Percent = int(99 * next / max(n, 1))
@@ -316,7 +321,23 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	return ckpt, nil
 }
 
-// verify compares the replica's disk at the point at lsn (0: its image)
+// markersAfter returns the LSN the base (merged through ckpt, merging
+// paused) stands for: ckpt, moved past the markers that follow it, which
+// change no data and are not merged (a quiet disk takes points that the
+// replica has applied while the base stays merged through the last
+// write).
+func (s *Shipper) markersAfter(ckpt uint64) uint64 {
+	s.vol.Log().Scan(ckpt+1, func(r hrl.Record) error {
+		if r.Type != hrl.TypeMarker || r.LSN > s.vol.Log().SyncedLSN() {
+			return errBatchFull
+		}
+		ckpt = r.LSN
+		return nil
+	})
+	return ckpt
+}
+
+// verifyExchange compares the replica's disk at the point at lsn (0: its image)
 // with the primary's base, sending no data. The caller has paused
 // merging; base is the disk at lsn.
 func (s *Shipper) verifyExchange(c *wire.Conn, arm func(int), base interface {
