@@ -7,7 +7,7 @@ FUZZTIME ?= 20s
 DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux curl openssl chromium fonts-dejavu-core
 TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup curl openssl chromium
 
-.PHONY: build test tools bench bench-nbd bench-fuse fuzz soak vet clean install
+.PHONY: build test tools bench bench-nbd bench-fuse bench-resync fuzz soak vet clean install
 
 # install: the binary, the systemd units (Type=notify, watchdog) and, in
 # /etc/vrep, example settings (*.yaml.example: copy one to primary.yaml
@@ -69,7 +69,7 @@ fuzz:
 		./nbd:FuzzHandshake ./nbd:FuzzRequest ./nbd:FuzzMetaOption ./nbd:FuzzStatusRequest \
 		./internal/names:FuzzDisk ./internal/wocheck:FuzzDecode ./internal/statefile:FuzzDecode \
 		./replica/wire:FuzzReadFrame ./replica/wire:FuzzDecodeRecords ./replica/wire:FuzzDecodeRecordsRange \
-		./replica/store:FuzzDecodeUndoRef ./replica/seed:FuzzDecodeManifest; do \
+		./replica/wire:FuzzDecodeResync ./replica/store:FuzzDecodeUndoRef ./replica/seed:FuzzDecodeManifest; do \
 		pkg=$${spec%%:*}; fn=$${spec##*:}; \
 		echo "== $$fn ($$pkg)"; \
 		$(GO) test $$pkg -run XXX -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) 2>&1 | tail -n 3; \
@@ -85,6 +85,11 @@ bench-nbd: tools build
 
 bench-fuse: tools build
 	BARE=1 bench/fuse.sh
+
+# bench-resync: vrep resync vs rsync --inplace --no-whole-file vs a full
+# copy of the same pair over loopback (SIZE=1G by default; installs rsync).
+bench-resync: build
+	bench/resync.sh
 
 clean:
 	rm -rf bin

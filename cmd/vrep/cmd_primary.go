@@ -19,26 +19,28 @@ import (
 	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
+	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/wire"
 )
 
 func primaryCmd() *cobra.Command {
 	var (
-		cfg        primary.Config
-		disks      []string
-		mergeAfter = units.Size(1 << 30)
-		cpuprofile string
-		groups     []string
-		freeze     []string
-		preFreeze  []string
-		postThaw   []string
-		agents     []string
-		rc         primary.ReplicaConfig
-		codec      string
-		backoff    []time.Duration
-		frequency  string
-		configFile string
-		ops        opsFlags
+		cfg          primary.Config
+		disks        []string
+		mergeAfter   = units.Size(1 << 30)
+		cpuprofile   string
+		groups       []string
+		freeze       []string
+		preFreeze    []string
+		postThaw     []string
+		agents       []string
+		rc           primary.ReplicaConfig
+		codec        string
+		backoff      []time.Duration
+		frequency    string
+		resyncWindow string
+		configFile   string
+		ops          opsFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "primary --state DIR --disk VM/DISK=PATH... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -165,6 +167,7 @@ func primaryCmd() *cobra.Command {
 	f.StringArrayVar(&disks, "disk", nil, "protect a disk: VM/DISK=PATH to a raw image (repeatable)")
 	f.StringArrayVar(&cfg.NBD, "nbd", nil, "serve NBD on unix:PATH or tcp:HOST:PORT (repeatable)")
 	f.StringVar(&cfg.FUSE, "fuse", "", "mount the disks as files under this directory")
+	f.StringVar(&resyncWindow, "resync-window", "18:00-06:00", "when automatic resyncs (log overflow, corrupt log, broken chain) run: HH:MM-HH:MM local time, or always; vrep resync --now runs one at once")
 	f.StringVar(&rc.Addr, "replica", "", "replicate every disk to this replica, host:port (continuous)")
 	f.StringVar(&rc.TLSDir, "tls-dir", "", "directory with ca.crt and this host's NAME.crt/NAME.key")
 	f.StringVar(&rc.Name, "name", "", "this primary's certificate name")
@@ -231,6 +234,9 @@ func replicaSettings(f *pflag.FlagSet) (*primary.ReplicaConfig, error) {
 			return nil, fmt.Errorf("%w: --retry-schedule waits must be positive, not %v", errUsage, d)
 		}
 	}
+	if rc.ResyncWindow, err = health.ParseResyncWindow(get("resync-window")); err != nil {
+		return nil, fmt.Errorf("%w: --resync-window: %v", errUsage, err)
+	}
 	rpo, err := f.GetStringArray("rpo-threshold")
 	if err != nil {
 		return nil, err
@@ -288,7 +294,7 @@ func reloadConfig(log *slog.Logger, running *pflag.FlagSet, cmdline map[string]b
 			return
 		}
 		// The daemon now runs with the file's replication settings.
-		for _, name := range []string{"replica", "tls-dir", "name", "replica-name", "frequency", "compression", "retry-schedule", "rpo-threshold"} {
+		for _, name := range []string{"replica", "tls-dir", "name", "replica-name", "frequency", "compression", "retry-schedule", "rpo-threshold", "resync-window"} {
 			copyValue(running.Lookup(name), fresh.Lookup(name))
 		}
 		changed++

@@ -54,6 +54,7 @@ func statusCmd() *cobra.Command {
 			}
 			tw.Flush()
 			printReplication(out, st.Disks, time.Now())
+			printResync(out, st.Disks)
 			fmt.Fprintln(out)
 			fmt.Fprintln(tw, "GROUP\tDISKS\tHOLD p50\tHOLD p99")
 			for _, g := range st.Groups {

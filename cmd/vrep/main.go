@@ -35,7 +35,7 @@ served to VMs over NBD and FUSE, and replicated to a replica as recovery points.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), eventsCmd(), measureCmd(), seedCmd(), demoCmd(), certCmd(), logCheckCmd())
+	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), resyncCmd(), verifyCmd(), eventsCmd(), measureCmd(), seedCmd(), demoCmd(), certCmd(), logCheckCmd())
 	strictUsage(root)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))
@@ -54,7 +54,10 @@ func sentence(err error) string {
 func exitCode(err error) int {
 	var de *daemonError
 	var se *seedErr
+	var ve *verifyError
 	switch {
+	case errors.As(err, &ve):
+		return exitCorrupt
 	case errors.As(err, &se) && se.kind == "usage":
 		return exitUsage
 	case errors.As(err, &se) && se.kind == "conflict":

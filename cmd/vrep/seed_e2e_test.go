@@ -294,9 +294,10 @@ func TestSeedImportFullDrive(t *testing.T) {
 }
 
 // TestSeedOlderThanLog: a seed the primary's log no longer reaches (two
-// newer seeds were exported since) is refused when the primary connects:
-// the disk goes Critical and the reason says to export a new seed or
-// resync; nothing is shipped.
+// newer seeds were exported since) is found out when the primary
+// connects: the reason says so and offers a resync (which waits for the
+// resync window); nothing is sent as an initial copy; `vrep resync
+// --now` then brings the replica in line by checksums.
 func TestSeedOlderThanLog(t *testing.T) {
 	need(t, "qemu-io")
 	e := newEnv(t, 8<<20)
@@ -323,18 +324,29 @@ func TestSeedOlderThanLog(t *testing.T) {
 	}
 	startReplica(t, e.dir, pkiDir, addr)
 	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	// The stale seed is named as such and a resync offered (it waits for
+	// the resync window); nothing goes over the network as an initial copy.
 	deadline := time.Now().Add(waitfor.Patience)
 	for {
 		st := primaryDisk(t, e)
-		if r := st.Replication; r != nil && r.Health == "Critical" {
-			if !strings.Contains(r.Reason, "older than what the primary's log still holds; export a new seed or resync") || r.InitialBytes != 0 {
-				t.Fatalf("reason: %s (initial bytes %d)", r.Reason, r.InitialBytes)
+		if r := st.Replication; r != nil && strings.Contains(r.Reason, "older than what the primary's log still holds") {
+			if r.Health == "Normal" || !strings.Contains(r.Reason, "vrep resync VM --now") || r.InitialBytes != 0 {
+				t.Fatalf("health %s, reason: %s (initial bytes %d)", r.Health, r.Reason, r.InitialBytes)
 			}
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("never Critical: %+v", st.Replication)
+			t.Fatalf("the stale seed was never reported: %+v", st.Replication)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Taking the offer repairs it by checksums, still without a full copy.
+	if code, out := vrepRun(t, "resync", "vm1", "--now", "--state", e.state); code != 0 {
+		t.Fatalf("vrep resync --now: exit %d\n%s", code, out)
+	}
+	if r := waitReplicated(t, e).Replication; r.InitialBytes != 0 {
+		t.Fatalf("the resync sent an initial copy: %d bytes", r.InitialBytes)
+	}
+	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", replicaImg, u)
 }

@@ -21,6 +21,9 @@ const (
 	ApplyBeforeImage   = "apply-before-image"   // history committed, the image not yet written
 	ApplyBeforeState   = "apply-before-state"   // the image written and synced, the applied LSN not yet published
 	PruneBetweenDelete = "prune-between-delete" // old points deleted, their history not yet
+	// ResyncAfterMark: the replica made a batch of resync chunks and its
+	// progress durable. Not in All: only a resync passes it.
+	ResyncAfterMark = "resync-after-mark"
 )
 
 // The failover's points, on the replica (not in All: a crash loop of

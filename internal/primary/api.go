@@ -25,6 +25,7 @@ import (
 //	POST /v1/replication/resume?vm=VM           ResumeInfo
 //	POST /v1/seed/export                        NDJSON progress (seed.go)
 //	POST /v1/replication?[vm=VM&]frequency=F    ReplicationSettings
+//	POST /v1/resync, POST /v1/verify             see resync.go
 //	GET  /metrics                               Prometheus
 //	GET  /v1/events[?since=DUR]                 []events.Event, oldest first
 //	GET  /v1/measure?vm=VM[&window=DUR]         Measure
@@ -179,6 +180,7 @@ func (d *Daemon) handler() http.Handler {
 		}
 		daemon.WriteJSON(w, http.StatusOK, st)
 	})
+	d.resyncRoutes(mux)
 	return mux
 }
 

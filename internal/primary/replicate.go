@@ -35,6 +35,8 @@ type ReplicaConfig struct {
 	// RPO is the recovery point objective of each VM (zero: judge the lag
 	// by the copy frequency).
 	RPO health.RPOPolicy
+	// ResyncWindow is when automatic resyncs run (zero: 18:00-06:00).
+	ResyncWindow health.ResyncWindow
 }
 
 // DefaultContinuousPoints is how often a replicating primary takes a
@@ -145,7 +147,7 @@ func (d *Daemon) startShipping(rc *ReplicaConfig) error {
 		vm, _, _ := names.Disk(disk.Name)
 		sc := ship.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
 			VM: vm, RPO: rc.RPO.For(vm), OnBatch: d.batches.adder(disk.Name), Log: d.log,
-			OnSuperseded: func(msg string) { d.supersede(vm, msg) }}
+			OnSuperseded: func(msg string) { d.supersede(vm, msg) }, ResyncWindow: rc.ResyncWindow}
 		sh := ship.NewShipper(disk.Name, disk.Volume, sc)
 		d.shipMode(disk, sh)
 		d.shippers[disk.Name] = sh

@@ -143,6 +143,9 @@ type ShipState struct {
 	// yet, or before this daemon started), and the disk left log mode.
 	Resync     bool
 	OverflowAt time.Time
+	// ResyncPlan says what the resync does (running, waiting for its
+	// window), if one was asked for or is needed.
+	ResyncPlan string
 	// Connected says whether a stream is open; Since is when it opened,
 	// or when it was lost (or the shipper started, if it never opened).
 	Connected bool
@@ -184,6 +187,13 @@ func (s ShipState) Lag(now time.Time) (lag time.Duration, known bool) {
 	return max(0, now.Sub(s.CaughtUp)), true
 }
 
+func resyncPlan(p string) string {
+	if p == "" {
+		return "it runs automatically in the resync window"
+	}
+	return p
+}
+
 // JudgeShipping is the primary's health policy for one disk's stream.
 func JudgeShipping(s ShipState, now time.Time) (Health, string) {
 	resume := fmt.Sprintf("vrep replication resume %s", s.VM)
@@ -195,8 +205,8 @@ func JudgeShipping(s ShipState, now time.Time) (Health, string) {
 		}
 		return Critical, fmt.Sprintf("resync required: the change log overflowed %s because the replica did not "+
 			"acknowledge it in time, so the disk left log mode and only marks the regions written since. "+
-			"A resync is needed and is not automatic yet (once it is: vrep resync %s); "+
-			"the recovery points the replica took before stay readable (vrep points %s)", at, s.VM, s.VM)
+			"A resync is needed (%s; vrep resync %s --now runs it at once); "+
+			"the recovery points the replica took before stay readable (vrep points %s)", at, resyncPlan(s.ResyncPlan), s.VM, s.VM)
 	case s.Stopped != "":
 		return Critical, fmt.Sprintf("replication stopped: %s; fix the cause, then run %s", s.Stopped, resume)
 	}

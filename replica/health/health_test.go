@@ -45,7 +45,7 @@ func TestJudgeShipping(t *testing.T) {
 		{"stopped", with(func(s *ShipState) { s.Connected, s.Stopped = false, "replica says: not allowed" }),
 			Critical, []string{"not allowed", "fix the cause", "vrep replication resume vm1"}, "0s"},
 		{"log overflowed", with(func(s *ShipState) { s.Connected, s.Resync, s.OverflowAt = false, true, ago(time.Minute) }),
-			Critical, []string{"resync required", "overflowed (noticed at", "not automatic yet", "vrep resync vm1", "stay readable"}, "0s"},
+			Critical, []string{"resync required", "overflowed (noticed at", "resync window", "vrep resync vm1", "stay readable"}, "0s"},
 		{"RPO 10s, 20s behind (the frequency alone says Normal)", with(func(s *ShipState) {
 			s.RPO, s.Behind, s.CaughtUp = RPO{Warn: 10 * time.Second}, true, ago(20*time.Second)
 		}), Warning, []string{"20s behind", "past the RPO threshold of 10s"}, "20s"},

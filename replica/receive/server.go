@@ -5,6 +5,7 @@
 package receive
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -254,7 +255,7 @@ func (s *Server) serve(nc net.Conn) {
 	// replica's, and retrying may help.
 	applyFailed := func(err error) {
 		switch {
-		case errors.Is(err, wire.ErrBrokenChain):
+		case errors.Is(err, wire.ErrBrokenChain), errors.Is(err, store.ErrResyncing):
 			fail(wire.CodeResync, err)
 		case errors.Is(err, wire.ErrFrame), errors.Is(err, store.ErrInvalid):
 			fail(wire.CodeBadRequest, err)
@@ -353,7 +354,7 @@ func (s *Server) serve(nc net.Conn) {
 			return
 		}
 	}
-	c.WriteFrame(wire.MsgDiskState, wire.EncodeDiskState(applied, seeded))
+	c.WriteFrame(wire.MsgDiskState, wire.EncodeDiskStateFlags(applied, seeded, d.Resyncing()))
 	if err := c.Flush(); err != nil {
 		return
 	}
@@ -386,6 +387,13 @@ func (s *Server) serve(nc net.Conn) {
 			s.streamEvent(key, func(si *StreamInfo) { si.Interval, si.PointsEvery = iv, pe })
 			log.Info("replica: copy frequency", "frequency", health.FrequencyName(iv), "points_every", pe)
 			continue
+		case wire.MsgResyncStart:
+			// A resync or a verify (resync.go): the whole exchange, then
+			// its acknowledgement.
+			if ack, err = s.resync(context.Background(), c, d, key, body, log); err != nil {
+				fail(resyncCode(err), err)
+				return
+			}
 		case wire.MsgBaseChunk:
 			if len(body) < 8 {
 				fail(wire.CodeBadRequest, fmt.Errorf("%w: short base chunk", wire.ErrFrame))

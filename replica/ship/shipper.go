@@ -62,6 +62,9 @@ type ShipperConfig struct {
 	// replica, which judges its health by them, and shown in the status.
 	// SetMode changes them, with Through and Coalesce, on a running stream.
 	Interval, PointsEvery time.Duration
+	// ResyncWindow is when automatic resyncs run (zero: the default,
+	// 18:00-06:00).
+	ResyncWindow health.ResyncWindow
 	// VM names the disk's VM in the commands a health reason suggests.
 	VM string
 	// OnSuperseded, if set, is called when the replica refuses the stream
@@ -132,6 +135,9 @@ type ShipStatus struct {
 	// replica has not imported yet (0: none): no initial copy is sent
 	// over the network meanwhile.
 	AwaitingSeed uint64 `json:"awaiting_seed_lsn,omitempty"`
+	// Resync is the disk's resync, if one was needed or asked for since
+	// the daemon started (resync.go).
+	Resync *ResyncProgress `json:"resync,omitempty"`
 }
 
 // Shipper ships one disk's change log to the replica: the initial copy
@@ -159,6 +165,10 @@ type Shipper struct {
 	modeGen  uint64 // bumped by SetMode: the stream re-announces it
 	seedLSN  uint64 // a seed awaits import at this LSN (0: none); see AwaitSeed
 	seedDone func()
+	rs       resyncCtl
+	verifies chan *verifyReq
+	// pendingVerify is the verify the stream serves (its goroutine only).
+	pendingVerify *verifyReq
 }
 
 // ErrAwaitingSeed ends a session with a replica that has no copy of a
@@ -201,7 +211,11 @@ func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.ResyncWindow == (health.ResyncWindow{}) {
+		cfg.ResyncWindow = health.DefaultResyncWindow
+	}
 	return &Shipper{disk: disk, vol: vol, cfg: cfg, wake: make(chan struct{}, 1),
+		rs: resyncCtl{window: cfg.ResyncWindow}, verifies: make(chan *verifyReq),
 		st: ShipStatus{Health: health.Normal, Since: time.Now()},
 		// The replica must ack what is logged now before the lag is known.
 		target: vol.Log().LastLSN(),
@@ -253,6 +267,14 @@ func (s *Shipper) Status() ShipStatus {
 		CopyDone: s.copyDone, Initial: st.Initial, Interval: s.mode.interval, PointsEvery: s.mode.pointsEvery,
 		CaughtUp: s.caughtUp, RPO: s.cfg.RPO}
 	tickAt := s.tickAt
+	if p := s.rs.prog; p != nil {
+		cp := *p
+		st.Resync = &cp
+		in.ResyncPlan = p.State + ": " + p.Reason
+		if p.State == "running" {
+			in.ResyncPlan = fmt.Sprintf("running, %d%% (%s)", p.Percent, p.Reason)
+		}
+	}
 	s.mu.Unlock()
 	st.Frequency = health.FrequencyName(in.Interval)
 	st.PointsEvery = in.PointsEvery.Seconds()
@@ -318,6 +340,35 @@ func (s *Shipper) Run(ctx context.Context) {
 		}
 		s.noteOverflow()
 		now := time.Now()
+		var re *wire.RemoteError
+		if errors.As(err, &re) && re.Code == wire.CodeResync || errors.Is(err, wire.ErrBrokenChain) {
+			s.needResync(err.Error())
+			err = fmt.Errorf("%w: %v", errResyncWaiting, err)
+		}
+		if errors.Is(err, errResyncWaiting) {
+			// Not an error to back off from: wait for the window (or
+			// vrep resync --now), then resync.
+			s.mu.Lock()
+			next := s.rs.next
+			s.lastErr, s.retryAt = err.Error(), next
+			s.disconnectedLocked(now)
+			s.mu.Unlock()
+			wait := time.Until(next)
+			if next.IsZero() {
+				wait = s.cfg.Backoff[0]
+			}
+			timer := time.NewTimer(max(wait, 0))
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-timer.C:
+			case <-s.wake:
+				timer.Stop()
+			}
+			attempt = 0
+			continue
+		}
 		if fatal(err) {
 			var re *wire.RemoteError
 			if errors.As(err, &re) && re.Code == wire.CodeSuperseded && s.cfg.OnSuperseded != nil {
@@ -405,6 +456,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	arm := func(n int) { pc.Scale.Store(int64(n)) }
 	c := wire.NewConn(nc)
 	defer c.Close()
+	defer s.dropVerify()
 	c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: s.cfg.Codec}.Encode())
 	if err := c.Flush(); err != nil {
 		return false, err
@@ -426,7 +478,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 	if body, err = wire.Expect(c, wire.MsgDiskState); err != nil {
 		return false, err
 	}
-	applied, seeded, err := wire.DecodeDiskState(body)
+	applied, seeded, resyncing, err := wire.DecodeDiskStateFlags(body)
 	if err != nil {
 		return false, err
 	}
@@ -466,10 +518,14 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		s.mu.Lock()
 		s.st.Initial, s.copyDone = 100, true
 		s.mu.Unlock()
-	} else if first := s.vol.Log().Segments()[0].First; first > applied+1 {
-		return false, fmt.Errorf("%w: the replica has LSN %d, the primary's log starts at %d: the replica's copy (a seed imported, or its last apply) is older than what the primary's log still holds; export a new seed or resync the disk", wire.ErrBrokenChain, applied, first)
 	} else {
 		s.set(func(st *ShipStatus) { st.Initial = 100 })
+		if first := s.vol.Log().Segments()[0].First; first > applied+1 {
+			s.needResync(fmt.Sprintf("the replica has LSN %d, the primary's log starts at %d: the replica's copy (a seed imported, or its last apply) is older than what the primary's log still holds", applied, first))
+		}
+		if applied, err = s.maybeResync(ctx, c, arm, applied, resyncing); err != nil {
+			return progressed, err
+		}
 	}
 	s.acked(applied)
 	sentBefore := c.Sent()
@@ -482,6 +538,17 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			return progressed, ctx.Err()
 		}
 		s.noteOverflow()
+		s.mu.Lock()
+		want := s.rs.want
+		s.mu.Unlock()
+		if want || s.vol.ResyncRequired() {
+			if applied, err = s.maybeResync(ctx, c, arm, applied, false); err != nil {
+				return progressed, err
+			}
+		}
+		if applied, err = s.serveVerify(c, arm, applied); err != nil {
+			return progressed, err
+		}
 		s.mu.Lock()
 		changed := s.modeGen != modeGen
 		mode, modeGen = s.mode, s.modeGen
@@ -536,6 +603,9 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			typ, build = wire.MsgRecordsRange, s.coalescedBatch
 		}
 		body, last, payload, err := build(applied, durable, limit)
+		if isLogCorrupt(err) {
+			s.needResync("the change log is corrupt: " + err.Error())
+		}
 		if err != nil {
 			return progressed, err
 		}
@@ -743,6 +813,14 @@ func (s *Shipper) initialCopy(c *wire.Conn, arm func(int)) (uint64, error) {
 	}
 	if ack != ckpt {
 		return 0, fmt.Errorf("%w: initial copy at %d acknowledged as %d", wire.ErrFrame, ckpt, ack)
+	}
+	// The copy is the disk at ckpt: a log that overflowed before it
+	// needs no resync (and the records after ckpt are still logged,
+	// merging being paused).
+	if s.vol.ResyncRequired() {
+		if err := s.vol.ClearResync(ckpt); err != nil {
+			return 0, err
+		}
 	}
 	s.cfg.Log.Info("initial replication complete", "disk", s.disk, "lsn", ckpt)
 	return ckpt, nil

@@ -328,7 +328,12 @@ func (c *Catalog) undoAfter(disk string, lsn uint64) ([]*undoRef, error) {
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	// The history a resync saved (resync.go) counts as well.
+	rs, err := c.resyncAfter(disk, lsn)
+	return mergeHistory(out, rs), err
 }
 
 // lastUndo returns the newest LSN with an undo entry for disk (0: none).
@@ -553,6 +558,11 @@ func (c *Catalog) pruneDisk(disk string) error {
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("replica: pruning history of %s: %w", disk, err)
 	}
+	rsUndone, err := c.pruneResync(disk, oldest)
+	if err != nil {
+		return err
+	}
+	undone += rsUndone
 	// Segments: one covers its first LSN up to the next one's; the newest
 	// may still be written to and stays.
 	dir := filepath.Join(c.dir(disk), "undo")
@@ -633,6 +643,9 @@ func (c *Catalog) indexDisks() ([]string, error) {
 				continue
 			}
 			disk := string(k[2 : len(k)-9])
+			if k[0] == 'r' && len(k) >= 19 { // resync entries: slot and chunk (resync.go)
+				disk = string(k[2 : len(k)-17])
+			}
 			seen[disk] = true
 			it.Seek(append(indexPrefix(k[0], disk)[:len(disk)+2], 1)) // past this disk's keys
 		}

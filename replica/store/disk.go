@@ -44,6 +44,8 @@ type Disk struct {
 	key  string
 	sh   *shared
 	undo undoWriter
+
+	rs *resyncState // a resync under way (resync.go); nil: none
 }
 
 // Part of the format; do not change.
@@ -100,6 +102,9 @@ func OpenDisk(fsys vfs.FS, dir string, size int64) (*Disk, error) {
 		return nil, fmt.Errorf("replica: %s holds a disk of %d bytes, not %d", dir, st.size, size)
 	}
 	d.seeded, d.applied = st.seeded, st.applied
+	if err := d.loadResync(); err != nil {
+		return nil, err
+	}
 	img, err := fsys.Open(filepath.Join(dir, "image"))
 	if err != nil {
 		return nil, fmt.Errorf("replica: %w", err)
@@ -228,6 +233,9 @@ func (d *Disk) ApplyRange(recs []hrl.Record, from, through uint64) (uint64, erro
 func (d *Disk) apply(recs []hrl.Record, from, through uint64) (uint64, error) {
 	if !d.seeded {
 		return d.applied, ErrNotSeeded
+	}
+	if d.rs != nil {
+		return d.applied, ErrResyncing
 	}
 	if from != 0 {
 		if through <= d.applied {

@@ -8,7 +8,7 @@
 // replica authorizes a primary by the name in its certificate, never by
 // anything the primary says in a frame.
 //
-// # Frames (version 2)
+// # Frames (version 3)
 //
 // Every message is one frame: a 16-byte header, then the body.
 // Little-endian; every constant is part of the format.
@@ -40,7 +40,10 @@
 // with CRC32C, payload), in LSN order. The replica verifies every record's
 // own checksum, so the record checksum made when the VM wrote the block
 // protects it all the way to the replica image. The session messages are
-// specified in session.go.
+// specified in session.go, resync and verify in resync.go.
+//
+// A replica refuses a Hello of another version with one sentence naming
+// both versions (ErrVersion): peers upgrade together.
 //
 // # Errors
 //

@@ -14,8 +14,10 @@ import (
 
 // Part of the format; do not change.
 const (
-	// Version 2 added the Settings message (session.go).
-	Version         = 2
+	// Version 2 added the Settings message (session.go); version 3 the
+	// resync and verify messages (resync.go) and the resync flag of
+	// DiskState.
+	Version         = 3
 	FrameHeaderSize = 16
 	// MaxBody bounds a decompressed body: a record batch of up to 32 MiB
 	// of payload with its headers.

@@ -59,7 +59,7 @@ func DecodeWelcome(b []byte) (Welcome, error) {
 // supports: the primary's preference if shared, else the best shared one.
 func Negotiate(h Hello, supported uint8) (Welcome, error) {
 	if h.Version != Version {
-		return Welcome{}, fmt.Errorf("%w: primary speaks %d, replica %d", ErrVersion, h.Version, Version)
+		return Welcome{}, fmt.Errorf("%w: the primary speaks protocol version %d and this replica %d; run the same vrep release on both hosts", ErrVersion, h.Version, Version)
 	}
 	shared := h.Codecs & supported
 	if h.Prefer <= CodecZstd && shared&(1<<h.Prefer) != 0 {

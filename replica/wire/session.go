@@ -13,7 +13,9 @@ import (
 // connection). Bodies, little-endian:
 //
 //	OpenDisk   disk name (uint16 length, bytes), size uint64
-//	DiskState  applied LSN uint64, seeded uint8 (1: initial copy complete)
+//	DiskState  applied LSN uint64, flags uint8 (bit 0: initial copy
+//	           complete; bit 1, since version 3: a resync is under way, the
+//	           image is not the disk at any LSN until it completes)
 //	BaseChunk  offset uint64, data (the rest of the body)
 //	BaseDone   LSN uint64: the image sent is the disk at this LSN
 //	Records    see the package doc
@@ -128,18 +130,33 @@ func DecodeU64(b []byte) (uint64, error) {
 }
 
 func EncodeDiskState(applied uint64, seeded bool) []byte {
+	return EncodeDiskStateFlags(applied, seeded, false)
+}
+
+// EncodeDiskStateFlags is EncodeDiskState with the resync flag.
+func EncodeDiskStateFlags(applied uint64, seeded, resyncing bool) []byte {
 	b := binary.LittleEndian.AppendUint64(nil, applied)
+	var f byte
 	if seeded {
-		return append(b, 1)
+		f |= 1
 	}
-	return append(b, 0)
+	if resyncing {
+		f |= 2
+	}
+	return append(b, f)
 }
 
 func DecodeDiskState(b []byte) (uint64, bool, error) {
-	if len(b) != 9 || b[8] > 1 {
-		return 0, false, fmt.Errorf("%w: bad disk state", ErrFrame)
+	applied, seeded, _, err := DecodeDiskStateFlags(b)
+	return applied, seeded, err
+}
+
+// DecodeDiskStateFlags is DecodeDiskState with the resync flag.
+func DecodeDiskStateFlags(b []byte) (applied uint64, seeded, resyncing bool, err error) {
+	if len(b) != 9 || b[8] > 3 {
+		return 0, false, false, fmt.Errorf("%w: bad disk state", ErrFrame)
 	}
-	return binary.LittleEndian.Uint64(b), b[8] == 1, nil
+	return binary.LittleEndian.Uint64(b), b[8]&1 != 0, b[8]&2 != 0, nil
 }
 
 // Expect reads the next frame, turning an Error message into an error.

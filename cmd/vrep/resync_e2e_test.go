@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/replica/ship"
+)
+
+// resyncStatus polls vrep status until the disk's resync satisfies ok.
+func resyncStatus(t *testing.T, e *env, what string, ok func(*ship.ResyncProgress) bool) *ship.ResyncProgress {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		var st primary.Status
+		code, out := vrepRun(t, "status", "--state", e.state, "--json")
+		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && len(st.Disks) == 1 {
+			if r := st.Disks[0].Replication; r != nil && r.Resync != nil && ok(r.Resync) {
+				return r.Resync
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: %s", what, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestResyncEndToEnd: the replica is away while the VM writes more than
+// the log may hold; the log overflows and the disk needs a resync, which
+// waits for its window until vrep resync --now. The replica is killed -9
+// right after its first batch of chunks is durable; restarted, the resync
+// resumes there and sends none of those chunks again. The point from
+// before reads back exactly through a test failover; damage planted in
+// the replica image is listed by vrep verify (exit 3) and repaired by a
+// resync; at the end the replica equals the primary byte for byte.
+func TestResyncEndToEnd(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	const size = 32 << 20 // 512 chunks of 64 KiB: two hash batches
+	e := newEnv(t, size)
+	pkiDir, addr := replicationSetup(t, e)
+	repSock := filepath.Join(e.dir, "r.sock")
+	repData := filepath.Join(e.dir, "replica")
+	killReplica := startReplica(t, e.dir, pkiDir, addr, "--nbd", "unix:"+repSock)
+	// A window that is surely closed now: it opens in two hours.
+	open := time.Now().Add(2 * time.Hour)
+	window := open.Format("15:04") + "-" + open.Add(time.Hour).Format("15:04")
+	d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--resync-window", window)...)
+	u := e.uri("vm1/disk0")
+	qemuIO(t, u, "write -P 0x11 0 32M", "flush")
+	waitReplicated(t, e)
+	code, out := vrepRun(t, "point", "create", "vm1", "--state", e.state, "--json")
+	var p primary.PointInfo
+	if code != 0 || json.Unmarshal([]byte(out), &p) != nil {
+		t.Fatalf("point create: exit %d\n%s", code, out)
+	}
+	waitReplicated(t, e)
+	killReplica()
+	// 80 MiB of writes: past the log's bound (64 MiB for a small disk).
+	qemuIO(t, u, "write -P 0x22 0 32M", "write -P 0x33 0 32M", "write -P 0x44 0 16M", "flush")
+	var st primary.Status
+	if code, out = vrepRun(t, "status", "--state", e.state, "--json"); code != 0 || json.Unmarshal([]byte(out), &st) != nil || !st.Disks[0].ResyncRequired {
+		t.Fatalf("the log did not overflow: %s", out)
+	}
+	// The replica comes back armed to die after its first durable batch.
+	died := startReplicaEnv(t, faultBin(t), []string{"VREP_FAULTPOINT=resync-after-mark:1"}, e.dir, pkiDir, addr, "--nbd", "unix:"+repSock).done
+	r := resyncStatus(t, e, "the resync to wait for its window", func(r *ship.ResyncProgress) bool { return r.State == "waiting" })
+	if !strings.Contains(r.Reason, "waits for the resync window "+window) {
+		t.Fatalf("waiting resync: %+v", r)
+	}
+	if code, out = vrepRun(t, "resync", "vm1", "--now", "--state", e.state); code != 0 || !strings.Contains(out, "vm1/disk0") {
+		t.Fatalf("vrep resync --now: exit %d\n%s", code, out)
+	}
+	<-died
+	killReplica = startReplica(t, e.dir, pkiDir, addr, "--nbd", "unix:"+repSock)
+	r = resyncStatus(t, e, "the resync to complete", func(r *ship.ResyncProgress) bool { return r.State == "done" })
+	// Every chunk differed (0x11 against 0x44 and 0x33). The resumed
+	// session started at chunk 256, the replica's durable progress, and
+	// sent only the 256 chunks from there: none of the first batch was
+	// sent again. (Chunks the first session had in flight past that
+	// point when the replica died are sent again: Sent counts them.)
+	if r.Sessions != 2 || r.ResumedAt != 256 || r.SessionSent != 256 || r.Sent < 512 || r.Sent > 512+256 || r.Compared != 512 {
+		t.Fatalf("resync %+v: want two sessions, the second resuming at chunk 256 and sending the 256 chunks after it", r)
+	}
+	waitReplicated(t, e)
+	// The point from before the resync reads back exactly.
+	id := strconv.FormatUint(p.ID, 10)
+	if code, out = vrepRun(t, "failover", "test", "vm1", "--point", id, "--data", repData); code != 0 {
+		t.Fatalf("failover test: exit %d\n%s", code, out)
+	}
+	qemuIO(t, "nbd+unix:///vm1/disk0-test?socket="+repSock, "read -P 0x11 0 32M")
+	if code, out = vrepRun(t, "failover", "test-stop", "vm1", "--data", repData); code != 0 {
+		t.Fatalf("test-stop: exit %d\n%s", code, out)
+	}
+
+	// Damage planted in the replica image: found by verify, repaired by
+	// a resync.
+	killReplica()
+	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	f, err := os.OpenFile(replicaImg, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []int64{5, 300} {
+		f.WriteAt(bytes.Repeat([]byte{0xEE}, 512), c*65536+1024)
+	}
+	f.Close()
+	startReplica(t, e.dir, pkiDir, addr, "--nbd", "unix:"+repSock)
+	qemuIO(t, u, "write -P 0x55 31M 64k", "flush") // the stream notices the new replica
+	waitReplicated(t, e)
+	code, out = vrepRun(t, "verify", "vm1", "--state", e.state)
+	if code != exitCorrupt || !strings.Contains(out, "2 of 512 chunks differ") || !strings.Contains(out, ": 5 300 ") {
+		t.Fatalf("verify of a damaged replica: exit %d\n%s", code, out)
+	}
+	if code, out = vrepRun(t, "resync", "vm1", "--now", "--wait", "--state", e.state); code != 0 || !strings.Contains(out, "resync done") {
+		t.Fatalf("resync --wait: exit %d\n%s", code, out)
+	}
+	if r = resyncStatus(t, e, "done", func(r *ship.ResyncProgress) bool { return r.State == "done" }); r.Sent != 2 {
+		t.Fatalf("repair resync sent %d chunks, want the 2 damaged ones: %+v", r.Sent, r)
+	}
+	waitReplicated(t, e)
+	if code, out = vrepRun(t, "verify", "vm1", "--state", e.state); code != 0 || !strings.Contains(out, "equal at LSN") {
+		t.Fatalf("verify after the repair: exit %d\n%s", code, out)
+	}
+	// Bad input: one sentence, nothing done.
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"resync", "nope"}, exitError, "nope"},
+		{[]string{"verify", "vm1", "--point", "999"}, exitError, "no such point"},
+		{[]string{"resync", "vm1", "--disk", "disk9"}, exitError, "no disk disk9"},
+		{[]string{"resync", "../x"}, exitUsage, ""},
+	} {
+		code, out := vrepRun(t, append(c.args, "--state", e.state)...)
+		if code != c.code || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+			t.Errorf("vrep %v: exit %d, want %d and one sentence with %q:\n%s", c.args, code, c.code, c.want, out)
+		}
+	}
+	if err := d.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, replicaImg)
+}

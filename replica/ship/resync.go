@@ -1,0 +1,565 @@
+package ship
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/replica/health"
+	"github.com/vrep-io/vrep/replica/wire"
+)
+
+// ResyncProgress is a disk's resync, as the status shows it.
+type ResyncProgress struct {
+	// State is "waiting" (for the resync window), "running", "done" or
+	// "failed"; Reason says why it runs or waits.
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+	// TargetLSN is the LSN of the primary's frozen disk being copied.
+	TargetLSN uint64 `json:"target_lsn,omitempty"`
+	Percent   int    `json:"percent"`
+	Chunks    uint64 `json:"chunks"`
+	ChunkSize int    `json:"chunk_size"`
+	// Compared counts the chunks compared (from the resume point of the
+	// first session on); BytesCompared their bytes.
+	Compared      uint64 `json:"chunks_compared"`
+	BytesCompared int64  `json:"bytes_compared"`
+	// Sent counts the differing chunks sent, over every session of this
+	// resync; BytesSent their bytes before compression, WireBytes the
+	// frames the primary sent for it (chunks and marks, compressed,
+	// headers included).
+	Sent      uint64 `json:"chunks_sent"`
+	BytesSent int64  `json:"bytes_sent"`
+	WireBytes int64  `json:"wire_bytes"`
+	// HashBytes counts the hash frames received from the replica
+	// (headers included; sums do not compress).
+	HashBytes int64 `json:"hash_bytes"`
+	// Sessions counts the connections the resync took; ResumedAt is the
+	// chunk the last one started from (0: the start), SessionSent what it
+	// sent.
+	Sessions    int    `json:"sessions"`
+	ResumedAt   uint64 `json:"resumed_at_chunk"`
+	SessionSent uint64 `json:"session_chunks_sent"`
+	// ETA is the estimated time left, in seconds, by the rate of this
+	// session.
+	ETA      float64   `json:"eta_seconds,omitempty"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// VerifyResult is the outcome of a verify: the chunks where the replica
+// differs from the primary.
+type VerifyResult struct {
+	Disk      string   `json:"disk"`
+	LSN       uint64   `json:"lsn"`
+	ChunkSize int      `json:"chunk_size"`
+	Chunks    uint64   `json:"chunks"`
+	Differing []uint64 `json:"differing_chunks"`
+	Note      string   `json:"note,omitempty"`
+}
+
+var (
+	// ErrResyncRunning is returned when a resync is asked for while one runs.
+	ErrResyncRunning = errors.New("ship: a resync of this disk is already running")
+	// errResyncWaiting ends a session when a resync is needed outside the
+	// resync window.
+	errResyncWaiting = errors.New("ship: a resync is needed and waits for the resync window")
+)
+
+// resyncCtl is a shipper's resync state, guarded by Shipper.mu.
+type resyncCtl struct {
+	window  health.ResyncWindow
+	want    bool   // asked for by hand, or by a trigger seen in a stream
+	why     string // what asked for it
+	now     bool   // by hand with --now: the window is overridden
+	running bool
+	// paused: merging is paused at ckpt for a resync under way, from its
+	// first session to its end.
+	paused bool
+	ckpt   uint64
+	next   time.Time // when the window opens, while waiting
+	prog   *ResyncProgress
+}
+
+// SetResyncWindow sets when automatic resyncs may run.
+func (s *Shipper) SetResyncWindow(w health.ResyncWindow) {
+	s.mu.Lock()
+	s.rs.window = w
+	s.mu.Unlock()
+}
+
+// Resync asks for a resync of the disk (by hand): at once with now, else
+// in the resync window. It is refused while one runs.
+func (s *Shipper) Resync(now bool) error {
+	s.mu.Lock()
+	if s.rs.running {
+		s.mu.Unlock()
+		return ErrResyncRunning
+	}
+	s.rs.want, s.rs.now = true, s.rs.now || now
+	if s.rs.why == "" {
+		s.rs.why = "asked for by hand"
+	}
+	// A new request: the status shows it, not the last resync's end.
+	s.rs.prog = &ResyncProgress{State: "waiting", Reason: s.rs.why + ": starts at the stream's next batch"}
+	s.mu.Unlock()
+	s.kick()
+	return nil
+}
+
+// ResyncStatus returns the disk's resync progress (nil: none asked for
+// since the daemon started).
+func (s *Shipper) ResyncStatus() *ResyncProgress {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rs.prog == nil {
+		return nil
+	}
+	p := *s.rs.prog
+	return &p
+}
+
+// kick wakes a waiting shipper, and tells a connected one to look at its
+// requests at its next poll.
+func (s *Shipper) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// needResync notes a trigger: why a resync is needed.
+func (s *Shipper) needResync(why string) {
+	s.mu.Lock()
+	if !s.rs.want {
+		s.rs.want, s.rs.why = true, why
+		s.cfg.Log.Warn(s.disk+": resync required: "+why, "disk", s.disk)
+	}
+	s.mu.Unlock()
+}
+
+// resyncDecision applies the resync policy to the shipper's state.
+func (s *Shipper) resyncDecision(underWay bool) health.ResyncDecision {
+	if s.vol.ResyncRequired() {
+		s.needResync("the change log overflowed")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	why := s.rs.why
+	if underWay && why == "" {
+		why = "interrupted"
+	}
+	d := health.DecideResync(s.rs.window, s.rs.want || underWay, why, s.rs.now, underWay, time.Now())
+	if !d.Run && s.rs.want {
+		s.rs.next = d.Next
+		if s.rs.prog == nil || s.rs.prog.State != "running" {
+			s.rs.prog = &ResyncProgress{State: "waiting", Reason: d.Reason}
+		}
+	}
+	return d
+}
+
+// resync runs a resync on an open stream (see replica/wire, resync.go)
+// and returns the LSN the replica now holds: merging is paused, so the
+// base is the disk at its checkpoint C while the log goes on recording;
+// the replica's hashes come in batches, the primary hashes the same
+// chunks of the base and sends those that differ; then the replica holds
+// the disk at C, and the records after it follow as usual.
+func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), applied uint64, why string) (uint64, error) {
+	// Merging stays paused from the first session of a resync to its end,
+	// so a session after a cut link finds the base at the same checkpoint
+	// and the replica resumes after its last durable chunk.
+	s.mu.Lock()
+	held, ckpt := s.rs.paused, s.rs.ckpt
+	s.mu.Unlock()
+	if !held {
+		ckpt = s.markersAfter(s.vol.PauseMerge())
+		if ckpt < applied {
+			// The replica holds records the base has not merged: merge
+			// them, so the replica's applied LSN never goes back (its
+			// points up to it stay listed).
+			s.vol.ResumeMerge()
+			if err := s.vol.Merge(); err != nil {
+				return 0, fmt.Errorf("ship: merging before the resync: %w", err)
+			}
+			if ckpt = s.markersAfter(s.vol.PauseMerge()); ckpt < applied {
+				s.vol.ResumeMerge()
+				return 0, fmt.Errorf("%w: the primary's disk is merged through LSN %d, behind the replica's %d", wire.ErrResync, ckpt, applied)
+			}
+		}
+		s.mu.Lock()
+		s.rs.paused, s.rs.ckpt = true, ckpt
+		s.mu.Unlock()
+	}
+	base := s.vol.Base()
+	size := base.Size()
+	chunk := wire.ChunkSize
+	n := wire.Chunks(size, chunk)
+	s.mu.Lock()
+	s.rs.running = true
+	p := s.rs.prog
+	if p == nil || p.State != "running" && p.State != "failed" || p.TargetLSN != ckpt {
+		p = &ResyncProgress{Started: time.Now()}
+	}
+	p.State, p.Reason, p.TargetLSN, p.Chunks, p.ChunkSize, p.Error = "running", why, ckpt, n, chunk, ""
+	p.Sessions++
+	s.rs.prog = p
+	s.mu.Unlock()
+	fail := func(err error) (uint64, error) {
+		s.mu.Lock()
+		s.rs.running = false
+		p.State, p.Error = "failed", err.Error()
+		s.mu.Unlock()
+		return 0, err
+	}
+	s.cfg.Log.Info(s.disk+": resync started", "disk", s.disk, "reason", why, "target_lsn", ckpt, "replica_lsn", applied, "chunks", n)
+	sent0 := c.Sent()
+	c.WriteFrame(wire.MsgResyncStart, wire.ResyncStart{Kind: wire.KindResync, Hash: wire.HashXXH3, ChunkSize: uint32(chunk), Chunks: n, Target: ckpt}.Encode())
+	if err := c.Flush(); err != nil {
+		return fail(err)
+	}
+	body, err := wire.Expect(c, wire.MsgResyncFrom)
+	if err != nil {
+		return fail(err)
+	}
+	from, err := wire.DecodeU64(body)
+	if err != nil || from > n {
+		return fail(fmt.Errorf("%w: the replica resumes at chunk %d of %d", wire.ErrResync, from, n))
+	}
+	start := time.Now()
+	s.mu.Lock()
+	p.ResumedAt, p.SessionSent, p.Compared = from, 0, from
+	p.BytesCompared = min(int64(from)*int64(chunk), size)
+	s.mu.Unlock()
+	buf := make([]byte, 8+chunk)
+	for next := from; next < n; {
+		arm(10) // the replica hashes a batch before it comes
+		body, err := wire.Expect(c, wire.MsgResyncHashes)
+		if err != nil {
+			return fail(err)
+		}
+		theirs, err := wire.DecodeHashes(body, next, n)
+		if err != nil {
+			return fail(err)
+		}
+		hashBytes := int64(wire.FrameHeaderSize + len(body))
+		ours, err := wire.HashChunks(ctx, base, size, chunk, next, uint64(len(theirs)), 0)
+		if err != nil {
+			return fail(err)
+		}
+		arm(1)
+		var sent uint64
+		var bytesSent int64
+		for i := range theirs {
+			if ours[i] == theirs[i] {
+				continue
+			}
+			idx := next + uint64(i)
+			off := int64(idx) * int64(chunk)
+			data := buf[8 : 8+min(int64(chunk), size-off)]
+			if _, err := base.ReadAt(data, off); err != nil {
+				return fail(err)
+			}
+			if err := c.WriteFrame(wire.MsgResyncChunk, wire.EncodeChunk(buf[:0], idx, data)); err != nil {
+				return fail(err)
+			}
+			sent++
+			bytesSent += int64(len(data))
+		}
+		next += uint64(len(theirs))
+		c.WriteFrame(wire.MsgResyncMark, wire.EncodeU64(next))
+		if err := c.Flush(); err != nil {
+			return fail(err)
+		}
+		s.mu.Lock()
+		p.Compared, p.BytesCompared = next, min(int64(next)*int64(chunk), size)
+		p.Sent += sent
+		p.SessionSent += sent
+		p.BytesSent += bytesSent
+		p.HashBytes += hashBytes
+		p.WireBytes += c.Sent() - sent0
+		sent0 = c.Sent()
+		p.Percent = int(99 * next / max(n, 1))
+		if done := next - from; done > 0 {
+			p.ETA = time.Since(start).Seconds() * float64(n-next) / float64(done)
+		}
+		s.mu.Unlock()
+	}
+	arm(10) // the replica makes the image durable
+	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(ckpt, p.SessionSent))
+	if err := c.Flush(); err != nil {
+		return fail(err)
+	}
+	ab, err := wire.Expect(c, wire.MsgAck)
+	if err != nil {
+		return fail(err)
+	}
+	if ack, err := wire.DecodeU64(ab); err != nil || ack != ckpt {
+		return fail(fmt.Errorf("%w: resync to LSN %d acknowledged as %d", wire.ErrResync, ckpt, ack))
+	}
+	// NB: before merging resumes, so the records after ckpt stay in the
+	// log for the stream (an overflowed log releases everything).
+	if s.vol.ResyncRequired() {
+		if err := s.vol.ClearResync(ckpt); err != nil {
+			return fail(err)
+		}
+	}
+	s.vol.ResumeMerge()
+	s.mu.Lock()
+	s.rs.paused = false
+	s.rs.running, s.rs.want, s.rs.now, s.rs.why = false, false, false, ""
+	s.overflow = time.Time{}
+	p.State, p.Percent, p.ETA, p.Finished = "done", 100, 0, time.Now()
+	p.WireBytes += c.Sent() - sent0
+	s.mu.Unlock()
+	s.cfg.Log.Info(s.disk+": resync complete", "disk", s.disk, "lsn", ckpt, "chunks_sent", p.Sent, "bytes_sent", p.BytesSent,
+		"chunks", n, "sessions", p.Sessions)
+	return ckpt, nil
+}
+
+// markersAfter returns the LSN the base (merged through ckpt, merging
+// paused) stands for: ckpt, moved past the markers that follow it, which
+// change no data and are not merged (a quiet disk takes points that the
+// replica has applied while the base stays merged through the last
+// write).
+func (s *Shipper) markersAfter(ckpt uint64) uint64 {
+	s.vol.Log().Scan(ckpt+1, func(r hrl.Record) error {
+		if r.Type != hrl.TypeMarker || r.LSN > s.vol.Log().SyncedLSN() {
+			return errBatchFull
+		}
+		ckpt = r.LSN
+		return nil
+	})
+	return ckpt
+}
+
+// verifyExchange compares the replica's disk at the point at lsn (0: its image)
+// with the primary's base, sending no data. The caller has paused
+// merging; base is the disk at lsn.
+func (s *Shipper) verifyExchange(c *wire.Conn, arm func(int), base interface {
+	ReadAt([]byte, int64) (int, error)
+}, lsn, point uint64) (VerifyResult, error) {
+	size := s.vol.Size()
+	chunk := wire.ChunkSize
+	n := wire.Chunks(size, chunk)
+	res := VerifyResult{Disk: s.disk, LSN: lsn, ChunkSize: chunk, Chunks: n, Differing: []uint64{}}
+	c.WriteFrame(wire.MsgResyncStart, wire.ResyncStart{Kind: wire.KindVerify, Hash: wire.HashXXH3, ChunkSize: uint32(chunk), Chunks: n, Target: point}.Encode())
+	if err := c.Flush(); err != nil {
+		return res, err
+	}
+	body, err := wire.Expect(c, wire.MsgResyncFrom)
+	if err != nil {
+		return res, err
+	}
+	if from, err := wire.DecodeU64(body); err != nil || from != 0 {
+		return res, fmt.Errorf("%w: a verify must start at chunk 0", wire.ErrResync)
+	}
+	for next := uint64(0); next < n; {
+		arm(10)
+		body, err := wire.Expect(c, wire.MsgResyncHashes)
+		if err != nil {
+			return res, err
+		}
+		theirs, err := wire.DecodeHashes(body, next, n)
+		if err != nil {
+			return res, err
+		}
+		ours, err := wire.HashChunks(context.Background(), base, size, chunk, next, uint64(len(theirs)), 0)
+		if err != nil {
+			return res, err
+		}
+		for i := range theirs {
+			if !bytes.Equal(ours[i][:], theirs[i][:]) {
+				res.Differing = append(res.Differing, next+uint64(i))
+			}
+		}
+		next += uint64(len(theirs))
+	}
+	arm(1)
+	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(point, uint64(len(res.Differing))))
+	if err := c.Flush(); err != nil {
+		return res, err
+	}
+	if _, err := wire.Expect(c, wire.MsgAck); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// isLogCorrupt reports whether err says the change log is damaged: the
+// records cannot be shipped, and only a resync brings the replica back.
+func isLogCorrupt(err error) bool { return hrl.IsCorruption(err) }
+
+// maybeResync runs the resync the policy lets run now. A resync that is
+// needed (a trigger, or one under way on the replica) and must wait for
+// its window ends the session (errResyncWaiting); one asked for by hand
+// without --now waits while records go on shipping.
+func (s *Shipper) maybeResync(ctx context.Context, c *wire.Conn, arm func(int), applied uint64, underWay bool) (uint64, error) {
+	d := s.resyncDecision(underWay)
+	if d.Run {
+		return s.resync(ctx, c, arm, applied, d.Reason)
+	}
+	s.mu.Lock()
+	must := s.rs.want && s.rs.why != "asked for by hand"
+	s.mu.Unlock()
+	if must || underWay || s.vol.ResyncRequired() {
+		return applied, fmt.Errorf("%w: %s", errResyncWaiting, d.Reason)
+	}
+	return applied, nil
+}
+
+// verifyReq is a verify waiting for the stream.
+type verifyReq struct {
+	point  uint64 // the replica point (0: its latest state)
+	answer chan verifyAnswer
+	// Held by the stream while it serves the request.
+	paused bool
+	ckpt   uint64
+}
+
+type verifyAnswer struct {
+	res VerifyResult
+	err error
+}
+
+// ErrNotConnected is returned for a verify while no stream is open.
+var ErrNotConnected = errors.New("ship: the replica is not connected")
+
+// Verify compares the replica with the primary at the same LSN by chunk
+// checksums, sending no data: at the point at LSN point, or (0) at the
+// replica's latest state. The primary reproduces that LSN from its base,
+// frozen at its checkpoint, and the log after it; for a point older than
+// the checkpoint it verifies the latest state instead and says so.
+func (s *Shipper) Verify(ctx context.Context, point uint64) (VerifyResult, error) {
+	s.mu.Lock()
+	connected, running := s.st.Connected, s.rs.running
+	s.mu.Unlock()
+	if !connected {
+		return VerifyResult{}, ErrNotConnected
+	}
+	if running {
+		return VerifyResult{}, ErrResyncRunning
+	}
+	req := &verifyReq{point: point, answer: make(chan verifyAnswer, 1)}
+	select {
+	case s.verifies <- req:
+	case <-ctx.Done():
+		return VerifyResult{}, ctx.Err()
+	}
+	select {
+	case a := <-req.answer:
+		return a.res, a.err
+	case <-ctx.Done():
+		return VerifyResult{}, ctx.Err()
+	}
+}
+
+// serveVerify serves a pending verify on the stream, between batches.
+// It pauses merging first; while the replica is behind the checkpoint it
+// lets records ship until the replica holds it.
+func (s *Shipper) serveVerify(c *wire.Conn, arm func(int), applied uint64) (uint64, error) {
+	req := s.pendingVerify
+	if req == nil {
+		select {
+		case req = <-s.verifies:
+			s.pendingVerify = req
+		default:
+			return applied, nil
+		}
+	}
+	if !req.paused {
+		req.ckpt, req.paused = s.vol.PauseMerge(), true
+	}
+	point, note := req.point, ""
+	if point != 0 && point < req.ckpt {
+		note = fmt.Sprintf("point at LSN %d is older than the primary's checkpoint %d, which no longer holds it: verified the replica's latest state instead", point, req.ckpt)
+		point = 0
+	}
+	lsn := point
+	if point == 0 {
+		if applied < req.ckpt {
+			return applied, nil // ship up to the checkpoint first
+		}
+		lsn = applied
+	}
+	s.pendingVerify = nil
+	defer s.vol.ResumeMerge()
+	state, err := s.diskAt(req.ckpt, lsn)
+	var res VerifyResult
+	if err == nil {
+		res, err = s.verifyExchange(c, arm, state, lsn, point)
+		res.Note = note
+		var re *wire.RemoteError
+		if err != nil && !errors.As(err, &re) && !errors.Is(err, wire.ErrResync) {
+			err = fmt.Errorf("%w: the stream to the replica ended during the verify (%v); run it again", ErrNotConnected, err)
+		}
+	}
+	req.answer <- verifyAnswer{res, err}
+	return applied, err
+}
+
+// diskAt returns the disk at lsn: the base (at ckpt, merging paused)
+// under the log's records ckpt+1..lsn.
+func (s *Shipper) diskAt(ckpt, lsn uint64) (*overlayReader, error) {
+	o := &overlayReader{base: s.vol.Base()}
+	if lsn <= ckpt {
+		return o, nil
+	}
+	err := s.vol.Log().Scan(ckpt+1, func(r hrl.Record) error {
+		if r.LSN > lsn {
+			return errBatchFull
+		}
+		if r.Type != hrl.TypeMarker {
+			r.Payload = bytes.Clone(r.Payload)
+			o.recs = append(o.recs, r)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errBatchFull) {
+		return nil, err
+	}
+	return o, nil
+}
+
+// overlayReader reads a base with records laid over it, in order.
+type overlayReader struct {
+	base interface {
+		ReadAt([]byte, int64) (int, error)
+	}
+	recs []hrl.Record
+}
+
+func (o *overlayReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := o.base.ReadAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	for _, r := range o.recs {
+		lo, hi := max(int64(r.Offset), off), min(int64(r.Offset)+int64(r.Span), off+int64(len(p)))
+		if lo >= hi {
+			continue
+		}
+		if r.Type == hrl.TypeWrite {
+			copy(p[lo-off:hi-off], r.Payload[lo-int64(r.Offset):])
+		} else {
+			clear(p[lo-off : hi-off])
+		}
+	}
+	return n, nil
+}
+
+// dropVerify answers a verify the ending stream could not finish, and
+// resumes the merging it paused.
+func (s *Shipper) dropVerify() {
+	if req := s.pendingVerify; req != nil {
+		if req.paused {
+			s.vol.ResumeMerge()
+		}
+		req.answer <- verifyAnswer{err: fmt.Errorf("%w: the stream ended before the verify could run", ErrNotConnected)}
+		s.pendingVerify = nil
+	}
+}

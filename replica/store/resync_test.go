@@ -1,0 +1,95 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/vfs"
+	"github.com/vrep-io/vrep/replica/wire"
+)
+
+// A resync chunk is checked before anything is written: out of order,
+// past the disk, the wrong length, outside a resync, or a mark before the
+// chunks it covers are refused, and the image is left as it was. Records
+// are refused while a resync is under way; progress survives a reopen.
+func TestResyncRefusesBadInput(t *testing.T) {
+	fsys := vfs.OS{}
+	dir := t.TempDir()
+	d, err := OpenDisk(fsys, dir, diskSize) // 16 chunks of 64 KiB
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResyncChunk(0, make([]byte, wire.ChunkSize)); !errors.Is(err, wire.ErrResync) {
+		t.Fatalf("chunk outside a resync: %v", err)
+	}
+	if _, err := d.ResyncBegin(5, wire.ChunkSize, 16); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("resync before the initial copy: %v", err)
+	}
+	if err := d.FinishBase(4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ResyncBegin(5, wire.ChunkSize, 15); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("chunk count not matching the disk: %v", err)
+	}
+	if from, err := d.ResyncBegin(5, wire.ChunkSize, 16); err != nil || from != 0 {
+		t.Fatalf("begin: %d, %v", from, err)
+	}
+	full := bytes.Repeat([]byte{7}, wire.ChunkSize)
+	for name, c := range map[string]struct {
+		idx  uint64
+		data []byte
+	}{
+		"past the disk":    {16, full},
+		"short chunk":      {2, full[:100]},
+		"too long a chunk": {2, append(full, 1)},
+	} {
+		if err := d.ResyncChunk(c.idx, c.data); !errors.Is(err, wire.ErrResync) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := d.ResyncChunk(3, full); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResyncChunk(2, full); !errors.Is(err, wire.ErrResync) {
+		t.Errorf("chunk out of order: %v", err)
+	}
+	if err := d.ResyncMark(3); !errors.Is(err, wire.ErrResync) {
+		t.Errorf("mark before a chunk it covers: %v", err)
+	}
+	if _, err := d.Apply([]hrl.Record{{LSN: 5, Type: hrl.TypeWrite, Payload: []byte{1}, Span: 1}}); !errors.Is(err, ErrResyncing) {
+		t.Errorf("records during a resync: %v", err)
+	}
+	if err := d.ResyncMark(8); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResyncFinish(5); !errors.Is(err, wire.ErrResync) {
+		t.Errorf("finish before every chunk was compared: %v", err)
+	}
+	d.Close()
+	// Reopened (a restarted replica), the resync resumes after chunk 8.
+	if d, err = OpenDisk(fsys, dir, diskSize); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if from, err := d.ResyncBegin(5, wire.ChunkSize, 16); err != nil || from != 8 || !d.Resyncing() {
+		t.Fatalf("resumed at %d, %v", from, err)
+	}
+	img := make([]byte, diskSize)
+	d.ReadAt(img, 0)
+	want := make([]byte, diskSize)
+	copy(want[3*wire.ChunkSize:], full)
+	if !bytes.Equal(img, want) {
+		t.Fatal("the image holds something other than the one checked chunk")
+	}
+	if err := d.ResyncMark(16); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResyncFinish(5); err != nil {
+		t.Fatal(err)
+	}
+	if applied, _ := d.Applied(); applied != 5 || d.Resyncing() {
+		t.Fatalf("after the resync: applied %d, resyncing %v", applied, d.Resyncing())
+	}
+}
