@@ -45,11 +45,12 @@ vet:
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags faultpoints ./internal/faultpoint
 
-# test: vet, then every package under the race detector (the power-cut
+# test: vet, then every package under the race detector, never from the
+# test cache (the e2e tests drive binaries and tools it cannot see; the power-cut
 # test runs its short tier here; `make soak` runs the long one).
 test: tools vet
-	$(GO) test -race -short -timeout 15m $(PKGS)
-	$(GO) test -race -short -tags faultpoints ./internal/faultpoint
+	$(GO) test -race -short -count=1 -timeout 15m $(PKGS)
+	$(GO) test -race -short -count=1 -tags faultpoints ./internal/faultpoint
 
 # soak: the long tiers of the crash tests (make test runs short ones).
 # The fault-point loop builds its daemons with -tags faultpoints itself.

@@ -40,6 +40,10 @@ func (h *hook) run() {
 		c.Env = append(os.Environ(), "VREP_EVENT="+string(e.Kind), "VREP_VM="+e.VM, "VREP_DISK="+e.Disk,
 			"VREP_HEALTH="+e.Health, "VREP_PREVIOUS="+e.Previous, "VREP_REASON="+e.Reason,
 			"VREP_TIME="+e.Time.Format(time.RFC3339))
+		// A child the hook left running may hold the output pipe open:
+		// stop waiting for it shortly after the hook itself ends or is
+		// killed, so the queue (and the daemon's stop) never hangs.
+		c.WaitDelay = time.Second
 		out, err := c.CombinedOutput()
 		cancel()
 		if err != nil {

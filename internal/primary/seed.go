@@ -187,10 +187,18 @@ func (d *Daemon) ExportSeed(ctx context.Context, req SeedRequest, progress func(
 		if err := statefile.Write(vfs.OS{}, d.seedStatePath(disk), seedMagic, body); err != nil {
 			return res, fmt.Errorf("disk %s: %w", disk.Name, err)
 		}
+		replicated := false
+		if sh := d.shipper(disk.Name); sh != nil {
+			replicated = sh.Status().Initial == 100
+		}
 		d.awaitSeed(disk, md.LSN)
-		// Records up to the seed are in it: the replica needs none of them.
-		if err := disk.Volume.Release(md.LSN); err != nil {
-			d.log.Warn("seed: releasing the log the seed holds", "disk", disk.Name, "err", err)
+		// Records up to the seed are in it: a replica that has no copy yet
+		// needs none of them. One that replicates already may still need
+		// some (it is behind the seed); its own acks release them.
+		if !replicated {
+			if err := disk.Volume.Release(md.LSN); err != nil {
+				d.log.Warn("seed: releasing the log the seed holds", "disk", disk.Name, "err", err)
+			}
 		}
 		stored := m.Stored(md)
 		res.Disks = append(res.Disks, SeededDisk{Name: disk.Name, LSN: md.LSN, Size: md.Size, Stored: stored, Zero: m.Chunks(md) - stored})

@@ -135,7 +135,7 @@ func (c *Catalog) Fold(disk string, o *Overlay) (int64, error) {
 func (c *Catalog) DropHistory(disk string) error {
 	c.pruneMu.Lock()
 	defer c.pruneMu.Unlock()
-	for _, kind := range []byte{'m', 'u'} {
+	for _, kind := range []byte{'m', 'u', 'r', 'b'} { // points, undo, resync history and bases
 		for {
 			keys, err := c.keys(kind, disk, 10000)
 			if err != nil {

@@ -132,6 +132,11 @@ func (d *Disk) ResyncBegin(target uint64, chunkSize uint32, chunks uint64) (uint
 	if chunks != wire.Chunks(d.size, int(chunkSize)) {
 		return 0, fmt.Errorf("%w: %d chunks of %d bytes do not cover a disk of %d bytes", ErrInvalid, chunks, chunkSize, d.size)
 	}
+	if target < d.applied {
+		// The applied LSN never goes back: records after target already
+		// have their history and points here.
+		return 0, fmt.Errorf("%w: a resync to LSN %d, behind the applied LSN %d", ErrInvalid, target, d.applied)
+	}
 	if rs := d.rs; rs != nil {
 		rs.pend, rs.pendBytes, rs.last = nil, 0, -1
 		if rs.target == target && rs.chunkSize == chunkSize {

@@ -33,6 +33,9 @@ func TestResyncRefusesBadInput(t *testing.T) {
 	if _, err := d.ResyncBegin(5, wire.ChunkSize, 15); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("chunk count not matching the disk: %v", err)
 	}
+	if _, err := d.ResyncBegin(3, wire.ChunkSize, 16); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a target behind the applied LSN: %v", err)
+	}
 	if from, err := d.ResyncBegin(5, wire.ChunkSize, 16); err != nil || from != 0 {
 		t.Fatalf("begin: %d, %v", from, err)
 	}
@@ -91,5 +94,38 @@ func TestResyncRefusesBadInput(t *testing.T) {
 	}
 	if applied, _ := d.Applied(); applied != 5 || d.Resyncing() {
 		t.Fatalf("after the resync: applied %d, resyncing %v", applied, d.Resyncing())
+	}
+}
+
+// TestDropHistoryDropsResyncHistory: a commit (or a seed replacing a disk)
+// drops every index entry of the disk, the resync's history and bases
+// too: a later point must never be read through them.
+func TestDropHistoryDropsResyncHistory(t *testing.T) {
+	base := randomBytes(9, diskSize)
+	cat, d := seededDisk(t, vfs.OS{}, t.TempDir(), base, CatalogConfig{})
+	if _, err := d.ResyncBegin(0, wire.ChunkSize, 16); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResyncChunk(2, bytes.Repeat([]byte{3}, wire.ChunkSize)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResyncMark(16); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResyncFinish(0); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []byte{'r', 'b'} {
+		if keys, _ := cat.keys(kind, histKey, 1); len(keys) == 0 {
+			t.Fatalf("the resync left no %q entry to drop: the test proves nothing", kind)
+		}
+	}
+	if err := cat.DropHistory(histKey); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []byte{'m', 'u', 'r', 'b'} {
+		if keys, _ := cat.keys(kind, histKey, 1); len(keys) != 0 {
+			t.Fatalf("%q entries survive DropHistory", kind)
+		}
 	}
 }

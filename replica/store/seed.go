@@ -123,6 +123,20 @@ func PublishSeeds(cat *Catalog, data string, imps []*SeedImport) error {
 		if err := checkReplaceable(s.fs, s.dir); err != nil {
 			return err
 		}
+	}
+	// Whatever the index still holds of a disk of that name (its
+	// directory removed by hand) describes another image: views of the
+	// seed's points must never take its history.
+	for _, s := range imps {
+		key, err := filepath.Rel(data, s.dir)
+		if err != nil {
+			return err
+		}
+		if err := cat.DropHistory(filepath.ToSlash(key)); err != nil {
+			return err
+		}
+	}
+	for _, s := range imps {
 		if err := s.img.Close(); err != nil {
 			return fmt.Errorf("replica: %w", err)
 		}
