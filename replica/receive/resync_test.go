@@ -302,3 +302,55 @@ func TestResyncAfterPointsOnly(t *testing.T) {
 		t.Fatalf("resync %+v: want done at the last point's LSN %d, nothing sent", r, last)
 	}
 }
+
+// TestResyncPauseIsBounded: a resync keeps the primary's merging paused
+// across a cut link, so that it resumes where it stopped; but not without
+// end: once the log written since it froze the base passes the overflow
+// bound (the replica stays away), merging resumes and the resync starts
+// again later from a new checkpoint.
+func TestResyncPauseIsBounded(t *testing.T) {
+	const size = 64 << 20
+	rg := newResyncRig(t, size)
+	writeSome(t, rg.vol, rand.New(rand.NewPCG(9, 9)), 50)
+	addr, _, stop := rg.serveHistory(t, "")
+	sh := rg.shipper(t, "primary1", addr, always)
+	runJoined(t, sh)
+	waitFor(t, "the initial copy", func() bool { return sh.Status().Initial == 100 && sh.Status().Connected })
+	// The replica goes away right after the resync's first durable batch.
+	gone := make(chan struct{})
+	hook := func(uint64) error {
+		select {
+		case <-gone:
+		default:
+			close(gone)
+		}
+		return errors.New("test: the replica went away")
+	}
+	testHookResyncMark.Store(&hook)
+	defer testHookResyncMark.Store(nil)
+	if err := sh.Resync(true); err != nil {
+		t.Fatal(err)
+	}
+	<-gone
+	stop()
+	// Merging is held for the resync: what was merged before it may be
+	// checkpointed, nothing written after it is merged.
+	rg.vol.Merge()
+	held := rg.vol.Checkpoint()
+	p := bytes.Repeat([]byte{0x5C}, 1<<20)
+	for i := range 8 {
+		rg.vol.WriteAt(p, int64(i)<<20)
+	}
+	rg.vol.Merge()
+	if c := rg.vol.Checkpoint(); c != held {
+		t.Fatalf("the checkpoint moved from %d to %d while a resync held merging", held, c)
+	}
+	// Past the bound (64 MiB of log here), merging resumes by itself.
+	for i := range 72 {
+		if _, err := rg.vol.WriteAt(p, int64(i%64)<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := rg.vol.Log().LastLSN()
+	waitFor(t, "merging to resume", func() bool { rg.vol.Merge(); return rg.vol.Checkpoint() >= last })
+}

@@ -563,3 +563,34 @@ func (s *Shipper) dropVerify() {
 		s.pendingVerify = nil
 	}
 }
+
+// releaseResyncPause ends a resync's hold on merging when the resync
+// cannot go on for now (the shipper stops, or replication stopped for the
+// operator), or when the log written since it froze the base has passed
+// the disk's overflow bound (half its size): merging paused without end
+// would fill the primary's file system while the replica is away. The
+// resync then starts again from the beginning with a new checkpoint,
+// sending still only the chunks that differ.
+func (s *Shipper) releaseResyncPause(force bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.rs.paused {
+		return
+	}
+	why := "replication stopped"
+	if !force {
+		var grown int64
+		for _, seg := range s.vol.Log().Segments() {
+			if seg.Last > s.rs.ckpt {
+				grown += seg.Size
+			}
+		}
+		if bound := max(s.vol.Size()/2, 64<<20); grown <= bound {
+			return
+		}
+		why = "the log written since the resync froze the base passed half the disk"
+	}
+	s.vol.ResumeMerge()
+	s.rs.paused = false
+	s.cfg.Log.Warn(s.disk+": resync interrupted: "+why+"; merging resumes, and the resync starts again from the beginning", "disk", s.disk)
+}

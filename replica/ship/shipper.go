@@ -328,6 +328,7 @@ func fatal(err error) bool {
 // schedule; a non-recoverable one stops shipping (Critical) until Resume.
 // Resume also ends a backoff wait early.
 func (s *Shipper) Run(ctx context.Context) {
+	defer s.releaseResyncPause(true)
 	attempt := 0
 	for ctx.Err() == nil {
 		select { // a resume asked for while connected means nothing now
@@ -339,6 +340,7 @@ func (s *Shipper) Run(ctx context.Context) {
 			return
 		}
 		s.noteOverflow()
+		s.releaseResyncPause(false)
 		now := time.Now()
 		var re *wire.RemoteError
 		if errors.As(err, &re) && re.Code == wire.CodeResync || errors.Is(err, wire.ErrBrokenChain) {
@@ -378,6 +380,7 @@ func (s *Shipper) Run(ctx context.Context) {
 			s.stopped, s.lastErr, s.retryAt = err.Error(), err.Error(), time.Time{}
 			s.disconnectedLocked(now)
 			s.mu.Unlock()
+			s.releaseResyncPause(true)
 			s.cfg.Log.Error("replication stopped: the operator must act, then run vrep replication resume", "disk", s.disk, "err", err)
 			select {
 			case <-ctx.Done():
