@@ -226,12 +226,7 @@ func (d *Daemon) Status() (Status, error) {
 		ds.Health, ds.Reason = string(health), why
 		st.Disks = append(st.Disks, ds)
 	}
-	d.mu.Lock()
-	for _, t := range d.tests {
-		st.Tests = append(st.Tests, t.info)
-	}
-	d.mu.Unlock()
-	slices.SortFunc(st.Tests, func(a, b TestInfo) int { return strings.Compare(a.VM, b.VM) })
+	st.Tests = d.shownTests()
 	st.Failovers = d.failovers()
 	return st, nil
 }

@@ -78,6 +78,7 @@ func (d *Daemon) StartTest(spec string, id uint64) (TestInfo, error) {
 		}
 	}
 	d.tests[t.info.VM] = t
+	d.publishLocked()
 	d.log.Info("replica: test failover started", "vm", t.info.VM, "point", p.ID, "kind", p.Kind,
 		"point_time", p.Time.Format(time.RFC3339), "exports", strings.Join(t.info.Exports, ","))
 	return t.info, nil
@@ -236,4 +237,5 @@ func (d *Daemon) stopTestLocked(key string, t *test) {
 		td.view.Close()
 	}
 	delete(d.tests, key)
+	d.publishLocked()
 }

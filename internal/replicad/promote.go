@@ -186,6 +186,7 @@ func (d *Daemon) saveFoState(f *failover) error {
 	if err := statefile.Write(vfs.OS{}, foStatePath(d.cfg.Data, f.root, f.vm), foMagic, body); err != nil {
 		return fmt.Errorf("replica: persisting the failover state of %s: %w", f.key, err)
 	}
+	d.publishLocked()
 	return nil
 }
 
@@ -282,6 +283,7 @@ func (d *Daemon) StartFailover(spec, point string) (FailoverInfo, error) {
 		return FailoverInfo{}, err
 	}
 	d.fos[key] = f
+	d.publishLocked()
 	info := d.foInfo(f)
 	info.ServingSeconds = time.Since(t0).Seconds()
 	d.log.Info("replica: failed over: the VM's disks are served writable at the point; commit or cancel", "vm", key,
@@ -435,6 +437,7 @@ func (d *Daemon) CancelFailover(spec string, force bool) (FailoverInfo, error) {
 		}
 	}
 	delete(d.fos, f.key)
+	d.publishLocked()
 	d.srv.Unfence(f.root, f.vm)
 	d.log.Info("replica: failover cancelled: its writes are discarded; the VM replicates again from where it was", "vm", f.key,
 		"point", f.st.Point.ID, "generation", f.st.Generation, "forced", force)
@@ -584,7 +587,11 @@ func (d *Daemon) commit(f *failover) error {
 // resumeFailovers reads every VM's failover state at start and serves
 // again (FailedOver, Committed) or finishes a commit; a cancelled
 // failover's leftover files go.
-func (d *Daemon) resumeFailovers() {
+//
+// Commits a restart interrupted are returned, to be finished by
+// finishCommits once the daemon serves: a commit rolls back and folds
+// whole disks, and the API must answer meanwhile.
+func (d *Daemon) resumeFailovers() (committing []*failover) {
 	states, _ := filepath.Glob(filepath.Join(d.cfg.Data, "*", "*", "failover.state"))
 	for _, path := range states {
 		vmDir := filepath.Dir(path)
@@ -612,12 +619,28 @@ func (d *Daemon) resumeFailovers() {
 			continue
 		}
 		if st.State == stCommitting {
-			d.log.Info("replica: finishing a commit a restart interrupted", "vm", f.key, "step", st.Step)
+			committing = append(committing, f)
+		}
+		d.log.Info("replica: failed-over VM served again", "vm", f.key, "state", f.st.State, "point", f.st.Point.ID)
+	}
+	d.publishLocked()
+	return committing
+}
+
+// finishCommits finishes, in the background, the commits a restart
+// interrupted (their disks are served meanwhile); Close waits for them.
+func (d *Daemon) finishCommits(fos []*failover) {
+	for _, f := range fos {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.log.Info("replica: finishing a commit a restart interrupted", "vm", f.key, "step", f.st.Step)
 			if err := d.commit(f); err != nil {
 				d.log.Error("replica: could not finish the commit; vrep failover commit retries", "vm", f.key, "err", err)
 			}
-		}
-		d.log.Info("replica: failed-over VM served again", "vm", f.key, "state", f.st.State, "point", f.st.Point.ID)
+		}()
 	}
 }
 
@@ -657,12 +680,32 @@ func (d *Daemon) foInfo(f *failover) FailoverInfo {
 
 // failovers lists the daemon's failovers for status.
 func (d *Daemon) failovers() []FailoverInfo {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := []FailoverInfo{}
+	d.shownMu.Lock()
+	defer d.shownMu.Unlock()
+	return slices.Clone(d.shown.fos)
+}
+
+// shownTests lists the running test failovers for status.
+func (d *Daemon) shownTests() []TestInfo {
+	d.shownMu.Lock()
+	defer d.shownMu.Unlock()
+	return slices.Clone(d.shown.tests)
+}
+
+// publishLocked publishes the tests and failovers as status shows them.
+// The caller holds d.mu, or is alone (at start).
+func (d *Daemon) publishLocked() {
+	fos := []FailoverInfo{}
 	for _, f := range d.fos {
-		out = append(out, d.foInfo(f))
+		fos = append(fos, d.foInfo(f))
 	}
-	slices.SortFunc(out, func(a, b FailoverInfo) int { return strings.Compare(a.VM, b.VM) })
-	return out
+	slices.SortFunc(fos, func(a, b FailoverInfo) int { return strings.Compare(a.VM, b.VM) })
+	tests := []TestInfo{}
+	for _, t := range d.tests {
+		tests = append(tests, t.info)
+	}
+	slices.SortFunc(tests, func(a, b TestInfo) int { return strings.Compare(a.VM, b.VM) })
+	d.shownMu.Lock()
+	d.shown.fos, d.shown.tests = fos, tests
+	d.shownMu.Unlock()
 }

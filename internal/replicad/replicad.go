@@ -59,9 +59,19 @@ type Daemon struct {
 	fuse    *fuse.Mount
 	api     *daemon.API
 
+	// mu is held by test and failover operations, some of which take
+	// long (a commit rolls back and folds whole disks).
 	mu    sync.Mutex
 	tests map[string]*test     // by ROOT/VM
 	fos   map[string]*failover // by ROOT/VM
+
+	// shown is what status shows of the tests and failovers, published
+	// by whoever changes them (publishLocked): status never waits for mu.
+	shownMu sync.Mutex
+	shown   struct {
+		tests []TestInfo
+		fos   []FailoverInfo
+	}
 
 	servers   daemon.Servers
 	stop      chan struct{}
@@ -107,7 +117,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		}
 	}
 	d.mu.Lock()
-	d.resumeFailovers()
+	committing := d.resumeFailovers()
 	d.mu.Unlock()
 	api := cfg.API
 	if api == "" {
@@ -127,6 +137,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		return d, err
 	}
 	d.servers.Go(func() error { return d.srv.Serve(d.ln) })
+	d.finishCommits(committing)
 	d.wg.Add(1)
 	go d.pruneLoop()
 	return d, nil
