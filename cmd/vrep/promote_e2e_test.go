@@ -427,3 +427,40 @@ func TestFailoverKilledAtEachStep(t *testing.T) {
 		})
 	}
 }
+
+// TestDamagedFailoverStateSetAside: a failover state that cannot be read
+// at start keeps the VM fenced and says so; cancel refuses (exit 4) until
+// --force, which keeps the file as failover.state.broken and lets the VM
+// replicate again.
+func TestDamagedFailoverStateSetAside(t *testing.T) {
+	rg := newFoRig(t, 4<<20, 300, nil)
+	data := []string{"--data", rg.repData}
+	vr := func(args ...string) (int, string) { return vrepRun(t, append(args, data...)...) }
+	if code, out := vr("failover", "start", "vm1"); code != 0 {
+		t.Fatalf("failover start: %d %s", code, out)
+	}
+	rg.killReplica()
+	state := filepath.Join(rg.repData, "primary1", "vm1", "failover.state")
+	if err := os.WriteFile(state, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rg.startReplica(t, nil)
+	if st := rg.status(t); len(st.Failovers) != 1 || st.Failovers[0].Error == "" {
+		t.Fatalf("a damaged state is not reported: %+v", st.Failovers)
+	}
+	if code, out := vr("failover", "cancel", "vm1"); code != exitConflict || !strings.Contains(out, "--force") {
+		t.Fatalf("cancel of a damaged failover without --force: exit %d\n%s", code, out)
+	}
+	if code, out := vr("failover", "cancel", "vm1", "--force"); code != 0 {
+		t.Fatalf("cancel --force: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(state + ".broken"); err != nil {
+		t.Fatalf("the damaged state was not kept: %v", err)
+	}
+	if st := rg.status(t); len(st.Failovers) != 0 {
+		t.Fatalf("still failed over: %+v", st.Failovers)
+	}
+	if len(rg.points(t)) == 0 {
+		t.Fatal("the VM's points went with the damaged state")
+	}
+}

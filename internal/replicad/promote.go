@@ -414,6 +414,23 @@ func (d *Daemon) CancelFailover(spec string, force bool) (FailoverInfo, error) {
 	if err != nil {
 		return FailoverInfo{}, err
 	}
+	if f.err != "" {
+		// The state could not be read at start: nothing is served, the
+		// VM's streams are refused. Only the operator knows whether the
+		// image may take replication again.
+		if !force {
+			return FailoverInfo{}, conflict("the failover state of VM %s could not be read (%s); vrep failover cancel %s --force sets it aside (as failover.state.broken) and lets the primary replicate into the image again", spec, f.err, spec)
+		}
+		path := foStatePath(d.cfg.Data, f.root, f.vm)
+		if err := os.Rename(path, path+".broken"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return FailoverInfo{}, fmt.Errorf("replica: setting the damaged failover state aside: %w", err)
+		}
+		delete(d.fos, f.key)
+		d.publishLocked()
+		d.srv.Unfence(f.root, f.vm)
+		d.log.Warn("replica: a damaged failover state was set aside by the operator; the VM replicates again", "vm", f.key, "kept", path+".broken")
+		return FailoverInfo{VM: f.key, State: stReplicating, Summary: "Replicating: the damaged failover state was set aside", Exports: []string{}}, nil
+	}
 	if f.st.State != stFailedOver {
 		return FailoverInfo{}, conflict("VM %s is %s: a commit cannot be cancelled", spec, strings.ToLower(f.st.State))
 	}
