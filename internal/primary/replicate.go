@@ -111,6 +111,11 @@ func (d *Daemon) EnableReplication(rc *ReplicaConfig) error {
 	if d.replicating() {
 		return ErrAlreadyReplicating
 	}
+	// The certificates first: volumes that retained their log for a
+	// shipper that never starts would only fill the disk.
+	if _, err := pki.ClientConfig(rc.TLSDir, rc.Name, rc.ReplicaName); err != nil {
+		return err
+	}
 	for _, disk := range d.Disks {
 		disk.Volume.StartRetaining()
 	}
