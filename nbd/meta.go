@@ -254,13 +254,17 @@ func (c *conn) tflags(e *Export) uint16 {
 
 // chunk returns the header of a structured reply chunk.
 func chunk(flags, typ uint16, cookie uint64, length int) []byte {
-	h := make([]byte, 20)
+	return putChunk(make([]byte, 20), flags, typ, cookie, length)
+}
+
+// putChunk writes a chunk header into h[:20] and returns it.
+func putChunk(h []byte, flags, typ uint16, cookie uint64, length int) []byte {
 	binary.BigEndian.PutUint32(h[0:], magicStructured)
 	binary.BigEndian.PutUint16(h[4:], flags)
 	binary.BigEndian.PutUint16(h[6:], typ)
 	binary.BigEndian.PutUint64(h[8:], cookie)
 	binary.BigEndian.PutUint32(h[16:], uint32(length))
-	return h
+	return h[:20]
 }
 
 // errText is the message sent with an error chunk.
@@ -295,7 +299,12 @@ func (c *conn) replyTo(q request, code uint32, data []byte, flush bool) {
 		c.send(flush, chunk(rfDone, rtError, q.cookie, len(p)), p)
 		return
 	}
-	c.send(flush, chunk(rfDone, rtOffsetData, q.cookie, 8+len(data)), binary.BigEndian.AppendUint64(nil, q.off), data)
+	// The read path: one header (chunk and offset) per reply, as the
+	// simple reply has.
+	var h [28]byte
+	putChunk(h[:], rfDone, rtOffsetData, q.cookie, 8+len(data))
+	binary.BigEndian.PutUint64(h[20:], q.off)
+	c.send(flush, h[:], data)
 }
 
 // blockStatus answers NBD_CMD_BLOCK_STATUS: one chunk per selected

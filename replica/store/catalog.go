@@ -356,10 +356,18 @@ func (c *Catalog) lastUndo(disk string) (uint64, error) {
 // existingUndo returns the undo entries already indexed for the given
 // LSNs (a batch replayed after a crash).
 func (c *Catalog) existingUndo(disk string, lsns []uint64) (map[uint64]*undoRef, error) {
+	return c.lookupUndo(lsns, func(lsn uint64) ([]byte, uint64) { return indexKey('u', disk, lsn), lsn })
+}
+
+// lookupUndo reads the undo entries indexed under the keys of ids (an id
+// without one is left out); at gives an id's key and the LSN its entry
+// is decoded with.
+func (c *Catalog) lookupUndo(ids []uint64, at func(id uint64) (key []byte, lsn uint64)) (map[uint64]*undoRef, error) {
 	out := map[uint64]*undoRef{}
 	err := c.db.View(func(txn *badger.Txn) error {
-		for _, lsn := range lsns {
-			it, err := txn.Get(indexKey('u', disk, lsn))
+		for _, id := range ids {
+			key, lsn := at(id)
+			it, err := txn.Get(key)
 			if errors.Is(err, badger.ErrKeyNotFound) {
 				continue
 			}
@@ -374,7 +382,7 @@ func (c *Catalog) existingUndo(disk string, lsns []uint64) (map[uint64]*undoRef,
 			if err != nil {
 				return err
 			}
-			out[lsn] = r
+			out[id] = r
 		}
 		return nil
 	})

@@ -315,29 +315,7 @@ func resyncKey(disk string, slot, chunk uint64) []byte {
 // existingResync returns the resync undo entries already indexed for
 // chunks of the resync at slot.
 func (c *Catalog) existingResync(disk string, slot uint64, chunks []uint64) (map[uint64]*undoRef, error) {
-	out := map[uint64]*undoRef{}
-	err := c.db.View(func(txn *badger.Txn) error {
-		for _, ch := range chunks {
-			it, err := txn.Get(resyncKey(disk, slot, ch))
-			if errors.Is(err, badger.ErrKeyNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			v, err := it.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			r, err := decodeUndoRef(slot, v)
-			if err != nil {
-				return err
-			}
-			out[ch] = r
-		}
-		return nil
-	})
-	return out, err
+	return c.lookupUndo(chunks, func(ch uint64) ([]byte, uint64) { return resyncKey(disk, slot, ch), slot })
 }
 
 func (c *Catalog) indexResync(disk string, slot uint64, chunks []uint64, refs []*undoRef) error {
