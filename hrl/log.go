@@ -375,7 +375,14 @@ func (l *Log) Scan(from uint64, fn func(Record) error) error {
 		if i+1 < len(segs) && segs[i+1].first <= from {
 			continue
 		}
-		it.reset(s.file, s.first, s.wsize.Load())
+		// NB: the written size first: the writer sets a new segment's
+		// file before it publishes the size, so a segment with a size has
+		// its file (reading both the other way round is a race).
+		size := s.wsize.Load()
+		if size == 0 {
+			continue // its file may not exist yet; nothing is written in it
+		}
+		it.reset(s.file, s.first, size)
 		for r, ok := it.next(); ok; r, ok = it.next() {
 			if r.Type == TypeSync || r.LSN < from {
 				continue
