@@ -495,6 +495,15 @@ func (v *Volume) Fence(reason error) {
 	}
 }
 
+// Unfence lets the volume take writes again: a planned failover that
+// did not hand the disk over (the replica refused, or the operator
+// aborted before it was asked) gives the disk back to its clients.
+func (v *Volume) Unfence() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.fenced = nil
+}
+
 // Fenced returns the error writes are refused with since Fence, or nil.
 func (v *Volume) Fenced() error {
 	v.mu.RLock()

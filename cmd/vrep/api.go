@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	vdaemon "github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/host"
 )
 
 // apiFlags are how admin commands find a daemon's API socket.
@@ -24,6 +26,8 @@ type apiFlags struct {
 	// for either) and why, in the operator's words ("points are taken on
 	// the primary"): a command sent to the wrong daemon says so.
 	want, why string
+	// timeout bounds a call (default two minutes).
+	timeout time.Duration
 }
 
 // needs says which daemon the command talks to, and why.
@@ -41,8 +45,13 @@ func (a *apiFlags) register(f *pflag.FlagSet) {
 }
 
 func (a *apiFlags) socket() (string, error) {
+	hostData := false
+	if a.data != "" {
+		_, err := os.Stat(filepath.Join(a.data, "roles"))
+		hostData = err == nil // a host daemon's data directory: both roles
+	}
 	switch {
-	case a.want == "primary" && a.data != "" && a.api == "" && a.state == "":
+	case a.want == "primary" && a.data != "" && a.api == "" && a.state == "" && !hostData:
 		return "", fmt.Errorf("%w: %s; --data names a replica's data directory: give the primary's --state DIR", errUsage, a.why)
 	case a.want == "replica" && a.state != "" && a.api == "" && a.data == "":
 		return "", fmt.Errorf("%w: %s; --state names a primary's state directory: give the replica's --data DIR", errUsage, a.why)
@@ -73,14 +82,19 @@ func (a *apiFlags) call(method, path string, out any) error {
 	if err != nil {
 		return err
 	}
+	timeout := a.timeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
 	client := &http.Client{
-		Timeout: 2 * time.Minute,
+		Timeout: timeout,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		}},
 	}
 	req, _ := http.NewRequest(method, "http://vrep"+path, nil)
+	req.Header.Set(host.WantRoleHeader, a.want)
 	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the daemon at %s (is the daemon running?): %w", sock, err)
@@ -90,7 +104,7 @@ func (a *apiFlags) call(method, path string, out any) error {
 	if err != nil {
 		return err
 	}
-	if got := resp.Header.Get(roleHeader); a.want != "" && got != "" && got != a.want {
+	if got := resp.Header.Get(roleHeader); a.want != "" && got != "" && got != a.want && got != "host" {
 		return fmt.Errorf("%w: %s, and the daemon at %s is a %s", errUsage, a.why, sock, got)
 	}
 	if resp.StatusCode != http.StatusOK {

@@ -151,7 +151,7 @@ clients are disconnected and the open files answer I/O errors.`,
 	sa.register(stop.Flags())
 	sa.needs("replica", "a test failover runs on the replica")
 	stop.Flags().BoolVar(&force, "force", false, "stop even while a client holds a test disk (it gets I/O errors)")
-	cmd.AddCommand(test, stop, failoverStartCmd(), failoverCancelCmd(), failoverCommitCmd())
+	cmd.AddCommand(test, stop, failoverStartCmd(), failoverCancelCmd(), failoverCommitCmd(), failoverPlannedCmd())
 	return cmd
 }
 

@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vrep-io/vrep/internal/host"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/units"
@@ -40,6 +42,16 @@ func statusCmd() *cobra.Command {
 				}
 				return printReplicaStatus(out, st)
 			}
+			if role.Role == "host" {
+				var st host.Status
+				if err := json.Unmarshal(raw, &st); err != nil {
+					return err
+				}
+				if a.json {
+					return printJSON(out, st)
+				}
+				return printHostStatus(out, st)
+			}
 			var st primary.Status
 			if err := json.Unmarshal(raw, &st); err != nil {
 				return err
@@ -47,32 +59,76 @@ func statusCmd() *cobra.Command {
 			if a.json {
 				return printJSON(out, st)
 			}
-			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DISK\tSIZE\tHEALTH\tLAST LSN\tSYNCED LSN\tMERGED LSN\tSEGMENTS")
-			for _, d := range st.Disks {
-				fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%d\t%d\t%d\t%d\n", d.Name, d.Size>>20, d.Health, d.LastLSN, d.SyncedLSN, d.Checkpoint, d.Segments)
-			}
-			tw.Flush()
-			printReplication(out, st.Disks, time.Now())
-			printResync(out, st.Disks)
-			fmt.Fprintln(out)
-			fmt.Fprintln(tw, "GROUP\tDISKS\tHOLD p50\tHOLD p99")
-			for _, g := range st.Groups {
-				fmt.Fprintf(tw, "%s\t%d\t%d µs\t%d µs\n", g.Name, len(g.Disks), g.HoldP50us, g.HoldP99us)
-			}
-			tw.Flush()
-			if p := st.LastPoint; p != nil {
-				fmt.Fprintf(out, "\nlast point: %d, %s, group %s, %s", p.ID, p.Kind, p.Group, p.Time.Format("2006-01-02 15:04:05"))
-				if p.Reason != "" {
-					fmt.Fprintf(out, " (%s)", p.Reason)
-				}
-				fmt.Fprintln(out)
-			}
-			return nil
+			return printPrimaryStatus(out, st)
 		},
 	}
 	a.register(cmd.Flags())
 	return cmd
+}
+
+// printHostStatus prints a host daemon's VMs and their roles, then each
+// primary VM's status and the replica's.
+func printHostStatus(out io.Writer, st host.Status) error {
+	fmt.Fprintf(out, "host %s, peer %s\n\n", st.Host, st.Peer)
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tROLE\tGENERATION\tSTATE")
+	for _, v := range st.VMs {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", v.VM, v.Role, v.Generation, v.Summary)
+	}
+	tw.Flush()
+	for _, v := range st.VMs {
+		if l := v.Last; l != nil {
+			fmt.Fprintf(out, "%s: last planned failover to %s at %s: writes refused %.2f s, reverse replication %s, %d bytes resynced\n",
+				v.VM, l.To, l.Finished.Format("2006-01-02 15:04:05"), l.WritesRefused, map[bool]string{true: "connected", false: "not connected yet"}[l.ReverseConnected], l.ResyncBytes)
+		}
+	}
+	var vms []string
+	for vm := range st.Primaries {
+		vms = append(vms, vm)
+	}
+	sort.Strings(vms)
+	for _, vm := range vms {
+		var ps primary.Status
+		if err := json.Unmarshal(st.Primaries[vm], &ps); err != nil {
+			return fmt.Errorf("the status of VM %s: %w", vm, err)
+		}
+		fmt.Fprintf(out, "\n== VM %s (primary here)\n", vm)
+		if err := printPrimaryStatus(out, ps); err != nil {
+			return err
+		}
+	}
+	var rs replicad.Status
+	if err := json.Unmarshal(st.Replica, &rs); err != nil {
+		return fmt.Errorf("the replica's status: %w", err)
+	}
+	fmt.Fprintf(out, "\n== replica (VMs %s runs)\n", st.Peer)
+	return printReplicaStatus(out, rs)
+}
+
+// printPrimaryStatus prints a primary's disks, replication and groups.
+func printPrimaryStatus(out io.Writer, st primary.Status) error {
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DISK\tSIZE\tHEALTH\tLAST LSN\tSYNCED LSN\tMERGED LSN\tSEGMENTS")
+	for _, d := range st.Disks {
+		fmt.Fprintf(tw, "%s\t%d MiB\t%s\t%d\t%d\t%d\t%d\n", d.Name, d.Size>>20, d.Health, d.LastLSN, d.SyncedLSN, d.Checkpoint, d.Segments)
+	}
+	tw.Flush()
+	printReplication(out, st.Disks, time.Now())
+	printResync(out, st.Disks)
+	fmt.Fprintln(out)
+	fmt.Fprintln(tw, "GROUP\tDISKS\tHOLD p50\tHOLD p99")
+	for _, g := range st.Groups {
+		fmt.Fprintf(tw, "%s\t%d\t%d µs\t%d µs\n", g.Name, len(g.Disks), g.HoldP50us, g.HoldP99us)
+	}
+	tw.Flush()
+	if p := st.LastPoint; p != nil {
+		fmt.Fprintf(out, "\nlast point: %d, %s, group %s, %s", p.ID, p.Kind, p.Group, p.Time.Format("2006-01-02 15:04:05"))
+		if p.Reason != "" {
+			fmt.Fprintf(out, " (%s)", p.Reason)
+		}
+		fmt.Fprintln(out)
+	}
+	return nil
 }
 
 // printReplication prints each replicated disk's stream: health, whether

@@ -40,6 +40,24 @@ const (
 // them.
 var Failover = []string{FailoverStateSaved, CommitRolledBack, CommitFolded, CommitSwitched, CommitHistoryDropped}
 
+// The planned failover's points (not in All), in the order a handover
+// passes them: on the old primary (Handover*), on the new one (Promote*),
+// then the old primary again (Demote*).
+const (
+	HandoverFenced  = "handover-fenced"  // writes refused, the final point not yet taken
+	HandoverShipped = "handover-shipped" // the replica holds every record, not yet asked to promote
+	HandoverAsked   = "handover-asked"   // "handing over" persisted, the replica not yet asked
+	PromoteSaved    = "promote-saved"    // the new role persisted, nothing moved yet
+	PromoteMoved    = "promote-moved"    // images moved out of the replica's store, history not yet dropped
+	PromoteServing  = "promote-serving"  // the VM served and replicating back, the answer not yet sent
+	DemoteConfirmed = "demote-confirmed" // the replica promoted the VM, the old primary not yet closed
+	DemoteAdopted   = "demote-adopted"   // the images adopted as the replica copy, the role not yet final
+)
+
+// Planned lists the planned failover's points in order.
+var Planned = []string{HandoverFenced, HandoverShipped, HandoverAsked, PromoteSaved, PromoteMoved,
+	PromoteServing, DemoteConfirmed, DemoteAdopted}
+
 // All lists every point, for test loops.
 var All = []string{LogAfterWrite, LogAfterSync, ShipBeforeSend, ShipAfterAck,
 	ApplyBeforeIndex, ApplyBeforeImage, ApplyBeforeState, PruneBetweenDelete}

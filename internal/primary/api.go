@@ -213,3 +213,6 @@ func replicationErr(w http.ResponseWriter, err error) {
 		daemon.WriteErr(w, http.StatusInternalServerError, err)
 	}
 }
+
+// Handler is the API, for a host daemon that serves it (Config.NoAPI).
+func (d *Daemon) Handler() http.Handler { return d.handler() }

@@ -64,6 +64,16 @@ type Config struct {
 	StopTimeout time.Duration
 	// Events, if set, records the daemon's events; the API serves them.
 	Events *events.Recorder
+	// SharedNBD and SharedFUSE, when set, are a host daemon's NBD server
+	// and FUSE mount, shared by its components (vrep host): the disks are
+	// added to them and detached at Close, which neither stops the server
+	// nor unmounts. NoAPI leaves the API to the host (Handler).
+	SharedNBD  *nbd.Server
+	SharedFUSE *fuse.Mount
+	NoAPI      bool
+	// Fenced names VMs whose disks refuse writes from the start, and why:
+	// a planned failover was under way when the host stopped.
+	Fenced map[string]string
 	Log    *slog.Logger
 }
 
@@ -114,7 +124,10 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if len(cfg.Disks) == 0 {
 		return nil, fmt.Errorf("%w: no --disk given", names.ErrBadName)
 	}
-	d = &Daemon{cfg: cfg, log: cfg.Log, nbd: nbd.NewServer(cfg.Log)}
+	d = &Daemon{cfg: cfg, log: cfg.Log, nbd: cfg.SharedNBD}
+	if d.nbd == nil {
+		d.nbd = nbd.NewServer(cfg.Log)
+	}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -145,22 +158,27 @@ func Start(cfg Config) (d *Daemon, err error) {
 		if err := d.fenceIfSuperseded(disk); err != nil {
 			return d, fmt.Errorf("disk %s: %w", spec.Name, err)
 		}
+		if vm, _, _ := names.Disk(spec.Name); cfg.Fenced[vm] != "" {
+			disk.Volume.Fence(fmt.Errorf("%w: %s", ErrHandingOver, cfg.Fenced[vm]))
+		}
 		d.nbd.Add(nbd.Export{Name: spec.Name, Device: disk.Volume})
 	}
 	if err := d.setupPoints(cfg.Points); err != nil {
 		return d, err
 	}
-	if cfg.FUSE != "" {
+	if cfg.FUSE != "" || cfg.SharedFUSE != nil {
 		if err := d.mountFUSE(); err != nil {
 			return d, err
 		}
 	}
-	api := cfg.API
-	if api == "" {
-		api = filepath.Join(cfg.State, "api.sock")
-	}
-	if d.api, err = daemon.ServeAPI(api, daemon.WithRole("primary", d.handler())); err != nil {
-		return d, err
+	if !cfg.NoAPI {
+		api := cfg.API
+		if api == "" {
+			api = filepath.Join(cfg.State, "api.sock")
+		}
+		if d.api, err = daemon.ServeAPI(api, daemon.WithRole("primary", d.handler())); err != nil {
+			return d, err
+		}
 	}
 	if err := d.startShipping(cfg.Replica); err != nil {
 		return d, err
@@ -278,7 +296,13 @@ func (d *Daemon) Close() error {
 			stopShip()
 			d.shipWG.Wait()
 		}
-		d.nbd.Shutdown(ctx)
+		if d.cfg.SharedNBD != nil {
+			for _, disk := range d.Disks {
+				d.nbd.Detach(ctx, disk.Name, true)
+			}
+		} else {
+			d.nbd.Shutdown(ctx)
+		}
 		for _, l := range d.listeners {
 			l.Close() // a listener Start opened but never served
 		}
@@ -288,7 +312,14 @@ func (d *Daemon) Close() error {
 				os.Remove(ul.Addr().String())
 			}
 		}
-		if d.fuse != nil {
+		if d.fuse != nil && d.cfg.SharedFUSE != nil {
+			for _, disk := range d.Disks {
+				if _, derr := d.fuse.Detach(ctx, disk.Name, false); derr != nil {
+					d.log.Warn("stopping: the disk's file is still open; its I/O is refused from now on", "disk", disk.Name, "err", derr)
+					d.fuse.Detach(ctx, disk.Name, true)
+				}
+			}
+		} else if d.fuse != nil {
 			uerr := d.fuse.Shutdown(ctx, func(h []string) {
 				if s := strings.Join(h, ", "); s != initial {
 					d.log.Info("stopping: still waiting for the FUSE files to be closed", "held_by", s)
@@ -304,7 +335,9 @@ func (d *Daemon) Close() error {
 			}
 			disk.base.Close()
 		}
-		d.api.Close()
+		if d.api != nil {
+			d.api.Close()
+		}
 		if d.stateLock != nil {
 			d.stateLock.Close()
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/receive"
 	"github.com/vrep-io/vrep/replica/store"
+	"github.com/vrep-io/vrep/replica/wire"
 )
 
 // Config configures a replica daemon.
@@ -43,7 +44,18 @@ type Config struct {
 	RPO health.RPOPolicy
 	// Events, if set, records the daemon's events; the API serves them.
 	Events *events.Recorder
-	Log    *slog.Logger
+	// SharedNBD and SharedFUSE, when set, are a host daemon's NBD server
+	// and FUSE mount, shared by its components (vrep host); NBD and FUSE
+	// are then ignored, and Close neither stops the server nor unmounts.
+	// NoAPI leaves the API to the host (Handler).
+	SharedNBD  *nbd.Server
+	SharedFUSE *fuse.Mount
+	NoAPI      bool
+	// OnPromote takes a VM over on a planned failover (see
+	// receive.ServerConfig); nil: handovers are refused.
+	OnPromote func(ctx context.Context, primary, root string, req wire.Promote) (wire.Promoted, error)
+	OnAdopted func(vm string)
+	Log       *slog.Logger
 }
 
 // Daemon is a running replica.
@@ -109,9 +121,12 @@ func Start(cfg Config) (d *Daemon, err error) {
 		return d, err
 	}
 	d.srv = receive.NewServer(receive.ServerConfig{Data: cfg.Data, TLS: cfg.TLS, Allow: cfg.Allow,
-		AllowAny: cfg.AllowAny, Catalog: d.Catalog, Log: cfg.Log})
-	d.nbd = nbd.NewServer(cfg.Log)
-	if cfg.FUSE != "" {
+		AllowAny: cfg.AllowAny, Catalog: d.Catalog, OnPromote: cfg.OnPromote, OnAdopted: cfg.OnAdopted, Log: cfg.Log})
+	d.nbd, d.fuse = cfg.SharedNBD, cfg.SharedFUSE
+	if d.nbd == nil {
+		d.nbd = nbd.NewServer(cfg.Log)
+	}
+	if cfg.FUSE != "" && d.fuse == nil {
 		if d.fuse, err = fuse.New(cfg.FUSE, cfg.Log); err != nil {
 			return d, err
 		}
@@ -119,14 +134,19 @@ func Start(cfg Config) (d *Daemon, err error) {
 	d.mu.Lock()
 	committing := d.resumeFailovers()
 	d.mu.Unlock()
-	api := cfg.API
-	if api == "" {
-		api = filepath.Join(cfg.Data, "api.sock")
-	}
-	if d.api, err = daemon.ServeAPI(api, daemon.WithRole("replica", d.handler())); err != nil {
-		return d, err
+	if !cfg.NoAPI {
+		api := cfg.API
+		if api == "" {
+			api = filepath.Join(cfg.Data, "api.sock")
+		}
+		if d.api, err = daemon.ServeAPI(api, daemon.WithRole("replica", d.handler())); err != nil {
+			return d, err
+		}
 	}
 	for _, addr := range cfg.NBD {
+		if cfg.SharedNBD != nil {
+			break
+		}
 		l, err := daemon.Listen(addr)
 		if err != nil {
 			return d, err
@@ -172,7 +192,9 @@ func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.stop)
 		d.wg.Wait()
-		d.api.Close()
+		if d.api != nil {
+			d.api.Close()
+		}
 		d.mu.Lock()
 		for key, t := range d.tests {
 			d.stopTestLocked(key, t)
@@ -181,13 +203,13 @@ func (d *Daemon) Close() error {
 		if d.srv != nil {
 			d.srv.Close()
 		}
-		if d.nbd != nil {
+		if d.nbd != nil && d.cfg.SharedNBD == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			d.nbd.Shutdown(ctx)
 			cancel()
 		}
 		d.servers.Wait()
-		if d.fuse != nil {
+		if d.fuse != nil && d.cfg.SharedFUSE == nil {
 			if err := d.fuse.Unmount(); err != nil {
 				d.log.Warn("replica: unmount", "err", err)
 			}

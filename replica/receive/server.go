@@ -44,8 +44,28 @@ type ServerConfig struct {
 	// still mid-transfer, before the replica gives up on it (default 5
 	// minutes).
 	IdleTimeout time.Duration
-	Log         *slog.Logger
+	// OnPromote, if set, takes a VM over on a planned failover
+	// (wire.Promote): primary is the asking primary's certificate name
+	// and root its storage root. It returns the answer, or an error whose
+	// wire code (PromoteError) tells the primary what to do. Without it
+	// the replica refuses handovers: it holds no primary role.
+	OnPromote func(ctx context.Context, primary, root string, req wire.Promote) (wire.Promoted, error)
+	// OnAdopted, if set, is told that the old primary of a VM promoted
+	// here holds the replica copy now (wire.MsgAdopted): the VM's streams
+	// back to it need not wait for their next retry.
+	OnAdopted func(vm string)
+	Log       *slog.Logger
 }
+
+// PromoteError is a refused handover: Code tells the primary what to do
+// (wire.CodeRetry: ask again later; otherwise the VM stays where it is).
+type PromoteError struct {
+	Code uint16
+	Err  error
+}
+
+func (e *PromoteError) Error() string { return e.Err.Error() }
+func (e *PromoteError) Unwrap() error { return e.Err }
 
 // diskStream is a disk's replication stream on the replica.
 type diskStream struct {
@@ -67,6 +87,9 @@ type StreamInfo struct {
 	// Received counts the frame bytes (decoded) that primaries sent for
 	// the disk since the server started, over all its streams.
 	Received int64
+	// CopyBytes counts the bytes of initial copies received for the
+	// disk since the server started.
+	CopyBytes int64
 }
 
 // Server is a replica: it receives initial copies and records over mutual
@@ -80,7 +103,7 @@ type Server struct {
 	busy    map[string]*diskStream // disk directories with a stream
 	conns   map[net.Conn]struct{}
 	ls      map[net.Listener]struct{}
-	fences  map[string]string // ROOT/VM → why its streams are refused (Fence)
+	fences  map[string]fence // ROOT/VM → why its streams are refused (Fence)
 	closed  bool
 	wg      sync.WaitGroup
 }
@@ -152,16 +175,29 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
+// fence is why a VM's streams are refused, and with which code.
+type fence struct {
+	code uint16
+	why  string
+}
+
 // Fence refuses every stream of the disks of VM under root from now on,
 // with wire.CodeSuperseded and why (the VM failed over here): it closes
 // the streams open now and returns once they let go of their disks, so
 // that nothing applies to them afterwards.
-func (s *Server) Fence(root, vm, why string) {
+func (s *Server) Fence(root, vm, why string) { s.fence(root, vm, fence{wire.CodeSuperseded, why}) }
+
+// FenceRetry is Fence with wire.CodeRetry: the VM's streams are refused
+// for a while (a planned failover is making this host's image the
+// replica copy), and their primary retries.
+func (s *Server) FenceRetry(root, vm, why string) { s.fence(root, vm, fence{wire.CodeRetry, why}) }
+
+func (s *Server) fence(root, vm string, f fence) {
 	s.mu.Lock()
 	if s.fences == nil {
-		s.fences = map[string]string{}
+		s.fences = map[string]fence{}
 	}
-	s.fences[root+"/"+vm] = why
+	s.fences[root+"/"+vm] = f
 	prefix := filepath.Join(s.cfg.Data, root, vm) + string(filepath.Separator)
 	var open []*diskStream
 	for dir, ds := range s.busy {
@@ -289,7 +325,14 @@ func (s *Server) serve(nc net.Conn) {
 		return
 	}
 	c.SetCodec(w.Codec)
-	body, err = wire.Expect(c, wire.MsgOpenDisk)
+	t, body, err := c.ReadFrame()
+	if err == nil && t == wire.MsgPromote {
+		s.promote(c, name, rootName, body, log, fail)
+		return
+	}
+	if err == nil && t != wire.MsgOpenDisk {
+		err = fmt.Errorf("%w: got message %d, want %d", wire.ErrFrame, t, wire.MsgOpenDisk)
+	}
 	if err != nil {
 		fail(wire.CodeBadRequest, err)
 		return
@@ -309,9 +352,9 @@ func (s *Server) serve(nc net.Conn) {
 	defer close(me.done)
 	for {
 		s.mu.Lock()
-		if why, ok := s.fences[rootName+"/"+vm]; ok {
+		if f, ok := s.fences[rootName+"/"+vm]; ok {
 			s.mu.Unlock()
-			fail(wire.CodeSuperseded, errors.New(why))
+			fail(f.code, errors.New(f.why))
 			return
 		}
 		old := s.busy[dir]
@@ -404,6 +447,7 @@ func (s *Server) serve(nc net.Conn) {
 				applyFailed(err)
 				return
 			}
+			s.streamEvent(key, func(si *StreamInfo) { si.CopyBytes += int64(len(body) - 8) })
 			continue // acknowledged by BaseDone
 		case wire.MsgBaseDone:
 			lsn, err := wire.DecodeU64(body)
@@ -452,5 +496,39 @@ func (s *Server) serve(nc net.Conn) {
 		if err := c.Flush(); err != nil {
 			return
 		}
+	}
+}
+
+// promote answers a handover (wire.Promote) through OnPromote.
+func (s *Server) promote(c *wire.Conn, primary, root string, body []byte, log *slog.Logger, fail func(uint16, error)) {
+	req, err := wire.DecodePromote(body)
+	if err != nil {
+		fail(wire.CodeBadRequest, err)
+		return
+	}
+	if s.cfg.OnPromote == nil {
+		fail(wire.CodeBadRequest, errors.New("this replica cannot take a VM over: it runs as a replica only (run vrep host on both hosts for planned failover)"))
+		return
+	}
+	log.Info("replica: asked to take a VM over (planned failover)", "vm", req.VM, "generation", req.Generation)
+	ans, err := s.cfg.OnPromote(context.Background(), primary, root, req)
+	if err != nil {
+		code := wire.CodeBadRequest
+		var pe *PromoteError
+		if errors.As(err, &pe) {
+			code = pe.Code
+		}
+		fail(code, err)
+		return
+	}
+	c.WriteFrame(wire.MsgPromoted, ans.Encode())
+	if err := c.Flush(); err != nil {
+		return
+	}
+	// The old primary now makes its image the replica copy (it merges
+	// its log first: give it time), then says so.
+	t, _, err := c.ReadFrame()
+	if err == nil && t == wire.MsgAdopted && s.cfg.OnAdopted != nil {
+		s.cfg.OnAdopted(req.VM)
 	}
 }

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vrep-io/vrep/internal/host"
+)
+
+func failoverPlannedCmd() *cobra.Command {
+	var a apiFlags
+	var abort bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "planned VM [--timeout 10m] [--abort] [--data DIR | --api SOCKET]",
+		Short: "Planned failover: move a running VM to the other host, nothing lost; replication reverses",
+		Long: `Run on the host daemon (vrep host) where VM runs. Its disks stop taking
+writes (NBD clients are disconnected; FUSE files turn read-only), a final
+point is taken (an app-consistent one first when the VM has quiescers),
+every record is shipped, and once the other host holds them all durable it
+is asked to take the VM over: it serves the disks under their own names
+(VM/DISK over NBD, VM/DISK.img under FUSE), tracked, taking points, and
+replicates them back here. This host's image, identical, becomes the
+replica copy: 0 bytes to resync. Run it again where the VM then runs to
+fail back.
+
+Should the other host not confirm (a network fault), the VM stays
+read-only here, never writable on both hosts: run the command again to ask
+once more, or --abort to give the disks back to their clients here, only
+when the other host surely did not take the VM over.
+
+Exit codes: 1 the VM is unknown, or the other host did not confirm;
+2 bad usage; 4 the VM runs on the other host, a role change of it is under
+way, the replica is not caught up or refused (nothing changed).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q := "/v1/failover/planned?vm=" + url.QueryEscape(args[0]) + "&timeout=" + timeout.String()
+			if abort {
+				q += "&abort=1"
+			}
+			a.timeout = timeout + 30*time.Second
+			var raw map[string]any
+			if abort {
+				if err := a.call("POST", q, &raw); err != nil {
+					return err
+				}
+				if a.json {
+					return printJSON(cmd.OutOrStdout(), raw)
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), raw["message"])
+				return nil
+			}
+			var p host.Planned
+			if err := a.call("POST", q, &p); err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), p)
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "VM %s runs on %s now (generation %d); final point %d (%s)\n", p.VM, p.To, p.Generation, p.Point, p.Kind)
+			fmt.Fprintf(out, "  writes were refused for %.3f s\n", p.WritesRefused)
+			for _, d := range p.Disks {
+				fmt.Fprintf(out, "  %s: every record through LSN %d is on %s; this host's image %s is its replica copy from LSN %d\n", d.Disk, d.Final, p.To, d.Image, d.Base)
+			}
+			if p.ReverseConnected {
+				fmt.Fprintf(out, "  reverse replication from %s connected: %d bytes to resync\n", p.To, p.ResyncBytes)
+			} else {
+				fmt.Fprintf(out, "  reverse replication from %s has not connected yet (vrep status shows it)\n", p.To)
+			}
+			return nil
+		},
+	}
+	a.register(cmd.Flags())
+	a.needs("host", "a planned failover runs on the host daemon (vrep host) where the VM runs")
+	cmd.Flags().BoolVar(&abort, "abort", false, "give the VM back to its clients here after a handover the other host never confirmed")
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "how long to wait for the replica to hold every record")
+	return cmd
+}

@@ -1,0 +1,164 @@
+package replicad
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/vrep-io/vrep/internal/names"
+	"github.com/vrep-io/vrep/replica/receive"
+	"github.com/vrep-io/vrep/replica/store"
+	"github.com/vrep-io/vrep/replica/wire"
+)
+
+// A planned failover moves a VM between the roles of two hosts (vrep
+// host runs both roles in one daemon). On the host that held the
+// replica, ReleaseVM checks that the replica holds every record the
+// primary wrote and stops the VM's streams; the host then moves each
+// image out of the store (store.ReleaseImage), drops what the store
+// kept of the VM (DropVM) and serves it as a primary. On the host that
+// was the primary, AdoptVM makes its images the replica copy at the
+// new primary's first LSN: nothing is copied over the network.
+
+// Handler is the API, for a host daemon that serves it (Config.NoAPI).
+func (d *Daemon) Handler() http.Handler { return d.handler() }
+
+// Fence refuses every stream of vm under root with wire.CodeSuperseded:
+// the VM runs on this host as a primary.
+func (d *Daemon) Fence(root, vm, why string) { d.srv.Fence(root, vm, why) }
+
+// Released is a disk ReleaseVM let go of: its image in the store.
+type Released struct {
+	Key   string // ROOT/VM/DISK
+	Disk  string // VM/DISK
+	Image string
+	Size  int64
+}
+
+// ReleaseVM checks that the replica holds vm's disks (under root) through
+// the LSNs a primary handing it over gives, and fences its streams. On
+// error nothing changed; the error is a *receive.PromoteError telling the
+// primary what to do.
+func (d *Daemon) ReleaseVM(root, vm string, want []wire.HandoverDisk) ([]Released, error) {
+	refuse := func(code uint16, format string, args ...any) error {
+		return &receive.PromoteError{Code: code, Err: fmt.Errorf(format, args...)}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	key := root + "/" + vm
+	if _, ok := d.tests[key]; ok {
+		return nil, refuse(wire.CodeRetry, "a test failover of VM %s runs on the replica; stop it there first (vrep failover test-stop %s)", vm, vm)
+	}
+	if f := d.fos[key]; f != nil {
+		return nil, refuse(wire.CodeSuperseded, "VM %s is failed over on the replica already (%s, generation %d)", vm, f.st.State, f.st.Generation)
+	}
+	all, err := d.Catalog.Disks()
+	if err != nil {
+		return nil, refuse(wire.CodeRetry, "replica: %v", err)
+	}
+	var have []string
+	for _, k := range all {
+		if strings.HasPrefix(k, key+"/") {
+			have = append(have, diskName(k))
+		}
+	}
+	var asked []string
+	for _, w := range want {
+		asked = append(asked, w.Disk)
+	}
+	slices.Sort(have)
+	slices.Sort(asked)
+	if !slices.Equal(have, asked) {
+		return nil, refuse(wire.CodeBadRequest, "the replica holds disks [%s] of VM %s, the primary hands over [%s]",
+			strings.Join(have, " "), vm, strings.Join(asked, " "))
+	}
+	d.srv.Fence(root, vm, fmt.Sprintf("VM %s is being taken over by this host (planned failover)", vm))
+	var out []Released
+	for _, w := range want {
+		_, dname, _ := names.Disk(w.Disk)
+		k := key + "/" + dname
+		h, err := d.Catalog.History(k)
+		if err != nil {
+			d.srv.Unfence(root, vm)
+			return nil, refuse(wire.CodeRetry, "replica: %v", err)
+		}
+		switch {
+		case !h.Seeded:
+			d.srv.Unfence(root, vm)
+			return nil, refuse(wire.CodeResync, "the replica does not hold disk %s yet (initial copy not complete)", w.Disk)
+		case h.Applied < w.LSN:
+			d.srv.Unfence(root, vm)
+			return nil, refuse(wire.CodeResync, "the replica holds disk %s through LSN %d, the primary's log ends at %d: records are missing", w.Disk, h.Applied, w.LSN)
+		case h.Size != w.Size:
+			d.srv.Unfence(root, vm)
+			return nil, refuse(wire.CodeBadRequest, "disk %s is %d bytes on the replica, %d on the primary", w.Disk, h.Size, w.Size)
+		}
+		out = append(out, Released{Key: k, Disk: w.Disk, Image: d.Catalog.ImagePath(k), Size: w.Size})
+	}
+	return out, nil
+}
+
+// DropVM deletes what the store kept of vm under root once its images
+// are moved out: points, history, directories. Idempotent.
+func (d *Daemon) DropVM(root, vm string, disks []string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, disk := range disks {
+		_, dname, _ := names.Disk(disk)
+		if err := store.DropDisk(d.Catalog, root+"/"+vm+"/"+dname); err != nil {
+			return err
+		}
+	}
+	dir := filepath.Join(d.cfg.Data, root, vm)
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	return nil
+}
+
+// Adopted is a disk AdoptVM made the replica copy.
+type Adopted struct {
+	Disk   string `json:"disk"`
+	Image  string `json:"image"`
+	LSN    uint64 `json:"lsn"`
+	Linked bool   `json:"linked"` // hard-linked; false: copied on this host
+}
+
+// AdoptVM makes images the replica copies of vm's disks under root, each
+// at the LSN its new primary's log starts after, and accepts the VM's
+// streams. images maps VM/DISK to its image and size.
+func (d *Daemon) AdoptVM(root, vm string, disks []wire.HandoverDisk, images map[string]string) ([]Adopted, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []Adopted
+	for _, hd := range disks {
+		_, dname, _ := names.Disk(hd.Disk)
+		img := images[hd.Disk]
+		st, err := os.Stat(img)
+		if err != nil {
+			return out, fmt.Errorf("replica: adopting %s: %w", hd.Disk, err)
+		}
+		linked, err := store.Adopt(d.Catalog, root+"/"+vm+"/"+dname, img, st.Size(), hd.LSN)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, Adopted{Disk: hd.Disk, Image: img, LSN: hd.LSN, Linked: linked})
+	}
+	d.srv.Unfence(root, vm)
+	d.log.Info("replica: the VM's images are its replica copy now (planned failover); its new primary replicates to it", "vm", root+"/"+vm)
+	return out, nil
+}
+
+// FenceRetry refuses vm's streams under root with wire.CodeRetry for a
+// while: this host is making its image the replica copy.
+func (d *Daemon) FenceRetry(root, vm, why string) { d.srv.FenceRetry(root, vm, why) }
+
+// Unfence accepts vm's streams under root again (a handover refused).
+func (d *Daemon) Unfence(root, vm string) { d.srv.Unfence(root, vm) }
+
+// Stream is what the replica knows of the stream of the disk
+// ROOT/VM/DISK.
+func (d *Daemon) Stream(key string) receive.StreamInfo { return d.srv.Stream(key) }

@@ -1,0 +1,152 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+
+	"github.com/vrep-io/vrep/internal/names"
+)
+
+// A planned failover hands a VM over on a session of its own: after
+// Welcome, instead of OpenDisk, the primary sends
+//
+//	Promote   JSON of Promote: the VM, its relationship's generation,
+//	          each disk with its size and the LSN the primary's log ends
+//	          at (every record through it acknowledged durable), and the
+//	          address the new primary replicates back to
+//
+// and the replica answers
+//
+//	Promoted  JSON of Promoted: the new generation, and for each disk
+//	          the LSN its new log starts after (the reverse stream ships
+//	          from the next one; the old primary's image is the disk at
+//	          that LSN)
+//
+// then, once the old primary's image is the replica copy, the primary
+// sends Adopted (empty) and closes: the new primary's reverse streams may
+// connect at once rather than at their next retry. An Adopted that never
+// comes changes nothing but that wait.
+//
+// The replica's answer may also be Error (CodeSuperseded when the VM already runs elsewhere at a
+// higher generation, CodeResync when a disk lacks records, CodeRetry
+// when the replica cannot now, CodeBadRequest when it cannot ever). A
+// Promote is idempotent: asked again for the same generation, a replica
+// that promoted the VM answers the same Promoted, so a primary that lost
+// the answer asks again. A replica of an earlier build answers
+// CodeBadRequest for the unknown message: nothing changes.
+
+// Handover messages. Part of the format; do not change.
+const (
+	MsgPromote  MsgType = 19
+	MsgPromoted MsgType = 20
+	MsgAdopted  MsgType = 21
+)
+
+// maxHandover bounds a Promote or Promoted body.
+const maxHandover = 64 << 10
+
+// HandoverDisk is a disk in Promote and Promoted.
+type HandoverDisk struct {
+	Disk string `json:"disk"`           // VM/DISK
+	Size int64  `json:"size,omitempty"` // Promote only
+	LSN  uint64 `json:"lsn"`
+}
+
+// Promote asks the replica to take the VM over.
+type Promote struct {
+	VM         string         `json:"vm"`
+	Generation uint64         `json:"generation"` // the VM's generation on the primary
+	Disks      []HandoverDisk `json:"disks"`
+	// Reverse is where the new primary replicates the VM to: the old
+	// primary's replication listener, host:port.
+	Reverse string `json:"reverse"`
+	// Point is the id of the final point, for the record.
+	Point uint64 `json:"point,string,omitempty"`
+}
+
+// Promoted answers Promote.
+type Promoted struct {
+	Generation uint64         `json:"generation"`
+	Disks      []HandoverDisk `json:"disks"`
+}
+
+// Encode returns the message body.
+func (p Promote) Encode() []byte { b, _ := json.Marshal(p); return b }
+
+// Encode returns the message body.
+func (p Promoted) Encode() []byte { b, _ := json.Marshal(p); return b }
+
+func decodeStrict(b []byte, v any) error {
+	if len(b) > maxHandover {
+		return fmt.Errorf("%w: handover message of %d bytes", ErrFrame, len(b))
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: handover message: %v", ErrFrame, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: handover message: data after the JSON", ErrFrame)
+	}
+	return nil
+}
+
+// checkDisks checks a handover's disk list: each a disk of vm, once.
+func checkDisks(vm string, disks []HandoverDisk, sizes bool) error {
+	if len(disks) == 0 || len(disks) > 256 {
+		return fmt.Errorf("%w: handover of %d disks", ErrFrame, len(disks))
+	}
+	seen := map[string]bool{}
+	for _, d := range disks {
+		v, _, err := names.Disk(d.Disk)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrFrame, err)
+		}
+		if v != vm {
+			return fmt.Errorf("%w: disk %s is not a disk of VM %s", ErrFrame, d.Disk, vm)
+		}
+		if seen[d.Disk] {
+			return fmt.Errorf("%w: disk %s named twice", ErrFrame, d.Disk)
+		}
+		seen[d.Disk] = true
+		if sizes && (d.Size <= 0 || d.Size > 1<<50) {
+			return fmt.Errorf("%w: disk %s of %d bytes", ErrFrame, d.Disk, d.Size)
+		}
+	}
+	return nil
+}
+
+// DecodePromote decodes and checks a Promote body.
+func DecodePromote(b []byte) (Promote, error) {
+	var p Promote
+	if err := decodeStrict(b, &p); err != nil {
+		return Promote{}, err
+	}
+	if err := names.Part(p.VM); err != nil {
+		return Promote{}, fmt.Errorf("%w: %v", ErrFrame, err)
+	}
+	if err := checkDisks(p.VM, p.Disks, true); err != nil {
+		return Promote{}, err
+	}
+	if _, _, err := net.SplitHostPort(p.Reverse); err != nil {
+		return Promote{}, fmt.Errorf("%w: reverse address %q: %v", ErrFrame, p.Reverse, err)
+	}
+	return p, nil
+}
+
+// DecodePromoted decodes and checks a Promoted body for the VM vm.
+func DecodePromoted(b []byte, vm string) (Promoted, error) {
+	var p Promoted
+	if err := decodeStrict(b, &p); err != nil {
+		return Promoted{}, err
+	}
+	if p.Generation == 0 {
+		return Promoted{}, fmt.Errorf("%w: promoted at generation 0", ErrFrame)
+	}
+	if err := checkDisks(vm, p.Disks, false); err != nil {
+		return Promoted{}, err
+	}
+	return p, nil
+}
