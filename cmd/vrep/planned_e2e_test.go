@@ -1,0 +1,295 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vrep-io/vrep/internal/host"
+	"github.com/vrep-io/vrep/internal/nbdclient"
+	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/waitfor"
+	"github.com/vrep-io/vrep/internal/wocheck"
+)
+
+// hostProc is a running `vrep host`.
+type hostProc struct {
+	name, data, sock string
+	cmd              *exec.Cmd
+	done             chan struct{}
+	out              *syncBuffer
+}
+
+// twoHosts makes a CA with certificates for hosta and hostb and the
+// arguments of each host's daemon; hosta runs vm1/disk0 (an image of
+// size bytes) at first.
+type twoHosts struct {
+	dir, pki, img string
+	addr          map[string]string
+	bin           string
+}
+
+func newTwoHosts(t *testing.T, size int64) *twoHosts {
+	dir := t.TempDir()
+	th := &twoHosts{dir: dir, pki: filepath.Join(dir, "pki"), img: filepath.Join(dir, "vm1.img"), bin: vrepBin,
+		addr: map[string]string{"hosta": freePort(t), "hostb": freePort(t)}}
+	vrepRun(t, "cert", "init", "--dir", th.pki)
+	vrepRun(t, "cert", "issue", "--dir", th.pki, "--name", "hosta")
+	vrepRun(t, "cert", "issue", "--dir", th.pki, "--name", "hostb")
+	if err := os.WriteFile(th.img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(th.img, size); err != nil {
+		t.Fatal(err)
+	}
+	return th
+}
+
+// start runs one host's daemon and waits until its API answers.
+func (th *twoHosts) start(t *testing.T, name string, env []string, extra ...string) *hostProc {
+	t.Helper()
+	peer := map[string]string{"hosta": "hostb", "hostb": "hosta"}[name]
+	h := &hostProc{name: name, data: filepath.Join(th.dir, name), sock: filepath.Join(th.dir, name+".sock"),
+		done: make(chan struct{}), out: &syncBuffer{}}
+	args := []string{"host", "--data", h.data, "--name", name, "--tls-dir", th.pki, "--listen", th.addr[name],
+		"--peer", peer + "=" + th.addr[peer], "--nbd", "unix:" + h.sock, "--retry-schedule", "100ms", "--points-every", "500ms"}
+	if name == "hosta" {
+		args = append(args, "--disk", "vm1/disk0="+th.img)
+	}
+	h.cmd = exec.Command(th.bin, append(args, extra...)...)
+	h.cmd.Env = append(os.Environ(), env...)
+	h.cmd.Stderr = daemonLog(t, h.out)
+	if err := h.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { h.cmd.Wait(); close(h.done) }()
+	t.Cleanup(h.kill)
+	waitfor.True(t, "vrep host "+name+" serves its API", func() bool {
+		select {
+		case <-h.done:
+			if len(env) == 0 {
+				t.Fatalf("vrep host %s exited at start:\n%s", name, h.out.String())
+			}
+			return true
+		default:
+		}
+		_, err := os.Stat(filepath.Join(h.data, "api.sock"))
+		return err == nil
+	})
+	return h
+}
+
+func (h *hostProc) kill() {
+	h.cmd.Process.Kill()
+	<-h.done
+}
+
+func (h *hostProc) status(t *testing.T) host.Status {
+	t.Helper()
+	code, out := vrepRun(t, "status", "--data", h.data, "--json")
+	if code != 0 {
+		t.Fatalf("vrep status on %s: exit %d: %s", h.name, code, out)
+	}
+	var st host.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("vrep status on %s: %v\n%s", h.name, err, out)
+	}
+	return st
+}
+
+func roleOf(st host.Status, vm string) string {
+	for _, v := range st.VMs {
+		if v.VM == vm {
+			return v.Role
+		}
+	}
+	return ""
+}
+
+// caughtUp reports whether the primary of vm on h has its initial copy
+// done and every record acknowledged.
+func (h *hostProc) caughtUp(t *testing.T, vm string) bool {
+	st := h.status(t)
+	raw, ok := st.Primaries[vm]
+	if !ok {
+		return false
+	}
+	var ps primary.Status
+	if err := json.Unmarshal(raw, &ps); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ps.Disks {
+		if d.Replication == nil || d.Replication.Initial < 100 || d.Replication.Acked < d.LastLSN {
+			return false
+		}
+	}
+	return len(ps.Disks) > 0
+}
+
+// countingDevice closes reached once n writes were submitted through it.
+type countingDevice struct {
+	wocheck.Device
+	n       *atomic.Int64
+	at      int64
+	reached chan struct{}
+}
+
+func (c *countingDevice) WriteAt(b []byte, off int64) (int, error) {
+	if c.n.Add(1) == c.at {
+		close(c.reached)
+	}
+	return c.Device.WriteAt(b, off)
+}
+
+// writeUntilFailover runs a stamped workload at queue depth 16 over two
+// connections to vm1/disk0 on h, runs failover once 300 writes are
+// under way, and returns the history once the failover cut the
+// workload off (its writes refused, its connections closed).
+func writeUntilFailover(t *testing.T, h *hostProc, run uint32, blocks int64, failover func()) *wocheck.History {
+	t.Helper()
+	var devs []wocheck.Device
+	var n atomic.Int64
+	reached := make(chan struct{})
+	for range 2 {
+		cl, err := nbdclient.Dial("unix", h.sock, "vm1/disk0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		devs = append(devs, &countingDevice{Device: cl, n: &n, at: 300, reached: reached})
+	}
+	w := wocheck.Workload{Disk: 1, Run: run, Blocks: blocks, Seed: uint64(run), FlushEvery: 16, Depth: 16}
+	hist := make(chan *wocheck.History, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { hist <- w.WriteConcurrent(ctx, devs, math.MaxInt) }()
+	select {
+	case <-reached:
+	case hh := <-hist:
+		t.Fatalf("the workload ended after %d operations, before the failover", len(hh.Ops))
+	}
+	failover()
+	select {
+	case hh := <-hist:
+		return hh
+	case <-time.After(waitfor.Patience):
+		cancel()
+		t.Fatal("the workload was not cut off by the failover: its disk still takes writes")
+		return nil
+	}
+}
+
+// plannedFailover runs vrep failover planned on h and decodes its answer.
+func plannedFailover(t *testing.T, h *hostProc, vm string) host.Planned {
+	t.Helper()
+	code, out := vrepRun(t, "failover", "planned", vm, "--data", h.data, "--json")
+	if code != 0 {
+		t.Fatalf("vrep failover planned %s on %s: exit %d: %s", vm, h.name, code, out)
+	}
+	var p host.Planned
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	return p
+}
+
+func readVM(t *testing.T, h *hostProc, blocks int64) wocheck.Image {
+	t.Helper()
+	cl, err := nbdclient.Dial("unix", h.sock, "vm1/disk0")
+	if err != nil {
+		t.Fatalf("vm1/disk0 on %s: %v", h.name, err)
+	}
+	defer cl.Close()
+	img, err := wocheck.ReadImage(cl, blocks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// checkNothingLost checks that after holds every write h acknowledged:
+// a planned failover loses none, flushed or not.
+func checkNothingLost(t *testing.T, what string, before, after wocheck.Image, h *wocheck.History) {
+	t.Helper()
+	rep := wocheck.CheckConcurrentPoint(before, after, h, time.Now())
+	acked := 0
+	for _, op := range h.Ops {
+		if !op.Flush && op.Result == wocheck.OK {
+			acked++
+		}
+	}
+	if !rep.OK() || rep.Lost != 0 {
+		t.Fatalf("%s: %v (%d lost):\n%s", what, rep, rep.Lost, strings.Join(rep.Violations, "\n"))
+	}
+	if acked < 300 {
+		t.Fatalf("%s: only %d writes acknowledged: the workload did not run up to the failover", what, acked)
+	}
+	t.Logf("%s: %d writes, %d acknowledged, all of them on the new primary; 0 lost", what, rep.Writes, acked)
+}
+
+// TestPlannedFailoverAndFailback: two host daemons stand for two hosts.
+// A stamped workload writes to vm1 on hosta right up to a planned
+// failover; hostb then runs vm1 with every acknowledged write (the
+// write-order checker), replicating back with 0 bytes resynced; a second
+// workload on hostb runs up to the failback, and hosta runs vm1 again
+// with every write of both.
+func TestPlannedFailoverAndFailback(t *testing.T) {
+	const size = 16 << 20
+	const blocks = size / wocheck.BlockSize
+	th := newTwoHosts(t, size)
+	a := th.start(t, "hosta", nil)
+	b := th.start(t, "hostb", nil)
+	waitfor.True(t, "hosta's initial copy of vm1 on hostb", func() bool { return a.caughtUp(t, "vm1") })
+
+	// Bad input first: nothing changes.
+	if code, out := vrepRun(t, "failover", "planned", "vm9", "--data", a.data); code != exitError || !strings.Contains(out, "vm9") {
+		t.Fatalf("planned failover of an unknown VM: exit %d: %s", code, out)
+	}
+	if code, out := vrepRun(t, "failover", "planned", "vm1", "--data", b.data); code != exitError || !strings.Contains(out, "no VM") {
+		t.Fatalf("planned failover where the VM is only a replica: exit %d: %s", code, out)
+	}
+
+	zero := make(wocheck.Image, blocks)
+	var p host.Planned
+	h1 := writeUntilFailover(t, a, 1, blocks, func() { p = plannedFailover(t, a, "vm1") })
+	if p.To != "hostb" || p.Generation != 2 || !p.ReverseConnected || p.ResyncBytes != 0 || p.WritesRefused <= 0 {
+		t.Fatalf("planned failover answered %+v", p)
+	}
+	t.Logf("failover to hostb: writes refused for %.3f s, reverse replication connected, %d bytes resynced", p.WritesRefused, p.ResyncBytes)
+	if r := roleOf(a.status(t), "vm1"); r != host.RoleReplica {
+		t.Fatalf("hosta's role for vm1 after the failover: %q", r)
+	}
+	if r := roleOf(b.status(t), "vm1"); r != host.RolePrimary {
+		t.Fatalf("hostb's role for vm1 after the failover: %q", r)
+	}
+	if cl, err := nbdclient.Dial("unix", a.sock, "vm1/disk0"); err == nil {
+		cl.Close()
+		t.Fatal("hosta still serves vm1/disk0 after the failover")
+	}
+	onB := readVM(t, b, blocks)
+	checkNothingLost(t, "failover to hostb", zero, onB, h1)
+
+	// Back: the reverse stream must have carried hostb's writes.
+	waitfor.True(t, "hostb's vm1 replicated back to hosta", func() bool { return b.caughtUp(t, "vm1") })
+	var back host.Planned
+	h2 := writeUntilFailover(t, b, 2, blocks, func() { back = plannedFailover(t, b, "vm1") })
+	if back.To != "hosta" || back.Generation != 3 || back.ResyncBytes != 0 {
+		t.Fatalf("failback answered %+v", back)
+	}
+	onA := readVM(t, a, blocks)
+	checkNothingLost(t, "failback to hosta", onB, onA, h2)
+	if r := roleOf(a.status(t), "vm1"); r != host.RolePrimary {
+		t.Fatalf("hosta's role for vm1 after the failback: %q", r)
+	}
+	// hosta serves vm1 from the image its --disk names.
+	if got := back.Disks[0].Image; !strings.HasSuffix(got, filepath.Join("hostb", "images", "vm1", "disk0.img")) {
+		t.Fatalf("hostb keeps its copy at %s", got)
+	}
+}
