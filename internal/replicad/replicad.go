@@ -118,6 +118,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	}
 	d.mu.Lock()
 	committing := d.resumeFailovers()
+	d.undoHalfGroupsLocked()
 	d.mu.Unlock()
 	api := cfg.API
 	if api == "" {
