@@ -307,6 +307,7 @@ func (d *Daemon) handler() http.Handler {
 			func() (any, error) { return d.CommitGroupFailover(spec) })
 		answer(w, info, err)
 	})
+	d.planRoutes(mux, answer)
 	return mux
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/plan"
 	"github.com/vrep-io/vrep/nbd"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/receive"
@@ -44,6 +45,11 @@ type Config struct {
 	// Events, if set, records the daemon's events; the API serves them.
 	Events *events.Recorder
 	Log    *slog.Logger
+	// Planned, if set, runs a planned failover of a VM or consistency
+	// group (where it is primary), returning once it runs on the other
+	// host: what a recovery plan's --planned run calls. Unset, such runs
+	// are refused as not available in this build.
+	Planned func(ctx context.Context, target string) error
 }
 
 // Daemon is a running replica.
@@ -58,6 +64,7 @@ type Daemon struct {
 	nbd     *nbd.Server
 	fuse    *fuse.Mount
 	api     *daemon.API
+	plans   *plan.Engine // recovery plans (plan.go)
 
 	// mu is held by test and failover operations, some of which take
 	// long (a commit rolls back and folds whole disks).
@@ -120,6 +127,11 @@ func Start(cfg Config) (d *Daemon, err error) {
 	committing := d.resumeFailovers()
 	d.undoHalfGroupsLocked()
 	d.mu.Unlock()
+	// Before the API: a plan a restart interrupted resumes or stops
+	// before anyone can ask about it.
+	if d.plans, err = plan.Open(filepath.Join(cfg.Data, "plans"), planOps{d}, cfg.Log); err != nil {
+		return d, err
+	}
 	api := cfg.API
 	if api == "" {
 		api = filepath.Join(cfg.Data, "api.sock")
@@ -172,6 +184,9 @@ func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.ser
 func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.stop)
+		if d.plans != nil {
+			d.plans.Close()
+		}
 		d.wg.Wait()
 		d.api.Close()
 		d.mu.Lock()
