@@ -24,7 +24,7 @@ type fakeOps struct {
 }
 
 func (f *fakeOps) Members(target string) ([]string, error) { return []string{target}, nil }
-func (f *fakeOps) Check(string, Mode, string) error          { return nil }
+func (f *fakeOps) Check(string, Mode, string) error        { return nil }
 func (f *fakeOps) StartTest(_ context.Context, target, _ string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
