@@ -78,6 +78,11 @@ func (e *daemonError) Error() string { return e.msg }
 
 // call makes one API request and decodes the JSON answer into out.
 func (a *apiFlags) call(method, path string, out any) error {
+	return a.callBody(method, path, nil, out)
+}
+
+// callBody is call with a request body.
+func (a *apiFlags) callBody(method, path string, body io.Reader, out any) error {
 	sock, err := a.socket()
 	if err != nil {
 		return err
@@ -93,14 +98,14 @@ func (a *apiFlags) call(method, path string, out any) error {
 			return d.DialContext(ctx, "unix", sock)
 		}},
 	}
-	req, _ := http.NewRequest(method, "http://vrep"+path, nil)
+	req, _ := http.NewRequest(method, "http://vrep"+path, body)
 	req.Header.Set(host.WantRoleHeader, a.want)
 	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the daemon at %s (is the daemon running?): %w", sock, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return err
 	}
@@ -109,7 +114,7 @@ func (a *apiFlags) call(method, path string, out any) error {
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if json.Unmarshal(answer, &e) == nil && e.Error != "" {
 			return &daemonError{resp.StatusCode, e.Error}
 		}
 		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
@@ -117,7 +122,7 @@ func (a *apiFlags) call(method, path string, out any) error {
 		}
 		return &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
 	}
-	return json.Unmarshal(body, out)
+	return json.Unmarshal(answer, out)
 }
 
 // printJSON writes v as indented JSON, for --json.

@@ -89,7 +89,7 @@ func failoverCmd() *cobra.Command {
 	var a apiFlags
 	var point string
 	test := &cobra.Command{
-		Use:   "test VM [--point ID] [--data DIR | --api SOCKET]",
+		Use:   "test VM|GROUP [--point ID] [--data DIR | --api SOCKET]",
 		Short: "Start a test failover: a writable copy of a point, while replication goes on",
 		Long: `Serves every disk of VM, as it was at a recovery point (default the newest),
 as a writable copy-on-write overlay: NBD export VM/DISK-test on the
@@ -107,11 +107,16 @@ vrep failover test-stop VM, which discards the test's writes.`,
 				q += "&point=" + point
 			}
 			var t replicad.TestInfo
-			if err := a.call("POST", q, &t); err != nil {
+			gi, err := a.callVMOrGroup("POST", q, &t)
+			if err != nil {
 				return err
 			}
 			if a.json {
-				return printJSON(cmd.OutOrStdout(), t)
+				return printJSON(cmd.OutOrStdout(), orGroup(gi, t))
+			}
+			if gi != nil {
+				printGroup(cmd.OutOrStdout(), "test failovers started", gi)
+				return nil
 			}
 			printTest(cmd.OutOrStdout(), "test failover of "+t.VM+" started", t)
 			return nil
@@ -123,7 +128,7 @@ vrep failover test-stop VM, which discards the test's writes.`,
 	var sa apiFlags
 	var force bool
 	stop := &cobra.Command{
-		Use:   "test-stop VM [--force] [--data DIR | --api SOCKET]",
+		Use:   "test-stop VM|GROUP [--force] [--data DIR | --api SOCKET]",
 		Short: "Stop a test failover and discard what was written to it",
 		Long: `Stops a test failover: its NBD exports and files go, the test's writes are
 discarded and its point is no longer held. While a client still holds a
@@ -138,11 +143,16 @@ clients are disconnected and the open files answer I/O errors.`,
 			if force {
 				q += "&force=1"
 			}
-			if err := sa.call("POST", q, &t); err != nil {
+			gi, err := sa.callVMOrGroup("POST", q, &t)
+			if err != nil {
 				return err
 			}
 			if sa.json {
-				return printJSON(cmd.OutOrStdout(), t)
+				return printJSON(cmd.OutOrStdout(), orGroup(gi, t))
+			}
+			if gi != nil {
+				printGroup(cmd.OutOrStdout(), "test failovers stopped; their writes are discarded", gi)
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "test failover of %s stopped; its writes are discarded and point %d is no longer held\n", t.VM, t.Point.ID)
 			return nil
@@ -159,7 +169,7 @@ func failoverStartCmd() *cobra.Command {
 	var a apiFlags
 	var point string
 	cmd := &cobra.Command{
-		Use:   "start VM [--point ID|latest|latest-app] [--data DIR | --api SOCKET]",
+		Use:   "start VM|GROUP [--point ID|latest|latest-app] [--data DIR | --api SOCKET]",
 		Short: "Unplanned failover: serve a point as the VM's writable disks, on the replica",
 		Long: `Run on the replica when the primary is gone. Serves every disk of VM, as it
 was at the point (default latest; latest-app: the newest app-consistent
@@ -174,7 +184,12 @@ its points are dropped) or vrep failover cancel VM (discard what was
 written, replicate again with every point intact, e.g. to try another
 point). Exit codes: 1 unknown VM, no point, or a point that does not exist
 or was pruned; 2 a bad point; 4 a test failover of the VM runs, or a
-failover of it is already in progress or committed.`,
+failover of it is already in progress or committed.
+
+A consistency group's name (the primary's --group NAME=VM,...) in place of
+VM fails every VM of the group over to their newest shared point (or the
+one given), all or none; cancel, commit, test and test-stop take a group's
+name too. A VM's name wins over a group's of the same name.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			q := "/v1/failover/start?vm=" + url.QueryEscape(args[0])
@@ -185,13 +200,19 @@ failover of it is already in progress or committed.`,
 				q += "&point=" + url.QueryEscape(point)
 			}
 			var f replicad.FailoverInfo
-			if err := a.call("POST", q, &f); err != nil {
+			gi, err := a.callVMOrGroup("POST", q, &f)
+			if err != nil {
 				return err
 			}
 			if a.json {
-				return printJSON(cmd.OutOrStdout(), f)
+				return printJSON(cmd.OutOrStdout(), orGroup(gi, f))
 			}
-			printFailover(cmd.OutOrStdout(), f)
+			if gi != nil {
+				printGroup(cmd.OutOrStdout(), "every VM failed over", gi)
+				f.ServingSeconds = gi.ServingSeconds
+			} else {
+				printFailover(cmd.OutOrStdout(), f)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "  serving after %.3f s; commit with vrep failover commit %s, or cancel with vrep failover cancel %s\n",
 				f.ServingSeconds, args[0], args[0])
 			return nil
@@ -207,7 +228,7 @@ func failoverCancelCmd() *cobra.Command {
 	var a apiFlags
 	var force bool
 	cmd := &cobra.Command{
-		Use:   "cancel VM [--force] [--data DIR | --api SOCKET]",
+		Use:   "cancel VM|GROUP [--force] [--data DIR | --api SOCKET]",
 		Short: "Cancel a failover: discard what was written, replicate again with every point intact",
 		Long: `Stops serving the failed-over disks of VM and discards what was written to
 them; the replica image and every point are exactly as before the failover,
@@ -223,11 +244,16 @@ cancelled (exit code 4); a VM that is not failed over is exit code 1.`,
 				q += "&force=1"
 			}
 			var f replicad.FailoverInfo
-			if err := a.call("POST", q, &f); err != nil {
+			gi, err := a.callVMOrGroup("POST", q, &f)
+			if err != nil {
 				return err
 			}
 			if a.json {
-				return printJSON(cmd.OutOrStdout(), f)
+				return printJSON(cmd.OutOrStdout(), orGroup(gi, f))
+			}
+			if gi != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "failover of consistency group %s cancelled: what was written is discarded; its VMs replicate again with every point intact\n", gi.Group)
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "failover of %s cancelled: what was written is discarded; it replicates again with every point intact\n", f.VM)
 			return nil
@@ -242,7 +268,7 @@ cancelled (exit code 4); a VM that is not failed over is exit code 1.`,
 func failoverCommitCmd() *cobra.Command {
 	var a apiFlags
 	cmd := &cobra.Command{
-		Use:   "commit VM [--data DIR | --api SOCKET]",
+		Use:   "commit VM|GROUP [--data DIR | --api SOCKET]",
 		Short: "Commit a failover: the VM runs on the replica for good; its points are dropped",
 		Long: `Keeps the failed-over VM's disks as they run: the replica image is brought
 back to the point, what was written since is folded into it, and the disks
@@ -254,11 +280,16 @@ failed over is exit code 1; one already committed, exit code 4.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var f replicad.FailoverInfo
-			if err := a.call("POST", "/v1/failover/commit?vm="+url.QueryEscape(args[0]), &f); err != nil {
+			gi, err := a.callVMOrGroup("POST", "/v1/failover/commit?vm="+url.QueryEscape(args[0]), &f)
+			if err != nil {
 				return err
 			}
 			if a.json {
-				return printJSON(cmd.OutOrStdout(), f)
+				return printJSON(cmd.OutOrStdout(), orGroup(gi, f))
+			}
+			if gi != nil {
+				printGroup(cmd.OutOrStdout(), "committed", gi)
+				return nil
 			}
 			printFailover(cmd.OutOrStdout(), f)
 			return nil

@@ -36,6 +36,10 @@ const (
 	CommitHistoryDropped = "commit-history-dropped" // points and undo dropped, Committed not yet persisted
 )
 
+// PlanStepDone: a recovery plan's step finished and its result was
+// persisted; the next step not yet begun (not in All).
+const PlanStepDone = "plan-step-done"
+
 // Failover lists the failover's points, in the order a commit passes
 // them.
 var Failover = []string{FailoverStateSaved, CommitRolledBack, CommitFolded, CommitSwitched, CommitHistoryDropped}

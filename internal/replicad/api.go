@@ -33,7 +33,9 @@ import (
 //	POST /v1/failover/commit?vm=VM          FailoverInfo
 //
 // VM is "VM", or "ROOT/VM" when several primaries replicate a VM of that
-// name. Errors are {"error": "one sentence"} with a 4xx or 5xx status.
+// name. In the failover calls it may also name a consistency group
+// (GROUP or ROOT/GROUP; a VM's name wins): they then act on every VM of
+// the group and answer a GroupInfo (its "group" field tells it apart). Errors are {"error": "one sentence"} with a 4xx or 5xx status.
 
 // Status is GET /v1/status.
 type Status struct {
@@ -276,25 +278,36 @@ func (d *Daemon) handler() http.Handler {
 				return
 			}
 		}
-		info, err := d.StartTest(r.URL.Query().Get("vm"), id)
+		spec := r.URL.Query().Get("vm")
+		info, err := d.vmOrGroup(spec, func() (any, error) { return d.StartTest(spec, id) },
+			func() (any, error) { return d.StartGroupTest(spec, id) })
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/test-stop", func(w http.ResponseWriter, r *http.Request) {
-		info, err := d.StopTest(r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1")
+		spec, force := r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1"
+		info, err := d.vmOrGroup(spec, func() (any, error) { return d.StopTest(spec, force) },
+			func() (any, error) { return d.StopGroupTest(spec, force) })
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/start", func(w http.ResponseWriter, r *http.Request) {
-		info, err := d.StartFailover(r.URL.Query().Get("vm"), r.URL.Query().Get("point"))
+		spec, point := r.URL.Query().Get("vm"), r.URL.Query().Get("point")
+		info, err := d.vmOrGroup(spec, func() (any, error) { return d.StartFailover(spec, point) },
+			func() (any, error) { return d.StartGroupFailover(spec, point) })
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/cancel", func(w http.ResponseWriter, r *http.Request) {
-		info, err := d.CancelFailover(r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1")
+		spec, force := r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1"
+		info, err := d.vmOrGroup(spec, func() (any, error) { return d.CancelFailover(spec, force) },
+			func() (any, error) { return d.CancelGroupFailover(spec, force) })
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/commit", func(w http.ResponseWriter, r *http.Request) {
-		info, err := d.CommitFailover(r.URL.Query().Get("vm"))
+		spec := r.URL.Query().Get("vm")
+		info, err := d.vmOrGroup(spec, func() (any, error) { return d.CommitFailover(spec) },
+			func() (any, error) { return d.CommitGroupFailover(spec) })
 		answer(w, info, err)
 	})
+	d.planRoutes(mux, answer)
 	return mux
 }
 

@@ -41,13 +41,8 @@ func (d *Daemon) StartTest(spec string, id uint64) (TestInfo, error) {
 	slices.Sort(keys)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if f := d.fos[root+"/"+vm]; f != nil {
-		return TestInfo{}, conflict("VM %s is failed over (%s); a test failover waits until it is cancelled", vm, strings.ToLower(f.st.State))
-	}
-	for k := range d.tests {
-		if strings.HasSuffix(k, "/"+vm) {
-			return TestInfo{}, conflict("a test failover of VM %s is already running; stop it first with vrep failover test-stop %s", vm, spec)
-		}
+	if err := d.canTestLocked(root, vm, spec); err != nil {
+		return TestInfo{}, err
 	}
 	pts, err := d.points(keys)
 	if err != nil {
@@ -64,6 +59,25 @@ func (d *Daemon) StartTest(spec string, id uint64) (TestInfo, error) {
 		}
 		p = pts[i]
 	}
+	return d.startTestLocked(root, vm, keys, p)
+}
+
+// canTestLocked says why VM cannot start a test failover now (it is
+// failed over, or a test of it runs), or nil.
+func (d *Daemon) canTestLocked(root, vm, spec string) error {
+	if f := d.fos[root+"/"+vm]; f != nil {
+		return conflict("VM %s is failed over (%s); a test failover waits until it is cancelled", vm, strings.ToLower(f.st.State))
+	}
+	for k := range d.tests {
+		if strings.HasSuffix(k, "/"+vm) {
+			return conflict("a test failover of VM %s is already running; stop it first with vrep failover test-stop %s", vm, spec)
+		}
+	}
+	return nil
+}
+
+// startTestLocked starts a test failover of VM at p.
+func (d *Daemon) startTestLocked(root, vm string, keys []string, p VMPoint) (TestInfo, error) {
 	t := &test{info: TestInfo{VM: root + "/" + vm, Point: p, Started: time.Now().Format(time.RFC3339)}}
 	for _, k := range keys {
 		td, err := d.startTestDisk(k, p.LSNs[diskName(k)])

@@ -229,6 +229,7 @@ func choosePoint(pts []VMPoint, spec, vm string) (VMPoint, error) {
 
 // StartFailover fails VM over to a point ("latest", "latest-app" or an
 // id): its disks are served writable, tracked, under their own names.
+// A consistency group's name fails every VM of the group over (group.go).
 func (d *Daemon) StartFailover(spec, point string) (FailoverInfo, error) {
 	t0 := time.Now()
 	root, vm, keys, err := d.vmDisks(spec)
@@ -238,15 +239,8 @@ func (d *Daemon) StartFailover(spec, point string) (FailoverInfo, error) {
 	slices.Sort(keys)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	key := root + "/" + vm
-	if _, ok := d.tests[key]; ok {
-		return FailoverInfo{}, conflict("a test failover of VM %s runs; stop it first: vrep failover test-stop %s", vm, spec)
-	}
-	if f := d.fos[key]; f != nil {
-		if f.st.State == stCommitted {
-			return FailoverInfo{}, conflict("VM %s is already failed over and committed (generation %d); it runs here now", vm, f.st.Generation)
-		}
-		return FailoverInfo{}, conflict("a failover of VM %s is already in progress (%s at point %d); commit or cancel it first", vm, f.st.State, f.st.Point.ID)
+	if err := d.canFailOverLocked(root, vm, spec); err != nil {
+		return FailoverInfo{}, err
 	}
 	pts, err := d.points(keys)
 	if err != nil {
@@ -256,20 +250,53 @@ func (d *Daemon) StartFailover(spec, point string) (FailoverInfo, error) {
 	if err != nil {
 		return FailoverInfo{}, err
 	}
-	prev, err := readFoState(d.cfg.Data, root, vm)
+	f, err := d.failOverLocked(root, vm, keys, p, nil)
 	if err != nil {
 		return FailoverInfo{}, err
 	}
+	info := d.foInfo(f)
+	info.ServingSeconds = time.Since(t0).Seconds()
+	d.log.Info("replica: failed over: the VM's disks are served writable at the point; commit or cancel", "vm", f.key,
+		"point", p.ID, "kind", p.Kind, "point_time", p.Time.Format(time.RFC3339), "generation", f.st.Generation,
+		"exports", strings.Join(info.Exports, ","), "took", time.Since(t0))
+	return info, nil
+}
+
+// canFailOverLocked says why VM cannot fail over now (a test failover of
+// it runs, or a failover of it is under way or committed), or nil.
+func (d *Daemon) canFailOverLocked(root, vm, spec string) error {
+	key := root + "/" + vm
+	if _, ok := d.tests[key]; ok {
+		return conflict("a test failover of VM %s runs; stop it first: vrep failover test-stop %s", vm, spec)
+	}
+	if f := d.fos[key]; f != nil {
+		if f.st.State == stCommitted {
+			return conflict("VM %s is already failed over and committed (generation %d); it runs here now", vm, f.st.Generation)
+		}
+		return conflict("a failover of VM %s is already in progress (%s at point %d); commit or cancel it first", vm, f.st.State, f.st.Point.ID)
+	}
+	return nil
+}
+
+// failOverLocked fails VM over to p: the state and the raised generation
+// are persisted (with extra, if any), then its disks served. On error
+// nothing is left served and the state says Replicating again.
+func (d *Daemon) failOverLocked(root, vm string, keys []string, p VMPoint, extra map[string]string) (*failover, error) {
+	key := root + "/" + vm
+	prev, err := readFoState(d.cfg.Data, root, vm)
+	if err != nil {
+		return nil, err
+	}
 	f := &failover{key: key, root: root, vm: vm, st: foState{State: stFailedOver, Generation: prev.Generation + 1,
-		Point: p, Disks: keys, Started: time.Now()}}
+		Point: p, Disks: keys, Started: time.Now(), Extra: extra}}
 	for _, k := range keys {
 		if err := os.RemoveAll(filepath.Join(d.cfg.Data, filepath.FromSlash(k), "failover")); err != nil {
-			return FailoverInfo{}, fmt.Errorf("replica: %w", err)
+			return nil, fmt.Errorf("replica: %w", err)
 		}
 	}
 	// The state and the generation first: a restart serves what it says.
 	if err := d.saveFoState(f); err != nil {
-		return FailoverInfo{}, err
+		return nil, err
 	}
 	faultpoint.Hit(faultpoint.FailoverStateSaved)
 	if err := d.serveFailover(f, true); err != nil {
@@ -280,16 +307,11 @@ func (d *Daemon) StartFailover(spec, point string) (FailoverInfo, error) {
 		} else {
 			d.srv.Unfence(root, vm)
 		}
-		return FailoverInfo{}, err
+		return nil, err
 	}
 	d.fos[key] = f
 	d.publishLocked()
-	info := d.foInfo(f)
-	info.ServingSeconds = time.Since(t0).Seconds()
-	d.log.Info("replica: failed over: the VM's disks are served writable at the point; commit or cancel", "vm", key,
-		"point", p.ID, "kind", p.Kind, "point_time", p.Time.Format(time.RFC3339), "generation", f.st.Generation,
-		"exports", strings.Join(info.Exports, ","), "took", time.Since(t0))
-	return info, nil
+	return f, nil
 }
 
 // serveFailover fences the VM's streams and serves its disks as its state
@@ -414,6 +436,11 @@ func (d *Daemon) CancelFailover(spec string, force bool) (FailoverInfo, error) {
 	if err != nil {
 		return FailoverInfo{}, err
 	}
+	return d.cancelLocked(f, spec, force)
+}
+
+// cancelLocked cancels failover f (see CancelFailover).
+func (d *Daemon) cancelLocked(f *failover, spec string, force bool) (FailoverInfo, error) {
 	if f.err != "" {
 		// The state could not be read at start: nothing is served, the
 		// VM's streams are refused. Only the operator knows whether the

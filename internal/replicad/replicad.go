@@ -17,6 +17,7 @@ import (
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/plan"
 	"github.com/vrep-io/vrep/nbd"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/receive"
@@ -55,7 +56,12 @@ type Config struct {
 	// receive.ServerConfig); nil: handovers are refused.
 	OnPromote func(ctx context.Context, primary, root string, req wire.Promote) (wire.Promoted, error)
 	OnAdopted func(vm string)
-	Log       *slog.Logger
+	// Planned, if set, runs a planned failover of a VM or consistency
+	// group (where it is primary), returning once it runs on the other
+	// host: what a recovery plan's --planned run calls. Unset, such runs
+	// are refused as not available in this build.
+	Planned func(ctx context.Context, target string) error
+	Log     *slog.Logger
 }
 
 // Daemon is a running replica.
@@ -70,6 +76,7 @@ type Daemon struct {
 	nbd     *nbd.Server
 	fuse    *fuse.Mount
 	api     *daemon.API
+	plans   *plan.Engine // recovery plans (plan.go)
 
 	// mu is held by test and failover operations, some of which take
 	// long (a commit rolls back and folds whole disks).
@@ -133,7 +140,13 @@ func Start(cfg Config) (d *Daemon, err error) {
 	}
 	d.mu.Lock()
 	committing := d.resumeFailovers()
+	d.undoHalfGroupsLocked()
 	d.mu.Unlock()
+	// Before the API: a plan a restart interrupted resumes or stops
+	// before anyone can ask about it.
+	if d.plans, err = plan.Open(filepath.Join(cfg.Data, "plans"), planOps{d}, cfg.Log); err != nil {
+		return d, err
+	}
 	if !cfg.NoAPI {
 		api := cfg.API
 		if api == "" {
@@ -191,6 +204,9 @@ func (d *Daemon) Wait(ctx context.Context) error { return daemon.Wait(ctx, d.ser
 func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.stop)
+		if d.plans != nil {
+			d.plans.Close()
+		}
 		d.wg.Wait()
 		if d.api != nil {
 			d.api.Close()
