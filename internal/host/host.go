@@ -197,6 +197,17 @@ func Start(cfg Config) (h *Host, err error) {
 	rc.Allow, rc.AllowAny = map[string]string{cfg.Peer: ""}, false
 	rc.SharedNBD, rc.SharedFUSE, rc.NoAPI = h.nbd, h.fuse, true
 	rc.OnPromote, rc.OnAdopted, rc.Events, rc.Log = h.onPromote, h.onAdopted, cfg.Events, cfg.Log
+	rc.Planned = func(ctx context.Context, target string) error {
+		_, err := h.PlannedFailover(ctx, target, false)
+		return err
+	}
+	rc.PlannedVMs = func(target string) ([]string, bool, error) {
+		r, ok := h.role(target)
+		if !ok {
+			return nil, false, fmt.Errorf("no VM %q on this host", target)
+		}
+		return []string{target}, r.Role == RoleReplica && r.Step == "", nil
+	}
 	if h.rep, err = replicad.Start(rc); err != nil {
 		return h, err
 	}

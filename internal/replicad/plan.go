@@ -54,6 +54,12 @@ func (o planOps) members(target string) ([]string, *group, error) {
 
 func (o planOps) Members(target string) ([]string, error) {
 	vms, _, err := o.members(target)
+	if err != nil && o.d.cfg.PlannedVMs != nil {
+		// A VM the host daemon runs (a planned run moves it away).
+		if v, _, perr := o.d.cfg.PlannedVMs(target); perr == nil {
+			return v, nil
+		}
+	}
 	return vms, err
 }
 
@@ -142,6 +148,11 @@ func (o planOps) Failover(ctx context.Context, target, point string) error {
 }
 
 func (o planOps) FailedOver(target string) bool {
+	if o.d.cfg.PlannedVMs != nil {
+		if _, moved, err := o.d.cfg.PlannedVMs(target); err == nil {
+			return moved
+		}
+	}
 	vms, _, err := o.members(target)
 	if err != nil {
 		return false

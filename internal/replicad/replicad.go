@@ -61,6 +61,10 @@ type Config struct {
 	// host: what a recovery plan's --planned run calls. Unset, such runs
 	// are refused as not available in this build.
 	Planned func(ctx context.Context, target string) error
+	// PlannedVMs, with Planned, names the VMs a planned failover of
+	// target moves (a VM the host daemon runs) and whether they moved
+	// already; an error when the host runs no such VM.
+	PlannedVMs func(target string) (vms []string, moved bool, err error)
 	Log     *slog.Logger
 }
 
