@@ -65,7 +65,7 @@ type Config struct {
 	// target moves (a VM the host daemon runs) and whether they moved
 	// already; an error when the host runs no such VM.
 	PlannedVMs func(target string) (vms []string, moved bool, err error)
-	Log     *slog.Logger
+	Log        *slog.Logger
 }
 
 // Daemon is a running replica.
