@@ -14,6 +14,7 @@ import (
 
 	"github.com/vrep-io/vrep/internal/host"
 	"github.com/vrep-io/vrep/internal/nbdclient"
+	"github.com/vrep-io/vrep/internal/plan"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/waitfor"
 	"github.com/vrep-io/vrep/internal/wocheck"
@@ -278,8 +279,42 @@ func TestPlannedFailoverAndFailback(t *testing.T) {
 
 	// Back: the reverse stream must have carried hostb's writes.
 	waitfor.True(t, "hostb's vm1 replicated back to hosta", func() bool { return b.caughtUp(t, "vm1") })
-	var back host.Planned
-	h2 := writeUntilFailover(t, b, 2, blocks, func() { back = plannedFailover(t, b, "vm1") })
+	// The failback runs as a recovery plan's planned run (issue 19): a
+	// script before the VM's group, the planned failover, a script after.
+	order := filepath.Join(th.dir, "order")
+	planFile := filepath.Join(th.dir, "back.yaml")
+	script := func(word string) string { return "echo " + word + " >> " + order }
+	os.WriteFile(planFile, []byte(`name: back
+groups:
+  - name: app
+    vms: [vm1]
+    before:
+      - script: /bin/sh
+        args: ["-c", "`+script("before")+`"]
+    after:
+      - script: /bin/sh
+        args: ["-c", "`+script("after")+`"]
+`), 0o644)
+	h2 := writeUntilFailover(t, b, 2, blocks, func() {
+		if code, out := vrepRun(t, "plan", "run", planFile, "--planned", "--data", b.data); code != 0 {
+			t.Fatalf("plan run --planned: exit %d: %s", code, out)
+		}
+		waitfor.True(t, "the planned run of plan back completes", func() bool {
+			var r plan.Run
+			code, out := vrepRun(t, "plan", "status", "back", "--json", "--data", b.data)
+			if code != 0 || json.Unmarshal([]byte(out), &r) != nil {
+				t.Fatalf("plan status back: %d %s", code, out)
+			}
+			if r.State == plan.Failed || r.State == plan.Interrupted {
+				t.Fatalf("the planned run stopped: %s", r.Reason)
+			}
+			return r.State == plan.Completed
+		})
+	})
+	if got, _ := os.ReadFile(order); string(got) != "before\nafter\n" {
+		t.Fatalf("the plan's scripts ran: %q", got)
+	}
+	back := *b.status(t).VMs[0].Last
 	if back.To != "hosta" || back.Generation != 3 || back.ResyncBytes != 0 {
 		t.Fatalf("failback answered %+v", back)
 	}
