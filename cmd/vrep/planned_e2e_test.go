@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/host"
 	"github.com/vrep-io/vrep/internal/nbdclient"
 	"github.com/vrep-io/vrep/internal/plan"
@@ -64,7 +65,11 @@ func (th *twoHosts) start(t *testing.T, name string, env []string, extra ...stri
 	if name == "hosta" {
 		args = append(args, "--disk", "vm1/disk0="+th.img)
 	}
-	h.cmd = exec.Command(th.bin, append(args, extra...)...)
+	bin := th.bin
+	if len(env) > 0 {
+		bin = faultBin(t) // a fault point armed
+	}
+	h.cmd = exec.Command(bin, append(args, extra...)...)
 	h.cmd.Env = append(os.Environ(), env...)
 	h.cmd.Stderr = daemonLog(t, h.out)
 	if err := h.cmd.Start(); err != nil {
@@ -81,8 +86,8 @@ func (th *twoHosts) start(t *testing.T, name string, env []string, extra ...stri
 			return true
 		default:
 		}
-		_, err := os.Stat(filepath.Join(h.data, "api.sock"))
-		return err == nil
+		code, _ := vrepRun(t, "status", "--data", h.data)
+		return code == 0
 	})
 	return h
 }
@@ -326,5 +331,89 @@ groups:
 	// hosta serves vm1 from the image its --disk names.
 	if got := back.Disks[0].Image; !strings.HasSuffix(got, filepath.Join("hostb", "images", "vm1", "disk0.img")) {
 		t.Fatalf("hostb keeps its copy at %s", got)
+	}
+}
+
+// TestPlannedFailoverKilledAtEachStep kills the daemon that passes each
+// of the planned failover's fault points (kill -9 there), restarts it,
+// and finishes the failover by asking again where the VM ran: at no time
+// do both hosts run the VM, every acknowledged write reaches the new
+// primary, and replication reverses without a copy.
+func TestPlannedFailoverKilledAtEachStep(t *testing.T) {
+	const size = 8 << 20
+	const blocks = size / wocheck.BlockSize
+	onA := map[string]bool{faultpoint.HandoverFenced: true, faultpoint.HandoverShipped: true, faultpoint.HandoverAsked: true,
+		faultpoint.DemoteConfirmed: true, faultpoint.DemoteAdopted: true}
+	for i, fp := range faultpoint.Planned {
+		t.Run(fp, func(t *testing.T) {
+			th := newTwoHosts(t, size)
+			armed := []string{"VREP_FAULTPOINT=" + fp + ":1"}
+			envA, envB := armed, []string(nil)
+			if !onA[fp] {
+				envA, envB = nil, armed
+			}
+			a := th.start(t, "hosta", envA)
+			b := th.start(t, "hostb", envB)
+			waitfor.True(t, "the initial copy", func() bool { return a.caughtUp(t, "vm1") })
+			cl, err := nbdclient.Dial("unix", a.sock, "vm1/disk0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := wocheck.Workload{Disk: 1, Run: uint32(i + 1), Blocks: blocks, Seed: uint64(i), FlushEvery: 8, Depth: 8, FinalFlush: true}
+			h := w.WriteConcurrent(context.Background(), []wocheck.Device{cl}, 400)
+			cl.Close()
+			end := time.Now()
+
+			code, out := vrepRun(t, "failover", "planned", "vm1", "--data", a.data, "--timeout", "1m")
+			killed := a
+			if !onA[fp] {
+				killed = b
+			}
+			select {
+			case <-killed.done:
+			case <-time.After(waitfor.Patience):
+				t.Fatalf("%s did not die at %s (failover: exit %d: %s)", killed.name, fp, code, out)
+			}
+			t.Logf("killed %s at %s; the failover said: exit %d: %s", killed.name, fp, code, strings.TrimSpace(out))
+			// Never two writable copies: while one host is down, the other
+			// may run the VM only if it is the one the VM moved to.
+			if killed == a {
+				a = th.start(t, "hosta", nil)
+			} else {
+				b = th.start(t, "hostb", nil)
+			}
+			// (A primary handing over is fenced: read-only.)
+			sa, sb := a.status(t), b.status(t)
+			ra, rb := roleOf(sa, "vm1"), roleOf(sb, "vm1")
+			if ra == host.RolePrimary && sa.VMs[0].Step == "" && rb == host.RolePrimary && sb.VMs[0].Step == "" {
+				t.Fatalf("after the restart both hosts run vm1 (hosta %+v, hostb %+v)", a.status(t).VMs, b.status(t).VMs)
+			}
+			if ra == host.RolePrimary {
+				// The handover did not finish: asking again finishes it (or,
+				// when the peer never promoted, runs it from the start).
+				if code, out := vrepRun(t, "failover", "planned", "vm1", "--data", a.data, "--timeout", "1m"); code != 0 {
+					t.Fatalf("the failover asked again after the kill at %s: exit %d: %s", fp, code, out)
+				}
+			}
+			waitfor.True(t, "hosta keeps vm1's replica and hostb runs it", func() bool {
+				sa, sb := a.status(t), b.status(t)
+				return roleOf(sa, "vm1") == host.RoleReplica && sa.VMs[0].Step == "" &&
+					roleOf(sb, "vm1") == host.RolePrimary && sb.VMs[0].Step == ""
+			})
+			after := readVM(t, b, blocks)
+			rep := wocheck.CheckConcurrentPoint(make(wocheck.Image, blocks), after, h, end)
+			if !rep.OK() {
+				t.Fatalf("killed at %s: %v:\n%s", fp, rep, strings.Join(rep.Violations, "\n"))
+			}
+			// Replication reverses, without a copy: writes on hostb reach
+			// hosta's replica.
+			run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x33 0 64k", "nbd+unix:///vm1/disk0?socket="+b.sock)
+			waitfor.True(t, "hostb replicates vm1 back to hosta", func() bool { return b.caughtUp(t, "vm1") })
+			var ps primary.Status
+			json.Unmarshal(b.status(t).Primaries["vm1"], &ps)
+			if got := ps.Disks[0].Replication.InitialBytes; got != 0 {
+				t.Fatalf("killed at %s: the reverse stream sent %d bytes of initial copy", fp, got)
+			}
+		})
 	}
 }

@@ -625,7 +625,7 @@ func (h *Host) finishDemote(vm string) error {
 		disks = append(disks, wire.HandoverDisk{Disk: d.Disk, LSN: d.Base})
 		images[d.Disk] = d.Home
 	}
-	if _, err := h.rep.AdoptVM(h.cfg.Peer, vm, disks, images); err != nil && !errors.Is(err, store.ErrSeeded) {
+	if _, err := h.rep.AdoptVM(h.cfg.Peer, vm, disks, images); err != nil {
 		return err
 	}
 	faultpoint.Hit(faultpoint.DemoteAdopted)

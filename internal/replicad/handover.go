@@ -1,6 +1,7 @@
 package replicad
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -142,6 +143,12 @@ func (d *Daemon) AdoptVM(root, vm string, disks []wire.HandoverDisk, images map[
 			return out, fmt.Errorf("replica: adopting %s: %w", hd.Disk, err)
 		}
 		linked, err := store.Adopt(d.Catalog, root+"/"+vm+"/"+dname, img, st.Size(), hd.LSN)
+		if errors.Is(err, store.ErrSeeded) {
+			// Adopted before a restart: the disk's streams were refused
+			// since, so it is still the copy at hd.LSN.
+			d.log.Info("replica: the image was already adopted", "disk", root+"/"+hd.Disk)
+			err = nil
+		}
 		if err != nil {
 			return out, err
 		}
