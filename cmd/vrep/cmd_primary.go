@@ -111,6 +111,7 @@ func primaryCmd() *cobra.Command {
 				pprof.StartCPUProfile(f)
 				defer pprof.StopCPUProfile()
 			}
+			ops.tlsDir, ops.name = rc.TLSDir, rc.Name
 			if _, err = ops.policy(); err != nil { // checks --http too
 				return err
 			}

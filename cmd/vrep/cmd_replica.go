@@ -95,6 +95,7 @@ of VM or VM/DISK to a retention); flags override it.`,
 			if err != nil {
 				return err
 			}
+			ops.tlsDir, ops.name = c.TLSDir, c.Name
 			rpo, err := ops.policy()
 			if err != nil {
 				return err
