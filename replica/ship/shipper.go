@@ -196,7 +196,7 @@ type shipMode struct {
 
 // NewShipper returns a shipper for a tracked volume opened with Retain.
 func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
-	if cfg.Backoff == nil {
+	if len(cfg.Backoff) == 0 { // NB: pflag gives an empty, non-nil slice for an unset flag
 		cfg.Backoff = DefaultBackoff
 	}
 	if cfg.Timeout <= 0 {
