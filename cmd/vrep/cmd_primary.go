@@ -121,6 +121,9 @@ func primaryCmd() *cobra.Command {
 			}
 			defer rec.Close()
 			cfg.Log, cfg.Events = log, rec
+			if cfg.Jobs, err = ops.jobs(cfg.State, log); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			d, err := primary.Start(cfg)

@@ -35,7 +35,7 @@ served to VMs over NBD and FUSE, and replicated to a replica as recovery points.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), resyncCmd(), verifyCmd(), eventsCmd(), measureCmd(), seedCmd(), demoCmd(), certCmd(), logCheckCmd())
+	root.AddCommand(primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), resyncCmd(), verifyCmd(), eventsCmd(), jobsCmd(), measureCmd(), seedCmd(), demoCmd(), certCmd(), logCheckCmd())
 	strictUsage(root)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))

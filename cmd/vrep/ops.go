@@ -13,6 +13,7 @@ import (
 
 	vdaemon "github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/replica/health"
@@ -86,6 +87,11 @@ func (o *opsFlags) recorder(dir string) (*events.Recorder, *slog.Logger, error) 
 		return nil, nil, err
 	}
 	return rec, slog.New(events.Tap(text, rec)), nil
+}
+
+// jobs opens the daemon's jobs file in dir.
+func (o *opsFlags) jobs(dir string, log *slog.Logger) (*jobs.Log, error) {
+	return jobs.Open(filepath.Join(dir, jobs.FileName), log)
 }
 
 // serveHTTP serves the daemon's public handler over --http, if given;

@@ -19,6 +19,7 @@ import (
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/nbd"
 	"github.com/vrep-io/vrep/replica/ship"
@@ -64,7 +65,10 @@ type Config struct {
 	StopTimeout time.Duration
 	// Events, if set, records the daemon's events; the API serves them.
 	Events *events.Recorder
-	Log    *slog.Logger
+	// Jobs, if set, records the daemon's long operations; the API and
+	// the status page show them.
+	Jobs *jobs.Log
+	Log  *slog.Logger
 }
 
 // Disk is one protected disk being served.

@@ -13,6 +13,7 @@ import (
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/store"
@@ -235,6 +236,7 @@ func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.Handle("GET /v1/events", events.Handler(d.cfg.Events))
+	mux.Handle("GET /v1/jobs", jobs.Handler(d.cfg.Jobs))
 	mux.Handle("GET /{$}", d.PublicHandler())
 	fail := func(w http.ResponseWriter, err error) {
 		var e *Error
@@ -276,23 +278,33 @@ func (d *Daemon) handler() http.Handler {
 				return
 			}
 		}
+		job := d.cfg.Jobs.Start(jobs.TestStart, r.URL.Query().Get("vm"))
 		info, err := d.StartTest(r.URL.Query().Get("vm"), id)
+		job.End(err)
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/test-stop", func(w http.ResponseWriter, r *http.Request) {
+		job := d.cfg.Jobs.Start(jobs.TestStop, r.URL.Query().Get("vm"))
 		info, err := d.StopTest(r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1")
+		job.End(err)
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/start", func(w http.ResponseWriter, r *http.Request) {
+		job := d.cfg.Jobs.Start(jobs.FailoverStart, r.URL.Query().Get("vm"))
 		info, err := d.StartFailover(r.URL.Query().Get("vm"), r.URL.Query().Get("point"))
+		job.End(err)
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/cancel", func(w http.ResponseWriter, r *http.Request) {
+		job := d.cfg.Jobs.Start(jobs.FailoverCancel, r.URL.Query().Get("vm"))
 		info, err := d.CancelFailover(r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1")
+		job.End(err)
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/commit", func(w http.ResponseWriter, r *http.Request) {
+		job := d.cfg.Jobs.Start(jobs.FailoverCommit, r.URL.Query().Get("vm"))
 		info, err := d.CommitFailover(r.URL.Query().Get("vm"))
+		job.End(err)
 		answer(w, info, err)
 	})
 	return mux
