@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -98,6 +99,8 @@ type Log struct {
 	mu     sync.Mutex
 	nextID uint64
 	jobs   []*Run // oldest first, running and recent
+	// ends counts the jobs that ended since Open, by kind and state.
+	ends map[[2]string]uint64
 }
 
 // Run is a job in progress. Its methods are safe for concurrent use, and
@@ -117,7 +120,7 @@ func Open(path string, log *slog.Logger) (*Log, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	l := &Log{path: path, fs: vfs.OS{}, log: log, nextID: 1}
+	l := &Log{path: path, fs: vfs.OS{}, log: log, nextID: 1, ends: map[[2]string]uint64{}}
 	jobs, err := read(l.fs, path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -214,6 +217,7 @@ func (r *Run) End(err error) {
 			r.done.Store(t)
 		}
 	}
+	l.ends[[2]string{string(r.job.Kind), r.job.State}]++
 	l.saveLocked()
 }
 
@@ -228,6 +232,16 @@ func (r *Run) snapshotLocked() Job {
 		j.Percent = float64(int(1000*float64(j.Done)/float64(j.Total))) / 10
 	}
 	return j
+}
+
+// ended returns how many jobs ended since Open, by kind and state.
+func (l *Log) ended() map[[2]string]uint64 {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.ends)
 }
 
 // List returns the running and recent jobs, oldest first.

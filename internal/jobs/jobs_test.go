@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 )
 
 // TestJobsAcrossRestart: a job's start, progress and result are listed;
@@ -104,5 +107,43 @@ func TestJobsDamagedFile(t *testing.T) {
 	nl.Start(Resync, "x").End(nil)
 	if len(nl.List()) != 0 {
 		t.Fatal("nil log lists jobs")
+	}
+}
+
+// TestJobsCollector: a running job's progress is a ratio; ended jobs are
+// counted by kind and state, every series present from the start.
+func TestJobsCollector(t *testing.T) {
+	l, _ := Open(filepath.Join(t.TempDir(), FileName), nil)
+	text := func() string {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(l.Collector())
+		var b strings.Builder
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			expfmt.MetricFamilyToText(&b, mf)
+		}
+		return b.String()
+	}
+	if s := text(); !strings.Contains(s, `vrep_jobs_ended_total{kind="resync",state="failed"} 0`) || strings.Contains(s, "vrep_job_progress_ratio{") {
+		t.Fatalf("before any job:\n%s", s)
+	}
+	r := l.Start(SeedExport, "vm1")
+	r.Progress(1, 4)
+	if s := text(); !strings.Contains(s, `vrep_job_progress_ratio{kind="seed-export",target="vm1"} 0.25`) || !strings.Contains(s, `vrep_jobs_running{kind="seed-export"} 1`) {
+		t.Fatalf("a running job:\n%s", s)
+	}
+	r.End(nil)
+	l.Start(Resync, "vm1/disk0").End(errors.New("ship: boom"))
+	s := text()
+	for _, want := range []string{`vrep_jobs_ended_total{kind="seed-export",state="ok"} 1`, `vrep_jobs_ended_total{kind="resync",state="failed"} 1`, `vrep_jobs_running{kind="seed-export"} 0`} {
+		if !strings.Contains(s, want) {
+			t.Fatalf("after the jobs ended, no %s:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "vrep_job_progress_ratio{") {
+		t.Fatalf("an ended job's progress is still exported:\n%s", s)
 	}
 }
