@@ -163,7 +163,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if api == "" {
 		api = filepath.Join(cfg.State, "api.sock")
 	}
-	if d.api, err = daemon.ServeAPI(api, daemon.WithRole("primary", d.handler())); err != nil {
+	if d.api, err = daemon.ServeAPI(api, daemon.WithRole("primary", daemon.CheckQuery(routes, d.handler()))); err != nil {
 		return d, err
 	}
 	if err := d.startShipping(cfg.Replica); err != nil {

@@ -127,7 +127,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	if api == "" {
 		api = filepath.Join(cfg.Data, "api.sock")
 	}
-	if d.api, err = daemon.ServeAPI(api, daemon.WithRole("replica", d.handler())); err != nil {
+	if d.api, err = daemon.ServeAPI(api, daemon.WithRole("replica", daemon.CheckQuery(routes, d.handler()))); err != nil {
 		return d, err
 	}
 	for _, addr := range cfg.NBD {

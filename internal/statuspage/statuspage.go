@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
 	"github.com/vrep-io/vrep/internal/jobs"
 )
@@ -125,7 +126,7 @@ func Public(cfg Config, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", Handler(cfg))
 	mux.Handle("GET /metrics", metrics)
-	return mux
+	return daemon.CheckQuery(daemon.Routes{"GET /metrics": nil}, mux)
 }
 
 // Handler serves the page at any path it is mounted on.
