@@ -4,8 +4,8 @@ PKGS    := ./...
 FUZZTIME ?= 20s
 # Debian packages the tests drive: real NBD clients, FUSE, file systems,
 # and a real browser (headless Chromium) for the status page.
-DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux curl openssl chromium fonts-dejavu-core
-TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup curl openssl chromium
+DEBS    := qemu-utils libnbd-bin nbdkit fio fuse3 nbdfuse e2fsprogs util-linux curl openssl chromium fonts-dejavu-core bsdutils
+TOOLS   := qemu-io qemu-img qemu-nbd nbdinfo nbdcopy nbdkit nbdfuse fio fusermount3 mkfs.ext4 losetup curl openssl chromium script
 
 .PHONY: build test tools bench bench-nbd bench-fuse bench-resync fuzz soak vet clean install
 

@@ -111,6 +111,7 @@ func primaryCmd() *cobra.Command {
 				pprof.StartCPUProfile(f)
 				defer pprof.StopCPUProfile()
 			}
+			ops.tlsDir, ops.name = rc.TLSDir, rc.Name
 			if _, err = ops.policy(); err != nil { // checks --http too
 				return err
 			}
@@ -120,6 +121,9 @@ func primaryCmd() *cobra.Command {
 			}
 			defer rec.Close()
 			cfg.Log, cfg.Events = log, rec
+			if cfg.Jobs, err = ops.jobs(cfg.State, log); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			d, err := primary.Start(cfg)

@@ -95,6 +95,7 @@ of VM or VM/DISK to a retention); flags override it.`,
 			if err != nil {
 				return err
 			}
+			ops.tlsDir, ops.name = c.TLSDir, c.Name
 			rpo, err := ops.policy()
 			if err != nil {
 				return err
@@ -104,11 +105,15 @@ of VM or VM/DISK to a retention); flags override it.`,
 				return err
 			}
 			defer rec.Close()
+			jl, err := ops.jobs(c.Data, log)
+			if err != nil {
+				return err
+			}
 			d, err := replicad.Start(replicad.Config{
 				Data: c.Data, Name: c.Name, Listen: c.Listen, TLS: tc, Allow: roots, AllowAny: c.AllowAny,
 				NBD: c.NBD, FUSE: c.FUSE, API: c.API,
 				Retention: store.Retention{Window: retention, KeepApp: c.KeepApp}, Overrides: overrides,
-				PruneEvery: pruneEvery, RPO: rpo, Events: rec, Log: log,
+				PruneEvery: pruneEvery, RPO: rpo, Events: rec, Jobs: jl, Log: log,
 			})
 			if err != nil {
 				return err

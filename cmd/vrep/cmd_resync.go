@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/vrep-io/vrep/internal/primary"
@@ -28,7 +29,9 @@ primary and on the replica, in parallel on every core, and sends only the
 chunks that differ; the writes made meanwhile follow as ordinary records.
 The replica's recovery points from before stay readable during and after it.
 Without --now the resync waits for the resync window of the primary
-(--resync-window, 18:00-06:00 by default). Progress is in vrep status.`,
+(--resync-window, 18:00-06:00 by default). Progress is in vrep status;
+--wait follows it until the resync is done: a progress bar on a terminal,
+a line at each change otherwise, the final state as JSON with --json.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			q := "/v1/resync?vm=" + url.QueryEscape(args[0])
@@ -39,6 +42,7 @@ Without --now the resync waits for the resync window of the primary
 				q += "&now=1"
 			}
 			var info primary.ResyncInfo
+			asked := time.Now()
 			if err := a.call("POST", q, &info); err != nil {
 				return err
 			}
@@ -50,11 +54,13 @@ Without --now the resync waits for the resync window of the primary
 			if now {
 				when = "now"
 			}
-			fmt.Fprintf(out, "resync of %s asked for, %s\n", strings.Join(info.Disks, ", "), when)
+			if !a.json {
+				fmt.Fprintf(out, "resync of %s asked for, %s\n", strings.Join(info.Disks, ", "), when)
+			}
 			if !wait {
 				return nil
 			}
-			return waitResync(&a, out, info.Disks)
+			return waitResync(&a, out, info.Disks, asked)
 		},
 	}
 	a.register(cmd.Flags())
@@ -64,22 +70,36 @@ Without --now the resync waits for the resync window of the primary
 	return cmd
 }
 
-// waitResync follows the disks' resyncs in the status until each is done.
-func waitResync(a *apiFlags, out io.Writer, disks []string) error {
+// waitResync follows the disks' resyncs in the status until each is
+// done (one that finished before asked is an older resync, not this one):
+// a bar on a terminal, a line at each change otherwise, the final state
+// as JSON with --json.
+func waitResync(a *apiFlags, out io.Writer, disks []string, asked time.Time) error {
 	shown := map[string]string{}
+	final := map[string]*ship.ResyncProgress{}
+	var bar *progressbar.ProgressBar
+	if !a.json && isTerminal(out) {
+		bar = progressbar.NewOptions(100*len(disks), progressbar.OptionSetWriter(out), progressbar.OptionSetDescription("resync"),
+			progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
+	}
 	for {
 		var st primary.Status
 		if err := a.call("GET", "/v1/status", &st); err != nil {
 			return err
 		}
-		done := 0
+		done, sum := 0, 0
 		for _, d := range st.Disks {
 			if !contains(disks, d.Name) || d.Replication == nil || d.Replication.Resync == nil {
 				continue
 			}
 			r := d.Replication.Resync
+			if r.State == "done" && r.Finished.Before(asked) {
+				continue // the one before
+			}
+			final[d.Name] = r
+			sum += r.Percent
 			// A line when the state or the percentage moves.
-			if key := fmt.Sprint(r.State, r.Percent); shown[d.Name] != key {
+			if key := fmt.Sprint(r.State, r.Percent); shown[d.Name] != key && bar == nil && !a.json {
 				shown[d.Name] = key
 				fmt.Fprintf(out, "%s: %s\n", d.Name, resyncLine(r))
 			}
@@ -87,10 +107,28 @@ func waitResync(a *apiFlags, out io.Writer, disks []string) error {
 			case "done":
 				done++
 			case "failed":
+				if bar != nil {
+					bar.Exit()
+					fmt.Fprintln(out)
+				}
 				return fmt.Errorf("resync of %s failed: %s", d.Name, r.Error)
 			}
 		}
+		if bar != nil {
+			bar.Describe(fmt.Sprintf("resync of %s", strings.Join(disks, ", ")))
+			bar.Set(sum)
+		}
 		if done == len(disks) {
+			switch {
+			case a.json:
+				return printJSON(out, final)
+			case bar != nil:
+				bar.Finish()
+				fmt.Fprintln(out)
+				for _, name := range disks {
+					fmt.Fprintf(out, "%s: %s\n", name, resyncLine(final[name]))
+				}
+			}
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/vrep-io/vrep/hrl"
 	vdaemon "github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
@@ -239,7 +240,7 @@ type ImportedDisk struct {
 	MBPerSec float64 `json:"mb_per_second"`
 }
 
-func runSeedImport(cmd *cobra.Command, o seedImport) error {
+func runSeedImport(cmd *cobra.Command, o seedImport) (err error) {
 	out, tty := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	if len(o.from) == 0 || o.data == "" {
 		return fmt.Errorf("%w: give --from DIR for each directory of the seed, and --data DIR", errUsage)
@@ -282,6 +283,15 @@ func runSeedImport(cmd *cobra.Command, o seedImport) error {
 	if err := vdaemon.Lock(lf, "replica data directory "+o.data); err != nil {
 		return fmt.Errorf("%w: stop the replica daemon, import the seed, then start it again", err)
 	}
+	// The import is one of the replica's jobs (the daemon is stopped: the
+	// lock is ours, and so is its jobs file).
+	var total, before int64
+	for _, d := range m.Disks {
+		total += d.Size
+	}
+	jl, _ := jobs.Open(filepath.Join(o.data, jobs.FileName), nil)
+	job := jl.Start(jobs.SeedImport, root+"/"+m.VM)
+	defer func() { job.End(err) }()
 	// Room for every stored chunk, checked before anything is written.
 	var need int64
 	for i := range m.Disks {
@@ -318,9 +328,16 @@ func runSeedImport(cmd *cobra.Command, o seedImport) error {
 		}
 		imps = append(imps, imp)
 		start := time.Now()
-		prog := importProgress(tty, key, d.Size, o.json)
+		bar := importProgress(tty, key, d.Size, o.json)
+		prog := func(n int64) {
+			if n >= 0 {
+				job.Progress(before+n, total)
+			}
+			bar(n)
+		}
 		rep, err := s.Restore(ctx, d.Name, imp, 0, prog)
 		prog(-1)
+		before += d.Size
 		res.Report[d.Name] = rep
 		if err != nil {
 			return fmt.Errorf("%w; nothing was imported", err)

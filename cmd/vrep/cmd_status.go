@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"sort"
 	"text/tabwriter"
 	"time"
@@ -256,7 +257,7 @@ guest agent); if nothing is configured to quiesce, or quiescing fails or
 times out, the point is crash-consistent and the reason is printed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			q := "/v1/points?target=" + args[0]
+			q := "/v1/points?target=" + url.QueryEscape(args[0])
 			if app {
 				q += "&app=1"
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -68,6 +69,11 @@ func TestLogCheckTornTailAfterKill(t *testing.T) {
 	code, out := vrepRun(t, "log-check", disk)
 	if code != 0 || !strings.Contains(out, "torn tail,") {
 		t.Fatalf("log-check after a kill: exit %d\n%s", code, out)
+	}
+	var lc LogCheck
+	if code, js := vrepRun(t, "log-check", disk, "--json"); code != 0 || json.Unmarshal([]byte(js), &lc) != nil || lc.TornBytes == 0 || lc.Records == 0 ||
+		!strings.Contains(out, fmt.Sprintf("torn tail, %d bytes", lc.TornBytes)) {
+		t.Fatalf("log-check --json: exit %d\n%s", code, js)
 	}
 	// What the next open cuts is what log-check said.
 	l2, err := hrl.Open(vfs.OS{}, logDir, opts)

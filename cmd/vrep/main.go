@@ -27,6 +27,15 @@ const (
 )
 
 func main() {
+	root := rootCmd()
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))
+		os.Exit(exitCode(err))
+	}
+}
+
+// rootCmd is vrep with every subcommand.
+func rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "vrep",
 		Short: "Disaster-recovery replication for Linux virtual machine disks",
@@ -35,12 +44,9 @@ served to VMs over NBD and FUSE, and replicated to a replica as recovery points.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(hostCmd(), primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), resyncCmd(), verifyCmd(), eventsCmd(), planCmd(), measureCmd(), seedCmd(), demoCmd(), certCmd(), logCheckCmd())
+	root.AddCommand(hostCmd(), primaryCmd(), replicaCmd(), statusCmd(), pointCmd(), pointsCmd(), failoverCmd(), replicationCmd(), resyncCmd(), verifyCmd(), eventsCmd(), jobsCmd(), planCmd(), measureCmd(), seedCmd(), demoCmd(), certCmd(), logCheckCmd())
 	strictUsage(root)
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))
-		os.Exit(exitCode(err))
-	}
+	return root
 }
 
 // sentence turns an error into the one sentence an operator reads.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/waitfor"
 )
@@ -129,6 +130,17 @@ func TestSeedEndToEnd(t *testing.T) {
 	st := waitReplicated(t, e)
 	if st.Replication.InitialBytes != 0 || st.Replication.AwaitingSeed != 0 {
 		t.Fatalf("after the seed: %d bytes of initial copy sent over the network, awaiting seed %d", st.Replication.InitialBytes, st.Replication.AwaitingSeed)
+	}
+	// The export and the import are jobs, and no initial copy ran.
+	if j, ok := findJob(jobsOf(t, "--data", repData), jobs.SeedImport, "primary1/vm1"); !ok || j.State != jobs.OK || j.Percent != 100 {
+		t.Fatalf("the import's job: %+v", j)
+	}
+	pj := jobsOf(t, "--state", e.state)
+	if j, ok := findJob(pj, jobs.SeedExport, "vm1"); !ok || j.State != jobs.OK || j.Total == 0 {
+		t.Fatalf("the export's job: %+v", j)
+	}
+	if j, ok := findJob(pj, jobs.InitialCopy, "vm1/disk0"); ok {
+		t.Fatalf("an initial copy ran after a seed: %+v", j)
 	}
 	// The seed's point is on the replica, with the points shipped after.
 	if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || !strings.Contains(out, strconv.FormatUint(res.PointID, 10)) {

@@ -8,12 +8,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// MetricsHandler serves a daemon's collector and Go's and the process's
+// MetricsHandler serves a daemon's collectors and Go's and the process's
 // own metrics, in Prometheus's text format. Both daemons build theirs
 // here so the two expose the same runtime series.
-func MetricsHandler(c prometheus.Collector) http.Handler {
+func MetricsHandler(cs ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(append(cs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 

@@ -110,6 +110,7 @@ func TestTapRules(t *testing.T) {
 	defer r.Close()
 	log := slog.New(Tap(slog.NewTextHandler(&bytes.Buffer{}, nil), r))
 	log.With("remote", "10.0.0.9:4000").Warn("replica: TLS handshake refused", "err", "bad certificate")
+	log.Warn("status page: TLS handshake refused", "remote", "10.0.0.8:5000", "err", "tls: client didn't provide a certificate")
 	log.With("primary", "intruder").Warn("replica: stream ended", "err", "replica: primary not authorized: \"intruder\" is not allowed on this replica")
 	log.Warn("replica: stream ended", "err", "EOF")
 	log.Info("vm1/disk0: replication resume asked for by the operator", "disk", "vm1/disk0", "was", "stopped")
@@ -129,6 +130,7 @@ func TestTapRules(t *testing.T) {
 	}
 	want := []string{
 		"refused  TLS handshake refused (remote 10.0.0.9:4000, err bad certificate)",
+		"refused  status page: TLS handshake refused (remote 10.0.0.8:5000, err tls: client didn't provide a certificate)",
 		"refused  stream ended (primary intruder, err replica: primary not authorized: \"intruder\" is not allowed on this replica)",
 		"resume vm1 vm1/disk0: replication resume asked for by the operator (was stopped)",
 		"resume vm1 vm1/disk0: replication resumed after 12s, 40 records behind",

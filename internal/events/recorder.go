@@ -2,6 +2,7 @@ package events
 
 import (
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -45,6 +46,7 @@ type Recorder struct {
 	hook *hook
 
 	mu      sync.Mutex
+	errs    map[Kind]uint64   // error events since the start, by kind
 	last    map[string]string // health by disk
 	history map[string][]Sample
 	order   []string // disks in the order first seen
@@ -72,7 +74,7 @@ func New(cfg Config) (*Recorder, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Recorder{cfg: cfg, log: l, last: map[string]string{}, history: map[string][]Sample{}, stop: make(chan struct{})}
+	r := &Recorder{cfg: cfg, log: l, errs: map[Kind]uint64{}, last: map[string]string{}, history: map[string][]Sample{}, stop: make(chan struct{})}
 	if cfg.Hook != "" {
 		r.hook = newHook(cfg.Hook, cfg.HookTimeout, cfg.Log)
 	}
@@ -87,6 +89,11 @@ func (r *Recorder) Path() string { return r.cfg.Path }
 func (r *Recorder) Record(e Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
+	}
+	if slices.Contains(ErrorKinds, e.Kind) {
+		r.mu.Lock()
+		r.errs[e.Kind]++
+		r.mu.Unlock()
 	}
 	if err := r.log.Append(e); err != nil {
 		r.cfg.Log.Warn("events: not recorded", "kind", e.Kind, "err", err)

@@ -19,7 +19,7 @@ type rule struct {
 
 var rules = []rule{
 	{Refused, func(m string, a map[string]string) bool {
-		return m == "replica: TLS handshake refused" || m == "replica: refused" ||
+		return m == "replica: TLS handshake refused" || m == "replica: refused" || m == "status page: TLS handshake refused" ||
 			(m == "replica: stream ended" && (strings.Contains(a["err"], "not authorized") || strings.Contains(a["err"], "not allowed")))
 	}},
 	{Resume, func(m string, _ map[string]string) bool {

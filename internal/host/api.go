@@ -119,7 +119,13 @@ func (h *Host) handler() http.Handler {
 		daemon.WriteJSON(w, http.StatusOK, h.Status(r.Context()))
 	})
 	mux.HandleFunc("/", h.route)
-	return mux
+	return daemon.CheckQuery(hostRoutes, mux)
+}
+
+// hostRoutes are the parameters of the host's own routes (the
+// components check theirs).
+var hostRoutes = daemon.Routes{
+	"POST /v1/failover/planned": {daemon.P("vm"), daemon.Flag("abort"), daemon.P("timeout")},
 }
 
 func writeResult(w http.ResponseWriter, out any, err error) {

@@ -11,6 +11,7 @@ import (
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica/ship"
 	"github.com/vrep-io/vrep/snapshot"
@@ -130,6 +131,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.Handle("GET /{$}", d.PublicHandler())
 	mux.Handle("GET /v1/events", events.Handler(d.cfg.Events))
+	mux.Handle("GET /v1/jobs", jobs.Handler(d.cfg.Jobs))
 	mux.Handle("GET /v1/measure", d.measureHandler())
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		daemon.WriteJSON(w, http.StatusOK, d.Status())
@@ -215,4 +217,4 @@ func replicationErr(w http.ResponseWriter, err error) {
 }
 
 // Handler is the API, for a host daemon that serves it (Config.NoAPI).
-func (d *Daemon) Handler() http.Handler { return d.handler() }
+func (d *Daemon) Handler() http.Handler { return daemon.CheckQuery(routes, d.handler()) }

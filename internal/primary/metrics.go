@@ -31,11 +31,15 @@ var (
 	descShipped    = prometheus.NewDesc("vrep_replication_record_bytes_total", "Record payload bytes the replica acknowledged (before compression).", []string{"disk"}, nil)
 	descInitial    = prometheus.NewDesc("vrep_replication_initial_copy_ratio", "Initial copy progress, 0 to 1.", []string{"disk"}, nil)
 	descHealthSet  = prometheus.NewDesc("vrep_replication_health_state", "1 for the disk's replication health, 0 for the other two.", []string{"disk", "health"}, nil)
+	descResyncPct  = prometheus.NewDesc("vrep_replication_resync_ratio", "Progress of the disk's newest resync, 0 to 1 (1 once done); absent when none was needed since the start.", []string{"disk"}, nil)
+	descResyncSt   = prometheus.NewDesc("vrep_replication_resync_state", "1 for the state of the disk's newest resync (waiting, running, done, failed), 0 for the others; absent when none was needed since the start.", []string{"disk", "state"}, nil)
+	descSeedWait   = prometheus.NewDesc("vrep_replication_awaiting_seed", "1 while the disk waits for the replica to import its seed.", []string{"disk"}, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastLSN, descSyncedLSN, descCheckpoint, descSegments, descResync, descHold, descLastPoint,
-		descConnected, descHealth, descLag, descFrequency, descAcked, descLagBytes, descWire, descShipped, descInitial, descHealthSet} {
+		descConnected, descHealth, descLag, descFrequency, descAcked, descLagBytes, descWire, descShipped, descInitial, descHealthSet,
+		descResyncPct, descResyncSt, descSeedWait} {
 		ch <- d
 	}
 }
@@ -73,6 +77,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			for _, h := range []health.Health{health.Normal, health.Warning, health.Critical} {
 				ch <- prometheus.MustNewConstMetric(descHealthSet, prometheus.GaugeValue, daemon.Bool(r.Health == h), d.Name, string(h))
 			}
+			ch <- prometheus.MustNewConstMetric(descSeedWait, prometheus.GaugeValue, daemon.Bool(r.AwaitingSeed != 0), d.Name)
+			if rs := r.Resync; rs != nil {
+				ch <- prometheus.MustNewConstMetric(descResyncPct, prometheus.GaugeValue, float64(rs.Percent)/100, d.Name)
+				for _, s := range []string{"waiting", "running", "done", "failed"} {
+					ch <- prometheus.MustNewConstMetric(descResyncSt, prometheus.GaugeValue, daemon.Bool(rs.State == s), d.Name, s)
+				}
+			}
 		}
 	}
 	for _, g := range st.Groups {
@@ -87,5 +98,5 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 // metricsHandler serves the daemon's metrics and Go's own.
 func (d *Daemon) metricsHandler() http.Handler {
-	return daemon.MetricsHandler(collector{d})
+	return daemon.MetricsHandler(collector{d}, d.cfg.Events.ErrorsCollector("vrep_replication_errors_total"), d.cfg.Jobs.Collector())
 }

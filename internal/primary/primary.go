@@ -19,6 +19,7 @@ import (
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/nbd"
 	"github.com/vrep-io/vrep/replica/ship"
@@ -74,7 +75,10 @@ type Config struct {
 	// Fenced names VMs whose disks refuse writes from the start, and why:
 	// a planned failover was under way when the host stopped.
 	Fenced map[string]string
-	Log    *slog.Logger
+	// Jobs, if set, records the daemon's long operations; the API and
+	// the status page show them.
+	Jobs *jobs.Log
+	Log  *slog.Logger
 }
 
 // Disk is one protected disk being served.
@@ -176,7 +180,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		if api == "" {
 			api = filepath.Join(cfg.State, "api.sock")
 		}
-		if d.api, err = daemon.ServeAPI(api, daemon.WithRole("primary", d.handler())); err != nil {
+		if d.api, err = daemon.ServeAPI(api, daemon.WithRole("primary", d.Handler())); err != nil {
 			return d, err
 		}
 	}

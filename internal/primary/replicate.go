@@ -151,7 +151,7 @@ func (d *Daemon) startShipping(rc *ReplicaConfig) error {
 	for _, disk := range d.Disks {
 		vm, _, _ := names.Disk(disk.Name)
 		sc := ship.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
-			VM: vm, RPO: rc.RPO.For(vm), OnBatch: d.batches.adder(disk.Name), Log: d.log,
+			VM: vm, RPO: rc.RPO.For(vm), OnBatch: d.batches.adder(disk.Name), Log: d.log, Jobs: d.cfg.Jobs,
 			OnSuperseded: func(msg string) { d.supersede(vm, msg) }, ResyncWindow: rc.ResyncWindow}
 		sh := ship.NewShipper(disk.Name, disk.Volume, sc)
 		d.shipMode(disk, sh)

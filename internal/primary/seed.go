@@ -15,6 +15,7 @@ import (
 
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/statefile"
 	"github.com/vrep-io/vrep/internal/vfs"
@@ -310,13 +311,16 @@ func (d *Daemon) seedHandler(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		}
 	}
+	job := d.cfg.Jobs.Start(jobs.SeedExport, req.VM)
 	res, err := d.ExportSeed(r.Context(), req, func(done, total int64) {
+		job.Progress(done, total)
 		if time.Since(last) < 200*time.Millisecond && done < total {
 			return
 		}
 		last = time.Now()
 		send(SeedProgress{Done: done, Total: total})
 	})
+	job.End(err)
 	if err != nil {
 		kind := ""
 		switch {

@@ -13,6 +13,7 @@ import (
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/store"
@@ -237,6 +238,7 @@ func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.Handle("GET /v1/events", events.Handler(d.cfg.Events))
+	mux.Handle("GET /v1/jobs", jobs.Handler(d.cfg.Jobs))
 	mux.Handle("GET /{$}", d.PublicHandler())
 	fail := func(w http.ResponseWriter, err error) {
 		var e *Error
@@ -279,32 +281,42 @@ func (d *Daemon) handler() http.Handler {
 			}
 		}
 		spec := r.URL.Query().Get("vm")
+		job := d.cfg.Jobs.Start(jobs.TestStart, spec)
 		info, err := d.vmOrGroup(spec, func() (any, error) { return d.StartTest(spec, id) },
 			func() (any, error) { return d.StartGroupTest(spec, id) })
+		job.End(err)
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/test-stop", func(w http.ResponseWriter, r *http.Request) {
 		spec, force := r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1"
+		job := d.cfg.Jobs.Start(jobs.TestStop, spec)
 		info, err := d.vmOrGroup(spec, func() (any, error) { return d.StopTest(spec, force) },
 			func() (any, error) { return d.StopGroupTest(spec, force) })
+		job.End(err)
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/start", func(w http.ResponseWriter, r *http.Request) {
 		spec, point := r.URL.Query().Get("vm"), r.URL.Query().Get("point")
+		job := d.cfg.Jobs.Start(jobs.FailoverStart, spec)
 		info, err := d.vmOrGroup(spec, func() (any, error) { return d.StartFailover(spec, point) },
 			func() (any, error) { return d.StartGroupFailover(spec, point) })
+		job.End(err)
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/cancel", func(w http.ResponseWriter, r *http.Request) {
 		spec, force := r.URL.Query().Get("vm"), r.URL.Query().Get("force") == "1"
+		job := d.cfg.Jobs.Start(jobs.FailoverCancel, spec)
 		info, err := d.vmOrGroup(spec, func() (any, error) { return d.CancelFailover(spec, force) },
 			func() (any, error) { return d.CancelGroupFailover(spec, force) })
+		job.End(err)
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/failover/commit", func(w http.ResponseWriter, r *http.Request) {
 		spec := r.URL.Query().Get("vm")
+		job := d.cfg.Jobs.Start(jobs.FailoverCommit, spec)
 		info, err := d.vmOrGroup(spec, func() (any, error) { return d.CommitFailover(spec) },
 			func() (any, error) { return d.CommitGroupFailover(spec) })
+		job.End(err)
 		answer(w, info, err)
 	})
 	d.planRoutes(mux, answer)

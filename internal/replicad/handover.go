@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/replica/receive"
 	"github.com/vrep-io/vrep/replica/store"
@@ -25,7 +26,7 @@ import (
 // new primary's first LSN: nothing is copied over the network.
 
 // Handler is the API, for a host daemon that serves it (Config.NoAPI).
-func (d *Daemon) Handler() http.Handler { return d.handler() }
+func (d *Daemon) Handler() http.Handler { return daemon.CheckQuery(routes, d.handler()) }
 
 // Fence refuses every stream of vm under root with wire.CodeSuperseded:
 // the VM runs on this host as a primary.

@@ -39,13 +39,17 @@ var (
 		"Frame bytes (decoded) received from the primary for the disk since the daemon started.", diskLabels, nil)
 	descTests = prometheus.NewDesc("vrep_replica_test_failovers",
 		"Test failovers running.", nil, nil)
+	descFailover = prometheus.NewDesc("vrep_replica_failover_state",
+		"1 for the VM's failover state (Replicating, FailedOver, Committing, Committed), 0 for the others.", []string{"root", "vm", "state"}, nil)
+	descTestVM = prometheus.NewDesc("vrep_replica_test_failover",
+		"1 while a test failover of the VM runs.", []string{"root", "vm"}, nil)
 	descUp = prometheus.NewDesc("vrep_replica_status_ok",
 		"1 when the replica could read its catalog at this scrape.", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHealth, descPointAge, descLastPoint, descPoints, descHistory, descApplied,
-		descConnected, descSeeded, descReceived, descTests, descUp} {
+		descConnected, descSeeded, descReceived, descTests, descFailover, descTestVM, descUp} {
 		ch <- d
 	}
 }
@@ -77,7 +81,29 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		g(descReceived, prometheus.CounterValue, float64(ds.ReceivedBytes), l)
 	}
 	ch <- prometheus.MustNewConstMetric(descTests, prometheus.GaugeValue, float64(len(st.Tests)))
+	// Per VM (ROOT/VM): its failover state and whether a test runs. A VM
+	// is known by its disks, or by a failover that outlived them.
+	state, testing := map[string]string{}, map[string]bool{}
+	for _, ds := range st.Disks {
+		vm, _, _ := strings.Cut(ds.Name, "/")
+		state[ds.Root+"/"+vm] = stReplicating
+	}
+	for _, f := range st.Failovers {
+		state[f.VM] = f.State
+	}
+	for _, t := range st.Tests {
+		testing[t.VM] = true
+	}
+	for key, s := range state {
+		root, vm, _ := strings.Cut(key, "/")
+		for _, name := range []string{stReplicating, stFailedOver, stCommitting, stCommitted} {
+			ch <- prometheus.MustNewConstMetric(descFailover, prometheus.GaugeValue, daemon.Bool(s == name), root, vm, name)
+		}
+		ch <- prometheus.MustNewConstMetric(descTestVM, prometheus.GaugeValue, daemon.Bool(testing[key]), root, vm)
+	}
 }
 
 // metricsHandler serves the replica's metrics and Go's own.
-func (d *Daemon) metricsHandler() http.Handler { return daemon.MetricsHandler(collector{d}) }
+func (d *Daemon) metricsHandler() http.Handler {
+	return daemon.MetricsHandler(collector{d}, d.cfg.Events.ErrorsCollector("vrep_replica_errors_total"), d.cfg.Jobs.Collector())
+}

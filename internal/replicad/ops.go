@@ -99,5 +99,5 @@ func (d *Daemon) StatusView() (statuspage.View, error) {
 // PublicHandler is what the replica serves over --http as well as on
 // its API socket: the status page and the metrics, read-only.
 func (d *Daemon) PublicHandler() http.Handler {
-	return statuspage.Public(statuspage.Config{View: d.StatusView, Recorder: d.cfg.Events}, d.metricsHandler())
+	return statuspage.Public(statuspage.Config{View: d.StatusView, Recorder: d.cfg.Events, Jobs: d.cfg.Jobs}, d.metricsHandler())
 }

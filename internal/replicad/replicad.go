@@ -17,6 +17,7 @@ import (
 	"github.com/vrep-io/vrep/fuse"
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/plan"
 	"github.com/vrep-io/vrep/nbd"
 	"github.com/vrep-io/vrep/replica/health"
@@ -65,7 +66,10 @@ type Config struct {
 	// target moves (a VM the host daemon runs) and whether they moved
 	// already; an error when the host runs no such VM.
 	PlannedVMs func(target string) (vms []string, moved bool, err error)
-	Log        *slog.Logger
+	// Jobs, if set, records the daemon's long operations; the API and
+	// the status page show them.
+	Jobs *jobs.Log
+	Log  *slog.Logger
 }
 
 // Daemon is a running replica.
@@ -156,7 +160,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		if api == "" {
 			api = filepath.Join(cfg.Data, "api.sock")
 		}
-		if d.api, err = daemon.ServeAPI(api, daemon.WithRole("replica", d.handler())); err != nil {
+		if d.api, err = daemon.ServeAPI(api, daemon.WithRole("replica", d.Handler())); err != nil {
 			return d, err
 		}
 	}

@@ -14,12 +14,15 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/events"
+	"github.com/vrep-io/vrep/internal/jobs"
 )
 
 // View is what a daemon shows on its page.
@@ -62,6 +65,7 @@ type Point struct {
 type Config struct {
 	View     func() (View, error)
 	Recorder *events.Recorder // samples and events; nil: none
+	Jobs     *jobs.Log        // running and recent jobs; nil: none
 	// Refresh is the meta refresh interval (default 10 s).
 	Refresh time.Duration
 }
@@ -122,7 +126,7 @@ func Public(cfg Config, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", Handler(cfg))
 	mux.Handle("GET /metrics", metrics)
-	return mux
+	return daemon.CheckQuery(daemon.Routes{"GET /metrics": nil}, mux)
 }
 
 // Handler serves the page at any path it is mounted on.
@@ -171,6 +175,7 @@ func Handler(cfg Config) http.Handler {
 			slices.Reverse(evs)
 			data.Events = evs
 		}
+		data.Jobs = pageJobs(cfg.Jobs.List(), p.vm, now)
 		for _, vp := range data.Points {
 			data.Timelines = append(data.Timelines, timeline(vp, now.Add(-p.window), now))
 		}
@@ -202,6 +207,24 @@ type pageData struct {
 	Chart     *Chart
 	Timelines []Timeline
 	Events    []events.Event
+	Jobs      []jobs.Job
+}
+
+// pageJobs is what the page shows of the jobs: the running ones and
+// those that ended in the last day (of vm, when given), newest first, at
+// most 20.
+func pageJobs(all []jobs.Job, vm string, now time.Time) []jobs.Job {
+	var out []jobs.Job
+	for i := len(all) - 1; i >= 0 && len(out) < 20; i-- {
+		j := all[i]
+		if vm != "" && vmOf(j.Target) != vm && path.Base(j.Target) != vm {
+			continue
+		}
+		if j.State == jobs.Running || now.Sub(j.Ended) < 24*time.Hour {
+			out = append(out, j)
+		}
+	}
+	return out
 }
 
 // Chart is the lag chart's geometry, computed here so the template only

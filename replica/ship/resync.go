@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/wire"
 )
@@ -209,7 +210,10 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	p.Sessions++
 	s.rs.prog = p
 	s.mu.Unlock()
+	job := s.cfg.Jobs.Start(jobs.Resync, s.disk)
+	job.Progress(int64(p.Compared), int64(n))
 	fail := func(err error) (uint64, error) {
+		job.End(err)
 		s.mu.Lock()
 		s.rs.running = false
 		p.State, p.Error = "failed", err.Error()
@@ -284,6 +288,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 		p.WireBytes += c.Sent() - sent0
 		sent0 = c.Sent()
 		p.Percent = int(99 * next / max(n, 1))
+		job.Progress(int64(next), int64(n))
 		if done := next - from; done > 0 {
 			p.ETA = time.Since(start).Seconds() * float64(n-next) / float64(done)
 		}
@@ -316,6 +321,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	p.State, p.Percent, p.ETA, p.Finished = "done", 100, 0, time.Now()
 	p.WireBytes += c.Sent() - sent0
 	s.mu.Unlock()
+	job.End(nil)
 	s.cfg.Log.Info(s.disk+": resync complete", "disk", s.disk, "lsn", ckpt, "chunks_sent", p.Sent, "bytes_sent", p.BytesSent,
 		"chunks", n, "sessions", p.Sessions)
 	return ckpt, nil

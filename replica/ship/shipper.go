@@ -25,6 +25,7 @@ import (
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/faultpoint"
+	"github.com/vrep-io/vrep/internal/jobs"
 )
 
 // DefaultBackoff is Hyper-V's retry schedule: 1, 2, 4, 8, 10 minutes, then
@@ -75,6 +76,8 @@ type ShipperConfig struct {
 	// RPO, when set, is the VM's recovery point objective: health judges
 	// the lag by it instead of by the copy frequency.
 	RPO health.RPO
+	// Jobs, if set, records the initial copies and resyncs as jobs.
+	Jobs *jobs.Log
 	// OnBatch, if set, is told of each batch the replica acknowledged
 	// (replication statistics: vrep measure). It must not block.
 	OnBatch func(Batch)
@@ -196,7 +199,7 @@ type shipMode struct {
 
 // NewShipper returns a shipper for a tracked volume opened with Retain.
 func NewShipper(disk string, vol *tracked.Volume, cfg ShipperConfig) *Shipper {
-	if cfg.Backoff == nil {
+	if len(cfg.Backoff) == 0 { // NB: pflag gives an empty, non-nil slice for an unset flag
 		cfg.Backoff = DefaultBackoff
 	}
 	if cfg.Timeout <= 0 {
@@ -514,7 +517,9 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	if !seeded {
-		if applied, err = s.initialCopy(c, arm); err != nil {
+		job := s.cfg.Jobs.Start(jobs.InitialCopy, s.disk)
+		applied, err = s.initialCopy(c, arm, job)
+		if job.End(err); err != nil {
 			return false, err
 		}
 		progressed = true
@@ -775,7 +780,7 @@ func (s spans) add(lo, hi uint64) spans {
 
 // initialCopy sends the base image at the checkpoint, skipping zero chunks,
 // while the VM keeps writing into the log.
-func (s *Shipper) initialCopy(c *wire.Conn, arm func(int)) (uint64, error) {
+func (s *Shipper) initialCopy(c *wire.Conn, arm func(int), job *jobs.Run) (uint64, error) {
 	ckpt := s.vol.PauseMerge()
 	defer s.vol.ResumeMerge()
 	base := s.vol.Base()
@@ -791,6 +796,7 @@ func (s *Shipper) initialCopy(c *wire.Conn, arm func(int)) (uint64, error) {
 		}
 		pct := int(99 * (off + n) / size) // 100 once the replica has made it durable
 		s.set(func(st *ShipStatus) { st.Initial = pct })
+		job.Progress(off+n, size)
 		if allZero(data) {
 			continue
 		}
