@@ -108,6 +108,12 @@ replica remain for hosts with one role.`,
 			}
 			defer rec.Close()
 			cfg.Events, cfg.Log = rec, log
+			// One jobs log per component: each is also read where its
+			// daemon would keep it when the host is down.
+			if cfg.Primary.Jobs, err = ops.jobs(cfg.Data, log); err != nil {
+				return err
+			}
+			cfg.Replica.Jobs = cfg.Primary.Jobs
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			h, err := host.Start(cfg)

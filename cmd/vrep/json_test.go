@@ -12,7 +12,7 @@ import (
 
 // notAdmin are the commands that are no admin command: the daemons,
 // which log, and the demo, which narrates.
-var notAdmin = map[string]bool{"vrep primary": true, "vrep replica": true, "vrep demo": true}
+var notAdmin = map[string]bool{"vrep primary": true, "vrep replica": true, "vrep host": true, "vrep demo": true}
 
 // TestEveryAdminCommandHasJSON: every command an operator or a script
 // runs takes --json.

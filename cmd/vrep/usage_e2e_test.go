@@ -14,10 +14,10 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		msg  string
 	}{
-		{[]string{"failover", "planned", "vm1"}, `unknown command "planned" for "vrep failover"`},
+		{[]string{"failover", "plannned", "vm1"}, `unknown command "plannned" for "vrep failover"`},
 		{[]string{"frobnicate"}, `unknown command "frobnicate" for "vrep"`},
 		{[]string{"statsu"}, "did you mean status"},
-		{[]string{"failover"}, "needs a subcommand: cancel, commit, start, test, test-stop"},
+		{[]string{"failover"}, "needs a subcommand: cancel, commit, planned, start, test, test-stop"},
 		{[]string{"status", "--bogus"}, "unknown flag: --bogus"},
 		{[]string{"points"}, "accepts 1 arg(s), received 0"},
 		{[]string{"points", "vm1", "vm2"}, "accepts 1 arg(s), received 2"},
