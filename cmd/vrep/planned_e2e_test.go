@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/faultnet"
 	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/host"
 	"github.com/vrep-io/vrep/internal/nbdclient"
@@ -413,6 +414,76 @@ func TestPlannedFailoverKilledAtEachStep(t *testing.T) {
 			json.Unmarshal(b.status(t).Primaries["vm1"], &ps)
 			if got := ps.Disks[0].Replication.InitialBytes; got != 0 {
 				t.Fatalf("killed at %s: the reverse stream sent %d bytes of initial copy", fp, got)
+			}
+		})
+	}
+}
+
+// TestPlannedFailoverNetworkFaults runs planned failovers through a
+// fault proxy between the hosts (black hole, a reset mid-frame, a
+// half-open link), set once the replica is caught up: the failover
+// either gives the VM back at once, or keeps it read-only until asked
+// again; the replica is never promoted without every record, no host
+// runs the VM writable beside another, and no acknowledged write is
+// lost once the link heals and the failover is asked again.
+func TestPlannedFailoverNetworkFaults(t *testing.T) {
+	const size = 8 << 20
+	const blocks = size / wocheck.BlockSize
+	for i, fc := range []struct {
+		name  string
+		fault faultnet.Fault
+	}{
+		{"blackhole", faultnet.Fault{Blackhole: true}},
+		{"reset-mid-frame", faultnet.Fault{ResetAfter: 700}},
+		{"half-open", faultnet.Fault{HalfOpen: true}},
+	} {
+		t.Run(fc.name, func(t *testing.T) {
+			th := newTwoHosts(t, size)
+			px, err := faultnet.Listen(th.addr["hostb"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer px.Close()
+			realB := th.addr["hostb"]
+			th.addr["hostb"] = px.Addr() // hosta reaches hostb through the proxy
+			a := th.start(t, "hosta", nil)
+			th.addr["hostb"] = realB
+			b := th.start(t, "hostb", nil)
+			waitfor.True(t, "the initial copy", func() bool { return a.caughtUp(t, "vm1") })
+			cl, err := nbdclient.Dial("unix", a.sock, "vm1/disk0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := wocheck.Workload{Disk: 1, Run: uint32(i + 1), Blocks: blocks, Seed: uint64(i), FlushEvery: 8, Depth: 8}
+			h := w.WriteConcurrent(context.Background(), []wocheck.Device{cl}, 300)
+			cl.Close()
+			end := time.Now()
+			waitfor.True(t, "the replica caught up", func() bool { return a.caughtUp(t, "vm1") })
+
+			px.Set(fc.fault)
+			code, out := vrepRun(t, "failover", "planned", "vm1", "--data", a.data, "--timeout", "3s")
+			t.Logf("with the link faulty: exit %d: %s", code, strings.TrimSpace(out))
+			sa, sb := a.status(t), b.status(t)
+			ra, rb := roleOf(sa, "vm1"), roleOf(sb, "vm1")
+			switch {
+			case code == 0:
+				t.Fatalf("a planned failover over a faulty link (%s) claimed success", fc.name)
+			case rb == host.RolePrimary && ra == host.RolePrimary && sa.VMs[0].Step == "":
+				t.Fatalf("hostb runs vm1 and hosta takes its writes again")
+			case rb != host.RolePrimary && !strings.Contains(out, "takes writes") && sa.VMs[0].Step == "":
+				t.Fatalf("the failover failed, left vm1 on hosta unfenced, and did not say so: %s", out)
+			}
+			px.Heal()
+			px.Set(faultnet.Fault{})
+			if code, out := vrepRun(t, "failover", "planned", "vm1", "--data", a.data, "--timeout", "1m"); code != 0 {
+				t.Fatalf("the failover asked again once the link healed: exit %d: %s", code, out)
+			}
+			after := readVM(t, b, blocks)
+			if rep := wocheck.CheckConcurrentPoint(make(wocheck.Image, blocks), after, h, end); !rep.OK() {
+				t.Fatalf("%s: %v:\n%s", fc.name, rep, strings.Join(rep.Violations, "\n"))
+			}
+			if st := px.Stats(); st.Swallowed == 0 && st.Resets == 0 {
+				t.Fatalf("the fault was never hit: %+v", st)
 			}
 		})
 	}
