@@ -80,3 +80,41 @@ way, the replica is not caught up or refused (nothing changed).`,
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "how long to wait for the replica to hold every record")
 	return cmd
 }
+
+func replicationReverseCmd() *cobra.Command {
+	var a apiFlags
+	cmd := &cobra.Command{
+		Use:   "reverse VM [--data DIR | --api SOCKET]",
+		Short: "After an unplanned failover, replicate the VM back to its old primary, which keeps its own writes",
+		Long: `Run on the host daemon (vrep host) where VM runs after an unplanned failover
+(vrep failover start, then commit), once the old primary's host is back.
+The old primary closes its copy (superseded, read-only since it came back),
+makes its images the VM's replica and keeps them, as they were, as a
+split-brain point (group split-brain-VM in vrep points VM there; retention
+keeps it): its writes after the failover point are not thrown away. This
+host then serves the VM as a primary replicating to it, and a resync sends
+only the chunks that differ (vrep status shows its progress). The VM's NBD
+clients here are disconnected once while its disks move from the failover
+to the primary role: reconnect them.
+
+Exit codes: 1 the old primary did not answer (nothing changed); 2 bad usage;
+4 the VM has not failed over here and been committed, or the old primary
+refused (it runs the VM at the same or a newer generation).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var r host.Reversed
+			if err := a.call("POST", "/v1/replication/reverse?vm="+url.QueryEscape(args[0]), &r); err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), r)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "VM %s runs here (generation %d) and replicates to %s; a resync sends what differs (vrep status)\n", r.VM, r.Generation, r.To)
+			fmt.Fprintf(cmd.OutOrStdout(), "  %s keeps what it wrote after the failover point as the point of group %s (vrep points %s there)\n", r.To, r.SplitBrainPoint, r.VM)
+			return nil
+		},
+	}
+	a.register(cmd.Flags())
+	a.needs("host", "reverse replication runs on the host daemon (vrep host) where the VM runs")
+	return cmd
+}

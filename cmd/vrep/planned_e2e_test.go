@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"os/exec"
@@ -487,4 +489,139 @@ func TestPlannedFailoverNetworkFaults(t *testing.T) {
 			}
 		})
 	}
+}
+
+// readRaw reads a whole export over NBD.
+func readRaw(t *testing.T, sock, export string, size int64) []byte {
+	t.Helper()
+	cl, err := nbdclient.Dial("unix", sock, export)
+	if err != nil {
+		t.Fatalf("%s: %v", export, err)
+	}
+	defer cl.Close()
+	b := make([]byte, size)
+	if _, err := cl.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// writeRun runs a stamped workload of n operations on an export, flushed
+// at the end, and returns its history.
+func writeRun(t *testing.T, sock, export string, run uint32, blocks int64, n int) *wocheck.History {
+	t.Helper()
+	cl, err := nbdclient.Dial("unix", sock, export)
+	if err != nil {
+		t.Fatalf("%s: %v", export, err)
+	}
+	defer cl.Close()
+	w := wocheck.Workload{Disk: 1, Run: run, Blocks: blocks, Seed: uint64(run), FlushEvery: 8, Depth: 8, FinalFlush: true}
+	return w.WriteConcurrent(context.Background(), []wocheck.Device{cl}, n)
+}
+
+// TestUnplannedFailoverThenReverse: hosta runs vm1 and dies after
+// writing past the point hostb fails over to; hostb fails over to that
+// point, runs and commits; hosta comes back superseded; vrep replication
+// reverse on hostb makes hosta keep vm1's replica: hosta's own writes
+// after the point stay readable there as the split-brain point, only
+// what differs is sent, and hosta's replica ends byte for byte equal to
+// what hostb runs.
+func TestUnplannedFailoverThenReverse(t *testing.T) {
+	const size = 16 << 20
+	const blocks = size / wocheck.BlockSize
+	th := newTwoHosts(t, size)
+	a := th.start(t, "hosta", nil)
+	b := th.start(t, "hostb", nil, "--resync-window", "always")
+	waitfor.True(t, "the initial copy", func() bool { return a.caughtUp(t, "vm1") })
+	writeRun(t, a.sock, "vm1/disk0", 1, blocks, 300)
+	waitfor.True(t, "run 1 on hostb", func() bool { return a.caughtUp(t, "vm1") })
+	var pts []struct {
+		ID string `json:"id"`
+	}
+	waitfor.True(t, "a point after run 1 on hostb", func() bool {
+		code, out := vrepRun(t, "points", "vm1", "--data", b.data, "--json")
+		return code == 0 && json.Unmarshal([]byte(out), &pts) == nil && len(pts) > 0 && a.caughtUp(t, "vm1")
+	})
+	point := pts[len(pts)-1].ID
+	writeRun(t, a.sock, "vm1/disk0", 2, blocks, 200) // hosta's writes after the point
+	a.kill()
+
+	if code, out := vrepRun(t, "failover", "start", "vm1", "--point", point, "--data", b.data); code != 0 {
+		t.Fatalf("failover start: exit %d: %s", code, out)
+	}
+	writeRun(t, b.sock, "vm1/disk0", 3, blocks, 200) // hostb's writes after the failover
+	if code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", b.data); code != exitConflict || !strings.Contains(out, "commit it first") {
+		t.Fatalf("reverse before the commit: exit %d: %s", code, out)
+	}
+	if code, out := vrepRun(t, "failover", "commit", "vm1", "--data", b.data); code != 0 {
+		t.Fatalf("failover commit: exit %d: %s", code, out)
+	}
+	if code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", b.data); code != exitError || !strings.Contains(out, "did not answer") {
+		t.Fatalf("reverse while hosta is down: exit %d: %s", code, out)
+	}
+
+	a = th.start(t, "hosta", nil)
+	waitfor.True(t, "hosta learns it is superseded", func() bool {
+		return strings.HasPrefix(a.status(t).VMs[0].Summary, "Superseded")
+	})
+	if code, out := run2(t, "qemu-io", "-f", "raw", "-c", "write 0 4k", "nbd+unix:///vm1/disk0?socket="+a.sock); code == 0 {
+		t.Fatalf("superseded hosta took a write: %s", out)
+	}
+	splitBrain := readRaw(t, a.sock, "vm1/disk0", size) // hosta's own disk, with run 2
+	if code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", b.data); code != 0 {
+		t.Fatalf("reverse: exit %d: %s", code, out)
+	}
+	var ps primary.Status
+	waitfor.True(t, "the reverse resync, then hostb replicating vm1 to hosta", func() bool {
+		json.Unmarshal(b.status(t).Primaries["vm1"], &ps)
+		rs := ps.Disks[0].Replication.Resync
+		return rs != nil && rs.State == "done" && b.caughtUp(t, "vm1")
+	})
+	rs := ps.Disks[0].Replication.Resync
+	if rs == nil || rs.State != "done" {
+		t.Fatalf("the reverse resync: %+v", rs)
+	}
+	t.Logf("reverse: %d of %d chunks differed: %d bytes sent (%.1f%% of the disk), %d hash bytes received",
+		rs.Sent, rs.Chunks, rs.BytesSent, 100*float64(rs.BytesSent)/size, rs.HashBytes)
+	if rs.BytesSent == 0 || rs.BytesSent >= size/2 {
+		t.Fatalf("the reverse resync sent %d bytes of a %d-byte disk", rs.BytesSent, size)
+	}
+	// hosta's replica (its image, hard-linked) is what hostb runs.
+	onB := readRaw(t, b.sock, "vm1/disk0", size)
+	img, err := os.ReadFile(th.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(img, onB) {
+		t.Fatal("hosta's replica image differs from what hostb runs")
+	}
+	// The split-brain point reads back hosta's own disk.
+	var apts []struct {
+		ID    string `json:"id"`
+		Group string `json:"group"`
+	}
+	if code, out := vrepRun(t, "points", "vm1", "--data", a.data, "--json"); code != 0 || json.Unmarshal([]byte(out), &apts) != nil || len(apts) == 0 || apts[0].Group != "split-brain-vm1" {
+		t.Fatalf("points on hosta: exit %d: %s", code, out)
+	}
+	if code, out := vrepRun(t, "failover", "test", "vm1", "--point", apts[0].ID, "--data", a.data); code != 0 {
+		t.Fatalf("test failover of the split-brain point: exit %d: %s", code, out)
+	}
+	if got := readRaw(t, a.sock, "vm1/disk0-test", size); !bytes.Equal(got, splitBrain) {
+		t.Fatal("the split-brain point does not read back what hosta held")
+	}
+	vrepRun(t, "failover", "test-stop", "vm1", "--data", a.data)
+}
+
+// run2 runs a command and returns its exit code and output.
+func run2(t *testing.T, name string, args ...string) (int, string) {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), string(out)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, string(out)
 }

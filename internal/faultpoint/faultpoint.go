@@ -56,7 +56,12 @@ const (
 	PromoteServing  = "promote-serving"  // the VM served and replicating back, the answer not yet sent
 	DemoteConfirmed = "demote-confirmed" // the replica promoted the VM, the old primary not yet closed
 	DemoteAdopted   = "demote-adopted"   // the images adopted as the replica copy, the role not yet final
+	ReverseDemoting = "reverse-demoting" // the old primary persisted that it keeps the replica, nothing closed yet
+	ReverseAnswered = "reverse-answered" // the old primary keeps the replica; the new one not yet serving as a primary
 )
+
+// Reverse lists the reverse replication's points in order.
+var Reverse = []string{ReverseDemoting, DemoteAdopted, ReverseAnswered, PromoteMoved}
 
 // Planned lists the planned failover's points in order.
 var Planned = []string{HandoverFenced, HandoverShipped, HandoverAsked, PromoteSaved, PromoteMoved,

@@ -45,8 +45,10 @@ type Status struct {
 	Replica   json.RawMessage            `json:"replica"`
 }
 
-func (h *Host) summary(vm string, r vmRole) string {
+func (h *Host) summary(vm string, r vmRole, superseded string) string {
 	switch {
+	case r.Role == RolePrimary && superseded != "":
+		return fmt.Sprintf("Superseded: read-only here (%s); on %s, vrep replication reverse %s makes this host keep its replica", superseded, h.cfg.Peer, vm)
 	case r.Role == RolePrimary && r.Step == stepHandingOver:
 		return fmt.Sprintf("Prepared for failover: writes refused, waiting for %s to confirm it took the VM over (vrep failover planned %s asks again; --abort gives it back)", h.cfg.Peer, vm)
 	case r.Role == RolePrimary && r.Step == stepPromoting:
@@ -66,7 +68,11 @@ func (h *Host) Status(ctx context.Context) Status {
 	st := Status{Role: "host", Host: h.cfg.Name, Peer: h.cfg.Peer, Primaries: map[string]json.RawMessage{}}
 	h.mu.Lock()
 	for vm, r := range h.roles {
-		vs := VMStatus{VM: vm, Role: r.Role, Generation: r.Generation, Step: r.Step, Since: r.Since, Summary: h.summary(vm, *r), Last: r.Last}
+		sup := ""
+		if p := h.prims[vm]; p != nil {
+			sup = p.Superseded(vm)
+		}
+		vs := VMStatus{VM: vm, Role: r.Role, Generation: r.Generation, Step: r.Step, Since: r.Since, Summary: h.summary(vm, *r, sup), Last: r.Last}
 		for _, d := range r.Disks {
 			vs.Disks = append(vs.Disks, d.Disk)
 		}
@@ -111,6 +117,10 @@ func (h *Host) handler() http.Handler {
 		out, err := h.PlannedFailover(ctx, q.Get("vm"), q.Get("abort") == "1")
 		writeResult(w, out, err)
 	})
+	mux.HandleFunc("POST /v1/replication/reverse", func(w http.ResponseWriter, r *http.Request) {
+		out, err := h.Reverse(r.Context(), r.URL.Query().Get("vm"))
+		writeResult(w, out, err)
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		if want := r.Header.Get(WantRoleHeader); want == "primary" || want == "replica" {
 			h.route(w, r)
@@ -125,7 +135,8 @@ func (h *Host) handler() http.Handler {
 // hostRoutes are the parameters of the host's own routes (the
 // components check theirs).
 var hostRoutes = daemon.Routes{
-	"POST /v1/failover/planned": {daemon.P("vm"), daemon.Flag("abort"), daemon.P("timeout")},
+	"POST /v1/failover/planned":    {daemon.P("vm"), daemon.Flag("abort"), daemon.P("timeout")},
+	"POST /v1/replication/reverse": {daemon.P("vm")},
 }
 
 func writeResult(w http.ResponseWriter, out any, err error) {

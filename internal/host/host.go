@@ -108,6 +108,9 @@ type vmRole struct {
 	Prepared *primary.Prepared `json:"prepared,omitempty"`
 	// Last is the last planned failover's outcome, for status.
 	Last *Planned `json:"last,omitempty"`
+	// SplitBrain: the demotion keeps the images as a split-brain point
+	// (reverse replication after an unplanned failover).
+	SplitBrain bool `json:"split_brain,omitempty"`
 }
 
 // roleDisk is a disk of a VM: its image's home on this host, and the
@@ -196,7 +199,7 @@ func Start(cfg Config) (h *Host, err error) {
 	rc.Data, rc.Name, rc.Listen, rc.TLS = filepath.Join(cfg.Data, "replica"), cfg.Name, cfg.Listen, stls
 	rc.Allow, rc.AllowAny = map[string]string{cfg.Peer: ""}, false
 	rc.SharedNBD, rc.SharedFUSE, rc.NoAPI = h.nbd, h.fuse, true
-	rc.OnPromote, rc.OnAdopted, rc.Events, rc.Log = h.onPromote, h.onAdopted, cfg.Events, cfg.Log
+	rc.OnPromote, rc.OnAdopted, rc.OnReverse, rc.Events, rc.Log = h.onPromote, h.onAdopted, h.onReverse, cfg.Events, cfg.Log
 	rc.Planned = func(ctx context.Context, target string) error {
 		_, err := h.PlannedFailover(ctx, target, false)
 		return err
@@ -554,6 +557,11 @@ func (h *Host) finishPromote(vm string) error {
 	r, _ := h.role(vm)
 	root := h.cfg.Peer
 	h.fenceRunning(vm, r.Generation)
+	// Reverse replication: the committed failover that served the VM
+	// lets go of its images (nothing for a planned failover).
+	if err := h.rep.ReleaseCommitted(root, vm); err != nil {
+		return err
+	}
 	var disks []string
 	for _, d := range r.Disks {
 		_, name, _ := names.Disk(d.Disk)
@@ -625,11 +633,11 @@ func (h *Host) finishDemote(vm string) error {
 		disks = append(disks, wire.HandoverDisk{Disk: d.Disk, LSN: d.Base})
 		images[d.Disk] = d.Home
 	}
-	if _, err := h.rep.AdoptVM(h.cfg.Peer, vm, disks, images); err != nil {
+	if _, err := h.rep.AdoptVM(h.cfg.Peer, vm, disks, images, r.SplitBrain); err != nil {
 		return err
 	}
 	faultpoint.Hit(faultpoint.DemoteAdopted)
-	return h.setRole(vm, func(r *vmRole) { r.Step, r.Since, r.Prepared = "", time.Now(), nil })
+	return h.setRole(vm, func(r *vmRole) { r.Step, r.Since, r.Prepared, r.SplitBrain = "", time.Now(), nil, false })
 }
 
 // fenceRunning refuses the peer's streams of a VM this host runs: a

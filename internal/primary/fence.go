@@ -56,3 +56,16 @@ func (d *Daemon) fenceIfSuperseded(disk *Disk) error {
 	d.log.Warn("disk fenced: its VM failed over to the replica; it is served read-only", "disk", disk.Name, "reason", reason)
 	return nil
 }
+
+// Superseded returns why the disks of vm no longer take writes because
+// the VM failed over elsewhere, or "".
+func (d *Daemon) Superseded(vm string) string {
+	for _, disk := range d.Disks {
+		if v, _, _ := names.Disk(disk.Name); v == vm {
+			if r := disk.superseded.Load(); r != nil {
+				return *r
+			}
+		}
+	}
+	return ""
+}

@@ -3,11 +3,13 @@ package replicad
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/names"
@@ -132,7 +134,11 @@ type Adopted struct {
 // AdoptVM makes images the replica copies of vm's disks under root, each
 // at the LSN its new primary's log starts after, and accepts the VM's
 // streams. images maps VM/DISK to its image and size.
-func (d *Daemon) AdoptVM(root, vm string, disks []wire.HandoverDisk, images map[string]string) ([]Adopted, error) {
+//
+// With splitBrain (reverse replication after an unplanned failover: the
+// images hold writes the new primary never had), each image is kept as
+// a split-brain point and resynced to the new primary's disk.
+func (d *Daemon) AdoptVM(root, vm string, disks []wire.HandoverDisk, images map[string]string, splitBrain bool) ([]Adopted, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []Adopted
@@ -155,6 +161,11 @@ func (d *Daemon) AdoptVM(root, vm string, disks []wire.HandoverDisk, images map[
 		}
 		out = append(out, Adopted{Disk: hd.Disk, Image: img, LSN: hd.LSN, Linked: linked})
 	}
+	if splitBrain {
+		if err := d.markSplitBrain(root, vm, disks); err != nil {
+			return out, err
+		}
+	}
 	d.srv.Unfence(root, vm)
 	d.log.Info("replica: the VM's images are its replica copy now (planned failover); its new primary replicates to it", "vm", root+"/"+vm)
 	return out, nil
@@ -170,3 +181,68 @@ func (d *Daemon) Unfence(root, vm string) { d.srv.Unfence(root, vm) }
 // Stream is what the replica knows of the stream of the disk
 // ROOT/VM/DISK.
 func (d *Daemon) Stream(key string) receive.StreamInfo { return d.srv.Stream(key) }
+
+// Committed describes a committed failover of vm under root: its
+// generation, point and disks (with their sizes); ok false when there is
+// none, with why in a sentence.
+func (d *Daemon) Committed(root, vm string) (gen, point uint64, disks []wire.HandoverDisk, why string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := d.fos[root+"/"+vm]
+	switch {
+	case f == nil:
+		return 0, 0, nil, fmt.Sprintf("VM %s has not failed over to this host (vrep failover start %s first)", vm, vm)
+	case f.err != "":
+		return 0, 0, nil, fmt.Sprintf("the failover state of VM %s could not be read (%s)", vm, f.err)
+	case f.st.State != stCommitted:
+		return 0, 0, nil, fmt.Sprintf("the failover of VM %s is %s: commit it first (vrep failover commit %s); reverse replication keeps what the VM runs", vm, strings.ToLower(f.st.State), vm)
+	}
+	for _, fd := range f.disks {
+		disks = append(disks, wire.HandoverDisk{Disk: fd.export, Size: fd.vol.Size()})
+	}
+	return f.st.Generation, f.st.Point.ID, disks, ""
+}
+
+// ReleaseCommitted stops serving a committed failover of vm under root
+// (its NBD clients are disconnected; each volume merges its log into the
+// image as it closes) and forgets it: the image stays in the store, for
+// the host daemon to serve as a primary (store.ReleaseImage). Idempotent.
+func (d *Daemon) ReleaseCommitted(root, vm string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	key := root + "/" + vm
+	f := d.fos[key]
+	if f == nil {
+		return nil
+	}
+	if f.st.State != stCommitted {
+		return fmt.Errorf("replica: the failover of VM %s is %s, not committed", vm, f.st.State)
+	}
+	d.stopServing(f)
+	for _, fd := range f.disks {
+		if err := os.RemoveAll(fd.dir); err != nil {
+			return fmt.Errorf("replica: %w", err)
+		}
+	}
+	if err := os.Remove(foStatePath(d.cfg.Data, root, vm)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replica: %w", err)
+	}
+	delete(d.fos, key)
+	d.publishLocked()
+	d.log.Info("replica: the committed failover's disks are handed to this host's primary role (reverse replication)", "vm", key)
+	return nil
+}
+
+// MarkSplitBrain keeps each adopted disk of vm under root as the
+// split-brain point (store.MarkSplitBrain), before its streams are
+// accepted.
+func (d *Daemon) markSplitBrain(root, vm string, disks []wire.HandoverDisk) error {
+	id := uint64(time.Now().UnixNano())
+	for _, hd := range disks {
+		_, dname, _ := names.Disk(hd.Disk)
+		if err := store.MarkSplitBrain(d.Catalog, root+"/"+vm+"/"+dname, vm, id, time.Now()); err != nil {
+			return err
+		}
+	}
+	return nil
+}

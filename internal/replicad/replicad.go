@@ -57,6 +57,7 @@ type Config struct {
 	// receive.ServerConfig); nil: handovers are refused.
 	OnPromote func(ctx context.Context, primary, root string, req wire.Promote) (wire.Promoted, error)
 	OnAdopted func(vm string)
+	OnReverse func(ctx context.Context, primary, root string, req wire.Reverse) (wire.Reversed, error)
 	// Planned, if set, runs a planned failover of a VM or consistency
 	// group (where it is primary), returning once it runs on the other
 	// host: what a recovery plan's --planned run calls. Unset, such runs
@@ -136,7 +137,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		return d, err
 	}
 	d.srv = receive.NewServer(receive.ServerConfig{Data: cfg.Data, TLS: cfg.TLS, Allow: cfg.Allow,
-		AllowAny: cfg.AllowAny, Catalog: d.Catalog, OnPromote: cfg.OnPromote, OnAdopted: cfg.OnAdopted, Log: cfg.Log})
+		AllowAny: cfg.AllowAny, Catalog: d.Catalog, OnPromote: cfg.OnPromote, OnAdopted: cfg.OnAdopted, OnReverse: cfg.OnReverse, Log: cfg.Log})
 	d.nbd, d.fuse = cfg.SharedNBD, cfg.SharedFUSE
 	if d.nbd == nil {
 		d.nbd = nbd.NewServer(cfg.Log)

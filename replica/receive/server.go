@@ -54,6 +54,9 @@ type ServerConfig struct {
 	// here holds the replica copy now (wire.MsgAdopted): the VM's streams
 	// back to it need not wait for their next retry.
 	OnAdopted func(vm string)
+	// OnReverse, if set, makes this host keep the replica of a VM that
+	// failed over from it (wire.Reverse): primary is the asking host.
+	OnReverse func(ctx context.Context, primary, root string, req wire.Reverse) (wire.Reversed, error)
 	Log       *slog.Logger
 }
 
@@ -330,6 +333,10 @@ func (s *Server) serve(nc net.Conn) {
 		s.promote(c, name, rootName, body, log, fail)
 		return
 	}
+	if err == nil && t == wire.MsgReverse {
+		s.reverse(c, name, rootName, body, log, fail)
+		return
+	}
 	if err == nil && t != wire.MsgOpenDisk {
 		err = fmt.Errorf("%w: got message %d, want %d", wire.ErrFrame, t, wire.MsgOpenDisk)
 	}
@@ -497,6 +504,32 @@ func (s *Server) serve(nc net.Conn) {
 			return
 		}
 	}
+}
+
+// reverse answers a reverse replication request through OnReverse.
+func (s *Server) reverse(c *wire.Conn, primary, root string, body []byte, log *slog.Logger, fail func(uint16, error)) {
+	req, err := wire.DecodeReverse(body)
+	if err != nil {
+		fail(wire.CodeBadRequest, err)
+		return
+	}
+	if s.cfg.OnReverse == nil {
+		fail(wire.CodeBadRequest, errors.New("this host cannot keep a replica of a VM it ran: it runs as a replica only (run vrep host on both hosts for reverse replication)"))
+		return
+	}
+	log.Info("replica: asked to keep the replica of a VM that failed over from this host", "vm", req.VM, "generation", req.Generation)
+	ans, err := s.cfg.OnReverse(context.Background(), primary, root, req)
+	if err != nil {
+		code := wire.CodeBadRequest
+		var pe *PromoteError
+		if errors.As(err, &pe) {
+			code = pe.Code
+		}
+		fail(code, err)
+		return
+	}
+	c.WriteFrame(wire.MsgReversed, ans.Encode())
+	c.Flush()
 }
 
 // promote answers a handover (wire.Promote) through OnPromote.

@@ -76,3 +76,50 @@ func Promote(ctx context.Context, addr string, tc *tls.Config, req wire.Promote,
 		closeAll()
 	}, nil
 }
+
+// AskReverse asks the host at addr, the old primary of a VM this host
+// runs after an unplanned failover, to keep the VM's replica (see
+// wire.Reverse). A *wire.RemoteError is its refusal; any other error
+// leaves the outcome unknown: ask again, a Reverse is idempotent.
+func AskReverse(ctx context.Context, addr string, tc *tls.Config, req wire.Reverse, timeout time.Duration) (wire.Reversed, error) {
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	raw, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return wire.Reversed{}, err
+	}
+	pc := wire.NewProgressConn(raw, timeout)
+	nc := tls.Client(pc, tc)
+	defer nc.Close()
+	c := wire.NewConn(nc)
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	if err := nc.HandshakeContext(ctx); err != nil {
+		return wire.Reversed{}, err
+	}
+	c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: wire.CodecNone}.Encode())
+	if err := c.Flush(); err != nil {
+		return wire.Reversed{}, err
+	}
+	body, err := wire.Expect(c, wire.MsgWelcome)
+	if err != nil {
+		return wire.Reversed{}, err
+	}
+	w, err := wire.DecodeWelcome(body)
+	if err != nil {
+		return wire.Reversed{}, err
+	}
+	c.SetCodec(w.Codec)
+	c.WriteFrame(wire.MsgReverse, req.Encode())
+	if err := c.Flush(); err != nil {
+		return wire.Reversed{}, err
+	}
+	// The old primary merges its log into its images and adopts them.
+	pc.Scale.Store(10)
+	if body, err = wire.Expect(c, wire.MsgReversed); err != nil {
+		return wire.Reversed{}, err
+	}
+	return wire.DecodeReversed(body, req.VM)
+}

@@ -7,8 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
+	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/vfs"
+	"github.com/vrep-io/vrep/replica/wire"
 )
 
 // Adopt makes an image this host already holds the replica copy of the
@@ -152,4 +155,43 @@ func DropDisk(cat *Catalog, key string) error {
 		return fmt.Errorf("replica: %w", err)
 	}
 	return vfs.OS{}.SyncDir(filepath.Dir(dir))
+}
+
+// SplitBrainGroup prefixes the group of a split-brain point: the old
+// primary's writes after a failover point, kept as a point of the VM's
+// replica on that host when reverse replication makes it the replica.
+// Retention keeps such points; only the operator drops them.
+const SplitBrainGroup = "split-brain-"
+
+// MarkSplitBrain makes the adopted disk key (at LSN 0) hold its image as
+// a point, the split-brain point, and puts the disk in a resync: the
+// image is not the new primary's disk at any LSN until a resync has
+// brought it there, and each chunk the resync rewrites keeps its old
+// content as history, so the point reads back exactly what the old
+// primary held. It returns the point's id.
+func MarkSplitBrain(cat *Catalog, key, vm string, id uint64, when time.Time) error {
+	st, err := readState(vfs.OS{}, filepath.Join(cat.cfg.Data, filepath.FromSlash(key)))
+	if err != nil {
+		return err
+	}
+	d, err := OpenDisk(vfs.OS{}, filepath.Join(cat.cfg.Data, filepath.FromSlash(key)), st.size)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.WithHistory(cat, key); err != nil {
+		return err
+	}
+	if d.applied != 0 || d.Resyncing() {
+		return nil // marked before a restart
+	}
+	m, err := hrl.Marker{ID: id, Time: when.UnixNano(), Kind: hrl.KindCrash, Group: SplitBrainGroup + vm}.Encode()
+	if err != nil {
+		return err
+	}
+	if err := cat.indexBatch(key, nil, []hrl.Record{{Type: hrl.TypeMarker, LSN: 0, Payload: m}}); err != nil {
+		return err
+	}
+	_, err = d.ResyncBegin(0, wire.ChunkSize, wire.Chunks(d.size, wire.ChunkSize))
+	return err
 }

@@ -473,7 +473,7 @@ func (c *Catalog) keep(disk string, pts []PointInfo) (kept []PointInfo, oldest u
 	apps := 0
 	for i := len(pts) - 1; i >= 0; i-- {
 		p := pts[i]
-		k := i == len(pts)-1 || p.Time >= cut || pinned[p.LSN] > 0
+		k := i == len(pts)-1 || p.Time >= cut || pinned[p.LSN] > 0 || strings.HasPrefix(p.Group, SplitBrainGroup)
 		if p.Kind == hrl.KindApp {
 			apps++
 			k = k || apps <= pol.KeepApp

@@ -42,7 +42,25 @@ const (
 	MsgPromote  MsgType = 19
 	MsgPromoted MsgType = 20
 	MsgAdopted  MsgType = 21
+	MsgReverse  MsgType = 22
+	MsgReversed MsgType = 23
 )
+
+// Reverse replication after an unplanned failover: the host the VM
+// failed over to (it runs the VM now, at a higher generation) asks the
+// old primary, back, to keep the VM's replica, on a session of its own:
+//
+//	Reverse   JSON of Reverse: the VM, its generation on the new primary,
+//	          the failover point, and each disk with its size
+//	Reversed  JSON of Reversed: each disk the old primary holds now as the
+//	          replica copy (LSN 0: a resync brings it to the new
+//	          primary's disk, sending only what differs); its writes
+//	          after the failover point are kept there as a split-brain
+//	          point
+//
+// or Error (CodeSuperseded when the old primary runs the VM at the same
+// or a higher generation and was never superseded). Idempotent as
+// Promote.
 
 // maxHandover bounds a Promote or Promoted body.
 const maxHandover = 64 << 10
@@ -149,4 +167,47 @@ func DecodePromoted(b []byte, vm string) (Promoted, error) {
 		return Promoted{}, err
 	}
 	return p, nil
+}
+
+// Reverse asks the old primary to keep the VM's replica.
+type Reverse struct {
+	VM         string         `json:"vm"`
+	Generation uint64         `json:"generation"`
+	Point      uint64         `json:"point,string"`
+	Disks      []HandoverDisk `json:"disks"`
+}
+
+// Reversed answers Reverse.
+type Reversed struct {
+	Disks []HandoverDisk `json:"disks"`
+}
+
+// Encode returns the message body.
+func (r Reverse) Encode() []byte { b, _ := json.Marshal(r); return b }
+
+// Encode returns the message body.
+func (r Reversed) Encode() []byte { b, _ := json.Marshal(r); return b }
+
+// DecodeReverse decodes and checks a Reverse body.
+func DecodeReverse(b []byte) (Reverse, error) {
+	var r Reverse
+	if err := decodeStrict(b, &r); err != nil {
+		return Reverse{}, err
+	}
+	if err := names.Part(r.VM); err != nil {
+		return Reverse{}, fmt.Errorf("%w: %v", ErrFrame, err)
+	}
+	if r.Generation < 2 {
+		return Reverse{}, fmt.Errorf("%w: reverse at generation %d (a failed-over VM is at 2 or more)", ErrFrame, r.Generation)
+	}
+	return r, checkDisks(r.VM, r.Disks, true)
+}
+
+// DecodeReversed decodes and checks a Reversed body for the VM vm.
+func DecodeReversed(b []byte, vm string) (Reversed, error) {
+	var r Reversed
+	if err := decodeStrict(b, &r); err != nil {
+		return Reversed{}, err
+	}
+	return r, checkDisks(vm, r.Disks, false)
 }

@@ -46,10 +46,21 @@ func TestPromoteRefusesBadInput(t *testing.T) {
 func FuzzDecodePromote(f *testing.F) {
 	f.Add(Promote{VM: "vm1", Generation: 1, Reverse: "h:1", Disks: []HandoverDisk{{Disk: "vm1/d", Size: 1, LSN: 1}}}.Encode())
 	f.Add(Promoted{Generation: 1, Disks: []HandoverDisk{{Disk: "vm1/d"}}}.Encode())
+	f.Add(Reverse{VM: "vm1", Generation: 2, Point: 7, Disks: []HandoverDisk{{Disk: "vm1/d", Size: 1}}}.Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if p, err := DecodePromote(b); err == nil {
 			if _, err := DecodePromote(p.Encode()); err != nil {
 				t.Fatalf("re-encoded promote refused: %v", err)
+			}
+		}
+		if r, err := DecodeReverse(b); err == nil {
+			if _, err := DecodeReverse(r.Encode()); err != nil {
+				t.Fatalf("re-encoded reverse refused: %v", err)
+			}
+		}
+		if r, err := DecodeReversed(b, "vm1"); err == nil {
+			if _, err := DecodeReversed(r.Encode(), "vm1"); err != nil {
+				t.Fatalf("re-encoded reversed refused: %v", err)
 			}
 		}
 		if p, err := DecodePromoted(b, "vm1"); err == nil {
