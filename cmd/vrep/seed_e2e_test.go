@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"hash/crc32"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
@@ -248,13 +251,6 @@ func TestSeedImportRefuses(t *testing.T) {
 			nothingImported(t, repData)
 		})
 	}
-	t.Run("the replica daemon running", func(t *testing.T) {
-		startReplica(t, e.dir, pkiDir, addr)
-		code, out := vrepRun(t, importArgs(good)...)
-		if code != exitConflict || !strings.Contains(out, "stop the replica daemon") {
-			t.Fatalf("exit %d:\n%s", code, out)
-		}
-	})
 }
 
 // reframeManifest replaces text in a manifest's JSON body and frames it
@@ -349,4 +345,137 @@ func TestSeedOlderThanLog(t *testing.T) {
 	}
 	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", replicaImg, u)
+}
+
+// replicaStatus returns the replica daemon's status.
+func replicaStatus(t *testing.T, repData string) replicad.Status {
+	t.Helper()
+	var st replicad.Status
+	code, out := vrepRun(t, "status", "--data", repData, "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+		t.Fatalf("replica status: %d %s", code, out)
+	}
+	return st
+}
+
+// TestSeedImportThroughDaemon: with the replica daemon running, vrep
+// seed import goes through it. One drive is lost and another's shard
+// file is a FIFO the test feeds, so the import stalls half-way for as
+// long as the test wants: meanwhile the replica's status and metrics show
+// its progress and the rebuilt drive, and the primary, told to connect
+// now, is refused with the reason (never let near the image). Fed the
+// rest, the import finishes, says it ran through the daemon, and
+// replication starts after the seed with no initial copy over the
+// network; the replica converges byte for byte.
+func TestSeedImportThroughDaemon(t *testing.T) {
+	need(t, "qemu-io", "qemu-img", "curl")
+	e := newEnv(t, 32<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms")...)
+	u := e.uri("vm1/disk0")
+	for i := range 8 {
+		qemuIO(t, u, "write -P "+strconv.Itoa(0x41+i)+" "+strconv.Itoa(i*4)+"M 2M", "flush")
+	}
+	dirs := seedDirs(e, 4)
+	exportSeed(t, e, dirs, 2)
+	qemuIO(t, u, "write -P 0x77 1M 3M", "flush")
+	if err := os.RemoveAll(dirs[1]); err != nil {
+		t.Fatal(err)
+	}
+	shard := filepath.Join(dirs[0], "disk0.shard")
+	data, err := os.ReadFile(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(shard)
+	if err := syscall.Mkfifo(shard, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startReplica(t, e.dir, pkiDir, addr)
+	repData := filepath.Join(e.dir, "replica")
+	imp := exec.Command(vrepBin, append([]string{"seed", "import", "--data", repData, "--vm", "vm1"}, flagEach("--from", dirs)...)...)
+	var impOut syncBuffer
+	imp.Stdout, imp.Stderr = &impOut, &impOut
+	if err := imp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	impDone := make(chan error, 1)
+	go func() { impDone <- imp.Wait() }()
+	t.Cleanup(func() { imp.Process.Kill() })
+	// The seed's opening reads the shard's header; the restore then
+	// streams it: half now.
+	f, err := os.OpenFile(shard, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(data[:32])
+	f.Close()
+	// NB: the next writer must meet the restore's reader, not the header's.
+	waitfor.True(t, "the shard's header read", func() bool { return !openByAny(shard) })
+	f, err = os.OpenFile(shard, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	half := len(data) / 2
+	if _, err := f.Write(data[32:half]); err != nil {
+		t.Fatal(err)
+	}
+	var st replicad.Status
+	waitfor.True(t, "the import's progress in the replica's status", func() bool {
+		st = replicaStatus(t, repData)
+		si := st.SeedImport
+		return si != nil && si.State == "running" && si.BytesDone > 4<<20
+	})
+	if si := st.SeedImport; si.BytesDone >= si.BytesTotal || si.Percent <= 0 || si.Percent >= 100 || si.DrivesRebuilt != 1 || si.VM != "vm1" {
+		t.Fatalf("import status: %+v", si)
+	}
+	if _, text := vrepRun(t, "status", "--data", repData); !strings.Contains(text, "seed import") || !strings.Contains(text, "1 drives rebuilt") {
+		t.Fatalf("status text lacks the import:\n%s", text)
+	}
+	m := scrape(t, filepath.Join(repData, "api.sock"))
+	if v, ok := metricValue(m, "vrep_replica_seed_import_running", `vm="vm1"`); !ok || v != 1 {
+		t.Fatalf("metrics: running %v %v\n%s", v, ok, grepLines(m, "seed_import"))
+	}
+	if v, ok := metricValue(m, "vrep_replica_seed_import_drives_rebuilt", `vm="vm1"`); !ok || v != 1 {
+		t.Fatalf("metrics: drives rebuilt %v %v\n%s", v, ok, grepLines(m, "seed_import"))
+	}
+	// The primary, told to connect now, is refused with the reason.
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	waitfor.True(t, "the primary's stream refused during the import", func() bool {
+		r := primaryDisk(t, e).Replication
+		return r != nil && strings.Contains(r.Reason, "being imported from seed media")
+	})
+	if _, err := f.Write(data[half:]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := <-impDone; err != nil {
+		t.Fatalf("seed import: %v\n%s", err, impOut.String())
+	}
+	out := impOut.String()
+	for _, want := range []string{"imported through the running replica daemon", "shard 1 missing: rebuilt", "verified"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("import output lacks %q:\n%s", want, out)
+		}
+	}
+	if si := replicaStatus(t, repData).SeedImport; si == nil || si.State != "done" || si.Percent != 100 {
+		t.Fatalf("after the import: %+v", si)
+	}
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	if r := waitReplicated(t, e).Replication; r.InitialBytes != 0 {
+		t.Fatalf("%d bytes of initial copy over the network", r.InitialBytes)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", filepath.Join(repData, "primary1", "vm1", "disk0", "image"), u)
+}
+
+// openByAny says whether any process has path open (by /proc/PID/fd).
+func openByAny(path string) bool {
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && l == path {
+			return true
+		}
+	}
+	return false
 }

@@ -39,13 +39,21 @@ var (
 		"Frame bytes (decoded) received from the primary for the disk since the daemon started.", diskLabels, nil)
 	descTests = prometheus.NewDesc("vrep_replica_test_failovers",
 		"Test failovers running.", nil, nil)
-	descUp = prometheus.NewDesc("vrep_replica_status_ok",
+	seedLabels      = []string{"root", "vm", "seed"}
+	descSeedRunning = prometheus.NewDesc("vrep_replica_seed_import_running", "1 while a seed import runs (vrep seed import through the daemon), 0 once it ended; absent before the first.", seedLabels, nil)
+	descSeedDone    = prometheus.NewDesc("vrep_replica_seed_import_bytes_done", "Bytes of the seed's disks imported so far.", seedLabels, nil)
+	descSeedTotal   = prometheus.NewDesc("vrep_replica_seed_import_bytes_total", "Bytes of the seed's disks in all.", seedLabels, nil)
+	descSeedRatio   = prometheus.NewDesc("vrep_replica_seed_import_progress_ratio", "Share of the seed's bytes imported, 0 to 1.", seedLabels, nil)
+	descSeedRebuilt = prometheus.NewDesc("vrep_replica_seed_import_drives_rebuilt", "Directories (drives) of the seed found missing or damaged and rebuilt from parity.", seedLabels, nil)
+	descSeedFailed  = prometheus.NewDesc("vrep_replica_seed_import_failed", "1 if the last seed import failed.", seedLabels, nil)
+	descUp          = prometheus.NewDesc("vrep_replica_status_ok",
 		"1 when the replica could read its catalog at this scrape.", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHealth, descPointAge, descLastPoint, descPoints, descHistory, descApplied,
-		descConnected, descSeeded, descReceived, descTests, descUp} {
+		descConnected, descSeeded, descReceived, descTests, descUp,
+		descSeedRunning, descSeedDone, descSeedTotal, descSeedRatio, descSeedRebuilt, descSeedFailed} {
 		ch <- d
 	}
 }
@@ -77,6 +85,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		g(descReceived, prometheus.CounterValue, float64(ds.ReceivedBytes), l)
 	}
 	ch <- prometheus.MustNewConstMetric(descTests, prometheus.GaugeValue, float64(len(st.Tests)))
+	if si := st.SeedImport; si != nil {
+		l := []string{si.Root, si.VM, si.SeedID}
+		g(descSeedRunning, prometheus.GaugeValue, daemon.Bool(si.State == "running"), l)
+		g(descSeedDone, prometheus.GaugeValue, float64(si.BytesDone), l)
+		g(descSeedTotal, prometheus.GaugeValue, float64(si.BytesTotal), l)
+		g(descSeedRatio, prometheus.GaugeValue, float64(si.BytesDone)/float64(max(si.BytesTotal, 1)), l)
+		g(descSeedRebuilt, prometheus.GaugeValue, float64(si.DrivesRebuilt), l)
+		g(descSeedFailed, prometheus.GaugeValue, daemon.Bool(si.State == "failed"), l)
+	}
 }
 
 // metricsHandler serves the replica's metrics and Go's own.

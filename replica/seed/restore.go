@@ -144,6 +144,18 @@ func (s *Seed) Available(disk string) int {
 	return n
 }
 
+// Missing returns the indexes of the disk's shard files that no
+// directory holds whole enough to read (lost, or a damaged header).
+func (s *Seed) Missing(disk string) []int {
+	var out []int
+	for i, p := range s.paths[disk] {
+		if p == "" {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 // ShardReport is what restoring found in one shard file.
 type ShardReport struct {
 	Index     int    `json:"index"`
