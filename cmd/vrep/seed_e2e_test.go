@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"errors"
 	"encoding/json"
 	"hash/crc32"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/waitfor"
@@ -478,4 +480,82 @@ func openByAny(path string) bool {
 		}
 	}
 	return false
+}
+
+// TestSeedImportRerunAfterKill: an import of a two-disk VM is killed
+// (SIGKILL, at a fault point) after the first disk is published and
+// before its point is indexed, the second disk staged. Run again, the
+// import finishes the job: the first disk, imported from this very seed,
+// is skipped and said so, its point registered; the second is imported.
+// A third run skips both. Replication then starts after the seed on both
+// disks with no initial copy, and the replica converges.
+func TestSeedImportRerunAfterKill(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	bin := faultBin(t)
+	e := newEnv(t, 16<<20)
+	img1 := filepath.Join(e.dir, "disk1.img")
+	if err := os.WriteFile(img1, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img1, 16<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--disk", "vm1/disk1="+img1)...)
+	for i, d := range []string{"vm1/disk0", "vm1/disk1"} {
+		qemuIO(t, e.uri(d), "write -P "+strconv.Itoa(0x51+i)+" 0 5M", "write -P 0x33 9M 1M", "flush")
+	}
+	dirs := seedDirs(e, 3)
+	res := exportSeed(t, e, dirs, 1)
+	if len(res.Disks) != 2 || res.PointID == 0 {
+		t.Fatalf("export: %+v", res)
+	}
+	repData := filepath.Join(e.dir, "replica")
+	args := append([]string{"seed", "import", "--data", repData}, flagEach("--from", dirs)...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "VREP_FAULTPOINT="+faultpoint.SeedPublished+":1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("the import was not killed at its fault point: %v\n%s", err, out)
+	}
+	code, text := vrepRun(t, args...)
+	if code != 0 {
+		t.Fatalf("rerun: exit %d\n%s", code, text)
+	}
+	pt := strconv.FormatUint(res.PointID, 10)
+	for _, want := range []string{"primary1/vm1/disk0: skipped: already imported from this seed", "point " + pt + " registered",
+		"primary1/vm1/disk1: imported at LSN", "imported offline"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("rerun output lacks %q:\n%s", want, text)
+		}
+	}
+	code, text = vrepRun(t, append(args, "--json")...)
+	var ir replicad.SeedImportResult
+	if code != 0 || json.Unmarshal([]byte(text[strings.Index(text, "{"):]), &ir) != nil || len(ir.Disks) != 2 || ir.Disks[0].Skipped == "" || ir.Disks[1].Skipped == "" {
+		t.Fatalf("third run: exit %d\n%s", code, text)
+	}
+	startReplica(t, e.dir, pkiDir, addr)
+	if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || !strings.Contains(out, pt) {
+		t.Fatalf("the replica's points lack the seed's point %s on both disks: exit %d\n%s", pt, code, out)
+	}
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	waitfor.True(t, "both disks replicated", func() bool {
+		var st primary.Status
+		code, out := vrepRun(t, "status", "--state", e.state, "--json")
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Disks) != 2 {
+			return false
+		}
+		for _, d := range st.Disks {
+			r := d.Replication
+			if r == nil || r.Acked < d.LastLSN || r.Initial != 100 || r.Health != "Normal" {
+				return false
+			}
+			if r.InitialBytes != 0 {
+				t.Fatalf("%s: %d bytes of initial copy over the network", d.Name, r.InitialBytes)
+			}
+		}
+		return true
+	})
+	for _, d := range []string{"disk0", "disk1"} {
+		run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", filepath.Join(repData, "primary1", "vm1", d, "image"), e.uri("vm1/"+d))
+	}
 }
