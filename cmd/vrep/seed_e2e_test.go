@@ -2,8 +2,8 @@ package main
 
 import (
 	"encoding/binary"
-	"errors"
 	"encoding/json"
+	"errors"
 	"hash/crc32"
 	"os"
 	"os/exec"
