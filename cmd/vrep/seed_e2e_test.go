@@ -132,6 +132,11 @@ func TestSeedEndToEnd(t *testing.T) {
 	startReplica(t, e.dir, pkiDir, addr)
 	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
 	st := waitReplicated(t, e)
+	// The seed is checked against the primary, and matches.
+	waitfor.True(t, "the seed verified", func() bool {
+		sv := primaryDisk(t, e).Replication.SeedVerify
+		return sv != nil && sv.State == "matched" && sv.Differing == 0 && sv.SeedLSN == lsn
+	})
 	if st.Replication.InitialBytes != 0 || st.Replication.AwaitingSeed != 0 {
 		t.Fatalf("after the seed: %d bytes of initial copy sent over the network, awaiting seed %d", st.Replication.InitialBytes, st.Replication.AwaitingSeed)
 	}
@@ -557,5 +562,50 @@ func TestSeedImportRerunAfterKill(t *testing.T) {
 	})
 	for _, d := range []string{"disk0", "disk1"} {
 		run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", filepath.Join(repData, "primary1", "vm1", d, "image"), e.uri("vm1/"+d))
+	}
+}
+
+// TestSeedVerifyMismatch: a seed imported and then changed on the
+// replica before the primary connects (two chunks: a flipped byte in
+// data, bytes written into a zero chunk) is not trusted: on its first
+// connection the primary verifies it by checksums, reports the mismatch
+// (status, a "seed" event) and resyncs; the replica ends byte for byte
+// equal to the primary, with no initial copy over the network.
+func TestSeedVerifyMismatch(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	e := newEnv(t, 16<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms")...)
+	u := e.uri("vm1/disk0")
+	qemuIO(t, u, "write -P 0x41 0 6M", "flush")
+	dirs := seedDirs(e, 3)
+	res := exportSeed(t, e, dirs, 1)
+	repData := filepath.Join(e.dir, "replica")
+	if code, out := vrepRun(t, append([]string{"seed", "import", "--data", repData}, flagEach("--from", dirs)...)...); code != 0 {
+		t.Fatalf("import: exit %d\n%s", code, out)
+	}
+	img := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	flipByte(t, img, 2<<20+100)
+	flipByte(t, img, 10<<20+5)
+	startReplica(t, e.dir, pkiDir, addr)
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	var st primary.DiskStatus
+	waitfor.True(t, "the seed's verify and the resync after it", func() bool {
+		st = primaryDisk(t, e)
+		r := st.Replication
+		return r != nil && r.SeedVerify != nil && r.SeedVerify.State == "differed" && r.Resync != nil && r.Resync.State == "done"
+	})
+	sv, rs := st.Replication.SeedVerify, st.Replication.Resync
+	t.Logf("seed verify: %+v", *sv)
+	if sv.Differing != 2 || sv.SeedLSN != res.Disks[0].LSN || rs.Sent != 2 || !strings.Contains(rs.Reason, "differs from the primary in 2 of") {
+		t.Fatalf("seed verify %+v, resync %+v", sv, rs)
+	}
+	if r := waitReplicated(t, e).Replication; r.InitialBytes != 0 {
+		t.Fatalf("%d bytes of initial copy over the network", r.InitialBytes)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", img, u)
+	_, evs := vrepRun(t, "events", "--state", e.state, "--json")
+	if !strings.Contains(evs, `"kind": "seed"`) || !strings.Contains(evs, "differs from the primary in 2 of") {
+		t.Fatalf("no seed event of the mismatch:\n%s", evs)
 	}
 }
