@@ -31,6 +31,38 @@ type Seed struct {
 	// Notes says what was found wrong while opening: manifests that do
 	// not read, shard files missing or with a damaged header.
 	Notes []string
+	// bufs recycles the pieces a restore reads: a piece and its hash.
+	bufs pieceBufs
+}
+
+// pieceBufs is a pool of piece buffers of one size (a piece and its
+// hash): a restore reads twice the image or more through them, and
+// fresh buffers cost an allocation and a clearing each.
+type pieceBufs struct {
+	size int
+	pool sync.Pool
+}
+
+func (b *pieceBufs) get() []byte {
+	if p, ok := b.pool.Get().(*[]byte); ok {
+		return (*p)[:b.size]
+	}
+	return make([]byte, b.size)
+}
+
+// put returns p, if it came from get (its capacity says so).
+func (b *pieceBufs) put(p []byte) {
+	if cap(p) == b.size {
+		p = p[:b.size]
+		b.pool.Put(&p)
+	}
+}
+
+func (b *pieceBufs) putAll(ps [][]byte) {
+	for i, p := range ps {
+		b.put(p)
+		ps[i] = nil
+	}
 }
 
 // Open finds the seed in dirs, which may be given in any order and may
@@ -64,6 +96,7 @@ func Open(dirs []string) (*Seed, error) {
 	if s.M == nil {
 		return nil, fmt.Errorf("%w (%s)", ErrNoSeed, strings.Join(s.Notes, "; "))
 	}
+	s.bufs.size = int(s.M.PieceSize()) + pieceHashSize
 	id, _ := hex.DecodeString(s.M.SeedID)
 	owner := map[string]string{} // "disk/index" → directory
 	for _, d := range s.M.Disks {
@@ -185,6 +218,14 @@ func (r Report) Damaged() bool {
 	return false
 }
 
+// Writebacker is a WriterAt that can start writing what it holds dirty
+// to its drive without waiting (from off, n bytes; 0: to the end):
+// Restore asks it to as it goes, so the image's fsync at the end finds
+// little left to write.
+type Writebacker interface {
+	StartWriteback(off, n int64)
+}
+
 // Restore writes disk into w (which must read as zeros where nothing is
 // written: zero chunks are skipped), verifying every piece and chunk and
 // rebuilding from parity what is missing or damaged. progress, if set,
@@ -239,13 +280,16 @@ func (s *Seed) Restore(ctx context.Context, disk string, w io.WriterAt, workers 
 	}
 	work := make(chan job, workers)
 	var rebuilt, written atomic.Int64
+	wb, _ := w.(Writebacker)
 	var wwg sync.WaitGroup
 	for range workers {
 		wwg.Add(1)
 		go func() {
 			defer wwg.Done()
+			h := xxh3.New128()
 			for jb := range work {
 				if ctx.Err() != nil {
+					s.bufs.putAll(jb.pieces)
 					continue
 				}
 				good := 0
@@ -257,34 +301,48 @@ func (s *Seed) Restore(ctx context.Context, disk string, w io.WriterAt, workers 
 				if good < k {
 					cancel(fmt.Errorf("%w: chunk %d of disk %s has %d intact pieces of %d and needs %d: more shards are damaged than the parity (%d) covers",
 						ErrDamaged, jb.c, disk, good, ns, k, m.ParityShards))
+					s.bufs.putAll(jb.pieces)
 					continue
 				}
 				missing := false
-				for _, p := range jb.pieces[:k] {
-					missing = missing || p == nil
+				for i, p := range jb.pieces[:k] {
+					if p == nil {
+						// Rebuilt into a pooled buffer (its capacity is used).
+						jb.pieces[i] = s.bufs.get()[:0]
+						missing = true
+					}
 				}
 				if missing {
 					if err := enc.ReconstructData(jb.pieces); err != nil {
 						cancel(fmt.Errorf("%w: chunk %d of disk %s: %v", ErrDamaged, jb.c, disk, err))
+						s.bufs.putAll(jb.pieces)
 						continue
 					}
 					rebuilt.Add(1)
 				}
+				// The data pieces are the chunk, in order: hashed and
+				// written where they stand, with no copy into one buffer.
 				off := jb.c * m.ChunkSize
 				n := int(min(m.ChunkSize, d.Size-off))
-				buf := make([]byte, k*S)
-				for i := range k {
-					copy(buf[i*S:], jb.pieces[i])
+				h.Reset()
+				for i := 0; i < k && i*S < n; i++ {
+					h.Write(jb.pieces[i][:min(S, n-i*S)])
 				}
-				if h := xxh3.Hash128(buf[:n]).Bytes(); !bytes.Equal(h[:], d.Hashes[jb.j*chunkHashSize:(jb.j+1)*chunkHashSize]) {
+				if sum := h.Sum128().Bytes(); !bytes.Equal(sum[:], d.Hashes[jb.j*chunkHashSize:(jb.j+1)*chunkHashSize]) {
 					cancel(fmt.Errorf("%w: chunk %d of disk %s does not match its hash even after rebuilding", ErrDamaged, jb.c, disk))
+					s.bufs.putAll(jb.pieces)
 					continue
 				}
-				if _, err := w.WriteAt(buf[:n], off); err != nil {
-					cancel(fmt.Errorf("writing the image: %w", err))
-					continue
+				for i := 0; i < k && i*S < n; i++ {
+					if _, err := w.WriteAt(jb.pieces[i][:min(S, n-i*S)], off+int64(i*S)); err != nil {
+						cancel(fmt.Errorf("writing the image: %w", err))
+						break
+					}
 				}
-				written.Add(int64(n))
+				s.bufs.putAll(jb.pieces)
+				if done := written.Add(int64(n)); wb != nil && done/writebackEvery != (done-int64(n))/writebackEvery {
+					wb.StartWriteback(0, 0)
+				}
 			}
 		}()
 	}
@@ -373,10 +431,11 @@ func (s *Seed) readShard(ctx context.Context, d *Disk, i int, path string, store
 	}
 	h.Write(hdr)
 	for j := range stored {
-		p := make([]byte, S+pieceHashSize)
+		p := s.bufs.get()
 		n, err := io.ReadFull(br, p)
 		h.Write(p[:n])
 		if err != nil {
+			s.bufs.put(p)
 			r.Truncated = true
 			r.BadPieces += stored - j
 			missingAll(j)
@@ -384,6 +443,7 @@ func (s *Seed) readShard(ctx context.Context, d *Disk, i int, path string, store
 		}
 		piece := p[:S]
 		if xxh3.HashSeed(piece, pieceSeed(j, i)) != binary.LittleEndian.Uint64(p[S:]) {
+			s.bufs.put(p)
 			r.BadPieces++
 			piece = nil
 		}

@@ -109,6 +109,11 @@ func (s *SeedImport) WriteAt(p []byte, off int64) (int, error) {
 	return s.img.WriteAt(p, off)
 }
 
+// StartWriteback starts writing the staged image's dirty pages to its
+// drive, without waiting (seed.Writebacker): Stage's fsync then finds
+// little left to write.
+func (s *SeedImport) StartWriteback(off, n int64) { vfs.StartWriteback(s.img, off, n) }
+
 // ReadAt reads the staged image.
 func (s *SeedImport) ReadAt(p []byte, off int64) (int, error) { return s.img.ReadAt(p, off) }
 
