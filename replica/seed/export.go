@@ -191,14 +191,22 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 	// A chunk's data and parity in one buffer, recycled once every shard
 	// writer has written its piece: fresh ones would cost an allocation
 	// and a clearing of (k+m)/k times the image.
-	var bufs sync.Pool
+	// NB: a free list, not a sync.Pool, which every collection empties.
+	free := make(chan []byte, 3*workers+4*ns+2)
 	getBuf := func() []byte {
-		if b, ok := bufs.Get().(*[]byte); ok {
-			return *b
+		select {
+		case b := <-free:
+			return b
+		default:
+			return make([]byte, ns*S)
 		}
-		return make([]byte, ns*S)
 	}
-	putBuf := func(b []byte) { bufs.Put(&b) }
+	putBuf := func(b []byte) {
+		select {
+		case free <- b:
+		default:
+		}
+	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/faultpoint"
@@ -113,6 +114,17 @@ func (s *SeedImport) WriteAt(p []byte, off int64) (int, error) {
 // drive, without waiting (seed.Writebacker): Stage's fsync then finds
 // little left to write.
 func (s *SeedImport) StartWriteback(off, n int64) { vfs.StartWriteback(s.img, off, n) }
+
+// SyscallConn is the staged image's, when it is a file of the OS (for
+// lseek and sync_file_range).
+func (s *SeedImport) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := s.img.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	}); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
+}
 
 // ReadAt reads the staged image.
 func (s *SeedImport) ReadAt(p []byte, off int64) (int, error) { return s.img.ReadAt(p, off) }
