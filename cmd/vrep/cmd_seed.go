@@ -21,13 +21,11 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/vrep-io/vrep/hrl"
 	vdaemon "github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/jobs"
-	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/units"
-	"github.com/vrep-io/vrep/replica/seed"
 	"github.com/vrep-io/vrep/replica/store"
 )
 
@@ -184,25 +182,34 @@ func (a *apiFlags) exportSeed(ctx context.Context, req primary.SeedRequest, tty 
 
 // seedImport is one import's arguments.
 type seedImport struct {
-	from                []string
-	data, vm, pri, root string
-	noVerify, json      bool
+	from                     []string
+	data, api, vm, pri, root string
+	noVerify, json           bool
 }
 
 func seedImportCmd() *cobra.Command {
 	var o seedImport
 	cmd := &cobra.Command{
-		Use:   "import --from DIR [--from DIR ...] --data DIR [--vm VM] [--primary NAME] [--root NAME]",
-		Short: "Import seed media as a VM's first copy on the replica (the replica daemon stopped)",
+		Use:   "import --from DIR [--from DIR ...] (--data DIR | --api SOCKET) [--vm VM] [--primary NAME] [--root NAME]",
+		Short: "Import seed media as a VM's first copy on the replica",
 		Long: `Reads the seed's directories (in any order; up to its parity may be missing),
 checks every piece and chunk against its hash, rebuilds what is missing or
 damaged from parity, and writes each disk's replica image under
 DATA/ROOT/VM/DISK (ROOT: the primary's certificate name, or --root), with
 the seed's point. Then it reads the images back and compares every chunk with
-the seed's hashes. Nothing is visible to the replica until every disk is
-written and durable. Run it with the replica daemon stopped (it takes the data
-directory's lock); when the daemon starts and the primary connects, shipping
-starts after the seed: no initial copy goes over the network.
+the seed's hashes. Nothing is visible to the replica until a disk is
+written and durable.
+
+With the replica daemon running (its API at DATA/api.sock, or --api), the
+daemon imports: the primary's streams of those disks are refused, and retry,
+until the import is done, and vrep status shows its progress. With no daemon
+running, the command imports by itself (it takes the data directory's lock).
+It says which mode ran. When the primary connects, shipping starts after the
+seed: no initial copy goes over the network; the primary then verifies the
+seed by checksums and resyncs what differs.
+
+Run again after an interruption, it finishes the job: a disk already imported
+from this very seed is skipped, and said so.
 --vm and --primary refuse a seed of another VM or another primary.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -212,6 +219,7 @@ starts after the seed: no initial copy goes over the network.
 	f := cmd.Flags()
 	f.StringArrayVar(&o.from, "from", nil, "a directory of the seed (repeat)")
 	f.StringVar(&o.data, "data", "", "the replica's data directory")
+	f.StringVar(&o.api, "api", "", "the replica daemon's API socket, [unix:]PATH (default DATA/api.sock)")
 	f.StringVar(&o.vm, "vm", "", "refuse a seed that is not of this VM")
 	f.StringVar(&o.pri, "primary", "", "refuse a seed that is not from this primary (certificate name)")
 	f.StringVar(&o.root, "root", "", "the primary's root under DATA (default: the primary's certificate name, as --allow PRIMARY)")
@@ -221,173 +229,56 @@ starts after the seed: no initial copy goes over the network.
 }
 
 // ImportResult is what vrep seed import --json prints.
-type ImportResult struct {
-	SeedID string                 `json:"seed_id"`
-	VM     string                 `json:"vm"`
-	Root   string                 `json:"root"`
-	Notes  []string               `json:"notes,omitempty"`
-	Disks  []ImportedDisk         `json:"disks"`
-	Report map[string]seed.Report `json:"reports"`
-}
-
-// ImportedDisk is one disk of an import.
-type ImportedDisk struct {
-	Name     string  `json:"name"` // ROOT/VM/DISK
-	LSN      uint64  `json:"lsn"`
-	PointID  uint64  `json:"point_id,string,omitempty"`
-	Verified bool    `json:"verified"`
-	Seconds  float64 `json:"seconds"`
-	MBPerSec float64 `json:"mb_per_second"`
-}
+type ImportResult = replicad.SeedImportResult
 
 func runSeedImport(cmd *cobra.Command, o seedImport) (err error) {
 	out, tty := cmd.OutOrStdout(), cmd.ErrOrStderr()
-	if len(o.from) == 0 || o.data == "" {
-		return fmt.Errorf("%w: give --from DIR for each directory of the seed, and --data DIR", errUsage)
+	if len(o.from) == 0 || (o.data == "" && o.api == "") {
+		return fmt.Errorf("%w: give --from DIR for each directory of the seed, and --data DIR (or the daemon's --api SOCKET)", errUsage)
 	}
-	if o.root != "" {
-		if err := names.Part(o.root); err != nil {
+	req := replicad.SeedImportRequest{VM: o.vm, Primary: o.pri, Root: o.root, NoVerify: o.noVerify}
+	for _, d := range o.from {
+		abs, err := filepath.Abs(d)
+		if err != nil {
 			return err
 		}
-	}
-	s, err := seed.Open(o.from)
-	if err != nil {
-		return err
-	}
-	m := s.M
-	switch {
-	case o.vm != "" && m.VM != o.vm:
-		return fmt.Errorf("%w: the seed in %s is of VM %s, not %s", errSeedMismatch, strings.Join(o.from, ", "), m.VM, o.vm)
-	case o.pri != "" && m.Primary != o.pri:
-		return fmt.Errorf("%w: the seed in %s is from primary %s, not %s", errSeedMismatch, strings.Join(o.from, ", "), m.Primary, o.pri)
-	}
-	for _, d := range m.Disks {
-		if len(d.Marker) > 0 {
-			if _, err := hrl.DecodeMarker(d.Marker); err != nil {
-				return fmt.Errorf("%w: disk %s: its point does not decode: %v", seed.ErrManifest, d.Name, err)
-			}
-		}
-	}
-	root := o.root
-	if root == "" {
-		root = m.Primary
-	}
-	if err := os.MkdirAll(o.data, 0o700); err != nil {
-		return err
-	}
-	lf, err := os.OpenFile(filepath.Join(o.data, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	defer lf.Close()
-	if err := vdaemon.Lock(lf, "replica data directory "+o.data); err != nil {
-		return fmt.Errorf("%w: stop the replica daemon, import the seed, then start it again", err)
-	}
-	// The import is one of the replica's jobs (the daemon is stopped: the
-	// lock is ours, and so is its jobs file).
-	var total, before int64
-	for _, d := range m.Disks {
-		total += d.Size
-	}
-	jl, _ := jobs.Open(filepath.Join(o.data, jobs.FileName), nil)
-	job := jl.Start(jobs.SeedImport, root+"/"+m.VM)
-	defer func() { job.End(err) }()
-	// Room for every stored chunk, checked before anything is written.
-	var need int64
-	for i := range m.Disks {
-		need += m.Stored(&m.Disks[i]) * m.ChunkSize
-	}
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(o.data, &fs); err == nil {
-		if free := int64(fs.Bavail) * int64(fs.Bsize); free < need {
-			return fmt.Errorf("%s has %s free and the seed needs %s: make room or import onto a larger drive; nothing was written",
-				o.data, units.Bytes(free), units.Bytes(need))
-		}
-	}
-	for _, n := range s.Notes {
-		fmt.Fprintln(tty, "seed:", n)
+		req.From = append(req.From, abs)
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res := ImportResult{SeedID: m.SeedID, VM: m.VM, Root: root, Notes: s.Notes, Report: map[string]seed.Report{}}
-	var imps []*store.SeedImport
-	published := false
-	defer func() {
-		if !published {
-			for _, imp := range imps {
-				imp.Abort()
-			}
-		}
-	}()
-	for i := range m.Disks {
-		d := &m.Disks[i]
-		key := root + "/" + m.VM + "/" + d.Name
-		imp, err := store.BeginSeed(o.data, key, d.Size)
-		if err != nil {
-			return err
-		}
-		imps = append(imps, imp)
-		start := time.Now()
-		bar := importProgress(tty, key, d.Size, o.json)
-		prog := func(n int64) {
-			if n >= 0 {
-				job.Progress(before+n, total)
-			}
-			bar(n)
-		}
-		rep, err := s.Restore(ctx, d.Name, imp, 0, prog)
-		prog(-1)
-		before += d.Size
-		res.Report[d.Name] = rep
-		if err != nil {
-			return fmt.Errorf("%w; nothing was imported", err)
-		}
-		if err := imp.Stage(d.LSN, d.Marker); err != nil {
-			return err
-		}
-		secs := time.Since(start).Seconds()
-		id := ImportedDisk{Name: key, LSN: d.LSN, Seconds: secs, MBPerSec: float64(d.Size) / 1e6 / secs}
-		if len(d.Marker) > 0 {
-			id.PointID = d.PointID
-		}
-		if !o.noVerify {
-			bad, err := m.Verify(ctx, d.Name, imp, 0)
-			if err != nil {
-				return fmt.Errorf("reading back the image of %s: %w; nothing was imported", key, err)
-			}
-			if len(bad) > 0 {
-				return fmt.Errorf("%w: the image of %s written from the seed reads back wrong in %d chunks (the first at byte %d): the target drive does not keep what is written; nothing was imported",
-					seed.ErrDamaged, key, len(bad), bad[0]*m.ChunkSize)
-			}
-			id.Verified = true
-		}
-		res.Disks = append(res.Disks, id)
-		for _, sr := range rep.Shards {
-			switch {
-			case sr.Path == "":
-				fmt.Fprintf(tty, "seed: disk %s: shard %d missing: rebuilt from parity\n", d.Name, sr.Index)
-			case !sr.HashOK:
-				what := fmt.Sprintf("%d damaged pieces", sr.BadPieces)
-				if sr.Truncated {
-					what = "truncated, " + what
-				}
-				fmt.Fprintf(tty, "seed: disk %s: shard %d (%s) %s: rebuilt from parity\n", d.Name, sr.Index, sr.Path, what)
-			}
-		}
+	prog := importProgress(tty, o.json)
+	note := func(s string) { fmt.Fprintln(tty, "seed:", s) }
+	sock := strings.TrimPrefix(o.api, "unix:")
+	if sock == "" {
+		sock = filepath.Join(o.data, "api.sock")
 	}
-	cat, err := store.OpenCatalog(store.CatalogConfig{Data: o.data})
+	var res replicad.SeedImportResult
+	if c, derr := net.Dial("unix", sock); derr == nil || o.api != "" {
+		if c != nil {
+			c.Close()
+		}
+		res, err = importThroughDaemon(ctx, sock, req, prog, note)
+	} else {
+		res, err = importOffline(ctx, o.data, req, prog, note)
+	}
+	prog(nil)
 	if err != nil {
 		return err
 	}
-	defer cat.Close()
-	if err := store.PublishSeeds(cat, o.data, imps); err != nil {
-		return fmt.Errorf("publishing the imported disks: %w", err)
-	}
-	published = true
 	if o.json {
 		return printJSON(out, res)
 	}
+	switch res.Mode {
+	case "daemon":
+		fmt.Fprintf(out, "imported through the running replica daemon (%s)\n", sock)
+	default:
+		fmt.Fprintf(out, "imported offline (no replica daemon runs on %s)\n", o.data)
+	}
 	for _, d := range res.Disks {
+		if d.Skipped != "" {
+			fmt.Fprintf(out, "%s: skipped: %s\n", d.Name, d.Skipped)
+			continue
+		}
 		pt := "no point (the seed is at a log position, not a point)"
 		if d.PointID != 0 {
 			pt = fmt.Sprintf("point %d", d.PointID)
@@ -401,33 +292,119 @@ func runSeedImport(cmd *cobra.Command, o seedImport) (err error) {
 	return nil
 }
 
-// errSeedMismatch is a seed of another VM or primary than asked for.
-var errSeedMismatch = errors.New("wrong seed")
+// importOffline imports with no daemon running: it holds the data
+// directory's lock for the whole import.
+func importOffline(ctx context.Context, data string, req replicad.SeedImportRequest, prog func(*replicad.SeedImportStatus), note func(string)) (res replicad.SeedImportResult, err error) {
+	res = replicad.SeedImportResult{Mode: "offline"}
+	if data == "" {
+		return res, fmt.Errorf("%w: give --data DIR", errUsage)
+	}
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return res, err
+	}
+	lf, err := os.OpenFile(filepath.Join(data, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return res, err
+	}
+	defer lf.Close()
+	if err := vdaemon.Lock(lf, "replica data directory "+data); err != nil {
+		return res, fmt.Errorf("%w: a replica daemon holds it but its API is not at %s: give its socket with --api", err, filepath.Join(data, "api.sock"))
+	}
+	// The import is one of the replica's jobs (the daemon is stopped: the
+	// lock is ours, and so is its jobs file).
+	jl, _ := jobs.Open(filepath.Join(data, jobs.FileName), nil)
+	cat, err := store.OpenCatalog(store.CatalogConfig{Data: data})
+	if err != nil {
+		return res, err
+	}
+	defer cat.Close()
+	res, err = replicad.ImportSeed(ctx, replicad.SeedTarget{Data: data, Catalog: cat, Note: note, Jobs: jl,
+		Progress: func(st replicad.SeedImportStatus) { prog(&st) }}, req)
+	res.Mode = "offline"
+	return res, err
+}
 
-// importProgress returns a progress function for one disk: a bar on a
-// terminal, a line every 10% otherwise; -1 ends it.
-func importProgress(tty io.Writer, name string, size int64, quiet bool) func(int64) {
+// importThroughDaemon asks the running replica daemon to import and
+// follows its progress lines.
+func importThroughDaemon(ctx context.Context, sock string, req replicad.SeedImportRequest, prog func(*replicad.SeedImportStatus), note func(string)) (replicad.SeedImportResult, error) {
+	res := replicad.SeedImportResult{Mode: "daemon"}
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	body, _ := json.Marshal(req)
+	hreq, _ := http.NewRequestWithContext(ctx, "POST", "http://vrep/v1/seed/import", bytes.NewReader(body))
+	resp, err := client.Do(hreq)
+	if err != nil {
+		return res, fmt.Errorf("cannot reach the replica daemon at %s (is it running?): %w", sock, err)
+	}
+	defer resp.Body.Close()
+	if got := resp.Header.Get(roleHeader); got != "" && got != "replica" {
+		return res, fmt.Errorf("%w: seeds are imported on the replica, and the daemon at %s is a %s", errUsage, sock, got)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return res, &daemonError{resp.StatusCode, e.Error}
+		}
+		return res, &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var l replicad.SeedImportLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return res, fmt.Errorf("the daemon's answer does not decode: %w", err)
+		}
+		switch {
+		case l.Error != "":
+			return res, &seedErr{l.Error, l.Kind}
+		case l.Result != nil:
+			return *l.Result, nil
+		case l.Note != "":
+			note(l.Note)
+		case l.Progress != nil:
+			prog(l.Progress)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return res, fmt.Errorf("the daemon's answer broke off: %w", err)
+	}
+	return res, errors.New("the daemon ended the import without a result (did it stop?)")
+}
+
+// importProgress returns a progress function for an import: a bar on a
+// terminal, a line every 10% otherwise (none with quiet); nil ends it.
+func importProgress(tty io.Writer, quiet bool) func(*replicad.SeedImportStatus) {
 	f, ok := tty.(*os.File)
 	if ok && term.IsTerminal(int(f.Fd())) {
-		bar := progressbar.NewOptions64(size, progressbar.OptionSetWriter(tty), progressbar.OptionShowBytes(true),
-			progressbar.OptionSetDescription("importing "+name), progressbar.OptionThrottle(100*time.Millisecond))
-		return func(n int64) {
-			if n < 0 {
-				bar.Finish()
-				fmt.Fprintln(tty)
+		var bar *progressbar.ProgressBar
+		return func(st *replicad.SeedImportStatus) {
+			if st == nil {
+				if bar != nil {
+					bar.Finish()
+					fmt.Fprintln(tty)
+				}
 				return
 			}
-			bar.Set64(n)
+			if bar == nil && st.BytesTotal > 0 {
+				bar = progressbar.NewOptions64(st.BytesTotal, progressbar.OptionSetWriter(tty), progressbar.OptionShowBytes(true),
+					progressbar.OptionSetDescription("importing"), progressbar.OptionThrottle(100*time.Millisecond))
+			}
+			if bar != nil {
+				bar.Set64(st.BytesDone)
+			}
 		}
 	}
 	last := -1
-	return func(n int64) {
-		if n < 0 || quiet {
+	return func(st *replicad.SeedImportStatus) {
+		if st == nil || quiet || st.State != "running" || st.BytesTotal == 0 {
 			return
 		}
-		if pct := int(100 * n / size); pct/10 > last/10 {
+		if pct := st.Percent; pct/10 > last/10 {
 			last = pct
-			fmt.Fprintf(tty, "importing %s: %d%%\n", name, pct)
+			fmt.Fprintf(tty, "importing %s: %d%% (%s of %s), %d drives rebuilt\n", st.Disk, pct, units.Bytes(st.BytesDone), units.Bytes(st.BytesTotal), st.DrivesRebuilt)
 		}
 	}
 }

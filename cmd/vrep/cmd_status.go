@@ -230,6 +230,10 @@ func printReplicaStatus(out io.Writer, st replicad.Status) error {
 	for _, why := range reasons {
 		fmt.Fprintln(out, why)
 	}
+	if si := st.SeedImport; si != nil {
+		fmt.Fprintln(out)
+		fmt.Fprintln(out, seedImportLine(si, now))
+	}
 	for _, t := range st.Tests {
 		fmt.Fprintln(out)
 		printTest(out, "test failover of "+t.VM+" running since "+t.Started, t)
@@ -281,4 +285,22 @@ times out, the point is crash-consistent and the reason is printed.`,
 	create.Flags().BoolVar(&app, "app", false, "quiesce applications first (app-consistent point)")
 	cmd.AddCommand(create)
 	return cmd
+}
+
+// seedImportLine tells the replica's seed import, running or finished.
+func seedImportLine(si *replicad.SeedImportStatus, now time.Time) string {
+	head := fmt.Sprintf("seed import %.8s of %s/%s", si.SeedID, si.Root, si.VM)
+	drives := fmt.Sprintf("%d drives rebuilt from parity", si.DrivesRebuilt)
+	switch si.State {
+	case "running":
+		what := si.Phase
+		if si.Disk != "" {
+			what += " " + si.Disk
+		}
+		return fmt.Sprintf("%s: %d%% (%s of %s, %d of %d disks), %s; %s; started %s", head, si.Percent,
+			units.Bytes(si.BytesDone), units.Bytes(si.BytesTotal), si.DisksDone, si.Disks, what, drives, clock(si.Started, now))
+	case "failed":
+		return fmt.Sprintf("%s: failed at %s: %s", head, clock(si.Finished, now), si.Error)
+	}
+	return fmt.Sprintf("%s: done at %s (%s, %d disks), %s", head, clock(si.Finished, now), units.Bytes(si.BytesTotal), si.Disks, drives)
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/replicad"
+	"github.com/vrep-io/vrep/replica/receive"
 	"github.com/vrep-io/vrep/replica/seed"
 	"github.com/vrep-io/vrep/replica/store"
 )
@@ -68,11 +70,13 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.As(err, &se) && se.kind == "conflict":
 		return exitConflict
+	case errors.As(err, &se) && se.kind == "corrupt":
+		return exitCorrupt
 	case errors.Is(err, seed.ErrDamaged), errors.Is(err, seed.ErrManifest), errors.Is(err, seed.ErrNoSeed):
 		return exitCorrupt
-	case errors.Is(err, seed.ErrBadArgs), errors.Is(err, errSeedMismatch):
+	case errors.Is(err, seed.ErrBadArgs), errors.Is(err, replicad.ErrSeedMismatch):
 		return exitUsage
-	case errors.Is(err, store.ErrSeeded):
+	case errors.Is(err, store.ErrSeeded), errors.Is(err, receive.ErrStreaming), errors.Is(err, replicad.ErrImportBusy):
 		return exitConflict
 	case errors.As(err, &de) && de.status == 409:
 		return exitConflict

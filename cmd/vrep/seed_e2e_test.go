@@ -3,16 +3,21 @@ package main
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"hash/crc32"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/waitfor"
 )
 
@@ -128,6 +133,11 @@ func TestSeedEndToEnd(t *testing.T) {
 	startReplica(t, e.dir, pkiDir, addr)
 	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
 	st := waitReplicated(t, e)
+	// The seed is checked against the primary, and matches.
+	waitfor.True(t, "the seed verified", func() bool {
+		sv := primaryDisk(t, e).Replication.SeedVerify
+		return sv != nil && sv.State == "matched" && sv.Differing == 0 && sv.SeedLSN == lsn
+	})
 	if st.Replication.InitialBytes != 0 || st.Replication.AwaitingSeed != 0 {
 		t.Fatalf("after the seed: %d bytes of initial copy sent over the network, awaiting seed %d", st.Replication.InitialBytes, st.Replication.AwaitingSeed)
 	}
@@ -260,13 +270,6 @@ func TestSeedImportRefuses(t *testing.T) {
 			nothingImported(t, repData)
 		})
 	}
-	t.Run("the replica daemon running", func(t *testing.T) {
-		startReplica(t, e.dir, pkiDir, addr)
-		code, out := vrepRun(t, importArgs(good)...)
-		if code != exitConflict || !strings.Contains(out, "stop the replica daemon") {
-			t.Fatalf("exit %d:\n%s", code, out)
-		}
-	})
 }
 
 // reframeManifest replaces text in a manifest's JSON body and frames it
@@ -361,4 +364,260 @@ func TestSeedOlderThanLog(t *testing.T) {
 	}
 	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", replicaImg, u)
+}
+
+// replicaStatus returns the replica daemon's status.
+func replicaStatus(t *testing.T, repData string) replicad.Status {
+	t.Helper()
+	var st replicad.Status
+	code, out := vrepRun(t, "status", "--data", repData, "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+		t.Fatalf("replica status: %d %s", code, out)
+	}
+	return st
+}
+
+// TestSeedImportThroughDaemon: with the replica daemon running, vrep
+// seed import goes through it. One drive is lost and another's shard
+// file is a FIFO the test feeds, so the import stalls half-way for as
+// long as the test wants: meanwhile the replica's status and metrics show
+// its progress and the rebuilt drive, and the primary, told to connect
+// now, is refused with the reason (never let near the image). Fed the
+// rest, the import finishes, says it ran through the daemon, and
+// replication starts after the seed with no initial copy over the
+// network; the replica converges byte for byte.
+func TestSeedImportThroughDaemon(t *testing.T) {
+	need(t, "qemu-io", "qemu-img", "curl")
+	e := newEnv(t, 32<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms")...)
+	u := e.uri("vm1/disk0")
+	for i := range 8 {
+		qemuIO(t, u, "write -P "+strconv.Itoa(0x41+i)+" "+strconv.Itoa(i*4)+"M 2M", "flush")
+	}
+	dirs := seedDirs(e, 4)
+	exportSeed(t, e, dirs, 2)
+	qemuIO(t, u, "write -P 0x77 1M 3M", "flush")
+	if err := os.RemoveAll(dirs[1]); err != nil {
+		t.Fatal(err)
+	}
+	shard := filepath.Join(dirs[0], "disk0.shard")
+	data, err := os.ReadFile(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(shard)
+	if err := syscall.Mkfifo(shard, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startReplica(t, e.dir, pkiDir, addr)
+	repData := filepath.Join(e.dir, "replica")
+	imp := exec.Command(vrepBin, append([]string{"seed", "import", "--data", repData, "--vm", "vm1"}, flagEach("--from", dirs)...)...)
+	var impOut syncBuffer
+	imp.Stdout, imp.Stderr = &impOut, &impOut
+	if err := imp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	impDone := make(chan error, 1)
+	go func() { impDone <- imp.Wait() }()
+	t.Cleanup(func() { imp.Process.Kill() })
+	// The seed's opening reads the shard's header; the restore then
+	// streams it: half now.
+	f, err := os.OpenFile(shard, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(data[:32])
+	f.Close()
+	// NB: the next writer must meet the restore's reader, not the header's.
+	waitfor.True(t, "the shard's header read", func() bool { return !openByAny(shard) })
+	f, err = os.OpenFile(shard, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	half := len(data) / 2
+	if _, err := f.Write(data[32:half]); err != nil {
+		t.Fatal(err)
+	}
+	var st replicad.Status
+	waitfor.True(t, "the import's progress in the replica's status", func() bool {
+		st = replicaStatus(t, repData)
+		si := st.SeedImport
+		return si != nil && si.State == "running" && si.BytesDone > 4<<20
+	})
+	if si := st.SeedImport; si.BytesDone >= si.BytesTotal || si.Percent <= 0 || si.Percent >= 100 || si.DrivesRebuilt != 1 || si.VM != "vm1" {
+		t.Fatalf("import status: %+v", si)
+	}
+	if _, text := vrepRun(t, "status", "--data", repData); !strings.Contains(text, "seed import") || !strings.Contains(text, "1 drives rebuilt") {
+		t.Fatalf("status text lacks the import:\n%s", text)
+	}
+	m := scrape(t, filepath.Join(repData, "api.sock"))
+	if v, ok := metricValue(m, "vrep_replica_seed_import_running", `vm="vm1"`); !ok || v != 1 {
+		t.Fatalf("metrics: running %v %v\n%s", v, ok, grepLines(m, "seed_import"))
+	}
+	if v, ok := metricValue(m, "vrep_replica_seed_import_drives_rebuilt", `vm="vm1"`); !ok || v != 1 {
+		t.Fatalf("metrics: drives rebuilt %v %v\n%s", v, ok, grepLines(m, "seed_import"))
+	}
+	// The primary, told to connect now, is refused with the reason.
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	waitfor.True(t, "the primary's stream refused during the import", func() bool {
+		r := primaryDisk(t, e).Replication
+		return r != nil && strings.Contains(r.Reason, "being imported from seed media")
+	})
+	if _, err := f.Write(data[half:]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := <-impDone; err != nil {
+		t.Fatalf("seed import: %v\n%s", err, impOut.String())
+	}
+	out := impOut.String()
+	for _, want := range []string{"imported through the running replica daemon", "shard 1 missing: rebuilt", "verified"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("import output lacks %q:\n%s", want, out)
+		}
+	}
+	if si := replicaStatus(t, repData).SeedImport; si == nil || si.State != "done" || si.Percent != 100 {
+		t.Fatalf("after the import: %+v", si)
+	}
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	if r := waitReplicated(t, e).Replication; r.InitialBytes != 0 {
+		t.Fatalf("%d bytes of initial copy over the network", r.InitialBytes)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", filepath.Join(repData, "primary1", "vm1", "disk0", "image"), u)
+}
+
+// openByAny says whether any process has path open (by /proc/PID/fd).
+func openByAny(path string) bool {
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && l == path {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSeedImportRerunAfterKill: an import of a two-disk VM is killed
+// (SIGKILL, at a fault point) after the first disk is published and
+// before its point is indexed, the second disk staged. Run again, the
+// import finishes the job: the first disk, imported from this very seed,
+// is skipped and said so, its point registered; the second is imported.
+// A third run skips both. Replication then starts after the seed on both
+// disks with no initial copy, and the replica converges.
+func TestSeedImportRerunAfterKill(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	bin := faultBin(t)
+	e := newEnv(t, 16<<20)
+	img1 := filepath.Join(e.dir, "disk1.img")
+	if err := os.WriteFile(img1, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img1, 16<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--disk", "vm1/disk1="+img1)...)
+	for i, d := range []string{"vm1/disk0", "vm1/disk1"} {
+		qemuIO(t, e.uri(d), "write -P "+strconv.Itoa(0x51+i)+" 0 5M", "write -P 0x33 9M 1M", "flush")
+	}
+	dirs := seedDirs(e, 3)
+	res := exportSeed(t, e, dirs, 1)
+	if len(res.Disks) != 2 || res.PointID == 0 {
+		t.Fatalf("export: %+v", res)
+	}
+	repData := filepath.Join(e.dir, "replica")
+	args := append([]string{"seed", "import", "--data", repData}, flagEach("--from", dirs)...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "VREP_FAULTPOINT="+faultpoint.SeedPublished+":1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("the import was not killed at its fault point: %v\n%s", err, out)
+	}
+	code, text := vrepRun(t, args...)
+	if code != 0 {
+		t.Fatalf("rerun: exit %d\n%s", code, text)
+	}
+	pt := strconv.FormatUint(res.PointID, 10)
+	for _, want := range []string{"primary1/vm1/disk0: skipped: already imported from this seed", "point " + pt + " registered",
+		"primary1/vm1/disk1: imported at LSN", "imported offline"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("rerun output lacks %q:\n%s", want, text)
+		}
+	}
+	code, text = vrepRun(t, append(args, "--json")...)
+	var ir replicad.SeedImportResult
+	if code != 0 || json.Unmarshal([]byte(text[strings.Index(text, "{"):]), &ir) != nil || len(ir.Disks) != 2 || ir.Disks[0].Skipped == "" || ir.Disks[1].Skipped == "" {
+		t.Fatalf("third run: exit %d\n%s", code, text)
+	}
+	startReplica(t, e.dir, pkiDir, addr)
+	if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || !strings.Contains(out, pt) {
+		t.Fatalf("the replica's points lack the seed's point %s on both disks: exit %d\n%s", pt, code, out)
+	}
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	waitfor.True(t, "both disks replicated", func() bool {
+		var st primary.Status
+		code, out := vrepRun(t, "status", "--state", e.state, "--json")
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Disks) != 2 {
+			return false
+		}
+		for _, d := range st.Disks {
+			r := d.Replication
+			if r == nil || r.Acked < d.LastLSN || r.Initial != 100 || r.Health != "Normal" {
+				return false
+			}
+			if r.InitialBytes != 0 {
+				t.Fatalf("%s: %d bytes of initial copy over the network", d.Name, r.InitialBytes)
+			}
+		}
+		return true
+	})
+	for _, d := range []string{"disk0", "disk1"} {
+		run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", filepath.Join(repData, "primary1", "vm1", d, "image"), e.uri("vm1/"+d))
+	}
+}
+
+// TestSeedVerifyMismatch: a seed imported and then changed on the
+// replica before the primary connects (two chunks: a flipped byte in
+// data, bytes written into a zero chunk) is not trusted: on its first
+// connection the primary verifies it by checksums, reports the mismatch
+// (status, a "seed" event) and resyncs; the replica ends byte for byte
+// equal to the primary, with no initial copy over the network.
+func TestSeedVerifyMismatch(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	e := newEnv(t, 16<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms")...)
+	u := e.uri("vm1/disk0")
+	qemuIO(t, u, "write -P 0x41 0 6M", "flush")
+	dirs := seedDirs(e, 3)
+	res := exportSeed(t, e, dirs, 1)
+	repData := filepath.Join(e.dir, "replica")
+	if code, out := vrepRun(t, append([]string{"seed", "import", "--data", repData}, flagEach("--from", dirs)...)...); code != 0 {
+		t.Fatalf("import: exit %d\n%s", code, out)
+	}
+	img := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	flipByte(t, img, 2<<20+100)
+	flipByte(t, img, 10<<20+5)
+	startReplica(t, e.dir, pkiDir, addr)
+	vrepRun(t, "replication", "resume", "vm1", "--state", e.state)
+	var st primary.DiskStatus
+	waitfor.True(t, "the seed's verify and the resync after it", func() bool {
+		st = primaryDisk(t, e)
+		r := st.Replication
+		return r != nil && r.SeedVerify != nil && r.SeedVerify.State == "differed" && r.Resync != nil && r.Resync.State == "done"
+	})
+	sv, rs := st.Replication.SeedVerify, st.Replication.Resync
+	t.Logf("seed verify: %+v", *sv)
+	if sv.Differing != 2 || sv.SeedLSN != res.Disks[0].LSN || rs.Sent != 2 || !strings.Contains(rs.Reason, "differs from the primary in 2 of") {
+		t.Fatalf("seed verify %+v, resync %+v", sv, rs)
+	}
+	if r := waitReplicated(t, e).Replication; r.InitialBytes != 0 {
+		t.Fatalf("%d bytes of initial copy over the network", r.InitialBytes)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", img, u)
+	_, evs := vrepRun(t, "events", "--state", e.state, "--json")
+	if !strings.Contains(evs, `"kind": "seed"`) || !strings.Contains(evs, "differs from the primary in 2 of") {
+		t.Fatalf("no seed event of the mismatch:\n%s", evs)
+	}
 }

@@ -37,6 +37,7 @@ const (
 	Failover     Kind = "failover"      // a failover step
 	TestFailover Kind = "test-failover" // a test failover started or stopped
 	Started      Kind = "started"       // the daemon started
+	Seed         Kind = "seed"          // seed media: an import's findings, a seed verified or found different from the primary
 )
 
 // Event is one line of the log.

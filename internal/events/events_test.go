@@ -118,6 +118,7 @@ func TestTapRules(t *testing.T) {
 	log.Info("replica: test failover started", "vm", "vm1", "point", 7)
 	log.Warn("replication interrupted", "disk", "vm1/disk0", "err", "EOF", "retry_in", "1m")
 	log.Info("replica: stream open", "disk", "vm1/disk0")
+	log.Warn("seed: vm1/disk0: the seed imported at LSN 4 differs from the primary in 1 of 256 chunks at LSN 4 (the first at byte 65536): resyncing them", "disk", "vm1/disk0")
 	// The failover's own messages (internal/replicad/promote.go) and the
 	// old primary's fencing (internal/primary/fence.go).
 	log.Info("replica: failed over: the VM's disks are served writable at the point; commit or cancel", "vm", "vm1", "point", 7)
@@ -136,6 +137,7 @@ func TestTapRules(t *testing.T) {
 		"resume vm1 vm1/disk0: replication resumed after 12s, 40 records behind",
 		"test-failover vm1 test failover started (point 7)",
 		"interrupted vm1 replication interrupted (err EOF)",
+		"seed vm1 seed: vm1/disk0: the seed imported at LSN 4 differs from the primary in 1 of 256 chunks at LSN 4 (the first at byte 65536): resyncing them",
 		"failover vm1 failed over: the VM's disks are served writable at the point; commit or cancel (point 7)",
 		"failover vm1 failover committed: the VM runs here for good; its points and history are dropped",
 		"failover vm1 disk fenced: its VM failed over to the replica; writes are refused from now on",

@@ -28,6 +28,7 @@ var rules = []rule{
 	{Interrupted, func(m string, _ map[string]string) bool {
 		return m == "replication interrupted" || strings.HasPrefix(m, "replication stopped: ")
 	}},
+	{Seed, func(m string, _ map[string]string) bool { return strings.HasPrefix(m, "seed: ") }},
 	{TestFailover, func(m string, _ map[string]string) bool { return strings.HasPrefix(m, "replica: test failover ") }},
 	{Failover, func(m string, _ map[string]string) bool {
 		for _, p := range []string{"replica: failover", "replica: failed over", "replica: failed-over VM", "replica: finishing a commit", "replica: planned failover", "replica: unplanned failover", "replica: promot", "replica: commit", "failover", "disk fenced: "} {

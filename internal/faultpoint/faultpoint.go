@@ -24,6 +24,10 @@ const (
 	// ResyncAfterMark: the replica made a batch of resync chunks and its
 	// progress durable. Not in All: only a resync passes it.
 	ResyncAfterMark = "resync-after-mark"
+	// SeedPublished: a seed import made one disk seeded, its point not
+	// yet indexed, the next disk not yet published. Not in All: only a
+	// seed import passes it.
+	SeedPublished = "seed-published"
 )
 
 // The failover's points, on the replica (not in All: a crash loop of

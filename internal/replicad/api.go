@@ -32,6 +32,7 @@ import (
 //	POST /v1/failover/start?vm=VM[&point=ID|latest|latest-app] FailoverInfo
 //	POST /v1/failover/cancel?vm=VM[&force=1] FailoverInfo (409 while in use)
 //	POST /v1/failover/commit?vm=VM          FailoverInfo
+//	POST /v1/seed/import                    NDJSON (seed.go)
 //
 // VM is "VM", or "ROOT/VM" when several primaries replicate a VM of that
 // name. In the failover calls it may also name a consistency group
@@ -45,6 +46,9 @@ type Status struct {
 	Tests []TestInfo   `json:"tests"`
 	// Failovers are the VMs failed over to this replica.
 	Failovers []FailoverInfo `json:"failovers"`
+	// SeedImport is the seed import running, or the last one finished
+	// since the daemon started (vrep seed import through the daemon).
+	SeedImport *SeedImportStatus `json:"seed_import,omitempty"`
 }
 
 // DiskStatus is one replicated disk.
@@ -231,6 +235,7 @@ func (d *Daemon) Status() (Status, error) {
 	}
 	st.Tests = d.shownTests()
 	st.Failovers = d.failovers()
+	st.SeedImport = d.seedImportStatus()
 	return st, nil
 }
 
@@ -311,6 +316,7 @@ func (d *Daemon) handler() http.Handler {
 		job.End(err)
 		answer(w, info, err)
 	})
+	mux.HandleFunc("POST /v1/seed/import", d.seedImportHandler)
 	mux.HandleFunc("POST /v1/failover/commit", func(w http.ResponseWriter, r *http.Request) {
 		spec := r.URL.Query().Get("vm")
 		job := d.cfg.Jobs.Start(jobs.FailoverCommit, spec)

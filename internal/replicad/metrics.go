@@ -43,13 +43,22 @@ var (
 		"1 for the VM's failover state (Replicating, FailedOver, Committing, Committed), 0 for the others.", []string{"root", "vm", "state"}, nil)
 	descTestVM = prometheus.NewDesc("vrep_replica_test_failover",
 		"1 while a test failover of the VM runs.", []string{"root", "vm"}, nil)
-	descUp = prometheus.NewDesc("vrep_replica_status_ok",
+
+	seedLabels      = []string{"root", "vm", "seed"}
+	descSeedRunning = prometheus.NewDesc("vrep_replica_seed_import_running", "1 while a seed import runs (vrep seed import through the daemon), 0 once it ended; absent before the first.", seedLabels, nil)
+	descSeedDone    = prometheus.NewDesc("vrep_replica_seed_import_bytes_done", "Bytes of the seed's disks imported so far.", seedLabels, nil)
+	descSeedTotal   = prometheus.NewDesc("vrep_replica_seed_import_bytes_total", "Bytes of the seed's disks in all.", seedLabels, nil)
+	descSeedRatio   = prometheus.NewDesc("vrep_replica_seed_import_progress_ratio", "Share of the seed's bytes imported, 0 to 1.", seedLabels, nil)
+	descSeedRebuilt = prometheus.NewDesc("vrep_replica_seed_import_drives_rebuilt", "Directories (drives) of the seed found missing or damaged and rebuilt from parity.", seedLabels, nil)
+	descSeedFailed  = prometheus.NewDesc("vrep_replica_seed_import_failed", "1 if the last seed import failed.", seedLabels, nil)
+	descUp          = prometheus.NewDesc("vrep_replica_status_ok",
 		"1 when the replica could read its catalog at this scrape.", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHealth, descPointAge, descLastPoint, descPoints, descHistory, descApplied,
-		descConnected, descSeeded, descReceived, descTests, descFailover, descTestVM, descUp} {
+		descConnected, descSeeded, descReceived, descTests, descFailover, descTestVM, descUp,
+		descSeedRunning, descSeedDone, descSeedTotal, descSeedRatio, descSeedRebuilt, descSeedFailed} {
 		ch <- d
 	}
 }
@@ -100,6 +109,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descFailover, prometheus.GaugeValue, daemon.Bool(s == name), root, vm, name)
 		}
 		ch <- prometheus.MustNewConstMetric(descTestVM, prometheus.GaugeValue, daemon.Bool(testing[key]), root, vm)
+	}
+	if si := st.SeedImport; si != nil {
+		l := []string{si.Root, si.VM, si.SeedID}
+		g(descSeedRunning, prometheus.GaugeValue, daemon.Bool(si.State == "running"), l)
+		g(descSeedDone, prometheus.GaugeValue, float64(si.BytesDone), l)
+		g(descSeedTotal, prometheus.GaugeValue, float64(si.BytesTotal), l)
+		g(descSeedRatio, prometheus.GaugeValue, float64(si.BytesDone)/float64(max(si.BytesTotal, 1)), l)
+		g(descSeedRebuilt, prometheus.GaugeValue, float64(si.DrivesRebuilt), l)
+		g(descSeedFailed, prometheus.GaugeValue, daemon.Bool(si.State == "failed"), l)
 	}
 }
 

@@ -101,6 +101,8 @@ type Daemon struct {
 		fos   []FailoverInfo
 	}
 
+	seeds seedImports // vrep seed import (seed.go)
+
 	servers   daemon.Servers
 	stop      chan struct{}
 	wg        sync.WaitGroup

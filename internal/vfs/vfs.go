@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -224,4 +225,26 @@ func (f osFile) WritevAt(bufs [][]byte, off int64) (int, error) {
 		}
 	}
 	return total, nil
+}
+
+// StartWriteback starts writing a file's dirty pages, from off, n bytes
+// (0: to its end), to its drive without waiting for them
+// (sync_file_range with SYNC_FILE_RANGE_WRITE): a long sequential writer
+// calls it as it goes, so the drive writes while it works and its fsync
+// at the end finds little left. It promises no durability (only Sync
+// does). f is an *os.File, a File of OS, or anything with its
+// SyscallConn; for anything else, or where the call is not supported, it
+// does nothing.
+func StartWriteback(f any, off, n int64) {
+	sc, ok := f.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	})
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) { unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE) })
 }

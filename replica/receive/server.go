@@ -107,8 +107,10 @@ type Server struct {
 	conns   map[net.Conn]struct{}
 	ls      map[net.Listener]struct{}
 	fences  map[string]fence // ROOT/VM → why its streams are refused (Fence)
-	closed  bool
-	wg      sync.WaitGroup
+	// reserved: disk directories a seed import holds, and why (Reserve).
+	reserved map[string]string
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 // NewServer returns a replica server.
@@ -214,6 +216,76 @@ func (s *Server) fence(root, vm string, f fence) {
 		<-ds.done
 	}
 }
+
+var (
+	// ErrReserved refuses a stream to a disk a seed import holds.
+	ErrReserved = errors.New("replica: refused")
+	// ErrStreaming refuses a reservation of a disk with a stream open.
+	ErrStreaming = errors.New("replica: the primary streams to the disk")
+)
+
+// Reserve keeps every stream off the disks (ROOT/VM/DISK keys) until
+// release is called: one that arrives meanwhile is refused with
+// wire.CodeRetry, told why ("is being imported from seed media..."), and
+// its primary retries later. A disk with a stream open now is not taken
+// (ErrStreaming), and then nothing is reserved: a seed import must never
+// replace an image a stream writes into.
+func (s *Server) Reserve(keys []string, why string) (release func(), err error) {
+	dirs := make([]string, len(keys))
+	for i, k := range keys {
+		dirs[i] = filepath.Join(s.cfg.Data, filepath.FromSlash(k))
+	}
+	s.mu.Lock()
+	type openStream struct {
+		ds  *diskStream
+		key string
+	}
+	var open []openStream
+	for i, dir := range dirs {
+		if _, ok := s.reserved[dir]; ok {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("%w: disk %s is already held by another seed import", ErrStreaming, keys[i])
+		}
+	}
+	if s.reserved == nil {
+		s.reserved = map[string]string{}
+	}
+	for i, dir := range dirs {
+		s.reserved[dir] = why
+		if ds := s.busy[dir]; ds != nil {
+			open = append(open, openStream{ds, keys[i]})
+		}
+	}
+	s.mu.Unlock()
+	unreserve := func() {
+		s.mu.Lock()
+		for _, dir := range dirs {
+			delete(s.reserved, dir)
+		}
+		s.mu.Unlock()
+	}
+	// A primary that waits for the seed closes its stream as soon as it
+	// sees the disk has no copy: wait for such a stream to end. One that
+	// stays (an initial copy over the network) is not cut.
+	timeout := time.After(reserveWait)
+	for _, o := range open {
+		select {
+		case <-o.ds.done:
+		case <-timeout:
+			unreserve()
+			name := "its primary"
+			if si := s.Stream(o.key); si.Primary != "" {
+				name = si.Primary
+			}
+			return nil, fmt.Errorf("%w: %s streams to disk %s now (an initial copy over the network?): let it finish, or stop the primary, then import", ErrStreaming, name, o.key)
+		}
+	}
+	var once sync.Once
+	return func() { once.Do(unreserve) }, nil
+}
+
+// reserveWait is how long Reserve waits for open streams to end.
+var reserveWait = 10 * time.Second
 
 // Unfence accepts the streams of VM under root again (a failover
 // cancelled).
@@ -362,6 +434,11 @@ func (s *Server) serve(nc net.Conn) {
 		if f, ok := s.fences[rootName+"/"+vm]; ok {
 			s.mu.Unlock()
 			fail(f.code, errors.New(f.why))
+			return
+		}
+		if why, ok := s.reserved[dir]; ok {
+			s.mu.Unlock()
+			fail(wire.CodeRetry, fmt.Errorf("%w: disk %s %s", ErrReserved, diskName, why))
 			return
 		}
 		old := s.busy[dir]

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/reedsolomon"
@@ -166,6 +167,8 @@ type exportJob struct {
 	sums   []uint64
 	hash   [16]byte
 	done   chan struct{}
+	buf    []byte       // data then parity, pooled
+	left   atomic.Int32 // shard writers yet to write their piece
 }
 
 // exportDisk writes one disk's shard files and fills d's zero map and
@@ -185,6 +188,25 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 	}
 	chunks := m.Chunks(d)
 	d.Zero = make([]byte, (chunks+7)/8)
+	// A chunk's data and parity in one buffer, recycled once every shard
+	// writer has written its piece: fresh ones would cost an allocation
+	// and a clearing of (k+m)/k times the image.
+	// NB: a free list, not a sync.Pool, which every collection empties.
+	free := make(chan []byte, 3*workers+4*ns+2)
+	getBuf := func() []byte {
+		select {
+		case b := <-free:
+			return b
+		default:
+			return make([]byte, ns*S)
+		}
+	}
+	putBuf := func(b []byte) {
+		select {
+		case free <- b:
+		default:
+		}
+	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -197,6 +219,8 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 		h    *xxh3.Hasher128
 		size int64
 		in   chan *exportJob
+		// kicked: the bytes whose writeback was started (startWriteback)
+		kicked int64
 	}
 	outs := make([]*shardOut, ns)
 	for i := range outs {
@@ -243,6 +267,13 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 				o.h.Write(job.pieces[i])
 				o.h.Write(sum[:])
 				o.size += int64(S) + pieceHashSize
+				if job.left.Add(-1) == 0 {
+					putBuf(job.buf)
+				}
+				if o.size-o.kicked >= writebackEvery {
+					vfs.StartWriteback(o.f, o.kicked, o.size-o.kicked)
+					o.kicked = o.size
+				}
 			}
 			if ctx.Err() != nil {
 				return
@@ -267,7 +298,7 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 					job.pieces[i] = job.data[i*S : (i+1)*S]
 				}
 				if enc != nil {
-					par := make([]byte, m.ParityShards*S)
+					par := job.buf[k*S:]
 					for i := range m.ParityShards {
 						job.pieces[k+i] = par[i*S : (i+1)*S]
 					}
@@ -297,17 +328,20 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 			}
 			off := c * m.ChunkSize
 			n := int(min(m.ChunkSize, d.Size-off))
-			buf := make([]byte, k*S)
+			buf := getBuf()
 			if _, err := dev.ReadAt(buf[:n], off); err != nil && !(errors.Is(err, io.EOF)) {
 				fail(fmt.Errorf("reading the disk at %d: %w", off, err))
 				return
 			}
+			clear(buf[n : k*S]) // the last chunk is padded with zeros
 			progress(off + int64(n))
 			if allZero(buf[:n]) {
 				d.Zero[c/8] |= 1 << (c % 8)
+				putBuf(buf)
 				continue
 			}
-			job := &exportJob{j: j, data: buf, n: n, done: make(chan struct{})}
+			job := &exportJob{j: j, data: buf[:k*S], n: n, done: make(chan struct{}), buf: buf}
+			job.left.Store(int32(ns))
 			j++
 			select {
 			case work <- job:
@@ -364,6 +398,12 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 	}
 	return files, nil
 }
+
+// writebackEvery is how many bytes a shard writer (or a restore) leaves
+// dirty before it starts their writeback (vfs.StartWriteback): the drive
+// then writes while the work goes on, and the fsync at the end finds
+// little left to do, instead of the whole file.
+const writebackEvery = 8 << 20
 
 var zeros [64 << 10]byte
 

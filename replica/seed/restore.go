@@ -16,9 +16,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/klauspost/reedsolomon"
 	"github.com/zeebo/xxh3"
+	"golang.org/x/sys/unix"
 )
 
 // Seed is a seed found in directories, ready to restore.
@@ -31,6 +33,45 @@ type Seed struct {
 	// Notes says what was found wrong while opening: manifests that do
 	// not read, shard files missing or with a damaged header.
 	Notes []string
+	// bufs recycles the pieces a restore reads: a piece and its hash.
+	bufs pieceBufs
+}
+
+// pieceBufs is a free list of piece buffers of one size (a piece and
+// its hash): a restore reads twice the image or more through them, and
+// fresh buffers cost an allocation and a clearing each. NB: not a
+// sync.Pool, which every garbage collection empties: a short-lived
+// process (vrep seed import) would allocate nearly every piece anew.
+type pieceBufs struct {
+	size int
+	free chan []byte
+}
+
+func (b *pieceBufs) get() []byte {
+	select {
+	case p := <-b.free:
+		return p[:b.size]
+	default:
+		return make([]byte, b.size)
+	}
+}
+
+// put returns p, if it came from get (its capacity says so).
+func (b *pieceBufs) put(p []byte) {
+	if cap(p) != b.size {
+		return
+	}
+	select {
+	case b.free <- p[:b.size]:
+	default:
+	}
+}
+
+func (b *pieceBufs) putAll(ps [][]byte) {
+	for i, p := range ps {
+		b.put(p)
+		ps[i] = nil
+	}
 }
 
 // Open finds the seed in dirs, which may be given in any order and may
@@ -64,6 +105,9 @@ func Open(dirs []string) (*Seed, error) {
 	if s.M == nil {
 		return nil, fmt.Errorf("%w (%s)", ErrNoSeed, strings.Join(s.Notes, "; "))
 	}
+	// Enough for every piece in flight: the readers' queues, the feeder's
+	// job, the workers' jobs.
+	s.bufs = pieceBufs{size: int(s.M.PieceSize()) + pieceHashSize, free: make(chan []byte, s.M.Shards()*(4+2+2*runtime.GOMAXPROCS(0)))}
 	id, _ := hex.DecodeString(s.M.SeedID)
 	owner := map[string]string{} // "disk/index" → directory
 	for _, d := range s.M.Disks {
@@ -144,6 +188,18 @@ func (s *Seed) Available(disk string) int {
 	return n
 }
 
+// Missing returns the indexes of the disk's shard files that no
+// directory holds whole enough to read (lost, or a damaged header).
+func (s *Seed) Missing(disk string) []int {
+	var out []int
+	for i, p := range s.paths[disk] {
+		if p == "" {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 // ShardReport is what restoring found in one shard file.
 type ShardReport struct {
 	Index     int    `json:"index"`
@@ -171,6 +227,14 @@ func (r Report) Damaged() bool {
 		}
 	}
 	return false
+}
+
+// Writebacker is a WriterAt that can start writing what it holds dirty
+// to its drive without waiting (from off, n bytes; 0: to the end):
+// Restore asks it to as it goes, so the image's fsync at the end finds
+// little left to write.
+type Writebacker interface {
+	StartWriteback(off, n int64)
 }
 
 // Restore writes disk into w (which must read as zeros where nothing is
@@ -227,13 +291,16 @@ func (s *Seed) Restore(ctx context.Context, disk string, w io.WriterAt, workers 
 	}
 	work := make(chan job, workers)
 	var rebuilt, written atomic.Int64
+	wb, _ := w.(Writebacker)
 	var wwg sync.WaitGroup
 	for range workers {
 		wwg.Add(1)
 		go func() {
 			defer wwg.Done()
+			h := xxh3.New128()
 			for jb := range work {
 				if ctx.Err() != nil {
+					s.bufs.putAll(jb.pieces)
 					continue
 				}
 				good := 0
@@ -245,34 +312,48 @@ func (s *Seed) Restore(ctx context.Context, disk string, w io.WriterAt, workers 
 				if good < k {
 					cancel(fmt.Errorf("%w: chunk %d of disk %s has %d intact pieces of %d and needs %d: more shards are damaged than the parity (%d) covers",
 						ErrDamaged, jb.c, disk, good, ns, k, m.ParityShards))
+					s.bufs.putAll(jb.pieces)
 					continue
 				}
 				missing := false
-				for _, p := range jb.pieces[:k] {
-					missing = missing || p == nil
+				for i, p := range jb.pieces[:k] {
+					if p == nil {
+						// Rebuilt into a pooled buffer (its capacity is used).
+						jb.pieces[i] = s.bufs.get()[:0]
+						missing = true
+					}
 				}
 				if missing {
 					if err := enc.ReconstructData(jb.pieces); err != nil {
 						cancel(fmt.Errorf("%w: chunk %d of disk %s: %v", ErrDamaged, jb.c, disk, err))
+						s.bufs.putAll(jb.pieces)
 						continue
 					}
 					rebuilt.Add(1)
 				}
+				// The data pieces are the chunk, in order: hashed and
+				// written where they stand, with no copy into one buffer.
 				off := jb.c * m.ChunkSize
 				n := int(min(m.ChunkSize, d.Size-off))
-				buf := make([]byte, k*S)
-				for i := range k {
-					copy(buf[i*S:], jb.pieces[i])
+				h.Reset()
+				for i := 0; i < k && i*S < n; i++ {
+					h.Write(jb.pieces[i][:min(S, n-i*S)])
 				}
-				if h := xxh3.Hash128(buf[:n]).Bytes(); !bytes.Equal(h[:], d.Hashes[jb.j*chunkHashSize:(jb.j+1)*chunkHashSize]) {
+				if sum := h.Sum128().Bytes(); !bytes.Equal(sum[:], d.Hashes[jb.j*chunkHashSize:(jb.j+1)*chunkHashSize]) {
 					cancel(fmt.Errorf("%w: chunk %d of disk %s does not match its hash even after rebuilding", ErrDamaged, jb.c, disk))
+					s.bufs.putAll(jb.pieces)
 					continue
 				}
-				if _, err := w.WriteAt(buf[:n], off); err != nil {
-					cancel(fmt.Errorf("writing the image: %w", err))
-					continue
+				for i := 0; i < k && i*S < n; i++ {
+					if _, err := w.WriteAt(jb.pieces[i][:min(S, n-i*S)], off+int64(i*S)); err != nil {
+						cancel(fmt.Errorf("writing the image: %w", err))
+						break
+					}
 				}
-				written.Add(int64(n))
+				s.bufs.putAll(jb.pieces)
+				if done := written.Add(int64(n)); wb != nil && done/writebackEvery != (done-int64(n))/writebackEvery {
+					wb.StartWriteback(0, 0)
+				}
 			}
 		}()
 	}
@@ -322,7 +403,11 @@ feed:
 
 // readShard streams shard file i of d, sending each piece that passes its
 // hash (nil for one that does not, or past a truncation) and noting in r
-// what it found. The whole file's hash is checked against the manifest.
+// what it found. The file is whole (HashOK) when its header is exactly
+// what the export wrote, every piece passes its hash and nothing follows
+// the last: every byte of it is checked that way, so the whole file's
+// hash in the manifest (for tools that check a shard file alone) is not
+// computed again over the same bytes.
 func (s *Seed) readShard(ctx context.Context, d *Disk, i int, path string, stored int64, S int, out chan<- []byte, r *ShardReport) {
 	send := func(p []byte) bool {
 		select {
@@ -352,19 +437,21 @@ func (s *Seed) readShard(ctx context.Context, d *Disk, i int, path string, store
 	}
 	defer f.Close()
 	br := f // pieces are large: read straight, without a buffer to copy from
-	h := xxh3.New128()
 	hdr := make([]byte, HeaderSize)
 	if _, err := io.ReadFull(br, hdr); err != nil {
 		r.Truncated, r.BadPieces = true, stored
 		missingAll(0)
 		return
 	}
-	h.Write(hdr)
+	id, _ := hex.DecodeString(s.M.SeedID)
+	want := shardHeader{index: i, count: s.M.Shards()}
+	copy(want.seed[:], id)
+	headerOK := bytes.Equal(hdr, want.encode())
 	for j := range stored {
-		p := make([]byte, S+pieceHashSize)
-		n, err := io.ReadFull(br, p)
-		h.Write(p[:n])
+		p := s.bufs.get()
+		_, err := io.ReadFull(br, p)
 		if err != nil {
+			s.bufs.put(p)
 			r.Truncated = true
 			r.BadPieces += stored - j
 			missingAll(j)
@@ -372,6 +459,7 @@ func (s *Seed) readShard(ctx context.Context, d *Disk, i int, path string, store
 		}
 		piece := p[:S]
 		if xxh3.HashSeed(piece, pieceSeed(j, i)) != binary.LittleEndian.Uint64(p[S:]) {
+			s.bufs.put(p)
 			r.BadPieces++
 			piece = nil
 		}
@@ -379,10 +467,32 @@ func (s *Seed) readShard(ctx context.Context, d *Disk, i int, path string, store
 			return
 		}
 	}
-	extra, _ := io.Copy(h, br)
-	want := d.Shards[i]
-	sum := h.Sum128().Bytes()
-	r.HashOK = extra == 0 && hex.EncodeToString(sum[:]) == want.Hash
+	var one [1]byte
+	n, _ := br.Read(one[:])
+	r.HashOK = headerOK && n == 0 && r.BadPieces == 0
+}
+
+// isHole says whether r's n bytes at off are a hole of its file (never
+// written, read as zeros), by lseek(SEEK_DATA) on r's descriptor when it
+// has one (SyscallConn); false when it cannot tell.
+func isHole(r any, off, n int64) bool {
+	sc, ok := r.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	})
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	hole := false
+	rc.Control(func(fd uintptr) {
+		next, err := unix.Seek(int(fd), off, unix.SEEK_DATA)
+		// ENXIO: no data from off to the end of the file.
+		hole = errors.Is(err, unix.ENXIO) || err == nil && next >= off+n
+	})
+	return hole
 }
 
 // Verify reads a restored image back and compares every chunk with the
@@ -426,6 +536,9 @@ func (m *Manifest) Verify(ctx context.Context, disk string, r io.ReaderAt, worke
 				}
 				off := c * m.ChunkSize
 				n := int(min(m.ChunkSize, d.Size-off))
+				if idx[c] < 0 && isHole(r, off, int64(n)) {
+					continue // a zero chunk never written: nothing to read
+				}
 				if _, err := r.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
 					ferr.Store(&err)
 					return

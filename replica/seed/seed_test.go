@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -249,4 +250,36 @@ func FuzzDecodeManifest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestVerifyFile: the read-back of a restored image in a sparse file
+// skips the zero chunks that are holes, and still finds a zero chunk
+// that holds a byte, and a stored chunk that differs.
+func TestVerifyFile(t *testing.T) {
+	disk := halfWritten(10*MinChunk+100, MinChunk, 9)
+	dirs, m := export(t, 4, 2, map[string]memDisk{"disk0": disk})
+	s, err := Open(dirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Truncate(int64(len(disk)))
+	if _, err := s.Restore(context.Background(), "disk0", f, 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if bad, err := m.Verify(context.Background(), "disk0", f, 2); err != nil || len(bad) != 0 {
+		t.Fatalf("a good image: %v %v", bad, err)
+	}
+	if !isHole(f, 3*MinChunk, MinChunk) || isHole(f, 2*MinChunk, MinChunk) {
+		t.Fatal("the zero chunk 3 should be a hole, the stored chunk 2 data")
+	}
+	f.WriteAt([]byte{1}, 3*MinChunk+7) // a zero chunk
+	f.WriteAt([]byte{1}, 4*MinChunk+9) // a stored chunk
+	if bad, err := m.Verify(context.Background(), "disk0", f, 2); err != nil || !slices.Equal(bad, []int64{3, 4}) {
+		t.Fatalf("planted in chunks 3 and 4, found %v (%v)", bad, err)
+	}
 }

@@ -141,6 +141,9 @@ type ShipStatus struct {
 	// Resync is the disk's resync, if one was needed or asked for since
 	// the daemon started (resync.go).
 	Resync *ResyncProgress `json:"resync,omitempty"`
+	// SeedVerify is the check of an imported seed against the primary
+	// (seedverify.go); nil: none since the daemon started.
+	SeedVerify *SeedVerifyStatus `json:"seed_verify,omitempty"`
 }
 
 // Shipper ships one disk's change log to the replica: the initial copy
@@ -168,6 +171,7 @@ type Shipper struct {
 	modeGen  uint64 // bumped by SetMode: the stream re-announces it
 	seedLSN  uint64 // a seed awaits import at this LSN (0: none); see AwaitSeed
 	seedDone func()
+	seedChk  *seedCheck // an imported seed to verify (seedverify.go)
 	rs       resyncCtl
 	verifies chan *verifyReq
 	// pendingVerify is the verify the stream serves (its goroutine only).
@@ -503,10 +507,8 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		return false, fmt.Errorf("%w (seed at LSN %d)", ErrAwaitingSeed, seedLSN)
 	}
 	if seedLSN > 0 && seeded && applied >= seedLSN {
-		s.cfg.Log.Info(s.disk+": the replica holds the seed: shipping starts after it", "disk", s.disk, "seed_lsn", seedLSN, "applied", applied)
-		if seedDone != nil {
-			seedDone()
-		}
+		s.cfg.Log.Info(s.disk+": the replica holds the seed: shipping starts after it, once the seed is verified by checksums", "disk", s.disk, "seed_lsn", seedLSN, "applied", applied)
+		s.startSeedCheck(seedLSN, seedDone)
 	}
 	if behind := s.vol.Log().LastLSN() - min(applied, s.vol.Log().LastLSN()); wasDown {
 		s.cfg.Log.Info(fmt.Sprintf("%s: replication resumed after %s, %d records behind", s.disk, down.Round(time.Second), behind),
@@ -554,6 +556,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 				return progressed, err
 			}
 		}
+		s.seedCheckStep()
 		if applied, err = s.serveVerify(c, arm, applied); err != nil {
 			return progressed, err
 		}
