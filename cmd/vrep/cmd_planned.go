@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vrep-io/vrep/internal/host"
+	"github.com/vrep-io/vrep/internal/units"
 )
 
 func failoverPlannedCmd() *cobra.Command {
@@ -109,7 +110,15 @@ refused (it runs the VM at the same or a newer generation).`,
 			if a.json {
 				return printJSON(cmd.OutOrStdout(), r)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "VM %s runs here (generation %d) and replicates to %s; a resync sends what differs (vrep status)\n", r.VM, r.Generation, r.To)
+			fmt.Fprintf(cmd.OutOrStdout(), "VM %s runs here (generation %d) and replicates to %s\n", r.VM, r.Generation, r.To)
+			for _, d := range r.Report {
+				if d.Method == "logs" {
+					fmt.Fprintf(cmd.OutOrStdout(), "  %s: %s diverged (known from the logs), %s sent (%s on the wire) of a %s disk\n", d.Disk,
+						units.Bytes(d.DivergedBytes), units.Bytes(d.SentBytes), units.Bytes(d.WireBytes), units.Bytes(d.Size))
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "  %s: a log could not tell what diverged: a checksum resync sends what differs (vrep status shows it)\n", d.Disk)
+				}
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "  %s keeps what it wrote after the failover point as the point of group %s (vrep points %s there)\n", r.To, r.SplitBrainPoint, r.VM)
 			return nil
 		},

@@ -543,13 +543,13 @@ func TestUnplannedFailoverThenReverse(t *testing.T) {
 		return code == 0 && json.Unmarshal([]byte(out), &pts) == nil && len(pts) > 0 && a.caughtUp(t, "vm1")
 	})
 	point := pts[len(pts)-1].ID
-	writeRun(t, a.sock, "vm1/disk0", 2, blocks, 200) // hosta's writes after the point
+	h2 := writeRun(t, a.sock, "vm1/disk0", 2, blocks, 200) // hosta's writes after the point
 	a.kill()
 
 	if code, out := vrepRun(t, "failover", "start", "vm1", "--point", point, "--data", b.data); code != 0 {
 		t.Fatalf("failover start: exit %d: %s", code, out)
 	}
-	writeRun(t, b.sock, "vm1/disk0", 3, blocks, 200) // hostb's writes after the failover
+	h3 := writeRun(t, b.sock, "vm1/disk0", 3, blocks, 200) // hostb's writes after the failover
 	if code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", b.data); code != exitConflict || !strings.Contains(out, "commit it first") {
 		t.Fatalf("reverse before the commit: exit %d: %s", code, out)
 	}
@@ -568,24 +568,31 @@ func TestUnplannedFailoverThenReverse(t *testing.T) {
 		t.Fatalf("superseded hosta took a write: %s", out)
 	}
 	splitBrain := readRaw(t, a.sock, "vm1/disk0", size) // hosta's own disk, with run 2
-	if code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", b.data); code != 0 {
+	code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", b.data, "--json")
+	var rev host.Reversed
+	if code != 0 || json.Unmarshal([]byte(out), &rev) != nil || len(rev.Report) != 1 {
 		t.Fatalf("reverse: exit %d: %s", code, out)
 	}
-	var ps primary.Status
-	waitfor.True(t, "the reverse resync, then hostb replicating vm1 to hosta", func() bool {
-		json.Unmarshal(b.status(t).Primaries["vm1"], &ps)
-		rs := ps.Disks[0].Replication.Resync
-		return rs != nil && rs.State == "done" && b.caughtUp(t, "vm1")
-	})
-	rs := ps.Disks[0].Replication.Resync
-	if rs == nil || rs.State != "done" {
-		t.Fatalf("the reverse resync: %+v", rs)
+	// What diverged: the blocks hosta wrote after the point (run 2) and
+	// those hostb wrote after the failover (run 3).
+	div := map[uint64]bool{}
+	for _, h := range []*wocheck.History{h2, h3} {
+		for _, op := range h.Ops {
+			for b := range uint64(op.Blocks) {
+				if !op.Flush {
+					div[op.LBA+b] = true
+				}
+			}
+		}
 	}
-	t.Logf("reverse: %d of %d chunks differed: %d bytes sent (%.1f%% of the disk), %d hash bytes received",
-		rs.Sent, rs.Chunks, rs.BytesSent, 100*float64(rs.BytesSent)/size, rs.HashBytes)
-	if rs.BytesSent == 0 || rs.BytesSent >= size/2 {
-		t.Fatalf("the reverse resync sent %d bytes of a %d-byte disk", rs.BytesSent, size)
+	want := int64(len(div)) * wocheck.BlockSize
+	r := rev.Report[0]
+	t.Logf("reverse: %s: %d bytes diverged (the workloads wrote %d), %d sent (%.2fx), %d on the wire, of a %d-byte disk (%.1f%%)",
+		r.Method, r.DivergedBytes, want, r.SentBytes, float64(r.SentBytes)/float64(want), r.WireBytes, size, 100*float64(r.SentBytes)/size)
+	if r.Method != "logs" || r.SentBytes < want || float64(r.SentBytes) > 1.1*float64(want) {
+		t.Fatalf("reverse sent %+v for %d bytes that diverged", r, want)
 	}
+	waitfor.True(t, "hostb replicates vm1 to hosta", func() bool { return b.caughtUp(t, "vm1") })
 	// hosta's replica (its image, hard-linked) is what hostb runs.
 	onB := readRaw(t, b.sock, "vm1/disk0", size)
 	img, err := os.ReadFile(th.img)

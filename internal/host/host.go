@@ -370,7 +370,7 @@ func (h *Host) startRoles() error {
 		r, _ := h.role(vm)
 		switch {
 		case r.Role == RolePrimary && r.Step == stepPromoting:
-			if err := h.finishPromote(vm); err != nil {
+			if err := h.finishPromote(vm, nil); err != nil {
 				return fmt.Errorf("VM %s: finishing its promotion: %w", vm, err)
 			}
 		case r.Role == RolePrimary:
@@ -520,7 +520,7 @@ func (h *Host) onPromote(ctx context.Context, peer, root string, req wire.Promot
 		return wire.Promoted{}, &receive.PromoteError{Code: wire.CodeRetry, Err: err}
 	}
 	faultpoint.Hit(faultpoint.PromoteSaved)
-	if err := h.finishPromote(req.VM); err != nil {
+	if err := h.finishPromote(req.VM, nil); err != nil {
 		// Persisted as promoting: the next start finishes it, and the
 		// peer stays fenced meanwhile (it asks again).
 		return wire.Promoted{}, &receive.PromoteError{Code: wire.CodeRetry, Err: fmt.Errorf("promoting VM %s: %w", req.VM, err)}
@@ -553,13 +553,13 @@ func promotedOf(r vmRole) wire.Promoted {
 // finishPromote moves a promoting VM's images home, drops what the
 // replica kept of it and serves it as a primary. Idempotent: a restart
 // runs it again from wherever it stopped.
-func (h *Host) finishPromote(vm string) error {
+func (h *Host) finishPromote(vm string, beforeServe func() error) error {
 	r, _ := h.role(vm)
 	root := h.cfg.Peer
 	h.fenceRunning(vm, r.Generation)
 	// Reverse replication: the committed failover that served the VM
 	// lets go of its images (nothing for a planned failover).
-	if err := h.rep.ReleaseCommitted(root, vm); err != nil {
+	if _, err := h.rep.ReleaseCommitted(root, vm); err != nil {
 		return err
 	}
 	var disks []string
@@ -578,6 +578,11 @@ func (h *Host) finishPromote(vm string) error {
 	// replay over an image that has moved on since.
 	if err := os.RemoveAll(h.primaryState(vm)); err != nil {
 		return err
+	}
+	if beforeServe != nil {
+		if err := beforeServe(); err != nil {
+			return err
+		}
 	}
 	if err := h.startPrimary(vm, r, ""); err != nil {
 		return err

@@ -198,7 +198,7 @@ func (d *Daemon) Committed(root, vm string) (gen, point uint64, disks []wire.Han
 		return 0, 0, nil, fmt.Sprintf("the failover of VM %s is %s: commit it first (vrep failover commit %s); reverse replication keeps what the VM runs", vm, strings.ToLower(f.st.State), vm)
 	}
 	for _, fd := range f.disks {
-		disks = append(disks, wire.HandoverDisk{Disk: fd.export, Size: fd.vol.Size()})
+		disks = append(disks, wire.HandoverDisk{Disk: fd.export, Size: fd.vol.Size(), LSN: f.st.Point.LSNs[fd.export]})
 	}
 	return f.st.Generation, f.st.Point.ID, disks, ""
 }
@@ -207,31 +207,57 @@ func (d *Daemon) Committed(root, vm string) (gen, point uint64, disks []wire.Han
 // (its NBD clients are disconnected; each volume merges its log into the
 // image as it closes) and forgets it: the image stays in the store, for
 // the host daemon to serve as a primary (store.ReleaseImage). Idempotent.
-func (d *Daemon) ReleaseCommitted(root, vm string) error {
+//
+// It returns, for each disk (VM/DISK), the ranges that diverged from the
+// failover point on this side: what the commit rolled back (the old
+// primary's writes after the point that had reached here) and what was
+// written here since the failover; nil for a disk whose logs cannot tell
+// (a log overflowed, a record missing): a checksum compare finds those.
+func (d *Daemon) ReleaseCommitted(root, vm string) (map[string]store.Extents, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	key := root + "/" + vm
 	f := d.fos[key]
 	if f == nil {
-		return nil
+		return nil, nil
 	}
 	if f.st.State != stCommitted {
-		return fmt.Errorf("replica: the failover of VM %s is %s, not committed", vm, f.st.State)
+		return nil, fmt.Errorf("replica: the failover of VM %s is %s, not committed", vm, f.st.State)
+	}
+	diverged := map[string]store.Extents{}
+	for _, fd := range f.disks {
+		ext, err := store.ReadExtents(filepath.Join(fd.dir, rolledBackFile))
+		if err != nil {
+			d.log.Warn("replica: what the commit rolled back is not known; a checksum compare finds what diverged", "disk", fd.export, "err", err)
+			diverged[fd.export] = nil
+			continue
+		}
+		first, known, err := fd.vol.ChangedSince(0, ext.Add)
+		if err != nil || !known || first > 1 {
+			d.log.Warn("replica: the failover's log cannot tell what was written since; a checksum compare finds what diverged", "disk", fd.export, "err", err, "overflowed", !known)
+			diverged[fd.export] = nil
+			continue
+		}
+		diverged[fd.export] = ext.Normalize(1, fd.vol.Size())
 	}
 	d.stopServing(f)
 	for _, fd := range f.disks {
 		if err := os.RemoveAll(fd.dir); err != nil {
-			return fmt.Errorf("replica: %w", err)
+			return nil, fmt.Errorf("replica: %w", err)
 		}
 	}
 	if err := os.Remove(foStatePath(d.cfg.Data, root, vm)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("replica: %w", err)
+		return nil, fmt.Errorf("replica: %w", err)
 	}
 	delete(d.fos, key)
 	d.publishLocked()
 	d.log.Info("replica: the committed failover's disks are handed to this host's primary role (reverse replication)", "vm", key)
-	return nil
+	return diverged, nil
 }
+
+// rolledBackFile, in a disk's failover directory, holds the ranges a
+// commit rolled back (store.WriteExtents).
+const rolledBackFile = "rolledback"
 
 // MarkSplitBrain keeps each adopted disk of vm under root as the
 // split-brain point (store.MarkSplitBrain), before its streams are

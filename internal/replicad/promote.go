@@ -367,7 +367,10 @@ func (d *Daemon) openFoDisk(f *failover, fd *foDisk, fresh, onImage bool) (err e
 		}
 		fd.sw = &swapDev{dev: fd.ov}
 	}
-	fd.vol, err = tracked.Open(fd.dir, fd.sw, tracked.Options{})
+	// The log is kept (no replica releases it), so that reverse
+	// replication knows every block written since the failover; past half
+	// the disk it overflows, and a checksum compare takes over.
+	fd.vol, err = tracked.Open(fd.dir, fd.sw, tracked.Options{Retain: true})
 	return err
 }
 
@@ -533,6 +536,19 @@ func (d *Daemon) commit(f *failover) error {
 	if f.st.Step == stepRollBack {
 		var n int64
 		for _, fd := range f.disks {
+			// What the rollback undoes diverged from the point: reverse
+			// replication sends those blocks back (recorded once, before
+			// the first rollback, so that a restart keeps the whole set).
+			rb := filepath.Join(fd.dir, rolledBackFile)
+			if _, err := os.Stat(rb); errors.Is(err, fs.ErrNotExist) {
+				ext, err := d.Catalog.ChangedAfter(fd.key, fd.view.LSN())
+				if err == nil {
+					err = store.WriteExtents(rb, ext.Normalize(1, fd.vol.Size()))
+				}
+				if err != nil {
+					return fmt.Errorf("replica: committing %s: %w", fd.export, err)
+				}
+			}
 			b, err := d.Catalog.RollBack(fd.key, fd.view.LSN())
 			if err != nil {
 				return fmt.Errorf("replica: committing %s: %w", fd.export, err)

@@ -409,6 +409,10 @@ func (s *Server) serve(nc net.Conn) {
 		s.reverse(c, name, rootName, body, log, fail)
 		return
 	}
+	if err == nil && t == wire.MsgReverseData {
+		s.reverseData(nc, c, rootName, body, log, fail)
+		return
+	}
 	if err == nil && t != wire.MsgOpenDisk {
 		err = fmt.Errorf("%w: got message %d, want %d", wire.ErrFrame, t, wire.MsgOpenDisk)
 	}

@@ -3,6 +3,8 @@ package ship
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"time"
 
@@ -122,4 +124,103 @@ func AskReverse(ctx context.Context, addr string, tc *tls.Config, req wire.Rever
 		return wire.Reversed{}, err
 	}
 	return wire.DecodeReversed(body, req.VM)
+}
+
+// DivergedSent is what SendDiverged sent.
+type DivergedSent struct {
+	Chunks    uint64 // chunks sent
+	Bytes     int64  // their bytes, before compression
+	WireBytes int64  // frames sent, compressed, headers included
+}
+
+// SendDiverged sends the ranges ext of a disk (img, of size bytes) to the
+// old primary at addr, which keeps its replica now (wire.MsgReverseData),
+// in chunks of chunk bytes: the image there becomes img, at LSN 0.
+func SendDiverged(ctx context.Context, addr string, tc *tls.Config, disk string, img io.ReaderAt, size int64, chunk int, ext [][2]int64, timeout time.Duration) (DivergedSent, error) {
+	var sent DivergedSent
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	raw, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return sent, err
+	}
+	pc := wire.NewProgressConn(raw, timeout)
+	nc := tls.Client(pc, tc)
+	defer nc.Close()
+	c := wire.NewConn(nc)
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	if err := nc.HandshakeContext(ctx); err != nil {
+		return sent, err
+	}
+	c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: wire.CodecZstd}.Encode())
+	if err := c.Flush(); err != nil {
+		return sent, err
+	}
+	body, err := wire.Expect(c, wire.MsgWelcome)
+	if err != nil {
+		return sent, err
+	}
+	w, err := wire.DecodeWelcome(body)
+	if err != nil {
+		return sent, err
+	}
+	c.SetCodec(w.Codec)
+	c.WriteFrame(wire.MsgReverseData, wire.ReverseData{Disk: disk, Size: size, ChunkSize: chunk}.Encode())
+	if err := c.Flush(); err != nil {
+		return sent, err
+	}
+	if _, err := wire.Expect(c, wire.MsgAck); err != nil {
+		return sent, err
+	}
+	chunks := wire.Chunks(size, chunk)
+	buf := make([]byte, chunk)
+	var next, pending, marked uint64 // next: the chunk after the last one sent
+	mark := func(at uint64) error {
+		if at <= marked {
+			return nil
+		}
+		c.WriteFrame(wire.MsgResyncMark, wire.EncodeU64(at))
+		pending, marked = 0, at
+		return c.Flush()
+	}
+	for _, e := range ext {
+		for i := uint64(e[0] / int64(chunk)); i < chunks && int64(i)*int64(chunk) < e[0]+e[1]; i++ {
+			if i < next {
+				continue // covered by the range before
+			}
+			off := int64(i) * int64(chunk)
+			n := min(int64(chunk), size-off)
+			if _, err := img.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
+				return sent, err
+			}
+			c.WriteFrame(wire.MsgResyncChunk, wire.EncodeChunk(nil, i, buf[:n]))
+			sent.Chunks++
+			sent.Bytes += n
+			next, pending = i+1, pending+uint64(n)
+			if pending >= 4<<20 {
+				if err := mark(next); err != nil {
+					return sent, err
+				}
+			}
+		}
+	}
+	if next < chunks {
+		next = chunks
+	}
+	if err := mark(next); err != nil {
+		return sent, err
+	}
+	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(0, sent.Chunks))
+	if err := c.Flush(); err != nil {
+		return sent, err
+	}
+	pc.Scale.Store(10)
+	if _, err := wire.Expect(c, wire.MsgAck); err != nil {
+		return sent, err
+	}
+	sent.WireBytes = c.Sent()
+	return sent, nil
 }

@@ -195,3 +195,16 @@ func MarkSplitBrain(cat *Catalog, key, vm string, id uint64, when time.Time) err
 	_, err = d.ResyncBegin(0, wire.ChunkSize, wire.Chunks(d.size, wire.ChunkSize))
 	return err
 }
+
+// OpenDiskExisting opens a disk that has its initial copy: never creates
+// one.
+func OpenDiskExisting(fsys vfs.FS, dir string, size int64) (*Disk, error) {
+	st, err := readState(fsys, dir)
+	if err != nil {
+		return nil, fmt.Errorf("replica: %s holds no disk: %w", dir, err)
+	}
+	if !st.seeded {
+		return nil, fmt.Errorf("%w: %s", ErrNotSeeded, dir)
+	}
+	return OpenDisk(fsys, dir, size)
+}

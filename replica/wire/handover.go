@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -44,7 +45,41 @@ const (
 	MsgAdopted  MsgType = 21
 	MsgReverse  MsgType = 22
 	MsgReversed MsgType = 23
+	// MsgReverseData opens a disk's diverged ranges, sent from the new
+	// primary to the old one once it keeps the replica: JSON of
+	// ReverseData; the replica answers Ack 0 (or Error); then ResyncChunk
+	// frames (chunk index and data, in increasing order, only the
+	// diverged chunks), ResyncMark frames (every chunk before the mark is
+	// durable), and ResyncDone (target 0): the replica answers Ack 0 once
+	// the image is the new primary's disk at LSN 0. Each chunk's old
+	// content is kept as history, so the split-brain point stays readable.
+	MsgReverseData MsgType = 24
 )
+
+// ReverseData opens the transfer of a disk's diverged ranges.
+type ReverseData struct {
+	Disk      string `json:"disk"`
+	Size      int64  `json:"size"`
+	ChunkSize int    `json:"chunk_size"`
+}
+
+// Encode returns the message body.
+func (r ReverseData) Encode() []byte { b, _ := json.Marshal(r); return b }
+
+// DecodeReverseData decodes and checks a ReverseData body.
+func DecodeReverseData(b []byte) (ReverseData, error) {
+	var r ReverseData
+	if err := decodeStrict(b, &r); err != nil {
+		return ReverseData{}, err
+	}
+	if _, _, err := names.Disk(r.Disk); err != nil {
+		return ReverseData{}, fmt.Errorf("%w: %v", ErrFrame, err)
+	}
+	if r.Size <= 0 || r.Size > 1<<50 || r.ChunkSize < 512 || r.ChunkSize > MaxChunkSize || r.ChunkSize&(r.ChunkSize-1) != 0 {
+		return ReverseData{}, fmt.Errorf("%w: reverse data of a %d-byte disk in %d-byte chunks", ErrFrame, r.Size, r.ChunkSize)
+	}
+	return r, nil
+}
 
 // Reverse replication after an unplanned failover: the host the VM
 // failed over to (it runs the VM now, at a higher generation) asks the
@@ -179,8 +214,25 @@ type Reverse struct {
 
 // Reversed answers Reverse.
 type Reversed struct {
-	Disks []HandoverDisk `json:"disks"`
+	Disks []ReversedDisk `json:"disks"`
 }
+
+// ReversedDisk is a disk the old primary keeps the replica of, and what
+// it wrote after the failover point, as far as its log can tell.
+type ReversedDisk struct {
+	Disk string `json:"disk"`
+	LSN  uint64 `json:"lsn"` // the replica copy's LSN (0)
+	// Known says whether Extents holds every range the old primary wrote
+	// after the point that the new primary never applied (its log still
+	// held them); if not, a checksum compare finds what diverged.
+	Known bool `json:"known"`
+	// Extents: offset and length, uint64 little-endian each, per range.
+	Extents []byte `json:"extents,omitempty"`
+}
+
+// MaxReversedExtents bounds the ranges a ReversedDisk may carry: past
+// it, the old primary says Known false and a checksum compare runs.
+const MaxReversedExtents = 1 << 20
 
 // Encode returns the message body.
 func (r Reverse) Encode() []byte { b, _ := json.Marshal(r); return b }
@@ -206,8 +258,44 @@ func DecodeReverse(b []byte) (Reverse, error) {
 // DecodeReversed decodes and checks a Reversed body for the VM vm.
 func DecodeReversed(b []byte, vm string) (Reversed, error) {
 	var r Reversed
-	if err := decodeStrict(b, &r); err != nil {
-		return Reversed{}, err
+	if len(b) > MaxBody {
+		return Reversed{}, fmt.Errorf("%w: reversed of %d bytes", ErrFrame, len(b))
 	}
-	return r, checkDisks(vm, r.Disks, false)
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil || dec.More() {
+		return Reversed{}, fmt.Errorf("%w: reversed message: %v", ErrFrame, err)
+	}
+	hd := make([]HandoverDisk, len(r.Disks))
+	for i, d := range r.Disks {
+		hd[i] = HandoverDisk{Disk: d.Disk, LSN: d.LSN}
+		if len(d.Extents)%16 != 0 || len(d.Extents)/16 > MaxReversedExtents || !d.Known && len(d.Extents) > 0 {
+			return Reversed{}, fmt.Errorf("%w: disk %s: %d bytes of extents", ErrFrame, d.Disk, len(d.Extents))
+		}
+		for _, e := range UnpackExtents(d.Extents) {
+			if e[0] < 0 || e[1] <= 0 || e[0] > 1<<50 || e[1] > 1<<50 {
+				return Reversed{}, fmt.Errorf("%w: disk %s: extent %d+%d", ErrFrame, d.Disk, e[0], e[1])
+			}
+		}
+	}
+	return r, checkDisks(vm, hd, false)
+}
+
+// PackExtents packs offset and length pairs for ReversedDisk.Extents.
+func PackExtents(ext [][2]int64) []byte {
+	b := make([]byte, 0, 16*len(ext))
+	for _, e := range ext {
+		b = binary.LittleEndian.AppendUint64(b, uint64(e[0]))
+		b = binary.LittleEndian.AppendUint64(b, uint64(e[1]))
+	}
+	return b
+}
+
+// UnpackExtents unpacks what PackExtents packed (len(b) a multiple of 16).
+func UnpackExtents(b []byte) [][2]int64 {
+	out := make([][2]int64, 0, len(b)/16)
+	for ; len(b) >= 16; b = b[16:] {
+		out = append(out, [2]int64{int64(binary.LittleEndian.Uint64(b)), int64(binary.LittleEndian.Uint64(b[8:]))})
+	}
+	return out
 }
