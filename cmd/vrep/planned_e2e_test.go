@@ -632,3 +632,106 @@ func run2(t *testing.T, name string, args ...string) (int, string) {
 	}
 	return 0, string(out)
 }
+
+// TestReverseKilledAtEachStep kills the daemon passing each of reverse
+// replication's fault points, restarts it and asks again where needed:
+// the VM is never writable on both hosts, hosta's replica converges to
+// what hostb runs (by checksums when a restart lost the diverged set),
+// and the split-brain point still reads back what hosta held.
+func TestReverseKilledAtEachStep(t *testing.T) {
+	const size = 8 << 20
+	const blocks = size / wocheck.BlockSize
+	onA := map[string]bool{faultpoint.ReverseDemoting: true, faultpoint.DemoteAdopted: true}
+	for i, fp := range faultpoint.Reverse {
+		t.Run(fp, func(t *testing.T) {
+			th := newTwoHosts(t, size)
+			armed := []string{"VREP_FAULTPOINT=" + fp + ":1"}
+			var envB []string
+			if !onA[fp] {
+				envB = armed
+			}
+			a := th.start(t, "hosta", nil)
+			b := th.start(t, "hostb", envB, "--resync-window", "always")
+			waitfor.True(t, "the initial copy", func() bool { return a.caughtUp(t, "vm1") })
+			writeRun(t, a.sock, "vm1/disk0", uint32(3*i+1), blocks, 100)
+			var pts []struct {
+				ID string `json:"id"`
+			}
+			waitfor.True(t, "a point on hostb", func() bool {
+				code, out := vrepRun(t, "points", "vm1", "--data", b.data, "--json")
+				return code == 0 && json.Unmarshal([]byte(out), &pts) == nil && len(pts) > 0 && a.caughtUp(t, "vm1")
+			})
+			writeRun(t, a.sock, "vm1/disk0", uint32(3*i+2), blocks, 60)
+			a.kill()
+			for _, args := range [][]string{{"failover", "start", "vm1", "--point", pts[len(pts)-1].ID}, {"failover", "commit", "vm1"}} {
+				if code, out := vrepRun(t, append(args, "--data", b.data)...); code != 0 {
+					t.Fatalf("%v: exit %d: %s", args, code, out)
+				}
+			}
+			writeRun(t, b.sock, "vm1/disk0", uint32(3*i+3), blocks, 60)
+			var envA []string
+			if onA[fp] {
+				envA = armed
+			}
+			a = th.start(t, "hosta", envA)
+			waitfor.True(t, "hosta superseded", func() bool { return strings.HasPrefix(a.status(t).VMs[0].Summary, "Superseded") })
+			held := readRaw(t, a.sock, "vm1/disk0", size)
+
+			code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", b.data)
+			killed := a
+			if !onA[fp] {
+				killed = b
+			}
+			select {
+			case <-killed.done:
+			case <-time.After(waitfor.Patience):
+				t.Fatalf("%s did not die at %s (reverse: exit %d: %s)", killed.name, fp, code, out)
+			}
+			t.Logf("killed %s at %s; reverse said: exit %d: %s", killed.name, fp, code, strings.TrimSpace(out))
+			if killed == a {
+				a = th.start(t, "hosta", nil)
+			} else {
+				b = th.start(t, "hostb", nil, "--resync-window", "always")
+			}
+			sa, sb := a.status(t), b.status(t)
+			if roleOf(sa, "vm1") == host.RolePrimary && !strings.HasPrefix(sa.VMs[0].Summary, "Superseded") {
+				t.Fatalf("after the restart hosta runs vm1 writable: %+v", sa.VMs)
+			}
+			if roleOf(sb, "vm1") != host.RolePrimary || sb.VMs[0].Step != "" {
+				// hostb still runs it as the committed failover: ask again.
+				if code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", b.data); code != 0 {
+					t.Fatalf("reverse asked again after the kill at %s: exit %d: %s", fp, code, out)
+				}
+			}
+			waitfor.True(t, "hosta keeps vm1's replica, in step with hostb", func() bool {
+				var ps primary.Status
+				if json.Unmarshal(b.status(t).Primaries["vm1"], &ps) != nil || len(ps.Disks) == 0 {
+					return false
+				}
+				rs := ps.Disks[0].Replication.Resync
+				return (rs == nil || rs.State == "done") && b.caughtUp(t, "vm1")
+			})
+			img, err := os.ReadFile(th.img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(img, readRaw(t, b.sock, "vm1/disk0", size)) {
+				t.Fatalf("killed at %s: hosta's replica differs from what hostb runs", fp)
+			}
+			var apts []struct {
+				ID    string `json:"id"`
+				Group string `json:"group"`
+			}
+			if code, out := vrepRun(t, "points", "vm1", "--data", a.data, "--json"); code != 0 || json.Unmarshal([]byte(out), &apts) != nil || len(apts) == 0 || apts[0].Group != "split-brain-vm1" {
+				t.Fatalf("killed at %s: points on hosta: exit %d: %s", fp, code, out)
+			}
+			if code, out := vrepRun(t, "failover", "test", "vm1", "--point", apts[0].ID, "--data", a.data); code != 0 {
+				t.Fatalf("test failover of the split-brain point: exit %d: %s", code, out)
+			}
+			if got := readRaw(t, a.sock, "vm1/disk0-test", size); !bytes.Equal(got, held) {
+				t.Fatalf("killed at %s: the split-brain point does not read back what hosta held", fp)
+			}
+			vrepRun(t, "failover", "test-stop", "vm1", "--data", a.data)
+		})
+	}
+}
