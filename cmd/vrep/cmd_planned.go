@@ -127,3 +127,30 @@ refused (it runs the VM at the same or a newer generation).`,
 	a.needs("host", "reverse replication runs on the host daemon (vrep host) where the VM runs")
 	return cmd
 }
+
+func dropSplitBrainCmd() *cobra.Command {
+	var a apiFlags
+	cmd := &cobra.Command{
+		Use:   "drop-split-brain VM [--data DIR | --api SOCKET]",
+		Short: "Drop a VM's split-brain points (what the old primary wrote after a failover point), once looked at",
+		Long: `Run where the VM's replica is kept (the old primary after vrep replication
+reverse). Retention never drops a split-brain point by itself; this does,
+and the history only it kept is pruned at the next retention pass.
+Exit codes: 1 no such VM, or it has no split-brain point; 2 bad usage.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var r map[string]int
+			if err := a.call("POST", "/v1/points/split-brain/drop?vm="+url.QueryEscape(args[0]), &r); err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), r)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "dropped %d split-brain point(s) of %s\n", r["dropped"], args[0])
+			return nil
+		},
+	}
+	a.register(cmd.Flags())
+	a.needs("replica", "split-brain points are kept with the replica")
+	return cmd
+}

@@ -97,6 +97,6 @@ the primary protects others too is refused; give --all.`,
 	s.register(set.Flags())
 	set.Flags().StringVar(&frequency, "frequency", "", "continuous, or a duration such as 30s, 5m or 15m")
 	set.Flags().BoolVar(&all, "all", false, "change the frequency for every VM of the primary")
-	cmd.AddCommand(resume, set, replicationReverseCmd())
+	cmd.AddCommand(resume, set, replicationReverseCmd(), dropSplitBrainCmd())
 	return cmd
 }

@@ -534,13 +534,14 @@ func TestUnplannedFailoverThenReverse(t *testing.T) {
 	b := th.start(t, "hostb", nil, "--resync-window", "always")
 	waitfor.True(t, "the initial copy", func() bool { return a.caughtUp(t, "vm1") })
 	writeRun(t, a.sock, "vm1/disk0", 1, blocks, 300)
-	waitfor.True(t, "run 1 on hostb", func() bool { return a.caughtUp(t, "vm1") })
+	ran := time.Now()
 	var pts []struct {
-		ID string `json:"id"`
+		ID   string    `json:"id"`
+		Time time.Time `json:"time"`
 	}
 	waitfor.True(t, "a point after run 1 on hostb", func() bool {
 		code, out := vrepRun(t, "points", "vm1", "--data", b.data, "--json")
-		return code == 0 && json.Unmarshal([]byte(out), &pts) == nil && len(pts) > 0 && a.caughtUp(t, "vm1")
+		return code == 0 && json.Unmarshal([]byte(out), &pts) == nil && len(pts) > 0 && pts[len(pts)-1].Time.After(ran)
 	})
 	point := pts[len(pts)-1].ID
 	h2 := writeRun(t, a.sock, "vm1/disk0", 2, blocks, 200) // hosta's writes after the point
@@ -617,6 +618,16 @@ func TestUnplannedFailoverThenReverse(t *testing.T) {
 		t.Fatal("the split-brain point does not read back what hosta held")
 	}
 	vrepRun(t, "failover", "test-stop", "vm1", "--data", a.data)
+	// Only the operator drops it.
+	if code, out := vrepRun(t, "replication", "drop-split-brain", "vm1", "--data", a.data); code != 0 || !strings.Contains(out, "dropped 1") {
+		t.Fatalf("drop-split-brain: exit %d: %s", code, out)
+	}
+	if code, out := vrepRun(t, "points", "vm1", "--data", a.data); code != 0 && !strings.Contains(out, "no point") || strings.Contains(out, "split-brain") {
+		t.Fatalf("points after the drop: exit %d: %s", code, out)
+	}
+	if code, out := vrepRun(t, "replication", "drop-split-brain", "vm1", "--data", a.data); code != exitError || !strings.Contains(out, "no split-brain point") {
+		t.Fatalf("a second drop: exit %d: %s", code, out)
+	}
 }
 
 // run2 runs a command and returns its exit code and output.

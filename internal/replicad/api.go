@@ -317,6 +317,10 @@ func (d *Daemon) handler() http.Handler {
 		answer(w, info, err)
 	})
 	mux.HandleFunc("POST /v1/seed/import", d.seedImportHandler)
+	mux.HandleFunc("POST /v1/points/split-brain/drop", func(w http.ResponseWriter, r *http.Request) {
+		n, err := d.DropSplitBrain(r.URL.Query().Get("vm"))
+		answer(w, map[string]int{"dropped": n}, err)
+	})
 	mux.HandleFunc("POST /v1/failover/commit", func(w http.ResponseWriter, r *http.Request) {
 		spec := r.URL.Query().Get("vm")
 		job := d.cfg.Jobs.Start(jobs.FailoverCommit, spec)

@@ -272,3 +272,25 @@ func (d *Daemon) markSplitBrain(root, vm string, disks []wire.HandoverDisk) erro
 	}
 	return nil
 }
+
+// DropSplitBrain deletes the split-brain points of a VM's disks (the
+// operator has looked at them): retention prunes what only they kept.
+func (d *Daemon) DropSplitBrain(spec string) (int, error) {
+	_, _, keys, err := d.vmDisks(spec)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		m, err := d.Catalog.DropSplitBrain(k)
+		if err != nil {
+			return n, err
+		}
+		n += m
+	}
+	if n == 0 {
+		return 0, notFound("VM %s has no split-brain point here", spec)
+	}
+	d.log.Warn("replica: split-brain points dropped by the operator", "vm", spec, "points", n)
+	return n, nil
+}

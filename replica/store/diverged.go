@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
 
 	"github.com/vrep-io/vrep/internal/statefile"
 	"github.com/vrep-io/vrep/internal/vfs"
@@ -101,4 +104,27 @@ func (c *Catalog) ChangedAfter(disk string, lsn uint64) (Extents, error) {
 		out.Add(r.off, r.length)
 	}
 	return out, nil
+}
+
+// DropSplitBrain deletes the split-brain points of disk (the operator is
+// done with them); retention then prunes the history only they kept. It
+// returns how many went.
+func (c *Catalog) DropSplitBrain(disk string) (int, error) {
+	pts, err := c.diskPoints(disk, ^uint64(0))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	err = c.db.Update(func(txn *badger.Txn) error {
+		for _, p := range pts {
+			if strings.HasPrefix(p.Group, SplitBrainGroup) {
+				if err := txn.Delete(indexKey('m', disk, p.LSN)); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
 }
