@@ -1,5 +1,8 @@
 // Package demo is vrep demo: the whole pipeline on one machine, on
-// embedded defaults, narrated in an operator's words, every step checked.
+// embedded defaults, narrated in an operator's words, every step checked:
+// protection (a primary and a replica: replication, points, a test
+// failover), then recovery (two host daemons: the failover cycle,
+// cycle.go).
 package demo
 
 import (
@@ -260,6 +263,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	say("10. Stopped the primary (every write flushed and merged) and the replica.")
+	if err := runCycle(ctx, filepath.Join(dir, "hosts"), o, log, seq, say, check); err != nil {
+		return err
+	}
 	say("\nAll %d checks passed.", checks)
 	return nil
 }

@@ -211,6 +211,12 @@ func Start(cfg Config) (h *Host, err error) {
 		}
 		return []string{target}, r.Role == RoleReplica && r.Step == "", nil
 	}
+	rc.Generation = func(root, vm string) uint64 {
+		if r, ok := h.role(vm); ok && root == cfg.Peer {
+			return r.Generation
+		}
+		return 0
+	}
 	if h.rep, err = replicad.Start(rc); err != nil {
 		return h, err
 	}

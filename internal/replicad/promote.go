@@ -287,7 +287,14 @@ func (d *Daemon) failOverLocked(root, vm string, keys []string, p VMPoint, extra
 	if err != nil {
 		return nil, err
 	}
-	f := &failover{key: key, root: root, vm: vm, st: foState{State: stFailedOver, Generation: prev.Generation + 1,
+	gen := prev.Generation
+	if d.cfg.Generation != nil {
+		// NB: a planned failover and its failback raise the generation
+		// on the hosts, not in this file (dropped with the VM's store
+		// when it was promoted).
+		gen = max(gen, d.cfg.Generation(root, vm))
+	}
+	f := &failover{key: key, root: root, vm: vm, st: foState{State: stFailedOver, Generation: gen + 1,
 		Point: p, Disks: keys, Started: time.Now(), Extra: extra}}
 	for _, k := range keys {
 		if err := os.RemoveAll(filepath.Join(d.cfg.Data, filepath.FromSlash(k), "failover")); err != nil {

@@ -67,6 +67,12 @@ type Config struct {
 	// target moves (a VM the host daemon runs) and whether they moved
 	// already; an error when the host runs no such VM.
 	PlannedVMs func(target string) (vms []string, moved bool, err error)
+	// Generation, if set, is the generation of vm's replication
+	// relationship with the primary under root as the host daemon keeps
+	// it (planned failovers raise it there): an unplanned failover takes
+	// a generation above it, or the old primary, at that generation
+	// already, would not be superseded by it. Zero: not known.
+	Generation func(root, vm string) uint64
 	// Jobs, if set, records the daemon's long operations; the API and
 	// the status page show them.
 	Jobs *jobs.Log
