@@ -273,7 +273,19 @@ func TestCorruptLogRefusesToServe(t *testing.T) {
 		v.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 4096), int64(i)*4096)
 	}
 	v.Sync()
-	// Simulate a crash: no Close, so the base was never merged.
+	// Recovery tells damage from a torn tail only by a durable sync record
+	// after it. Sync returns once its fsync is done and writes its sync
+	// record later, in the background; only the next Sync makes that
+	// record durable, so one more flushed write is needed here.
+	v.WriteAt(bytes.Repeat([]byte{9}, 4096), 8*4096)
+	if err := v.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// A power cut: the base was never merged, and the volume's goroutines
+	// can no longer write to the log behind the damage and the reopen.
+	fs.Cut()
+	v.Close()
+	fs.Revive()
 	segs, _ := fs.List("/vol/log")
 	name := "/vol/log/" + segs[0]
 	b, _ := vfs.ReadFile(fs, name)
