@@ -26,6 +26,10 @@ func (d *Daemon) diskDir(name string) string {
 // there (msg, from the replica, names the VM, when and the generation).
 // The reason is persisted first, then the volumes refuse writes.
 func (d *Daemon) supersede(vm, msg string) {
+	// Each disk's shipper may learn it at the same moment: one at a time,
+	// or two writers of the same state file race.
+	d.supersedeMu.Lock()
+	defer d.supersedeMu.Unlock()
 	reason := "superseded: " + msg + "; this copy no longer takes writes"
 	for _, disk := range d.Disks {
 		if v, _, _ := names.Disk(disk.Name); v != vm || disk.Volume.Fenced() != nil {

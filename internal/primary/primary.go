@@ -117,6 +117,8 @@ type Daemon struct {
 	closeOnce sync.Once
 	stopping  atomic.Bool // Close has begun: status says what it waits for
 	batches   batchLog    // acknowledged batches, for vrep measure
+	// supersedeMu serializes supersede (fence.go).
+	supersedeMu sync.Mutex
 }
 
 // Start opens every disk and starts serving. On error everything opened
