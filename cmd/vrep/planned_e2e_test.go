@@ -561,10 +561,16 @@ func TestUnplannedFailoverThenReverse(t *testing.T) {
 		t.Fatalf("reverse while hosta is down: exit %d: %s", code, out)
 	}
 
+	if code, out := vrepRun(t, "replication", "reverse", "vm9", "--data", b.data); code != exitConflict || !strings.Contains(out, "has not failed over") {
+		t.Fatalf("reverse of a VM that did not fail over: exit %d: %s", code, out)
+	}
 	a = th.start(t, "hosta", nil)
 	waitfor.True(t, "hosta learns it is superseded", func() bool {
 		return strings.HasPrefix(a.status(t).VMs[0].Summary, "Superseded")
 	})
+	if code, out := vrepRun(t, "replication", "reverse", "vm1", "--data", a.data); code != exitConflict || !strings.Contains(out, "run vrep replication reverse vm1 there") {
+		t.Fatalf("reverse on the old primary: exit %d: %s", code, out)
+	}
 	if code, out := run2(t, "qemu-io", "-f", "raw", "-c", "write 0 4k", "nbd+unix:///vm1/disk0?socket="+a.sock); code == 0 {
 		t.Fatalf("superseded hosta took a write: %s", out)
 	}

@@ -71,6 +71,12 @@ func (h *Host) Reverse(ctx context.Context, vm string) (Reversed, error) {
 	}
 	defer release()
 	if r, ok := h.role(vm); ok && r.Role == RolePrimary && r.Step == "" {
+		h.mu.Lock()
+		p := h.prims[vm]
+		h.mu.Unlock()
+		if p != nil && p.Superseded(vm) != "" {
+			return Reversed{}, &Error{Status: 409, Msg: fmt.Sprintf("VM %s is superseded here: it failed over to %s; run vrep replication reverse %s there", vm, h.cfg.Peer, vm)}
+		}
 		return Reversed{}, &Error{Status: 409, Msg: fmt.Sprintf("VM %s runs on this host and replicates to %s already", vm, h.cfg.Peer)}
 	}
 	gen, point, disks, why := h.rep.Committed(h.cfg.Peer, vm)
