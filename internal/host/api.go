@@ -48,7 +48,7 @@ type Status struct {
 func (h *Host) summary(vm string, r vmRole, superseded string) string {
 	switch {
 	case r.Role == RolePrimary && superseded != "":
-		return fmt.Sprintf("Superseded: read-only here (%s); on %s, vrep replication reverse %s makes this host keep its replica", superseded, h.cfg.Peer, vm)
+		return fmt.Sprintf("Superseded: read-only here (%s); on %s, vrep replication reverse %s makes this host keep its replica", strings.TrimPrefix(superseded, "superseded: "), h.cfg.Peer, vm)
 	case r.Role == RolePrimary && r.Step == stepHandingOver:
 		return fmt.Sprintf("Prepared for failover: writes refused, waiting for %s to confirm it took the VM over (vrep failover planned %s asks again; --abort gives it back)", h.cfg.Peer, vm)
 	case r.Role == RolePrimary && r.Step == stepPromoting:
