@@ -35,6 +35,10 @@ func hostCmd() *cobra.Command {
 		keepApp      int
 		configFile   string
 		ops          opsFlags
+		freeze       []string
+		preFreeze    []string
+		postThaw     []string
+		agents       []string
 	)
 	cmd := &cobra.Command{
 		Use:   "host --data DIR --name NAME --tls-dir DIR --listen ADDR --peer NAME=ADDR [--disk VM/DISK=PATH]... [--nbd unix:SOCK|tcp:ADDR]... [--fuse DIR]",
@@ -77,6 +81,30 @@ replica remain for hosts with one role.`,
 				}
 				cfg.Disks = append(cfg.Disks, spec)
 			}
+			var err error
+			if cfg.Primary.Points.Freeze, err = primary.ParseVMValues("freeze", freeze); err != nil {
+				return err
+			}
+			one := func(flag string, specs []string) (map[string]string, error) {
+				m, err := primary.ParseVMValues(flag, specs)
+				out := map[string]string{}
+				for vm, v := range m {
+					if len(v) > 1 {
+						return nil, fmt.Errorf("%w: --%s given twice for VM %s", errUsage, flag, vm)
+					}
+					out[vm] = v[0]
+				}
+				return out, err
+			}
+			if cfg.Primary.Points.PreFreeze, err = one("pre-freeze", preFreeze); err != nil {
+				return err
+			}
+			if cfg.Primary.Points.PostThaw, err = one("post-thaw", postThaw); err != nil {
+				return err
+			}
+			if cfg.Primary.Points.GuestAgent, err = one("guest-agent", agents); err != nil {
+				return err
+			}
 			rc := &primary.ReplicaConfig{}
 			if frequency != "continuous" {
 				iv, err := time.ParseDuration(frequency)
@@ -85,7 +113,6 @@ replica remain for hosts with one role.`,
 				}
 				rc.Interval = iv
 			}
-			var err error
 			if rc.Codec, err = wire.ParseCodec(codec); err != nil {
 				return fmt.Errorf("%w: %v", errUsage, err)
 			}
@@ -161,6 +188,11 @@ replica remain for hosts with one role.`,
 	f.StringVar(&resyncWindow, "resync-window", "18:00-06:00", "when automatic resyncs run: HH:MM-HH:MM local time, or always")
 	f.DurationVar(&cfg.Primary.Points.Every, "points-every", 0, "take a crash-consistent point of every VM this host runs this often (default: at each --frequency tick, every 5s when continuous)")
 	f.DurationVar(&cfg.Primary.Points.AppEvery, "app-every", 0, "take an app-consistent point this often (0: by hand)")
+	f.StringArrayVar(&freeze, "freeze", nil, "VM=MOUNTPOINT to fsfreeze for app-consistent points, and before a planned failover's final point (repeatable)")
+	f.StringArrayVar(&preFreeze, "pre-freeze", nil, "VM=COMMAND run before freezing (sh -c)")
+	f.StringArrayVar(&postThaw, "post-thaw", nil, "VM=COMMAND run after thawing (sh -c)")
+	f.StringArrayVar(&agents, "guest-agent", nil, "VM=SOCKET of the VM's QEMU guest agent, to freeze inside the guest")
+	f.DurationVar(&cfg.Primary.Points.FreezeTimeout, "freeze-timeout", 10*time.Second, "past this a freeze is thawed and the point is crash-consistent")
 	f.DurationVar(&cfg.Primary.StopTimeout, "stop-timeout", 30*time.Second, "on SIGTERM, wait this long for the disks' holders to let go")
 	f.DurationVar(&retention, "retention", 24*time.Hour, "keep the peer's VMs' recovery points this long")
 	f.IntVar(&keepApp, "keep-app", 0, "also keep this many newest app-consistent points, however old")

@@ -253,7 +253,9 @@ func TestPlannedFailoverAndFailback(t *testing.T) {
 	const size = 16 << 20
 	const blocks = size / wocheck.BlockSize
 	th := newTwoHosts(t, size)
-	a := th.start(t, "hosta", nil)
+	hooks := filepath.Join(th.dir, "hooks")
+	// Quiescers on hosta: the final point is app-consistent first.
+	a := th.start(t, "hosta", nil, "--pre-freeze", "vm1=echo freeze >> "+hooks, "--post-thaw", "vm1=echo thaw >> "+hooks)
 	b := th.start(t, "hostb", nil)
 	waitfor.True(t, "hosta's initial copy of vm1 on hostb", func() bool { return a.caughtUp(t, "vm1") })
 
@@ -270,6 +272,9 @@ func TestPlannedFailoverAndFailback(t *testing.T) {
 	h1 := writeUntilFailover(t, a, 1, blocks, func() { p = plannedFailover(t, a, "vm1") })
 	if p.To != "hostb" || p.Generation != 2 || !p.ReverseConnected || p.ResyncBytes != 0 || p.WritesRefused <= 0 {
 		t.Fatalf("planned failover answered %+v", p)
+	}
+	if got, _ := os.ReadFile(hooks); !strings.HasPrefix(p.Kind, "app") || string(got) != "freeze\nthaw\n" {
+		t.Fatalf("the final point was %q; the hooks ran %q", p.Kind, got)
 	}
 	t.Logf("failover to hostb: writes refused for %.3f s, reverse replication connected, %d bytes resynced", p.WritesRefused, p.ResyncBytes)
 	if r := roleOf(a.status(t), "vm1"); r != host.RoleReplica {
