@@ -267,13 +267,34 @@ func TestPlannedFailoverAndFailback(t *testing.T) {
 		t.Fatalf("planned failover where the VM is only a replica: exit %d: %s", code, out)
 	}
 
-	zero := make(wocheck.Image, blocks)
+	// A test failover of vm1 runs on hostb: the handover is refused there,
+	// and vm1 takes writes on hosta again at once.
+	waitfor.True(t, "a point of vm1 on hostb", func() bool {
+		code, _ := vrepRun(t, "points", "vm1", "--data", b.data, "--last", "1")
+		return code == 0
+	})
+	if code, out := vrepRun(t, "failover", "test", "vm1", "--data", b.data); code != 0 {
+		t.Fatalf("test failover on hostb: exit %d: %s", code, out)
+	}
+	if code, out := vrepRun(t, "failover", "planned", "vm1", "--data", a.data); code != exitConflict || !strings.Contains(out, "test-stop") || !strings.Contains(out, "takes writes here again") {
+		t.Fatalf("planned failover while a test failover runs on the peer: exit %d: %s", code, out)
+	}
+	if code, out := run2(t, "qemu-io", "-f", "raw", "-c", "write 0 4k", "nbd+unix:///vm1/disk0?socket="+a.sock); code != 0 {
+		t.Fatalf("hosta after a refused handover: %s", out)
+	}
+	if code, out := vrepRun(t, "failover", "test-stop", "vm1", "--data", b.data); code != 0 {
+		t.Fatalf("test-stop on hostb: exit %d: %s", code, out)
+	}
+	waitfor.True(t, "hostb caught up again", func() bool { return a.caughtUp(t, "vm1") })
+
+	zero := readVM(t, a, blocks) // the disk before the workload
 	var p host.Planned
 	h1 := writeUntilFailover(t, a, 1, blocks, func() { p = plannedFailover(t, a, "vm1") })
 	if p.To != "hostb" || p.Generation != 2 || !p.ReverseConnected || p.ResyncBytes != 0 || p.WritesRefused <= 0 {
 		t.Fatalf("planned failover answered %+v", p)
 	}
-	if got, _ := os.ReadFile(hooks); !strings.HasPrefix(p.Kind, "app") || string(got) != "freeze\nthaw\n" {
+	// (The handover refused above took its app-consistent point too.)
+	if got, _ := os.ReadFile(hooks); !strings.HasPrefix(p.Kind, "app") || string(got) != "freeze\nthaw\nfreeze\nthaw\n" {
 		t.Fatalf("the final point was %q; the hooks ran %q", p.Kind, got)
 	}
 	t.Logf("failover to hostb: writes refused for %.3f s, reverse replication connected, %d bytes resynced", p.WritesRefused, p.ResyncBytes)
