@@ -502,12 +502,22 @@ func (h *Host) onPromote(ctx context.Context, peer, root string, req wire.Promot
 	}
 	release, err := h.claim(req.VM)
 	if err != nil {
-		return wire.Promoted{}, &receive.PromoteError{Code: wire.CodeRetry, Err: err}
+		// Another role change of the VM runs here: perhaps this very
+		// promotion, asked before, not finished. Not a refusal.
+		return wire.Promoted{}, fmt.Errorf("%w: %w", receive.ErrNoAnswer, err)
 	}
 	defer release()
 	if r, ok := h.role(req.VM); ok && r.Role == RolePrimary {
 		if r.Generation == req.Generation+1 && r.Step == "" {
 			// Asked again: the answer was lost on the way.
+			return promotedOf(r), nil
+		}
+		if r.Generation == req.Generation+1 && r.Step == stepPromoting {
+			// Asked again after finishing the promotion failed: finish it.
+			if err := h.finishPromote(req.VM, nil); err != nil {
+				return wire.Promoted{}, fmt.Errorf("%w: promoting VM %s: %w", receive.ErrNoAnswer, req.VM, err)
+			}
+			r, _ = h.role(req.VM)
 			return promotedOf(r), nil
 		}
 		return wire.Promoted{}, &receive.PromoteError{Code: wire.CodeSuperseded,
@@ -527,9 +537,10 @@ func (h *Host) onPromote(ctx context.Context, peer, root string, req wire.Promot
 	}
 	faultpoint.Hit(faultpoint.PromoteSaved)
 	if err := h.finishPromote(req.VM, nil); err != nil {
-		// Persisted as promoting: the next start finishes it, and the
-		// peer stays fenced meanwhile (it asks again).
-		return wire.Promoted{}, &receive.PromoteError{Code: wire.CodeRetry, Err: fmt.Errorf("promoting VM %s: %w", req.VM, err)}
+		// Persisted as promoting: the next start, or the peer asking
+		// again, finishes it. No refusal, which would give the VM back to
+		// the peer's clients: the peer stays fenced and asks again.
+		return wire.Promoted{}, fmt.Errorf("%w: promoting VM %s: %w", receive.ErrNoAnswer, req.VM, err)
 	}
 	r, _ := h.role(req.VM)
 	h.log.Info("planned failover: this host runs the VM now and replicates it back", "vm", req.VM, "generation", r.Generation, "from", peer)
