@@ -574,6 +574,17 @@ func (h *Host) finishPromote(vm string, beforeServe func() error) error {
 	r, _ := h.role(vm)
 	root := h.cfg.Peer
 	h.fenceRunning(vm, r.Generation)
+	// A try that failed after starting the primary: it was fenced, so it
+	// wrote nothing; it lets go of the state it is about to be wiped.
+	h.mu.Lock()
+	old := h.prims[vm]
+	delete(h.prims, vm)
+	h.mu.Unlock()
+	if old != nil {
+		if err := old.Close(); err != nil {
+			return err
+		}
+	}
 	// Reverse replication: the committed failover that served the VM
 	// lets go of its images (nothing for a planned failover).
 	if _, err := h.rep.ReleaseCommitted(root, vm); err != nil {
@@ -601,13 +612,17 @@ func (h *Host) finishPromote(vm string, beforeServe func() error) error {
 			return err
 		}
 	}
-	if err := h.startPrimary(vm, r, ""); err != nil {
+	// Fenced until the role is final. NB: a write taken before would be
+	// below the base LSN persisted next, so never shipped to the replica
+	// copy; and a crash before the role is final wipes this state (above)
+	// at the next start, acknowledged writes with it.
+	if err := h.startPrimary(vm, r, "the VM is being promoted on this host"); err != nil {
 		return err
 	}
 	h.mu.Lock()
 	p := h.prims[vm]
 	h.mu.Unlock()
-	return h.setRole(vm, func(r *vmRole) {
+	if err := h.setRole(vm, func(r *vmRole) {
 		r.Step, r.Since = "", time.Now()
 		for i := range r.Disks {
 			for _, d := range p.Disks {
@@ -616,7 +631,11 @@ func (h *Host) finishPromote(vm string, beforeServe func() error) error {
 				}
 			}
 		}
-	})
+	}); err != nil {
+		return err
+	}
+	p.Unfence(vm)
+	return nil
 }
 
 // finishDemote closes a demoting VM's primary (merging its log into the
