@@ -341,17 +341,30 @@ func (h *Host) saveRolesLocked() error {
 	return nil
 }
 
-// setRole changes a VM's role record and persists it.
+// setRole changes a VM's role record and persists it. On error nothing
+// changed, in memory either: a role the file does not hold would be
+// acted on until a restart. A record is never changed in place, so one
+// read under h.mu may be used after it.
 func (h *Host) setRole(vm string, fn func(r *vmRole)) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	r := h.roles[vm]
-	if r == nil {
-		r = &vmRole{}
-		h.roles[vm] = r
+	old := h.roles[vm]
+	r := &vmRole{}
+	if old != nil {
+		*r = *old
+		r.Disks = slices.Clone(old.Disks)
 	}
 	fn(r)
-	return h.saveRolesLocked()
+	h.roles[vm] = r
+	if err := h.saveRolesLocked(); err != nil {
+		if old == nil {
+			delete(h.roles, vm)
+		} else {
+			h.roles[vm] = old
+		}
+		return err
+	}
+	return nil
 }
 
 func (h *Host) role(vm string) (vmRole, bool) {
