@@ -517,6 +517,60 @@ func TestPlannedFailoverNetworkFaults(t *testing.T) {
 	}
 }
 
+// TestPlannedFailoverPeerFailsMidPromotion: hostb persists the promotion
+// of vm1, then fails to finish it (a file stands where the image goes).
+// That is no refusal: hosta must keep vm1 read-only (hostb serves it as
+// soon as it finishes, at its next start or when asked again), and
+// asking again once the obstacle is gone finishes the failover with
+// every acknowledged write. It failed when hostb answered CodeRetry:
+// hosta took writes again while hostb held vm1 as promoting.
+func TestPlannedFailoverPeerFailsMidPromotion(t *testing.T) {
+	const size = 8 << 20
+	const blocks = size / wocheck.BlockSize
+	th := newTwoHosts(t, size)
+	a := th.start(t, "hosta", nil)
+	b := th.start(t, "hostb", nil)
+	waitfor.True(t, "the initial copy", func() bool { return a.caughtUp(t, "vm1") })
+	h := writeRun(t, a.sock, "vm1/disk0", 1, blocks, 200)
+	end := time.Now()
+	blocker := filepath.Join(b.data, "images")
+	if err := os.WriteFile(blocker, []byte("in the way"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := vrepRun(t, "failover", "planned", "vm1", "--data", a.data, "--timeout", "1m")
+	t.Logf("with hostb unable to finish: exit %d: %s", code, strings.TrimSpace(out))
+	if code == 0 {
+		t.Fatalf("the failover claimed success: %s", out)
+	}
+	if rb := b.status(t).VMs[0]; rb.Role != host.RolePrimary || rb.Step == "" {
+		t.Fatalf("hostb did not persist the promotion before failing (%+v): the test sets nothing up", rb)
+	}
+	if ra := a.status(t).VMs[0]; ra.Role != host.RolePrimary || ra.Step == "" {
+		t.Fatalf("hostb holds vm1 as promoting, yet hosta gave vm1 back to its clients (%+v): two writable copies once hostb finishes", ra)
+	}
+	cl, err := nbdclient.Dial("unix", a.sock, "vm1/disk0")
+	if err == nil {
+		_, werr := cl.WriteAt(make([]byte, 4096), 0)
+		cl.Close()
+		if werr == nil {
+			t.Fatal("hosta took a write while hostb holds vm1 as promoting")
+		}
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := vrepRun(t, "failover", "planned", "vm1", "--data", a.data, "--timeout", "1m"); code != 0 {
+		t.Fatalf("the failover asked again: exit %d: %s", code, out)
+	}
+	sa, sb := a.status(t), b.status(t)
+	if roleOf(sa, "vm1") != host.RoleReplica || sa.VMs[0].Step != "" || roleOf(sb, "vm1") != host.RolePrimary || sb.VMs[0].Step != "" {
+		t.Fatalf("after asking again: hosta %+v, hostb %+v", sa.VMs, sb.VMs)
+	}
+	if rep := wocheck.CheckConcurrentPoint(make(wocheck.Image, blocks), readVM(t, b, blocks), h, end); !rep.OK() {
+		t.Fatalf("%v:\n%s", rep, strings.Join(rep.Violations, "\n"))
+	}
+}
+
 // readRaw reads a whole export over NBD.
 func readRaw(t *testing.T, sock, export string, size int64) []byte {
 	t.Helper()

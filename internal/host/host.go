@@ -341,17 +341,30 @@ func (h *Host) saveRolesLocked() error {
 	return nil
 }
 
-// setRole changes a VM's role record and persists it.
+// setRole changes a VM's role record and persists it. On error nothing
+// changed, in memory either: a role the file does not hold would be
+// acted on until a restart. A record is never changed in place, so one
+// read under h.mu may be used after it.
 func (h *Host) setRole(vm string, fn func(r *vmRole)) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	r := h.roles[vm]
-	if r == nil {
-		r = &vmRole{}
-		h.roles[vm] = r
+	old := h.roles[vm]
+	r := &vmRole{}
+	if old != nil {
+		*r = *old
+		r.Disks = slices.Clone(old.Disks)
 	}
 	fn(r)
-	return h.saveRolesLocked()
+	h.roles[vm] = r
+	if err := h.saveRolesLocked(); err != nil {
+		if old == nil {
+			delete(h.roles, vm)
+		} else {
+			h.roles[vm] = old
+		}
+		return err
+	}
+	return nil
 }
 
 func (h *Host) role(vm string) (vmRole, bool) {
@@ -502,12 +515,22 @@ func (h *Host) onPromote(ctx context.Context, peer, root string, req wire.Promot
 	}
 	release, err := h.claim(req.VM)
 	if err != nil {
-		return wire.Promoted{}, &receive.PromoteError{Code: wire.CodeRetry, Err: err}
+		// Another role change of the VM runs here: perhaps this very
+		// promotion, asked before, not finished. Not a refusal.
+		return wire.Promoted{}, fmt.Errorf("%w: %w", receive.ErrNoAnswer, err)
 	}
 	defer release()
 	if r, ok := h.role(req.VM); ok && r.Role == RolePrimary {
 		if r.Generation == req.Generation+1 && r.Step == "" {
 			// Asked again: the answer was lost on the way.
+			return promotedOf(r), nil
+		}
+		if r.Generation == req.Generation+1 && r.Step == stepPromoting {
+			// Asked again after finishing the promotion failed: finish it.
+			if err := h.finishPromote(req.VM, nil); err != nil {
+				return wire.Promoted{}, fmt.Errorf("%w: promoting VM %s: %w", receive.ErrNoAnswer, req.VM, err)
+			}
+			r, _ = h.role(req.VM)
 			return promotedOf(r), nil
 		}
 		return wire.Promoted{}, &receive.PromoteError{Code: wire.CodeSuperseded,
@@ -527,9 +550,10 @@ func (h *Host) onPromote(ctx context.Context, peer, root string, req wire.Promot
 	}
 	faultpoint.Hit(faultpoint.PromoteSaved)
 	if err := h.finishPromote(req.VM, nil); err != nil {
-		// Persisted as promoting: the next start finishes it, and the
-		// peer stays fenced meanwhile (it asks again).
-		return wire.Promoted{}, &receive.PromoteError{Code: wire.CodeRetry, Err: fmt.Errorf("promoting VM %s: %w", req.VM, err)}
+		// Persisted as promoting: the next start, or the peer asking
+		// again, finishes it. No refusal, which would give the VM back to
+		// the peer's clients: the peer stays fenced and asks again.
+		return wire.Promoted{}, fmt.Errorf("%w: promoting VM %s: %w", receive.ErrNoAnswer, req.VM, err)
 	}
 	r, _ := h.role(req.VM)
 	h.log.Info("planned failover: this host runs the VM now and replicates it back", "vm", req.VM, "generation", r.Generation, "from", peer)
@@ -563,6 +587,17 @@ func (h *Host) finishPromote(vm string, beforeServe func() error) error {
 	r, _ := h.role(vm)
 	root := h.cfg.Peer
 	h.fenceRunning(vm, r.Generation)
+	// A try that failed after starting the primary: it was fenced, so it
+	// wrote nothing; it lets go of the state it is about to be wiped.
+	h.mu.Lock()
+	old := h.prims[vm]
+	delete(h.prims, vm)
+	h.mu.Unlock()
+	if old != nil {
+		if err := old.Close(); err != nil {
+			return err
+		}
+	}
 	// Reverse replication: the committed failover that served the VM
 	// lets go of its images (nothing for a planned failover).
 	if _, err := h.rep.ReleaseCommitted(root, vm); err != nil {
@@ -590,13 +625,17 @@ func (h *Host) finishPromote(vm string, beforeServe func() error) error {
 			return err
 		}
 	}
-	if err := h.startPrimary(vm, r, ""); err != nil {
+	// Fenced until the role is final. NB: a write taken before would be
+	// below the base LSN persisted next, so never shipped to the replica
+	// copy; and a crash before the role is final wipes this state (above)
+	// at the next start, acknowledged writes with it.
+	if err := h.startPrimary(vm, r, "the VM is being promoted on this host"); err != nil {
 		return err
 	}
 	h.mu.Lock()
 	p := h.prims[vm]
 	h.mu.Unlock()
-	return h.setRole(vm, func(r *vmRole) {
+	if err := h.setRole(vm, func(r *vmRole) {
 		r.Step, r.Since = "", time.Now()
 		for i := range r.Disks {
 			for _, d := range p.Disks {
@@ -605,7 +644,11 @@ func (h *Host) finishPromote(vm string, beforeServe func() error) error {
 				}
 			}
 		}
-	})
+	}); err != nil {
+		return err
+	}
+	p.Unfence(vm)
+	return nil
 }
 
 // finishDemote closes a demoting VM's primary (merging its log into the

@@ -138,6 +138,14 @@ func (d *Daemon) FenceForHandover(ctx context.Context, vm string) {
 // AbortHandover gives vm's disks back to their clients: a planned
 // failover that handed nothing over.
 func (d *Daemon) AbortHandover(vm string) {
+	d.Unfence(vm)
+	d.log.Warn("planned failover abandoned: the VM takes writes here again", "vm", vm)
+}
+
+// Unfence lets vm's disks take writes (unless superseded): a handover
+// abandoned, or a VM promoted on this host, started fenced
+// (Config.Fenced) until its new role was persisted.
+func (d *Daemon) Unfence(vm string) {
 	for _, disk := range d.Disks {
 		if v, _, _ := names.Disk(disk.Name); v != vm || disk.superseded.Load() != nil {
 			continue
@@ -145,5 +153,4 @@ func (d *Daemon) AbortHandover(vm string) {
 		disk.Volume.Unfence()
 		d.nbd.Add(nbd.Export{Name: disk.Name, Device: disk.Volume})
 	}
-	d.log.Warn("planned failover abandoned: the VM takes writes here again", "vm", vm)
 }

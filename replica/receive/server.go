@@ -70,6 +70,14 @@ type PromoteError struct {
 func (e *PromoteError) Error() string { return e.Err.Error() }
 func (e *PromoteError) Unwrap() error { return e.Err }
 
+// ErrNoAnswer, wrapped in what OnPromote or OnReverse returns, says the
+// outcome is not settled (a role change of the VM is under way, or one
+// was persisted and is not finished): the session ends without an
+// answer. NB: any answered refusal tells the asker that nothing changed,
+// and an old primary told so takes writes again; an unanswered one stays
+// fenced and asks again.
+var ErrNoAnswer = errors.New("replica: the outcome is not settled yet")
+
 // diskStream is a disk's replication stream on the replica.
 type diskStream struct {
 	conn net.Conn
@@ -600,6 +608,10 @@ func (s *Server) reverse(c *wire.Conn, primary, root string, body []byte, log *s
 	}
 	log.Info("replica: asked to keep the replica of a VM that failed over from this host", "vm", req.VM, "generation", req.Generation)
 	ans, err := s.cfg.OnReverse(context.Background(), primary, root, req)
+	if errors.Is(err, ErrNoAnswer) {
+		log.Warn("replica: no answer: the outcome is not settled; the asker asks again", "vm", req.VM, "err", err)
+		return
+	}
 	if err != nil {
 		code := wire.CodeBadRequest
 		var pe *PromoteError
@@ -626,6 +638,10 @@ func (s *Server) promote(c *wire.Conn, primary, root string, body []byte, log *s
 	}
 	log.Info("replica: asked to take a VM over (planned failover)", "vm", req.VM, "generation", req.Generation)
 	ans, err := s.cfg.OnPromote(context.Background(), primary, root, req)
+	if errors.Is(err, ErrNoAnswer) {
+		log.Warn("replica: no answer: the outcome is not settled; the asker asks again", "vm", req.VM, "err", err)
+		return
+	}
 	if err != nil {
 		code := wire.CodeBadRequest
 		var pe *PromoteError
