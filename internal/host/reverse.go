@@ -70,6 +70,14 @@ func (h *Host) Reverse(ctx context.Context, vm string) (Reversed, error) {
 		return Reversed{}, err
 	}
 	defer release()
+	if r, ok := h.role(vm); ok && r.Role == RolePrimary && r.Step == stepPromoting {
+		// Asked again after a reverse that failed half-way: finish it (a
+		// checksum resync sends what differs).
+		if err := h.finishPromote(vm, nil); err != nil {
+			return Reversed{}, &Error{Status: 500, Msg: fmt.Sprintf("VM %s: %v; restart the host daemon to finish", vm, err)}
+		}
+		return Reversed{VM: vm, To: h.cfg.Peer, Generation: r.Generation, SplitBrainPoint: store.SplitBrainGroup + vm}, nil
+	}
 	if r, ok := h.role(vm); ok && r.Role == RolePrimary && r.Step == "" {
 		h.mu.Lock()
 		p := h.prims[vm]
@@ -176,6 +184,14 @@ func (h *Host) onReverse(ctx context.Context, peer, root string, req wire.Revers
 		return wire.Reversed{}, refuse(wire.CodeBadRequest, "%s does not hold VM %s: reverse replication goes to the host the VM failed over from", h.cfg.Name, req.VM)
 	case r.Role == RoleReplica && r.Generation == req.Generation && r.Step == "":
 		return reversedOf(r), nil // asked again
+	case r.Role == RoleReplica && r.Generation == req.Generation && r.Step == stepDemoting:
+		// Asked again after a demotion that failed half-way: finish it
+		// (the diverged set is not known any more: a checksum resync).
+		if err := h.finishDemote(req.VM); err != nil {
+			return wire.Reversed{}, refuse(wire.CodeRetry, "VM %s: %v", req.VM, err)
+		}
+		r, _ = h.role(req.VM)
+		return reversedOf(r), nil
 	case r.Role == RoleReplica:
 		return wire.Reversed{}, refuse(wire.CodeBadRequest, "VM %s is a replica on %s already (generation %d)", req.VM, h.cfg.Name, r.Generation)
 	case r.Generation >= req.Generation:
@@ -208,6 +224,7 @@ func (h *Host) onReverse(ctx context.Context, peer, root string, req wire.Revers
 	h.mu.Lock()
 	p := h.prims[req.VM]
 	h.mu.Unlock()
+	budget := wire.MaxReversedExtents // for the whole answer: it must fit one frame
 	for _, want := range req.Disks {
 		rd := wire.ReversedDisk{Disk: want.Disk}
 		if p != nil {
@@ -217,8 +234,9 @@ func (h *Host) onReverse(ctx context.Context, peer, root string, req wire.Revers
 				}
 				var ext [][2]int64
 				_, known, err := disk.Volume.ChangedSince(want.LSN, func(off, n int64) { ext = append(ext, [2]int64{off, n}) })
-				if err == nil && known && len(ext) <= wire.MaxReversedExtents {
+				if err == nil && known && len(ext) <= budget {
 					rd.Known, rd.Extents = true, wire.PackExtents(ext)
+					budget -= len(ext)
 				}
 			}
 		}

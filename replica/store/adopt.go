@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -36,6 +37,9 @@ func Adopt(cat *Catalog, key, image string, size int64, lsn uint64) (linked bool
 	if err := os.RemoveAll(tmp); err != nil {
 		return false, fmt.Errorf("replica: %w", err)
 	}
+	if err := mkdirSynced(filepath.Dir(dir)); err != nil {
+		return false, err
+	}
 	if err := fsys.MkdirAll(tmp); err != nil {
 		return false, fmt.Errorf("replica: %w", err)
 	}
@@ -58,9 +62,6 @@ func Adopt(cat *Catalog, key, image string, size int64, lsn uint64) (linked bool
 		return false, err
 	}
 	if err := os.RemoveAll(dir); err != nil {
-		return false, fmt.Errorf("replica: %w", err)
-	}
-	if err := fsys.MkdirAll(filepath.Dir(dir)); err != nil {
 		return false, fmt.Errorf("replica: %w", err)
 	}
 	if err := fsys.Rename(tmp, dir); err != nil {
@@ -116,12 +117,13 @@ func ReleaseImage(cat *Catalog, key, home string) error {
 		}
 		return vfs.OS{}.SyncDir(filepath.Dir(img))
 	case herr == nil:
-		if err := os.Rename(home, home+".replaced"); err != nil {
+		aside := fmt.Sprintf("%s.replaced-%d", home, time.Now().UnixNano())
+		if err := os.Rename(home, aside); err != nil {
 			return fmt.Errorf("replica: keeping %s aside: %w", home, err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(home), 0o700); err != nil {
-		return fmt.Errorf("replica: %w", err)
+	if err := mkdirSynced(filepath.Dir(home)); err != nil {
+		return err
 	}
 	if err := os.Rename(img, home); errors.Is(err, syscall.EXDEV) {
 		// Another file system: copied, published by a rename there.
@@ -207,4 +209,25 @@ func OpenDiskExisting(fsys vfs.FS, dir string, size int64) (*Disk, error) {
 		return nil, fmt.Errorf("%w: %s", ErrNotSeeded, dir)
 	}
 	return OpenDisk(fsys, dir, size)
+}
+
+// mkdirSynced makes dir and its missing parents, each made durable in its
+// parent: a power cut after a rename into it must not lose the entry.
+func mkdirSynced(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirSynced(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("replica: %w", err)
+	}
+	if err := (vfs.OS{}).SyncDir(parent); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	return nil
 }

@@ -230,8 +230,9 @@ type ReversedDisk struct {
 	Extents []byte `json:"extents,omitempty"`
 }
 
-// MaxReversedExtents bounds the ranges a ReversedDisk may carry: past
-// it, the old primary says Known false and a checksum compare runs.
+// MaxReversedExtents bounds the ranges a Reversed answer may carry, all
+// its disks together (so that it fits a frame): past it, the old primary
+// says Known false and a checksum compare runs.
 const MaxReversedExtents = 1 << 20
 
 // Encode returns the message body.
@@ -267,7 +268,11 @@ func DecodeReversed(b []byte, vm string) (Reversed, error) {
 		return Reversed{}, fmt.Errorf("%w: reversed message: %v", ErrFrame, err)
 	}
 	hd := make([]HandoverDisk, len(r.Disks))
+	total := 0
 	for i, d := range r.Disks {
+		if total += len(d.Extents) / 16; total > MaxReversedExtents {
+			return Reversed{}, fmt.Errorf("%w: more than %d extents", ErrFrame, MaxReversedExtents)
+		}
 		hd[i] = HandoverDisk{Disk: d.Disk, LSN: d.LSN}
 		if len(d.Extents)%16 != 0 || len(d.Extents)/16 > MaxReversedExtents || !d.Known && len(d.Extents) > 0 {
 			return Reversed{}, fmt.Errorf("%w: disk %s: %d bytes of extents", ErrFrame, d.Disk, len(d.Extents))
