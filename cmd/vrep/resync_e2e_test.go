@@ -12,6 +12,7 @@ import (
 
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/replica/ship"
+	"github.com/vrep-io/vrep/replica/wire"
 )
 
 // resyncStatus polls vrep status until the disk's resync satisfies ok.
@@ -36,8 +37,10 @@ func resyncStatus(t *testing.T, e *env, what string, ok func(*ship.ResyncProgres
 // TestResyncEndToEnd: the replica is away while the VM writes more than
 // the log may hold; the log overflows and the disk needs a resync, which
 // waits for its window until vrep resync --now. The replica is killed -9
-// right after its first batch of chunks is durable; restarted, the resync
-// resumes there and sends none of those chunks again. The point from
+// right after its first durable mark; restarted, the resync resumes there
+// and sends none of those chunks again, and of the chunks after it only
+// those the primary had sent past the last mark the replica confirmed
+// (at most wire.WindowBytes). The point from
 // before reads back exactly through a test failover; damage planted in
 // the replica image is listed by vrep verify (exit 3) and repaired by a
 // resync; at the end the replica equals the primary byte for byte.
@@ -81,13 +84,15 @@ func TestResyncEndToEnd(t *testing.T) {
 	<-died
 	killReplica = startReplica(t, e.dir, pkiDir, addr, "--nbd", "unix:"+repSock)
 	r = resyncStatus(t, e, "the resync to complete", func(r *ship.ResyncProgress) bool { return r.State == "done" })
-	// Every chunk differed (0x11 against 0x44 and 0x33). The resumed
-	// session started at chunk 256, the replica's durable progress, and
-	// sent only the 256 chunks from there: none of the first batch was
-	// sent again. (Chunks the first session had in flight past that
-	// point when the replica died are sent again: Sent counts them.)
-	if r.Sessions != 2 || r.ResumedAt != 256 || r.SessionSent != 256 || r.Sent < 512 || r.Sent > 512+256 || r.Compared != 512 {
-		t.Fatalf("resync %+v: want two sessions, the second resuming at chunk 256 and sending the 256 chunks after it", r)
+	// Every chunk differed (0x11 against 0x44 and 0x33). The replica
+	// died right after its first durable mark; the resumed session
+	// started there and sent only the chunks after it. The first session
+	// sent no more than the window past the last mark the replica said
+	// durable (here: none), so that is all that was sent twice.
+	bound := uint64(wire.WindowBytes / wire.ChunkSize)
+	if r.Sessions != 2 || r.ResumedAt == 0 || r.ResumedAt >= 512 || r.SessionSent != 512-r.ResumedAt || r.Compared != 512 ||
+		r.Sent < 512 || r.Sent-512 > bound {
+		t.Fatalf("resync %+v: want two sessions, the second resuming at the replica's durable mark and sending the chunks after it, and at most %d chunks sent twice", r, bound)
 	}
 	waitReplicated(t, e)
 	// The point from before the resync reads back exactly.

@@ -43,6 +43,10 @@ type ResyncProgress struct {
 	Sessions    int    `json:"sessions"`
 	ResumedAt   uint64 `json:"resumed_at_chunk"`
 	SessionSent uint64 `json:"session_chunks_sent"`
+	// Durable is the chunk before which the replica has said this
+	// session's chunks durable: a replica that dies now costs at most the
+	// chunks sent after it (wire.WindowBytes) sent again.
+	Durable uint64 `json:"durable_chunk"`
 	// ETA is the estimated time left, in seconds, by the rate of this
 	// session.
 	ETA      float64   `json:"eta_seconds,omitempty"`
@@ -226,19 +230,80 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	if err != nil {
 		return fail(err)
 	}
-	from, err := wire.DecodeU64(body)
-	if err != nil || from > n {
-		return fail(fmt.Errorf("%w: the replica resumes at chunk %d of %d", wire.ErrResync, from, n))
+	durable, heldLSN, err := wire.DecodeResyncFrom(body, n)
+	if err != nil {
+		return fail(err)
 	}
+	// Where to start: at the replica's durable progress when it is for
+	// this target, or when the chunks that changed since its target are
+	// known (they are sent first); else at 0.
+	from, changed := durable, []uint64(nil)
+	if heldLSN != ckpt && durable > 0 {
+		var ok bool
+		if changed, ok = s.changedChunks(heldLSN, ckpt, int64(chunk), durable); !ok {
+			from, changed = 0, nil
+		}
+	}
+	c.WriteFrame(wire.MsgResyncResume, wire.EncodeU64(from))
 	start := time.Now()
 	s.mu.Lock()
 	p.ResumedAt, p.SessionSent, p.Compared = from, 0, from
 	p.BytesCompared = min(int64(from)*int64(chunk), size)
 	s.mu.Unlock()
-	buf := make([]byte, 8+chunk)
+	if from > 0 {
+		s.cfg.Log.Info(s.disk+": resync resumes", "disk", s.disk, "from_chunk", from, "replica_target_lsn", heldLSN, "changed_chunks_resent", len(changed))
+	}
+	x := &resyncStream{c: c, buf: make([]byte, 8+chunk)}
+	account := func(next uint64, hashBytes int64) {
+		s.mu.Lock()
+		p.Compared, p.BytesCompared = next, min(int64(next)*int64(chunk), size)
+		p.HashBytes += hashBytes
+		p.WireBytes += c.Sent() - sent0
+		sent0 = c.Sent()
+		p.Percent = int(99 * next / max(n, 1))
+		if done := next - from; done > 0 {
+			p.ETA = time.Since(start).Seconds() * float64(n-next) / float64(done)
+		}
+		p.Durable = x.durable
+		s.mu.Unlock()
+	}
+	// Chunks count as sent once handed to the connection: one the
+	// replica never made durable counts again when it is sent again.
+	sendChunk := func(idx uint64) error {
+		off := int64(idx) * int64(chunk)
+		data := x.buf[8 : 8+min(int64(chunk), size-off)]
+		if _, err := base.ReadAt(data, off); err != nil {
+			return err
+		}
+		arm(1)
+		if err := x.chunk(idx, data); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		p.Sent++
+		p.SessionSent++
+		p.BytesSent += int64(len(data))
+		s.mu.Unlock()
+		return nil
+	}
+	for _, idx := range changed {
+		if err := sendChunk(idx); err != nil {
+			return fail(err)
+		}
+	}
+	if from > 0 && heldLSN != ckpt {
+		// The replica takes the chunks below from as this target's now.
+		if err := x.mark(from); err != nil {
+			return fail(err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fail(err)
+	}
+	account(from, 0)
 	for next := from; next < n; {
 		arm(10) // the replica hashes a batch before it comes
-		body, err := wire.Expect(c, wire.MsgResyncHashes)
+		body, err := x.hashes()
 		if err != nil {
 			return fail(err)
 		}
@@ -252,49 +317,28 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 			return fail(err)
 		}
 		arm(1)
-		var sent uint64
-		var bytesSent int64
 		for i := range theirs {
-			if ours[i] == theirs[i] {
-				continue
+			if ours[i] != theirs[i] {
+				if err := sendChunk(next + uint64(i)); err != nil {
+					return fail(err)
+				}
 			}
-			idx := next + uint64(i)
-			off := int64(idx) * int64(chunk)
-			data := buf[8 : 8+min(int64(chunk), size-off)]
-			if _, err := base.ReadAt(data, off); err != nil {
-				return fail(err)
-			}
-			if err := c.WriteFrame(wire.MsgResyncChunk, wire.EncodeChunk(buf[:0], idx, data)); err != nil {
-				return fail(err)
-			}
-			sent++
-			bytesSent += int64(len(data))
 		}
 		next += uint64(len(theirs))
-		c.WriteFrame(wire.MsgResyncMark, wire.EncodeU64(next))
+		if err := x.mark(next); err != nil {
+			return fail(err)
+		}
 		if err := c.Flush(); err != nil {
 			return fail(err)
 		}
-		s.mu.Lock()
-		p.Compared, p.BytesCompared = next, min(int64(next)*int64(chunk), size)
-		p.Sent += sent
-		p.SessionSent += sent
-		p.BytesSent += bytesSent
-		p.HashBytes += hashBytes
-		p.WireBytes += c.Sent() - sent0
-		sent0 = c.Sent()
-		p.Percent = int(99 * next / max(n, 1))
-		if done := next - from; done > 0 {
-			p.ETA = time.Since(start).Seconds() * float64(n-next) / float64(done)
-		}
-		s.mu.Unlock()
+		account(next, hashBytes)
 	}
 	arm(10) // the replica makes the image durable
 	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(ckpt, p.SessionSent))
 	if err := c.Flush(); err != nil {
 		return fail(err)
 	}
-	ab, err := wire.Expect(c, wire.MsgAck)
+	ab, err := x.ack()
 	if err != nil {
 		return fail(err)
 	}
@@ -355,7 +399,7 @@ func (s *Shipper) verifyExchange(c *wire.Conn, arm func(int), base interface {
 	if err != nil {
 		return res, err
 	}
-	if from, err := wire.DecodeU64(body); err != nil || from != 0 {
+	if from, _, err := wire.DecodeResyncFrom(body, n); err != nil || from != 0 {
 		return res, fmt.Errorf("%w: a verify must start at chunk 0", wire.ErrResync)
 	}
 	for next := uint64(0); next < n; {
@@ -445,6 +489,7 @@ func (s *Shipper) Verify(ctx context.Context, point uint64) (VerifyResult, error
 		return VerifyResult{}, ErrResyncRunning
 	}
 	req := &verifyReq{point: point, answer: make(chan verifyAnswer, 1)}
+	s.kick()
 	select {
 	case s.verifies <- req:
 	case <-ctx.Done():
@@ -593,4 +638,188 @@ func (s *Shipper) releaseResyncPause(force bool) {
 	s.vol.ResumeMerge()
 	s.rs.paused = false
 	s.cfg.Log.Warn(s.disk+": resync interrupted: "+why+"; merging resumes, and the resync starts again from the beginning", "disk", s.disk)
+}
+
+// changedChunks returns, in order, the chunks below below that records
+// after LSN from up to LSN to may have changed: from the log while it
+// holds them all, else, for an overflowed log, from its dirty regions,
+// which cover every write since the overflow and the log it released
+// (the records after a resync's target are never merged before the
+// resync ends or gives up its pause, so they are in one or the other).
+// ok is false when neither can tell.
+func (s *Shipper) changedChunks(from, to uint64, chunk int64, below uint64) (changed []uint64, ok bool) {
+	if from > to {
+		return nil, false
+	}
+	bits := make([]uint64, (below+63)/64)
+	mark := func(off, n int64) {
+		if n <= 0 {
+			return
+		}
+		for c := uint64(off / chunk); c <= uint64((off+n-1)/chunk) && c < below; c++ {
+			bits[c/64] |= 1 << (c % 64)
+		}
+	}
+	log := s.vol.Log()
+	covered := false
+	if segs := log.Segments(); from == to || len(segs) > 0 && segs[0].First <= from+1 {
+		want := from + 1
+		err := log.Scan(from+1, func(r hrl.Record) error {
+			if r.LSN > to {
+				return errBatchFull
+			}
+			if r.LSN != want {
+				return fmt.Errorf("%w: LSN %d where %d was expected", wire.ErrResync, r.LSN, want)
+			}
+			want++
+			if r.Type != hrl.TypeMarker {
+				mark(int64(r.Offset), int64(r.Span))
+			}
+			return nil
+		})
+		covered = want > to && (err == nil || errors.Is(err, errBatchFull))
+	}
+	if !covered {
+		if !s.vol.ResyncRequired() {
+			return nil, false
+		}
+		clear(bits)
+		rs, regions := s.vol.DirtyRegions()
+		for _, r := range regions {
+			mark(r*rs, rs)
+		}
+	}
+	for c := uint64(0); c < below; c++ {
+		if bits[c/64]&(1<<(c%64)) != 0 {
+			changed = append(changed, c)
+		}
+	}
+	return changed, true
+}
+
+// resyncStream is the primary's side of one resync session's exchange.
+// It sends chunks and marks, never more than wire.WindowBytes of chunks
+// past the last mark the replica said durable, and reads the replica's
+// hash batches, keeping those that arrive while it waits for a durable
+// mark (16 bytes per chunk: at most 1/4096 of the disk). One goroutine.
+type resyncStream struct {
+	c      *wire.Conn
+	buf    []byte
+	queued [][]byte // hash batches read while waiting
+	// Chunk bytes sent this session, in total, since the last mark, and
+	// up to the last durable mark; the marks not yet durable.
+	sent, sinceMark, confirmed int64
+	marks                      []sentMark
+	durable                    uint64 // the last durable mark
+}
+
+type sentMark struct {
+	next  uint64
+	bytes int64
+}
+
+// read reads the next frame that is not a durable mark, noting those.
+func (x *resyncStream) read() (wire.MsgType, []byte, error) {
+	for {
+		t, body, err := x.readOne()
+		if err != nil || t != wire.MsgResyncDurable {
+			return t, body, err
+		}
+	}
+}
+
+// readOne reads the next frame; a durable mark is noted (and returned).
+func (x *resyncStream) readOne() (wire.MsgType, []byte, error) {
+	t, body, err := x.c.ReadFrame()
+	if err != nil {
+		return 0, nil, err
+	}
+	switch t {
+	case wire.MsgError:
+		return 0, nil, wire.DecodeError(body)
+	case wire.MsgResyncDurable:
+		next, err := wire.DecodeU64(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		i := 0
+		for i < len(x.marks) && x.marks[i].next < next {
+			i++
+		}
+		if i == len(x.marks) || x.marks[i].next != next {
+			return 0, nil, fmt.Errorf("%w: the replica made chunk %d durable, which is no mark sent", wire.ErrResync, next)
+		}
+		x.confirmed, x.durable = x.marks[i].bytes, next
+		x.marks = x.marks[i+1:]
+	}
+	return t, body, nil
+}
+
+// hashes returns the next hash batch's body.
+func (x *resyncStream) hashes() ([]byte, error) {
+	if len(x.queued) > 0 {
+		b := x.queued[0]
+		x.queued = x.queued[1:]
+		return b, nil
+	}
+	t, body, err := x.read()
+	if err != nil {
+		return nil, err
+	}
+	if t != wire.MsgResyncHashes {
+		return nil, fmt.Errorf("%w: got message %d, want %d", wire.ErrFrame, t, wire.MsgResyncHashes)
+	}
+	return body, nil
+}
+
+// chunk sends chunk idx, after a mark once MarkBytes were sent since the
+// last one, and after waiting for a durable mark while the window is
+// full.
+func (x *resyncStream) chunk(idx uint64, data []byte) error {
+	if x.sinceMark >= wire.MarkBytes || x.sent+int64(len(data))-x.confirmed > wire.WindowBytes && x.sinceMark > 0 {
+		if err := x.mark(idx); err != nil {
+			return err
+		}
+	}
+	if x.sent+int64(len(data))-x.confirmed > wire.WindowBytes {
+		if err := x.c.Flush(); err != nil {
+			return err
+		}
+		for x.sent+int64(len(data))-x.confirmed > wire.WindowBytes {
+			t, body, err := x.readOne()
+			switch {
+			case err != nil:
+				return err
+			case t == wire.MsgResyncHashes:
+				x.queued = append(x.queued, bytes.Clone(body))
+			case t != wire.MsgResyncDurable:
+				return fmt.Errorf("%w: got message %d during a resync", wire.ErrFrame, t)
+			}
+		}
+	}
+	if err := x.c.WriteFrame(wire.MsgResyncChunk, wire.EncodeChunk(x.buf[:0], idx, data)); err != nil {
+		return err
+	}
+	x.sent += int64(len(data))
+	x.sinceMark += int64(len(data))
+	return nil
+}
+
+// mark sends a mark at next.
+func (x *resyncStream) mark(next uint64) error {
+	x.marks = append(x.marks, sentMark{next, x.sent})
+	x.sinceMark = 0
+	return x.c.WriteFrame(wire.MsgResyncMark, wire.EncodeU64(next))
+}
+
+// ack reads the replica's answer to ResyncDone.
+func (x *resyncStream) ack() ([]byte, error) {
+	t, body, err := x.read()
+	if err != nil {
+		return nil, err
+	}
+	if t != wire.MsgAck {
+		return nil, fmt.Errorf("%w: got message %d, want %d", wire.ErrFrame, t, wire.MsgAck)
+	}
+	return body, nil
 }

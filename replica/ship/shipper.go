@@ -598,6 +598,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			case <-ctx.Done():
 				return progressed, ctx.Err()
 			case <-time.After(s.cfg.Poll):
+			case <-s.wake: // a resync or a verify asked for
 			}
 			continue
 		}
