@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/waitfor"
 	"github.com/vrep-io/vrep/replica/ship"
 	"github.com/vrep-io/vrep/replica/wire"
 )
@@ -150,6 +151,66 @@ func TestResyncEndToEnd(t *testing.T) {
 			t.Errorf("vrep %v: exit %d, want %d and one sentence with %q:\n%s", c.args, code, c.code, c.want, out)
 		}
 	}
+	if err := d.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, replicaImg)
+}
+
+// TestResyncResumesAfterPrimaryKill: the primary is killed -9 right after
+// the replica confirmed its first durable mark. Restarted, the primary's
+// disk has moved on (it replayed its log, and the VM wrote a chunk below
+// that mark while the replica was away): the resync resumes at the
+// replica's durable mark, not at chunk 0, sending first the chunk
+// written since, and the replica ends equal byte for byte.
+func TestResyncResumesAfterPrimaryKill(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	const size = 32 << 20 // 512 chunks
+	e := newEnv(t, size)
+	pkiDir, addr := replicationSetup(t, e)
+	repData := filepath.Join(e.dir, "replica")
+	killReplica := startReplica(t, e.dir, pkiDir, addr)
+	e.bin, e.daemonEnv = faultBin(t), []string{"VREP_FAULTPOINT=resync-after-durable:1"}
+	flags := replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--resync-window", "always")
+	d := e.start(t, flags...)
+	u := e.uri("vm1/disk0")
+	qemuIO(t, u, "write -P 0x11 0 32M", "flush")
+	waitReplicated(t, e)
+	// Every chunk of the replica differs.
+	killReplica()
+	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	if err := os.WriteFile(replicaImg, bytes.Repeat([]byte{0xEE}, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	killReplica = startReplica(t, e.dir, pkiDir, addr)
+	qemuIO(t, u, "write -P 0x55 31M 64k", "flush") // the stream notices the new replica
+	waitReplicated(t, e)
+	if code, out := vrepRun(t, "resync", "vm1", "--now", "--state", e.state); code != 0 {
+		t.Fatalf("vrep resync --now: exit %d\n%s", code, out)
+	}
+	if !d.exitedWithin(waitfor.Patience) {
+		t.Fatal("the primary did not reach its fault point")
+	}
+	// While the replica is away, the restarted primary takes a write
+	// below the replica's durable mark, and merges it at its stop: its
+	// disk is then at a newer LSN than the one the resync started for.
+	killReplica()
+	e.bin, e.daemonEnv = "", nil
+	d = e.start(t, flags...)
+	qemuIO(t, u, "write -P 0x66 320k 64k", "flush") // chunk 5
+	if err := d.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+	}
+	d = e.start(t, flags...)
+	startReplica(t, e.dir, pkiDir, addr)
+	r := resyncStatus(t, e, "the resync to complete", func(r *ship.ResyncProgress) bool { return r.State == "done" })
+	// Sent: chunk 5, and at most the chunks from the mark on but chunk
+	// 496 (the 0x55 write, replicated as a record); fewer when the first
+	// session's chunks past the mark reached the image.
+	if r.ResumedAt <= 5 || r.ResumedAt > 496 || r.Changed != 1 || r.SessionSent > 512-r.ResumedAt-1+1 || r.Compared != 512 {
+		t.Fatalf("resync %+v: want it resumed at the replica's durable mark, sending the chunks after it and chunk 5", r)
+	}
+	waitReplicated(t, e)
 	if err := d.stop(); err != nil {
 		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
 	}

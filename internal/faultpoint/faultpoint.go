@@ -24,6 +24,9 @@ const (
 	// ResyncAfterMark: the replica made a batch of resync chunks and its
 	// progress durable. Not in All: only a resync passes it.
 	ResyncAfterMark = "resync-after-mark"
+	// ResyncAfterDurable: the primary heard that the replica made a
+	// resync mark durable. Not in All: only a resync passes it.
+	ResyncAfterDurable = "resync-after-durable"
 )
 
 // The failover's points, on the replica (not in All: a crash loop of

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/wire"
 )
@@ -43,6 +44,10 @@ type ResyncProgress struct {
 	Sessions    int    `json:"sessions"`
 	ResumedAt   uint64 `json:"resumed_at_chunk"`
 	SessionSent uint64 `json:"session_chunks_sent"`
+	// Changed counts the chunks the last session sent whole, without
+	// comparing, because they changed between the target the replica's
+	// progress was for and this one.
+	Changed uint64 `json:"changed_chunks_sent"`
 	// Durable is the chunk before which the replica has said this
 	// session's chunks durable: a replica that dies now costs at most the
 	// chunks sent after it (wire.WindowBytes) sent again.
@@ -247,7 +252,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	c.WriteFrame(wire.MsgResyncResume, wire.EncodeU64(from))
 	start := time.Now()
 	s.mu.Lock()
-	p.ResumedAt, p.SessionSent, p.Compared = from, 0, from
+	p.ResumedAt, p.SessionSent, p.Compared, p.Changed = from, 0, from, uint64(len(changed))
 	p.BytesCompared = min(int64(from)*int64(chunk), size)
 	s.mu.Unlock()
 	if from > 0 {
@@ -751,6 +756,7 @@ func (x *resyncStream) readOne() (wire.MsgType, []byte, error) {
 		}
 		x.confirmed, x.durable = x.marks[i].bytes, next
 		x.marks = x.marks[i+1:]
+		faultpoint.Hit(faultpoint.ResyncAfterDurable)
 	}
 	return t, body, nil
 }
