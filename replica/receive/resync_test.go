@@ -214,7 +214,7 @@ func TestVerifyAndResumedResync(t *testing.T) {
 	addr, cat, stop = rg.serveHistory(t, addr)
 	writeSome(t, rg.vol, rnd, 5) // the idle stream notices the restart when it sends
 	waitFor(t, "reconnect", func() bool { st := sh.Status(); return st.Connected && st.Since.After(restarted) })
-	res, err := sh.Verify(t.Context(), 0)
+	res, err := sh.Verify(t.Context(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func TestVerifyAndResumedResync(t *testing.T) {
 	if !bytes.Equal(rg.replicaImage(t, "primary1"), rg.primaryImage(t)) {
 		t.Fatal("replica differs after the resync")
 	}
-	res, err = sh.Verify(t.Context(), 0)
+	res, err = sh.Verify(t.Context(), 0, nil)
 	if err != nil || len(res.Differing) != 0 {
 		t.Fatalf("verify after the resync: %v, %v", res.Differing, err)
 	}

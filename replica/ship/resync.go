@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/vrep-io/vrep/hrl"
@@ -63,12 +64,15 @@ type ResyncProgress struct {
 // VerifyResult is the outcome of a verify: the chunks where the replica
 // differs from the primary.
 type VerifyResult struct {
-	Disk      string   `json:"disk"`
-	LSN       uint64   `json:"lsn"`
-	ChunkSize int      `json:"chunk_size"`
-	Chunks    uint64   `json:"chunks"`
-	Differing []uint64 `json:"differing_chunks"`
-	Note      string   `json:"note,omitempty"`
+	Disk      string `json:"disk"`
+	LSN       uint64 `json:"lsn"`
+	ChunkSize int    `json:"chunk_size"`
+	Chunks    uint64 `json:"chunks"`
+	// Differing lists the differing chunks, the first maxListed of them;
+	// DifferingCount counts them all.
+	Differing      []uint64 `json:"differing_chunks"`
+	DifferingCount uint64   `json:"differing_count"`
+	Note           string   `json:"note,omitempty"`
 }
 
 var (
@@ -391,7 +395,7 @@ func (s *Shipper) markersAfter(ckpt uint64) uint64 {
 // merging; base is the disk at lsn.
 func (s *Shipper) verifyExchange(c *wire.Conn, arm func(int), base interface {
 	ReadAt([]byte, int64) (int, error)
-}, lsn, point uint64) (VerifyResult, error) {
+}, lsn, point uint64, compared *atomic.Uint64) (VerifyResult, error) {
 	size := s.vol.Size()
 	chunk := wire.ChunkSize
 	n := wire.Chunks(size, chunk)
@@ -422,14 +426,18 @@ func (s *Shipper) verifyExchange(c *wire.Conn, arm func(int), base interface {
 			return res, err
 		}
 		for i := range theirs {
-			if !bytes.Equal(ours[i][:], theirs[i][:]) {
-				res.Differing = append(res.Differing, next+uint64(i))
+			if ours[i] != theirs[i] {
+				res.DifferingCount++
+				if len(res.Differing) < maxListed {
+					res.Differing = append(res.Differing, next+uint64(i))
+				}
 			}
 		}
 		next += uint64(len(theirs))
+		compared.Store(next)
 	}
 	arm(1)
-	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(point, uint64(len(res.Differing))))
+	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(point, res.DifferingCount))
 	if err := c.Flush(); err != nil {
 		return res, err
 	}
@@ -468,7 +476,26 @@ type verifyReq struct {
 	// Held by the stream while it serves the request.
 	paused bool
 	ckpt   uint64
+	note   string
+	// latest: the latest state is verified, and the stream ships no
+	// record past ckpt meanwhile.
+	latest   bool
+	compared atomic.Uint64 // chunks compared so far
 }
+
+// shipLimit returns the LSN the stream may ship up to while a verify of
+// the latest state waits for the replica to reach its checkpoint. Called
+// by the stream's goroutine, which alone touches pendingVerify.
+func (s *Shipper) shipLimit() uint64 {
+	if v := s.pendingVerify; v != nil && v.latest {
+		return v.ckpt
+	}
+	return ^uint64(0)
+}
+
+// maxListed bounds the differing chunks a verify lists; it counts them
+// all.
+const maxListed = 1 << 16
 
 type verifyAnswer struct {
 	res VerifyResult
@@ -483,7 +510,7 @@ var ErrNotConnected = errors.New("ship: the replica is not connected")
 // replica's latest state. The primary reproduces that LSN from its base,
 // frozen at its checkpoint, and the log after it; for a point older than
 // the checkpoint it verifies the latest state instead and says so.
-func (s *Shipper) Verify(ctx context.Context, point uint64) (VerifyResult, error) {
+func (s *Shipper) Verify(ctx context.Context, point uint64, progress func(compared, chunks uint64)) (VerifyResult, error) {
 	s.mu.Lock()
 	connected, running := s.st.Connected, s.rs.running
 	s.mu.Unlock()
@@ -500,11 +527,21 @@ func (s *Shipper) Verify(ctx context.Context, point uint64) (VerifyResult, error
 	case <-ctx.Done():
 		return VerifyResult{}, ctx.Err()
 	}
-	select {
-	case a := <-req.answer:
-		return a.res, a.err
-	case <-ctx.Done():
-		return VerifyResult{}, ctx.Err()
+	chunks := wire.Chunks(s.vol.Size(), wire.ChunkSize)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for shown := uint64(0); ; {
+		select {
+		case a := <-req.answer:
+			return a.res, a.err
+		case <-ctx.Done():
+			return VerifyResult{}, ctx.Err()
+		case <-tick.C:
+			if n := req.compared.Load(); n != shown && progress != nil {
+				shown = n
+				progress(n, chunks)
+			}
+		}
 	}
 }
 
@@ -523,12 +560,28 @@ func (s *Shipper) serveVerify(c *wire.Conn, arm func(int), applied uint64) (uint
 	}
 	if !req.paused {
 		req.ckpt, req.paused = s.vol.PauseMerge(), true
+		if req.point != 0 && req.point < req.ckpt {
+			req.note = fmt.Sprintf("point at LSN %d is older than the primary's checkpoint %d, which no longer holds it: verified the replica's latest state instead", req.point, req.ckpt)
+			req.point = 0
+		}
+		if req.point == 0 {
+			// The latest state: merged first, and the stream ships up to
+			// the checkpoint and no further while the verify waits, so
+			// the base alone is the disk at the replica's LSN (no record
+			// held in memory however long the log).
+			s.vol.ResumeMerge()
+			err := s.vol.Merge()
+			req.ckpt = s.vol.PauseMerge()
+			if err != nil {
+				s.pendingVerify = nil
+				s.vol.ResumeMerge()
+				req.answer <- verifyAnswer{err: fmt.Errorf("ship: merging before the verify: %w", err)}
+				return applied, nil
+			}
+			req.latest = true
+		}
 	}
-	point, note := req.point, ""
-	if point != 0 && point < req.ckpt {
-		note = fmt.Sprintf("point at LSN %d is older than the primary's checkpoint %d, which no longer holds it: verified the replica's latest state instead", point, req.ckpt)
-		point = 0
-	}
+	point, note := req.point, req.note
 	lsn := point
 	if point == 0 {
 		if applied < req.ckpt {
@@ -541,7 +594,7 @@ func (s *Shipper) serveVerify(c *wire.Conn, arm func(int), applied uint64) (uint
 	state, err := s.diskAt(req.ckpt, lsn)
 	var res VerifyResult
 	if err == nil {
-		res, err = s.verifyExchange(c, arm, state, lsn, point)
+		res, err = s.verifyExchange(c, arm, state, lsn, point, &req.compared)
 		res.Note = note
 		var re *wire.RemoteError
 		if err != nil && !errors.As(err, &re) && !errors.Is(err, wire.ErrResync) {
@@ -619,8 +672,9 @@ func (s *Shipper) dropVerify() {
 // operator), or when the log written since it froze the base has passed
 // the disk's overflow bound (half its size): merging paused without end
 // would fill the primary's file system while the replica is away. The
-// resync then starts again from the beginning with a new checkpoint,
-// sending still only the chunks that differ.
+// resync then goes on later for a new checkpoint, from the replica's
+// durable progress, sending first the chunks below it that changed since
+// (changedChunks).
 func (s *Shipper) releaseResyncPause(force bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -642,7 +696,7 @@ func (s *Shipper) releaseResyncPause(force bool) {
 	}
 	s.vol.ResumeMerge()
 	s.rs.paused = false
-	s.cfg.Log.Warn(s.disk+": resync interrupted: "+why+"; merging resumes, and the resync starts again from the beginning", "disk", s.disk)
+	s.cfg.Log.Warn(s.disk+": resync interrupted: "+why+"; merging resumes, and the resync goes on later for a newer checkpoint", "disk", s.disk)
 }
 
 // changedChunks returns, in order, the chunks below below that records

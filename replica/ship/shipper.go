@@ -569,7 +569,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 				return progressed, err
 			}
 		}
-		durable := log.SyncedLSN()
+		durable := min(log.SyncedLSN(), s.shipLimit())
 		if mode.through != nil {
 			through := mode.through()
 			if through != lastThrough {
