@@ -216,3 +216,65 @@ func TestResyncResumesAfterPrimaryKill(t *testing.T) {
 	}
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, replicaImg)
 }
+
+// TestResyncAfterCorruptLog: a record the replica has not received yet is
+// damaged in the primary's log file (a bit flipped in its payload). The
+// shipper finds the record's checksum wrong, the disk needs a resync,
+// which runs (window "always") and brings the replica to the primary's
+// disk byte for byte; records then ship again.
+func TestResyncAfterCorruptLog(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	const size = 32 << 20
+	e := newEnv(t, size)
+	pkiDir, addr := replicationSetup(t, e)
+	repData := filepath.Join(e.dir, "replica")
+	killReplica := startReplica(t, e.dir, pkiDir, addr)
+	d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--resync-window", "always")...)
+	u := e.uri("vm1/disk0")
+	qemuIO(t, u, "write -P 0x11 0 32M", "flush")
+	waitReplicated(t, e)
+	killReplica()
+	qemuIO(t, u, "write -P 0x5A 4M 1M", "flush")
+	// Flip a bit in the middle of that write's payload, in the log file.
+	var seg string
+	var at int64 = -1
+	filepath.Walk(e.state, func(path string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() || at >= 0 || filepath.Base(filepath.Dir(path)) != "log" {
+			return nil
+		}
+		b, _ := os.ReadFile(path)
+		if i := bytes.Index(b, bytes.Repeat([]byte{0x5A}, 64<<10)); i >= 0 {
+			seg, at = path, int64(i)+32<<10
+		}
+		return nil
+	})
+	if at < 0 {
+		t.Fatal("the write is in no log segment")
+	}
+	f, err := os.OpenFile(seg, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0x5B}, at)
+	f.Close()
+	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	startReplica(t, e.dir, pkiDir, addr)
+	r := resyncStatus(t, e, "the resync after the corrupt log", func(r *ship.ResyncProgress) bool { return r.State == "done" })
+	first := r
+	if !strings.Contains(r.Reason, "corrupt") || r.Sent == 0 || r.Sent > 17 {
+		t.Fatalf("resync %+v: want it run for the corrupt log, sending the chunks of the 1 MiB write", r)
+	}
+	// Records ship again, and the damaged record is not read again: no
+	// second resync.
+	qemuIO(t, u, "write -P 0x66 8M 64k", "flush")
+	waitReplicated(t, e)
+	qemuIO(t, u, "write -P 0x67 9M 64k", "flush")
+	st := waitReplicated(t, e)
+	if r := st.Replication.Resync; r == nil || r.Started != first.Started || r.State != "done" {
+		t.Fatalf("resync after the records that followed: %+v, want the one resync, done", r)
+	}
+	if err := d.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, replicaImg)
+}

@@ -190,19 +190,21 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	held, ckpt := s.rs.paused, s.rs.ckpt
 	s.mu.Unlock()
 	if !held {
-		ckpt = s.markersAfter(s.vol.PauseMerge())
-		if ckpt < applied {
-			// The replica holds records the base has not merged: merge
-			// them, so the replica's applied LSN never goes back (its
-			// points up to it stay listed).
+		// The target is the disk as written so far: merged first, so that
+		// the records the replica holds (its applied LSN never goes back)
+		// and those the stream could not read (a corrupt log) are in it,
+		// and the log after it holds only what was written since, in new
+		// segments (sealed first): the stream reads no segment again that
+		// holds a record from before, which may be the corrupt one.
+		if _, err := s.vol.Log().Seal(); err != nil {
+			return 0, fmt.Errorf("ship: sealing the log before the resync: %w", err)
+		}
+		if err := s.vol.Merge(); err != nil {
+			return 0, fmt.Errorf("ship: merging before the resync: %w", err)
+		}
+		if ckpt = s.markersAfter(s.vol.PauseMerge()); ckpt < applied {
 			s.vol.ResumeMerge()
-			if err := s.vol.Merge(); err != nil {
-				return 0, fmt.Errorf("ship: merging before the resync: %w", err)
-			}
-			if ckpt = s.markersAfter(s.vol.PauseMerge()); ckpt < applied {
-				s.vol.ResumeMerge()
-				return 0, fmt.Errorf("%w: the primary's disk is merged through LSN %d, behind the replica's %d", wire.ErrResync, ckpt, applied)
-			}
+			return 0, fmt.Errorf("%w: the primary's disk is merged through LSN %d, behind the replica's %d", wire.ErrResync, ckpt, applied)
 		}
 		s.mu.Lock()
 		s.rs.paused, s.rs.ckpt = true, ckpt
