@@ -76,22 +76,26 @@ func waitResync(a *apiFlags, out io.Writer, vm, disk string) error {
 	if disk != "" {
 		q += "&disk=" + url.QueryEscape(disk)
 	}
-	var failed error
+	last := map[string]*ship.ResyncProgress{}
 	err := a.stream("GET", q, func(line []byte) error {
 		var ev primary.ResyncEvent
 		if err := json.Unmarshal(line, &ev); err != nil || ev.Progress == nil {
 			return fmt.Errorf("the daemon's answer does not decode: %v", err)
 		}
 		fmt.Fprintf(out, "%s: %s\n", ev.Disk, resyncLine(ev.Progress))
-		if ev.Progress.State == "failed" && failed == nil {
-			failed = fmt.Errorf("resync of %s failed: %s", ev.Disk, ev.Progress.Error)
-		}
+		last[ev.Disk] = ev.Progress
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	return failed
+	// The stream ends on a failure only when replication stopped.
+	for disk, p := range last {
+		if p.State == "failed" {
+			return fmt.Errorf("resync of %s failed and replication stopped: %s (vrep status says why)", disk, p.Error)
+		}
+	}
+	return nil
 }
 
 // stream makes one API request whose answer is NDJSON lines and calls fn

@@ -21,9 +21,10 @@ import (
 //	POST /v1/verify?vm=VM[&disk=D][&point=ID]   NDJSON VerifyEvent lines
 //
 // The progress stream sends a line whenever a disk's resync changes state
-// or percentage, and ends once every selected disk's resync is done or
-// failed: a CLI waiting on it learns the end at once, with no request
-// timeout however long the resync takes. A verify answers the same way,
+// or percentage, and ends once every selected disk's resync is done, or
+// failed with replication stopped for the operator (a session cut short
+// otherwise resumes by itself): a CLI waiting on it learns the end at
+// once, with no request timeout however long the resync takes. A verify answers the same way,
 // with its progress and then each disk's result.
 //
 // A resync asked for while one runs is a conflict (409); an unknown VM or
@@ -193,7 +194,9 @@ func (d *Daemon) streamResync(w http.ResponseWriter, r *http.Request, disks []*D
 					flusher.Flush()
 				}
 			}
-			if p.State == "done" || p.State == "failed" {
+			// A failed session resumes on the next connection, unless
+			// replication stopped for the operator.
+			if p.State == "done" || p.State == "failed" && d.shippers[dk.Name].Stopped() {
 				ended++
 			}
 		}

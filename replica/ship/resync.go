@@ -136,6 +136,15 @@ func (s *Shipper) ResyncStatus() *ResyncProgress {
 	return &p
 }
 
+// Stopped reports whether the shipper stopped on a non-recoverable error
+// and waits for the operator: a resync it left failed does not resume by
+// itself then.
+func (s *Shipper) Stopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped != ""
+}
+
 // kick wakes a waiting shipper, and tells a connected one to look at its
 // requests at its next poll.
 func (s *Shipper) kick() {
