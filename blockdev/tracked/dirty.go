@@ -40,12 +40,32 @@ func (v *Volume) startOverflowLocked() {
 	v.dirty = make([]byte, (v.regions()+7)/8)
 }
 
+// testHookFinishOverflow, if set, runs as the merger starts finishing an
+// overflow (done false) and when it has (done true).
+var testHookFinishOverflow func(done bool)
+
 // finishOverflow marks what the unreleased log covers, persists the
 // bitmap, then releases the log; the merger then merges it all (Merge).
+// NB: it runs under overflowMu, as ClearResync does: a resync that
+// completes meanwhile (the log overflowed while it ran) clears the
+// bitmap and sets the released LSN; finishing the overflow after that
+// marked a nil bitmap (a panic), released the whole log although the
+// disk was back in log mode (records the replica never got merged away),
+// or left a stale bitmap file behind.
 func (v *Volume) finishOverflow() error {
+	if h := testHookFinishOverflow; h != nil {
+		h(false)
+		defer h(true)
+	}
+	v.overflowMu.Lock()
+	defer v.overflowMu.Unlock()
 	v.mu.RLock()
 	from := v.released + 1
+	pending := v.dirty != nil && v.released != ^uint64(0)
 	v.mu.RUnlock()
+	if !pending {
+		return nil // cleared by a resync meanwhile
+	}
 	type span struct{ off, n int64 }
 	var spans []span
 	err := v.log.Scan(from, func(r hrl.Record) error {
@@ -95,6 +115,8 @@ func (v *Volume) DirtyRegions() (regionSize int64, regions []int64) {
 // ClearResync returns the disk to log mode after a resync that brought the
 // replica up to lsn.
 func (v *Volume) ClearResync(lsn uint64) error {
+	v.overflowMu.Lock()
+	defer v.overflowMu.Unlock()
 	v.mu.Lock()
 	v.dirty = nil
 	v.released = lsn

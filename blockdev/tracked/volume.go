@@ -133,6 +133,9 @@ type Volume struct {
 	ckptErr     bgErr // base fsync, checkpoint file, dropping merged segments
 	overflowErr bgErr // switching to dirty-region tracking
 
+	// overflowMu orders finishing an overflow and clearing it (dirty.go).
+	overflowMu sync.Mutex
+
 	closeOnce sync.Once
 	closeErr  error
 }

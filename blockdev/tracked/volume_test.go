@@ -866,3 +866,64 @@ func TestKeepFromHoldsTheLogPastRelease(t *testing.T) {
 		t.Fatalf("%d segments once nothing is kept, want only the active one", got)
 	}
 }
+
+// TestClearResyncWhileOverflowFinishes: a resync completes (ClearResync)
+// while the merger is about to finish an overflow that began during it.
+// The overflow must then stay cleared: no panic on the cleared bitmap, no
+// resync required, and the log after the resync's LSN kept for the
+// replica.
+func TestClearResyncWhileOverflowFinishes(t *testing.T) {
+	fs := vfs.NewMem(12)
+	reached, proceed, finished := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var first, last sync.Once
+	testHookFinishOverflow = func(done bool) {
+		if !done {
+			first.Do(func() { close(reached); <-proceed })
+		} else {
+			last.Do(func() { close(finished) })
+		}
+	}
+	defer func() { testHookFinishOverflow = nil }()
+	v, err := Open("/vol", blockdev.NewMem(16<<20), Options{FS: fs, Retain: true, OverflowBytes: 1 << 20,
+		SegmentSize: 128 << 10, MergeIdle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for i := range 24 {
+		if _, err := v.WriteAt(payload(uint64(i), 64<<10), int64(i%10)<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-reached // the log overflowed; the merger is about to finish it
+	lsn := v.Log().LastLSN()
+	if err := v.ClearResync(lsn); err != nil {
+		t.Fatal(err)
+	}
+	// Records after the resync's LSN, which the replica needs.
+	for i := range 4 {
+		if _, err := v.WriteAt(payload(uint64(100+i), 4096), int64(i)<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.Sync()
+	close(proceed)
+	<-finished
+	if err := v.Merge(); err != nil {
+		t.Fatal(err)
+	}
+	if v.ResyncRequired() {
+		t.Fatal("the overflow came back after the resync cleared it")
+	}
+	v.mu.RLock()
+	released := v.released
+	v.mu.RUnlock()
+	if released != lsn {
+		t.Fatalf("released through %d after the resync at %d: the log the replica needs is gone", released, lsn)
+	}
+	var after int
+	v.Log().Scan(lsn+1, func(hrl.Record) error { after++; return nil })
+	if after != 4 {
+		t.Fatalf("%d records after the resync's LSN kept, want 4", after)
+	}
+}

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -10,6 +15,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/vrep-io/vrep/internal/host"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
 	"github.com/vrep-io/vrep/replica/ship"
@@ -42,7 +48,6 @@ a line at each change otherwise, the final state as JSON with --json.`,
 				q += "&now=1"
 			}
 			var info primary.ResyncInfo
-			asked := time.Now()
 			if err := a.call("POST", q, &info); err != nil {
 				return err
 			}
@@ -60,7 +65,7 @@ a line at each change otherwise, the final state as JSON with --json.`,
 			if !wait {
 				return nil
 			}
-			return waitResync(&a, out, info.Disks, asked)
+			return waitResync(&a, out, args[0], disk, info.Disks)
 		},
 	}
 	a.register(cmd.Flags())
@@ -70,78 +75,114 @@ a line at each change otherwise, the final state as JSON with --json.`,
 	return cmd
 }
 
-// waitResync follows the disks' resyncs in the status until each is
-// done (one that finished before asked is an older resync, not this one):
-// a bar on a terminal, a line at each change otherwise, the final state
-// as JSON with --json.
-func waitResync(a *apiFlags, out io.Writer, disks []string, asked time.Time) error {
-	shown := map[string]string{}
+// waitResync follows the disks' resyncs on the primary's progress
+// stream until each is done: a bar on a terminal, a line at each change
+// otherwise, the final state as JSON with --json.
+func waitResync(a *apiFlags, out io.Writer, vm, disk string, disks []string) error {
+	q := "/v1/resync/progress?vm=" + url.QueryEscape(vm)
+	if disk != "" {
+		q += "&disk=" + url.QueryEscape(disk)
+	}
 	final := map[string]*ship.ResyncProgress{}
+	shown := map[string]string{}
 	var bar *progressbar.ProgressBar
 	if !a.json && isTerminal(out) {
-		bar = progressbar.NewOptions(100*len(disks), progressbar.OptionSetWriter(out), progressbar.OptionSetDescription("resync"),
+		bar = progressbar.NewOptions(100*max(len(disks), 1), progressbar.OptionSetWriter(out), progressbar.OptionSetDescription("resync"),
 			progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
 	}
-	for {
-		var st primary.Status
-		if err := a.call("GET", "/v1/status", &st); err != nil {
-			return err
+	err := a.stream("GET", q, func(line []byte) error {
+		var ev primary.ResyncEvent
+		if err := json.Unmarshal(line, &ev); err != nil || ev.Progress == nil {
+			return fmt.Errorf("the daemon's answer does not decode: %v", err)
 		}
-		done, sum := 0, 0
-		for _, d := range st.Disks {
-			if !contains(disks, d.Name) || d.Replication == nil || d.Replication.Resync == nil {
-				continue
+		final[ev.Disk] = ev.Progress
+		switch {
+		case bar != nil:
+			sum := 0
+			for _, p := range final {
+				sum += p.Percent
 			}
-			r := d.Replication.Resync
-			if r.State == "done" && r.Finished.Before(asked) {
-				continue // the one before
-			}
-			final[d.Name] = r
-			sum += r.Percent
-			// A line when the state or the percentage moves.
-			if key := fmt.Sprint(r.State, r.Percent); shown[d.Name] != key && bar == nil && !a.json {
-				shown[d.Name] = key
-				fmt.Fprintf(out, "%s: %s\n", d.Name, resyncLine(r))
-			}
-			switch r.State {
-			case "done":
-				done++
-			case "failed":
-				if bar != nil {
-					bar.Exit()
-					fmt.Fprintln(out)
-				}
-				return fmt.Errorf("resync of %s failed: %s", d.Name, r.Error)
-			}
-		}
-		if bar != nil {
 			bar.Describe(fmt.Sprintf("resync of %s", strings.Join(disks, ", ")))
 			bar.Set(sum)
-		}
-		if done == len(disks) {
-			switch {
-			case a.json:
-				return printJSON(out, final)
-			case bar != nil:
-				bar.Finish()
-				fmt.Fprintln(out)
-				for _, name := range disks {
-					fmt.Fprintf(out, "%s: %s\n", name, resyncLine(final[name]))
-				}
+		case !a.json:
+			// A line when the state or the percentage moves.
+			if key := fmt.Sprint(ev.Progress.State, ev.Progress.Percent); shown[ev.Disk] != key {
+				shown[ev.Disk] = key
+				fmt.Fprintf(out, "%s: %s\n", ev.Disk, resyncLine(ev.Progress))
 			}
-			return nil
 		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if bar != nil {
+		if err == nil {
+			bar.Finish()
+		} else {
+			bar.Exit()
+		}
+		fmt.Fprintln(out)
 	}
+	if err != nil {
+		return err
+	}
+	// The stream ends on a failure only when replication stopped.
+	for disk, p := range final {
+		if p.State == "failed" {
+			return fmt.Errorf("resync of %s failed and replication stopped: %s (vrep status says why)", disk, p.Error)
+		}
+	}
+	switch {
+	case a.json:
+		return printJSON(out, final)
+	case bar != nil:
+		for _, name := range disks {
+			if p := final[name]; p != nil {
+				fmt.Fprintf(out, "%s: %s\n", name, resyncLine(p))
+			}
+		}
+	}
+	return nil
 }
 
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
+// stream makes one API request whose answer is NDJSON lines and calls fn
+// for each, with no timeout: the daemon ends the answer.
+func (a *apiFlags) stream(method, path string, fn func(line []byte) error) error {
+	sock, err := a.socket()
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	req, _ := http.NewRequest(method, "http://vrep"+path, nil)
+	req.Header.Set(host.WantRoleHeader, a.want)
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the daemon at %s (is the daemon running?): %w", sock, err)
+	}
+	defer resp.Body.Close()
+	if got := resp.Header.Get(roleHeader); a.want != "" && got != "" && got != a.want && got != "host" {
+		return fmt.Errorf("%w: %s, and the daemon at %s is a %s", errUsage, a.why, sock, got)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return &daemonError{resp.StatusCode, e.Error}
+		}
+		return &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		if err := fn(sc.Bytes()); err != nil {
+			return err
 		}
 	}
-	return false
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("the daemon's answer broke off: %w", err)
+	}
+	return nil
 }
 
 // resyncLine is a resync's progress in one line.
@@ -195,14 +236,34 @@ and the output says so. Exits 3 when any chunk differs (then: vrep resync VM).`,
 			if point != 0 {
 				q += fmt.Sprintf("&point=%d", point)
 			}
+			out := cmd.OutOrStdout()
 			var res []ship.VerifyResult
-			if err := a.call("POST", q, &res); err != nil {
+			shown := map[string]int{}
+			err := a.stream("POST", q, func(line []byte) error {
+				var ev primary.VerifyEvent
+				if err := json.Unmarshal(line, &ev); err != nil {
+					return fmt.Errorf("the daemon's answer does not decode: %w", err)
+				}
+				switch {
+				case ev.Error != "":
+					return &daemonError{ev.Status, ev.Error}
+				case ev.Result != nil:
+					res = append(res, *ev.Result)
+				case ev.Chunks > 0 && !a.json:
+					// A line each tenth of the disk, on stderr.
+					if pct := int(100 * ev.Compared / ev.Chunks); pct/10 > shown[ev.Disk]/10 {
+						shown[ev.Disk] = pct
+						fmt.Fprintf(cmd.ErrOrStderr(), "%s: verifying, %d%% compared\n", ev.Disk, pct)
+					}
+				}
+				return nil
+			})
+			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			differ := 0
+			var differ uint64
 			for _, r := range res {
-				differ += len(r.Differing)
+				differ += r.DifferingCount
 			}
 			if a.json {
 				if err := printJSON(out, res); err != nil {
@@ -213,13 +274,16 @@ and the output says so. Exits 3 when any chunk differs (then: vrep resync VM).`,
 					if r.Note != "" {
 						fmt.Fprintf(out, "%s: %s\n", r.Disk, r.Note)
 					}
-					if len(r.Differing) == 0 {
+					if r.DifferingCount == 0 {
 						fmt.Fprintf(out, "%s: equal at LSN %d (%d chunks of %s)\n", r.Disk, r.LSN, r.Chunks, units.Bytes(int64(r.ChunkSize)))
 						continue
 					}
-					fmt.Fprintf(out, "%s: %d of %d chunks differ at LSN %d:", r.Disk, len(r.Differing), r.Chunks, r.LSN)
+					fmt.Fprintf(out, "%s: %d of %d chunks differ at LSN %d:", r.Disk, r.DifferingCount, r.Chunks, r.LSN)
 					for _, c := range r.Differing {
 						fmt.Fprintf(out, " %d", c)
+					}
+					if uint64(len(r.Differing)) < r.DifferingCount {
+						fmt.Fprintf(out, " (the first %d listed)", len(r.Differing))
 					}
 					fmt.Fprintf(out, " (chunks of %s)\n", units.Bytes(int64(r.ChunkSize)))
 				}

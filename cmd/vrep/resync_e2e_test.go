@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/waitfor"
 	"github.com/vrep-io/vrep/replica/ship"
+	"github.com/vrep-io/vrep/replica/wire"
 )
 
 // resyncStatus polls vrep status until the disk's resync satisfies ok.
@@ -36,8 +38,10 @@ func resyncStatus(t *testing.T, e *env, what string, ok func(*ship.ResyncProgres
 // TestResyncEndToEnd: the replica is away while the VM writes more than
 // the log may hold; the log overflows and the disk needs a resync, which
 // waits for its window until vrep resync --now. The replica is killed -9
-// right after its first batch of chunks is durable; restarted, the resync
-// resumes there and sends none of those chunks again. The point from
+// right after its first durable mark; restarted, the resync resumes there
+// and sends none of those chunks again, and of the chunks after it only
+// those the primary had sent past the last mark the replica confirmed
+// (at most wire.WindowBytes). The point from
 // before reads back exactly through a test failover; damage planted in
 // the replica image is listed by vrep verify (exit 3) and repaired by a
 // resync; at the end the replica equals the primary byte for byte.
@@ -81,13 +85,15 @@ func TestResyncEndToEnd(t *testing.T) {
 	<-died
 	killReplica = startReplica(t, e.dir, pkiDir, addr, "--nbd", "unix:"+repSock)
 	r = resyncStatus(t, e, "the resync to complete", func(r *ship.ResyncProgress) bool { return r.State == "done" })
-	// Every chunk differed (0x11 against 0x44 and 0x33). The resumed
-	// session started at chunk 256, the replica's durable progress, and
-	// sent only the 256 chunks from there: none of the first batch was
-	// sent again. (Chunks the first session had in flight past that
-	// point when the replica died are sent again: Sent counts them.)
-	if r.Sessions != 2 || r.ResumedAt != 256 || r.SessionSent != 256 || r.Sent < 512 || r.Sent > 512+256 || r.Compared != 512 {
-		t.Fatalf("resync %+v: want two sessions, the second resuming at chunk 256 and sending the 256 chunks after it", r)
+	// Every chunk differed (0x11 against 0x44 and 0x33). The replica
+	// died right after its first durable mark; the resumed session
+	// started there and sent only the chunks after it. The first session
+	// sent no more than the window past the last mark the replica said
+	// durable (here: none), so that is all that was sent twice.
+	bound := uint64(wire.WindowBytes / wire.ChunkSize)
+	if r.Sessions != 2 || r.ResumedAt == 0 || r.ResumedAt >= 512 || r.SessionSent != 512-r.ResumedAt || r.Compared != 512 ||
+		r.Sent < 512 || r.Sent-512 > bound {
+		t.Fatalf("resync %+v: want two sessions, the second resuming at the replica's durable mark and sending the chunks after it, and at most %d chunks sent twice", r, bound)
 	}
 	waitReplicated(t, e)
 	// The point from before the resync reads back exactly.
@@ -144,6 +150,128 @@ func TestResyncEndToEnd(t *testing.T) {
 		if code != c.code || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 			t.Errorf("vrep %v: exit %d, want %d and one sentence with %q:\n%s", c.args, code, c.code, c.want, out)
 		}
+	}
+	if err := d.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, replicaImg)
+}
+
+// TestResyncResumesAfterPrimaryKill: the primary is killed -9 right after
+// the replica confirmed its first durable mark. Restarted, the primary's
+// disk has moved on (it replayed its log, and the VM wrote a chunk below
+// that mark while the replica was away): the resync resumes at the
+// replica's durable mark, not at chunk 0, sending first the chunk
+// written since, and the replica ends equal byte for byte.
+func TestResyncResumesAfterPrimaryKill(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	const size = 32 << 20 // 512 chunks
+	e := newEnv(t, size)
+	pkiDir, addr := replicationSetup(t, e)
+	repData := filepath.Join(e.dir, "replica")
+	killReplica := startReplica(t, e.dir, pkiDir, addr)
+	e.bin, e.daemonEnv = faultBin(t), []string{"VREP_FAULTPOINT=resync-after-durable:1"}
+	flags := replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--resync-window", "always")
+	d := e.start(t, flags...)
+	u := e.uri("vm1/disk0")
+	qemuIO(t, u, "write -P 0x11 0 32M", "flush")
+	waitReplicated(t, e)
+	// Every chunk of the replica differs.
+	killReplica()
+	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	if err := os.WriteFile(replicaImg, bytes.Repeat([]byte{0xEE}, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	killReplica = startReplica(t, e.dir, pkiDir, addr)
+	qemuIO(t, u, "write -P 0x55 31M 64k", "flush") // the stream notices the new replica
+	waitReplicated(t, e)
+	if code, out := vrepRun(t, "resync", "vm1", "--now", "--state", e.state); code != 0 {
+		t.Fatalf("vrep resync --now: exit %d\n%s", code, out)
+	}
+	if !d.exitedWithin(waitfor.Patience) {
+		t.Fatal("the primary did not reach its fault point")
+	}
+	// While the replica is away, the restarted primary takes a write
+	// below the replica's durable mark, and merges it at its stop: its
+	// disk is then at a newer LSN than the one the resync started for.
+	killReplica()
+	e.bin, e.daemonEnv = "", nil
+	d = e.start(t, flags...)
+	qemuIO(t, u, "write -P 0x66 320k 64k", "flush") // chunk 5
+	if err := d.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+	}
+	d = e.start(t, flags...)
+	startReplica(t, e.dir, pkiDir, addr)
+	r := resyncStatus(t, e, "the resync to complete", func(r *ship.ResyncProgress) bool { return r.State == "done" })
+	// Sent: chunk 5, and at most the chunks from the mark on but chunk
+	// 496 (the 0x55 write, replicated as a record); fewer when the first
+	// session's chunks past the mark reached the image.
+	if r.ResumedAt <= 5 || r.ResumedAt > 496 || r.Changed != 1 || r.SessionSent > 512-r.ResumedAt-1+1 || r.Compared != 512 {
+		t.Fatalf("resync %+v: want it resumed at the replica's durable mark, sending the chunks after it and chunk 5", r)
+	}
+	waitReplicated(t, e)
+	if err := d.stop(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, replicaImg)
+}
+
+// TestResyncAfterCorruptLog: a record the replica has not received yet is
+// damaged in the primary's log file (a bit flipped in its payload). The
+// shipper finds the record's checksum wrong, the disk needs a resync,
+// which runs (window "always") and brings the replica to the primary's
+// disk byte for byte; records then ship again.
+func TestResyncAfterCorruptLog(t *testing.T) {
+	need(t, "qemu-io", "qemu-img")
+	const size = 32 << 20
+	e := newEnv(t, size)
+	pkiDir, addr := replicationSetup(t, e)
+	repData := filepath.Join(e.dir, "replica")
+	killReplica := startReplica(t, e.dir, pkiDir, addr)
+	d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--resync-window", "always")...)
+	u := e.uri("vm1/disk0")
+	qemuIO(t, u, "write -P 0x11 0 32M", "flush")
+	waitReplicated(t, e)
+	killReplica()
+	qemuIO(t, u, "write -P 0x5A 4M 1M", "flush")
+	// Flip a bit in the middle of that write's payload, in the log file.
+	var seg string
+	var at int64 = -1
+	filepath.Walk(e.state, func(path string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() || at >= 0 || filepath.Base(filepath.Dir(path)) != "log" {
+			return nil
+		}
+		b, _ := os.ReadFile(path)
+		if i := bytes.Index(b, bytes.Repeat([]byte{0x5A}, 64<<10)); i >= 0 {
+			seg, at = path, int64(i)+32<<10
+		}
+		return nil
+	})
+	if at < 0 {
+		t.Fatal("the write is in no log segment")
+	}
+	f, err := os.OpenFile(seg, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0x5B}, at)
+	f.Close()
+	replicaImg := filepath.Join(repData, "primary1", "vm1", "disk0", "image")
+	startReplica(t, e.dir, pkiDir, addr)
+	r := resyncStatus(t, e, "the resync after the corrupt log", func(r *ship.ResyncProgress) bool { return r.State == "done" })
+	first := r
+	if !strings.Contains(r.Reason, "corrupt") || r.Sent == 0 || r.Sent > 17 {
+		t.Fatalf("resync %+v: want it run for the corrupt log, sending the chunks of the 1 MiB write", r)
+	}
+	// Records ship again, and the damaged record is not read again: no
+	// second resync.
+	qemuIO(t, u, "write -P 0x66 8M 64k", "flush")
+	waitReplicated(t, e)
+	qemuIO(t, u, "write -P 0x67 9M 64k", "flush")
+	st := waitReplicated(t, e)
+	if r := st.Replication.Resync; r == nil || r.Started != first.Started || r.State != "done" {
+		t.Fatalf("resync after the records that followed: %+v, want the one resync, done", r)
 	}
 	if err := d.stop(); err != nil {
 		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)

@@ -28,6 +28,9 @@ const (
 	// yet indexed, the next disk not yet published. Not in All: only a
 	// seed import passes it.
 	SeedPublished = "seed-published"
+	// ResyncAfterDurable: the primary heard that the replica made a
+	// resync mark durable. Not in All: only a resync passes it.
+	ResyncAfterDurable = "resync-after-durable"
 )
 
 // The failover's points, on the replica (not in All: a crash loop of

@@ -2,10 +2,12 @@ package primary
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/vrep-io/vrep/internal/daemon"
 	"github.com/vrep-io/vrep/internal/names"
@@ -15,7 +17,15 @@ import (
 // The resync and verify API (added to the list in api.go):
 //
 //	POST /v1/resync?vm=VM[&disk=D][&now=1]      ResyncInfo
-//	POST /v1/verify?vm=VM[&disk=D][&point=ID]   []ship.VerifyResult
+//	GET  /v1/resync/progress?vm=VM[&disk=D]     NDJSON ResyncEvent lines
+//	POST /v1/verify?vm=VM[&disk=D][&point=ID]   NDJSON VerifyEvent lines
+//
+// The progress stream sends a line whenever a disk's resync changes state
+// or percentage, and ends once every selected disk's resync is done, or
+// failed with replication stopped for the operator (a session cut short
+// otherwise resumes by itself): a CLI waiting on it learns the end at
+// once, with no request timeout however long the resync takes. A verify answers the same way,
+// with its progress and then each disk's result.
 //
 // A resync asked for while one runs is a conflict (409); an unknown VM or
 // disk is 404.
@@ -68,48 +78,149 @@ func (d *Daemon) Resync(vm, disk string, now bool) (ResyncInfo, error) {
 	return info, nil
 }
 
-// Verify compares each selected disk of vm with its replica by chunk
-// checksums, at the point id (0: the replica's latest state).
-func (d *Daemon) Verify(ctx context.Context, vm, disk string, id uint64) ([]ship.VerifyResult, error) {
+// verifyPlan is what a verify will compare: each disk and its LSN (0:
+// the replica's latest state).
+type verifyPlan struct {
+	disks []*Disk
+	lsns  []uint64
+}
+
+// planVerify checks a verify request: the VM, the disk and the point.
+func (d *Daemon) planVerify(vm, disk string, id uint64) (verifyPlan, error) {
 	disks, err := d.selectDisks(vm, disk)
+	if err != nil {
+		return verifyPlan{}, err
+	}
+	plan := verifyPlan{disks: disks, lsns: make([]uint64, len(disks))}
+	if id == 0 {
+		return plan, nil
+	}
+	var lsns map[string]uint64
+	if p := d.points; p != nil {
+		p.mu.Lock()
+		for _, pt := range p.recent {
+			if pt.ID == id {
+				lsns = pt.LSNs
+			}
+		}
+		p.mu.Unlock()
+	}
+	if lsns == nil {
+		return plan, fmt.Errorf("%w: point %d", ErrUnknownPoint, id)
+	}
+	for i, dk := range disks {
+		lsn, ok := lsns[dk.Name]
+		if !ok {
+			return plan, fmt.Errorf("%w: point %d does not cover %s", ErrUnknownPoint, id, dk.Name)
+		}
+		plan.lsns[i] = lsn
+	}
+	return plan, nil
+}
+
+// Verify compares each selected disk of vm with its replica by chunk
+// checksums, at the point id (0: the replica's latest state); progress,
+// if set, hears how far each disk's comparison got.
+func (d *Daemon) Verify(ctx context.Context, vm, disk string, id uint64, progress func(disk string, compared, chunks uint64)) ([]ship.VerifyResult, error) {
+	plan, err := d.planVerify(vm, disk, id)
 	if err != nil {
 		return nil, err
 	}
-	lsns := map[string]uint64{}
-	if id != 0 {
-		found := false
-		if p := d.points; p != nil {
-			p.mu.Lock()
-			for _, pt := range p.recent {
-				if pt.ID == id {
-					lsns, found = pt.LSNs, true
-				}
-			}
-			p.mu.Unlock()
-		}
-		if !found {
-			return nil, fmt.Errorf("%w: point %d", ErrUnknownPoint, id)
-		}
-	}
+	return d.runVerify(ctx, plan, progress, nil)
+}
+
+func (d *Daemon) runVerify(ctx context.Context, plan verifyPlan, progress func(disk string, compared, chunks uint64), done func(ship.VerifyResult)) ([]ship.VerifyResult, error) {
 	var out []ship.VerifyResult
-	for _, dk := range disks {
-		lsn := uint64(0)
-		if id != 0 {
-			var ok bool
-			if lsn, ok = lsns[dk.Name]; !ok {
-				return out, fmt.Errorf("%w: point %d does not cover %s", ErrUnknownPoint, id, dk.Name)
-			}
+	for i, dk := range plan.disks {
+		var prog func(compared, chunks uint64)
+		if progress != nil {
+			prog = func(compared, chunks uint64) { progress(dk.Name, compared, chunks) }
 		}
-		res, err := d.shippers[dk.Name].Verify(ctx, lsn)
+		res, err := d.shippers[dk.Name].Verify(ctx, plan.lsns[i], prog)
 		if err != nil {
 			return out, fmt.Errorf("%s: %w", dk.Name, err)
+		}
+		if done != nil {
+			done(res)
 		}
 		out = append(out, res)
 	}
 	return out, nil
 }
 
+// VerifyEvent is one line of a verify's answer: a disk's progress, its
+// result, or the error that ended the verify (with the HTTP status it
+// would have had).
+type VerifyEvent struct {
+	Disk     string             `json:"disk,omitempty"`
+	Compared uint64             `json:"chunks_compared,omitempty"`
+	Chunks   uint64             `json:"chunks,omitempty"`
+	Result   *ship.VerifyResult `json:"result,omitempty"`
+	Error    string             `json:"error,omitempty"`
+	Status   int                `json:"status,omitempty"`
+}
+
+// ResyncEvent is one line of the resync progress stream.
+type ResyncEvent struct {
+	Disk     string               `json:"disk"`
+	Progress *ship.ResyncProgress `json:"progress"`
+}
+
+// resyncPoll is how often the progress stream looks at the resyncs: in
+// process, cheap, and the delay a waiting CLI adds to a resync's end.
+const resyncPoll = 5 * time.Millisecond
+
+// streamResync writes the resync progress of the disks until each is
+// done or failed, or the client goes away.
+func (d *Daemon) streamResync(w http.ResponseWriter, r *http.Request, disks []*Disk) {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	shown := map[string]string{}
+	tick := time.NewTicker(resyncPoll)
+	defer tick.Stop()
+	for {
+		ended := 0
+		for _, dk := range disks {
+			p := d.shippers[dk.Name].ResyncStatus()
+			if p == nil {
+				continue
+			}
+			if key := fmt.Sprint(p.State, p.Percent); shown[dk.Name] != key {
+				shown[dk.Name] = key
+				enc.Encode(ResyncEvent{Disk: dk.Name, Progress: p})
+				if flusher != nil {
+					flusher.Flush()
+				}
+			}
+			// A failed session resumes on the next connection, unless
+			// replication stopped for the operator.
+			if p.State == "done" || p.State == "failed" && d.shippers[dk.Name].Stopped() {
+				ended++
+			}
+		}
+		if ended == len(disks) {
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 func (d *Daemon) resyncRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/resync/progress", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		disks, err := d.selectDisks(q.Get("vm"), q.Get("disk"))
+		if err != nil {
+			resyncErr(w, err)
+			return
+		}
+		d.streamResync(w, r, disks)
+	})
 	mux.HandleFunc("POST /v1/resync", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		info, err := d.Resync(q.Get("vm"), q.Get("disk"), q.Get("now") == "1")
@@ -129,12 +240,31 @@ func (d *Daemon) resyncRoutes(mux *http.ServeMux) {
 				return
 			}
 		}
-		res, err := d.Verify(r.Context(), q.Get("vm"), q.Get("disk"), id)
+		plan, err := d.planVerify(q.Get("vm"), q.Get("disk"), id)
 		if err != nil {
 			resyncErr(w, err)
 			return
 		}
-		daemon.WriteJSON(w, http.StatusOK, res)
+		// A verify of a large disk takes long: its progress and results
+		// stream, so no request timeout cuts it.
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		enc := json.NewEncoder(w)
+		flusher, _ := w.(http.Flusher)
+		send := func(ev VerifyEvent) {
+			enc.Encode(ev)
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		_, err = d.runVerify(r.Context(), plan, func(disk string, compared, chunks uint64) {
+			send(VerifyEvent{Disk: disk, Compared: compared, Chunks: chunks})
+		}, func(res ship.VerifyResult) { send(VerifyEvent{Disk: res.Disk, Result: &res}) })
+		if err != nil {
+			var rec statusRecorder
+			resyncErr(&rec, err)
+			send(VerifyEvent{Error: err.Error(), Status: rec.code})
+		}
 	})
 }
 
@@ -152,3 +282,11 @@ func resyncErr(w http.ResponseWriter, err error) {
 		replicationErr(w, err)
 	}
 }
+
+// statusRecorder keeps the status an error answer would have had, for an
+// error told inside a stream that has answered 200 already.
+type statusRecorder struct{ code int }
+
+func (r *statusRecorder) Header() http.Header         { return http.Header{} }
+func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *statusRecorder) WriteHeader(code int)        { r.code = code }

@@ -80,7 +80,7 @@ func (r *rig) serve(t *testing.T, addr string, allow map[string]string) (string,
 // serveJoined runs srv.Serve(l) and returns a stop function that closes
 // the server and waits for Serve to return; the test's cleanup calls it
 // too, so no accept loop outlives its test.
-func serveJoined(t *testing.T, srv *Server, l net.Listener) func() {
+func serveJoined(t testing.TB, srv *Server, l net.Listener) func() {
 	done := make(chan struct{})
 	go func() { srv.Serve(l); close(done) }()
 	var once sync.Once
@@ -92,7 +92,7 @@ func serveJoined(t *testing.T, srv *Server, l net.Listener) func() {
 // runJoined runs sh until the test ends (or the returned wait's ctx is
 // cancelled) and joins it in the test's cleanup. The returned channel is
 // closed when Run has returned.
-func runJoined(t *testing.T, sh *ship.Shipper) (context.CancelFunc, <-chan struct{}) {
+func runJoined(t testing.TB, sh *ship.Shipper) (context.CancelFunc, <-chan struct{}) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { sh.Run(ctx); close(done) }()
@@ -100,7 +100,7 @@ func runJoined(t *testing.T, sh *ship.Shipper) (context.CancelFunc, <-chan struc
 	return cancel, done
 }
 
-func (r *rig) shipper(t *testing.T, name, addr string, opts ...func(*ship.ShipperConfig)) *ship.Shipper {
+func (r *rig) shipper(t testing.TB, name, addr string, opts ...func(*ship.ShipperConfig)) *ship.Shipper {
 	cfg, err := pki.ClientConfig(r.pkiDir, name, "replica1")
 	if err != nil {
 		t.Fatal(err)

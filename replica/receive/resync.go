@@ -17,8 +17,9 @@ import (
 // batch is hashed, and bound what the replica holds unwritten.
 const hashBatch = 256
 
-// testHookResyncMark, if set, runs after each durable resync mark; an
-// error ends the stream there, as a cut link would.
+// testHookResyncMark, if set, runs after each durable resync mark, before
+// the primary is told; an error ends the stream there, as a cut link
+// would.
 var testHookResyncMark atomic.Pointer[func(next uint64) error]
 
 // resync runs a resync or a verify the primary opened with start (see
@@ -33,7 +34,7 @@ func (s *Server) resync(ctx context.Context, c *wire.Conn, d *store.Disk, key st
 		return 0, err
 	}
 	var dev io.ReaderAt = d
-	from := uint64(0)
+	from, held := uint64(0), uint64(0)
 	switch m.Kind {
 	case wire.KindVerify:
 		if d.Resyncing() {
@@ -53,14 +54,47 @@ func (s *Server) resync(ctx context.Context, c *wire.Conn, d *store.Disk, key st
 			return 0, fmt.Errorf("%w: no initial copy to verify", store.ErrInvalid)
 		}
 	default:
-		if from, err = d.ResyncBegin(m.Target, m.ChunkSize, m.Chunks); err != nil {
+		if from, held, err = d.ResyncBegin(m.Target, m.ChunkSize, m.Chunks); err != nil {
 			return 0, err
 		}
-		log.Info("replica: resync", "target_lsn", m.Target, "chunks", m.Chunks, "from_chunk", from)
 	}
-	c.WriteFrame(wire.MsgResyncFrom, wire.EncodeU64(from))
+	c.WriteFrame(wire.MsgResyncFrom, wire.EncodeResyncFrom(from, held))
 	if err := c.Flush(); err != nil {
 		return 0, err
+	}
+	if m.Kind == wire.KindResync {
+		// The primary says where the comparison starts.
+		body, err := wire.Expect(c, wire.MsgResyncResume)
+		if err == nil {
+			from, err = wire.DecodeU64(body)
+		}
+		if err == nil {
+			err = d.ResyncResume(m.Target, m.ChunkSize, from)
+		}
+		if err != nil {
+			return 0, err
+		}
+		log.Info("replica: resync", "target_lsn", m.Target, "chunks", m.Chunks, "from_chunk", from, "held_target", held)
+	}
+	// The writer: hash batches, then durable marks until the exchange
+	// ends. It is the connection's only writer meanwhile; the reader
+	// never waits for it (it leaves the last durable mark in durable),
+	// since both directions may be full at once.
+	var durable atomic.Uint64
+	durableSig := make(chan struct{}, 1)
+	send := func(t wire.MsgType, body []byte) error {
+		if err := c.WriteFrame(t, body); err != nil {
+			return err
+		}
+		return c.Flush()
+	}
+	var told uint64
+	tell := func() error {
+		if next := durable.Load(); next > told {
+			told = next
+			return send(wire.MsgResyncDurable, wire.EncodeU64(next))
+		}
+		return nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -73,17 +107,26 @@ func (s *Server) resync(ctx context.Context, c *wire.Conn, d *store.Disk, key st
 				if err != nil {
 					return err
 				}
-				if err := c.WriteFrame(wire.MsgResyncHashes, wire.EncodeHashes(first, sums)); err != nil {
+				if err := tell(); err != nil {
 					return err
 				}
-				if err := c.Flush(); err != nil {
+				if err := send(wire.MsgResyncHashes, wire.EncodeHashes(first, sums)); err != nil {
 					return err
 				}
 			}
-			return nil
+			for {
+				select {
+				case <-ctx.Done():
+					return nil // every batch was sent
+				case <-durableSig:
+					if err := tell(); err != nil {
+						return err
+					}
+				}
+			}
 		}()
 	}()
-	// stop ends the hasher and returns its error, so the caller may write.
+	// stop ends the writer and returns its error, so the caller may write.
 	stop := func() error {
 		cancel()
 		return <-hashed
@@ -111,11 +154,19 @@ func (s *Server) resync(ctx context.Context, c *wire.Conn, d *store.Disk, key st
 			}
 		case wire.MsgResyncMark:
 			next, err := wire.DecodeU64(body)
+			isDurable := false
 			if err == nil && m.Kind == wire.KindResync {
-				err = d.ResyncMark(next)
+				isDurable, err = d.ResyncMark(next)
 			}
-			if hook := testHookResyncMark.Load(); err == nil && hook != nil {
+			if hook := testHookResyncMark.Load(); err == nil && isDurable && hook != nil {
 				err = (*hook)(next)
+			}
+			if err == nil && isDurable {
+				durable.Store(next)
+				select {
+				case durableSig <- struct{}{}:
+				default:
+				}
 			}
 			if err != nil {
 				stop()
@@ -123,7 +174,7 @@ func (s *Server) resync(ctx context.Context, c *wire.Conn, d *store.Disk, key st
 			}
 		case wire.MsgResyncDone:
 			target, sent, err := wire.DecodeResyncDone(body)
-			if herr := <-hashed; herr != nil && err == nil {
+			if herr := stop(); herr != nil && err == nil {
 				err = herr
 			}
 			if err != nil {

@@ -22,7 +22,7 @@ import (
 
 // resyncRig is a rig whose volume overflows at 1 MiB of unshipped log and
 // whose replica keeps history.
-func newResyncRig(t *testing.T, size int64) *rig {
+func newResyncRig(t testing.TB, size int64) *rig {
 	dir := t.TempDir()
 	r := &rig{pkiDir: filepath.Join(dir, "pki"), data: filepath.Join(dir, "replica")}
 	pki.InitCA(r.pkiDir)
@@ -49,7 +49,7 @@ func newResyncRig(t *testing.T, size int64) *rig {
 }
 
 // serveHistory starts a replica with a catalog on addr ("": any port).
-func (r *rig) serveHistory(t *testing.T, addr string) (string, *store.Catalog, func()) {
+func (r *rig) serveHistory(t testing.TB, addr string) (string, *store.Catalog, func()) {
 	cfg, err := pki.ServerConfig(r.pkiDir, "replica1")
 	if err != nil {
 		t.Fatal(err)
@@ -181,8 +181,8 @@ func plant(t *testing.T, rg *rig, chunks []uint64) {
 
 // Differences planted in the replica image are found by a verify and
 // repaired by a resync asked for by hand; a link cut after the first
-// batch resumes at that batch and sends none of its chunks again; the
-// points from before read back exactly throughout.
+// durable mark resumes at that mark and sends none of the chunks before
+// it again; the points from before read back exactly throughout.
 func TestVerifyAndResumedResync(t *testing.T) {
 	const size = 64 << 20 // 1024 chunks: four hash batches
 	rg := newResyncRig(t, size)
@@ -199,7 +199,13 @@ func TestVerifyAndResumedResync(t *testing.T) {
 	// Point 1 as the replica holds it: with the damage planted below.
 	at1 := rg.primaryImage(t)
 	stop() // plant while the replica is down
-	planted := []uint64{3, 100, 255, 256, 300, 600, 1023}
+	// Chunks 0..39 make the first durable mark (wire.DurableBytes): the
+	// replica makes a mark durable once 2 MiB of chunks wait for it.
+	var planted []uint64
+	for c := range uint64(40) {
+		planted = append(planted, c)
+	}
+	planted = append(planted, 100, 255, 256, 300, 600, 1023)
 	plant(t, rg, planted)
 	for _, c := range planted {
 		copy(at1[int64(c)*wire.ChunkSize+8192:], bytes.Repeat([]byte{0xAB}, 4096))
@@ -208,7 +214,7 @@ func TestVerifyAndResumedResync(t *testing.T) {
 	addr, cat, stop = rg.serveHistory(t, addr)
 	writeSome(t, rg.vol, rnd, 5) // the idle stream notices the restart when it sends
 	waitFor(t, "reconnect", func() bool { st := sh.Status(); return st.Connected && st.Since.After(restarted) })
-	res, err := sh.Verify(t.Context(), 0)
+	res, err := sh.Verify(t.Context(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,8 +229,7 @@ func TestVerifyAndResumedResync(t *testing.T) {
 	if r := sh.Status().Resync; r != nil {
 		t.Fatalf("a verify started a resync: %+v", r)
 	}
-	// The link is cut right after the first batch (chunks 0..255) is
-	// durable on the replica.
+	// The link is cut right after the first durable mark.
 	cut, checked := make(chan uint64, 1), make(chan struct{})
 	marks := 0
 	hook := func(next uint64) error {
@@ -268,7 +273,7 @@ func TestVerifyAndResumedResync(t *testing.T) {
 	if !bytes.Equal(rg.replicaImage(t, "primary1"), rg.primaryImage(t)) {
 		t.Fatal("replica differs after the resync")
 	}
-	res, err = sh.Verify(t.Context(), 0)
+	res, err = sh.Verify(t.Context(), 0, nil)
 	if err != nil || len(res.Differing) != 0 {
 		t.Fatalf("verify after the resync: %v, %v", res.Differing, err)
 	}
@@ -316,7 +321,13 @@ func TestResyncPauseIsBounded(t *testing.T) {
 	sh := rg.shipper(t, "primary1", addr, always)
 	runJoined(t, sh)
 	waitFor(t, "the initial copy", func() bool { return sh.Status().Initial == 100 && sh.Status().Connected })
-	// The replica goes away right after the resync's first durable batch.
+	// The replica goes away right after the resync's first durable mark,
+	// which 2 MiB of differing chunks make.
+	var damaged []uint64
+	for c := range uint64(40) {
+		damaged = append(damaged, c)
+	}
+	plant(t, rg, damaged)
 	gone := make(chan struct{})
 	hook := func(uint64) error {
 		select {

@@ -58,7 +58,14 @@ func (s *Server) reverseData(nc net.Conn, c *wire.Conn, root string, body []byte
 		return
 	}
 	chunks := wire.Chunks(req.Size, req.ChunkSize)
-	if _, err := d.ResyncBegin(0, uint32(req.ChunkSize), chunks); err != nil {
+	if _, _, err := d.ResyncBegin(0, uint32(req.ChunkSize), chunks); err != nil {
+		fail(wire.CodeBadRequest, err)
+		return
+	}
+	// From chunk 0, whatever an earlier session left: the chunks sent
+	// are the diverged ones, and a chunk written twice keeps its first
+	// history.
+	if err := d.ResyncResume(0, uint32(req.ChunkSize), 0); err != nil {
 		fail(wire.CodeBadRequest, err)
 		return
 	}
@@ -87,7 +94,7 @@ func (s *Server) reverseData(nc net.Conn, c *wire.Conn, root string, body []byte
 		case wire.MsgResyncMark:
 			next, err := wire.DecodeU64(body)
 			if err == nil {
-				err = d.ResyncMark(next)
+				_, err = d.ResyncMark(next)
 			}
 			if err != nil {
 				fail(wire.CodeBadRequest, err)

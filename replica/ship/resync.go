@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/vrep-io/vrep/hrl"
+	"github.com/vrep-io/vrep/internal/faultpoint"
 	"github.com/vrep-io/vrep/internal/jobs"
 	"github.com/vrep-io/vrep/replica/health"
 	"github.com/vrep-io/vrep/replica/wire"
@@ -44,6 +46,14 @@ type ResyncProgress struct {
 	Sessions    int    `json:"sessions"`
 	ResumedAt   uint64 `json:"resumed_at_chunk"`
 	SessionSent uint64 `json:"session_chunks_sent"`
+	// Changed counts the chunks the last session sent whole, without
+	// comparing, because they changed between the target the replica's
+	// progress was for and this one.
+	Changed uint64 `json:"changed_chunks_sent"`
+	// Durable is the chunk before which the replica has said this
+	// session's chunks durable: a replica that dies now costs at most the
+	// chunks sent after it (wire.WindowBytes) sent again.
+	Durable uint64 `json:"durable_chunk"`
 	// ETA is the estimated time left, in seconds, by the rate of this
 	// session.
 	ETA      float64   `json:"eta_seconds,omitempty"`
@@ -55,12 +65,15 @@ type ResyncProgress struct {
 // VerifyResult is the outcome of a verify: the chunks where the replica
 // differs from the primary.
 type VerifyResult struct {
-	Disk      string   `json:"disk"`
-	LSN       uint64   `json:"lsn"`
-	ChunkSize int      `json:"chunk_size"`
-	Chunks    uint64   `json:"chunks"`
-	Differing []uint64 `json:"differing_chunks"`
-	Note      string   `json:"note,omitempty"`
+	Disk      string `json:"disk"`
+	LSN       uint64 `json:"lsn"`
+	ChunkSize int    `json:"chunk_size"`
+	Chunks    uint64 `json:"chunks"`
+	// Differing lists the differing chunks, the first maxListed of them;
+	// DifferingCount counts them all.
+	Differing      []uint64 `json:"differing_chunks"`
+	DifferingCount uint64   `json:"differing_count"`
+	Note           string   `json:"note,omitempty"`
 }
 
 var (
@@ -124,6 +137,15 @@ func (s *Shipper) ResyncStatus() *ResyncProgress {
 	return &p
 }
 
+// Stopped reports whether the shipper stopped on a non-recoverable error
+// and waits for the operator: a resync it left failed does not resume by
+// itself then.
+func (s *Shipper) Stopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped != ""
+}
+
 // kick wakes a waiting shipper, and tells a connected one to look at its
 // requests at its next poll.
 func (s *Shipper) kick() {
@@ -178,19 +200,21 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	held, ckpt := s.rs.paused, s.rs.ckpt
 	s.mu.Unlock()
 	if !held {
-		ckpt = s.markersAfter(s.vol.PauseMerge())
-		if ckpt < applied {
-			// The replica holds records the base has not merged: merge
-			// them, so the replica's applied LSN never goes back (its
-			// points up to it stay listed).
+		// The target is the disk as written so far: merged first, so that
+		// the records the replica holds (its applied LSN never goes back)
+		// and those the stream could not read (a corrupt log) are in it,
+		// and the log after it holds only what was written since, in new
+		// segments (sealed first): the stream reads no segment again that
+		// holds a record from before, which may be the corrupt one.
+		if _, err := s.vol.Log().Seal(); err != nil {
+			return 0, fmt.Errorf("ship: sealing the log before the resync: %w", err)
+		}
+		if err := s.vol.Merge(); err != nil {
+			return 0, fmt.Errorf("ship: merging before the resync: %w", err)
+		}
+		if ckpt = s.markersAfter(s.vol.PauseMerge()); ckpt < applied {
 			s.vol.ResumeMerge()
-			if err := s.vol.Merge(); err != nil {
-				return 0, fmt.Errorf("ship: merging before the resync: %w", err)
-			}
-			if ckpt = s.markersAfter(s.vol.PauseMerge()); ckpt < applied {
-				s.vol.ResumeMerge()
-				return 0, fmt.Errorf("%w: the primary's disk is merged through LSN %d, behind the replica's %d", wire.ErrResync, ckpt, applied)
-			}
+			return 0, fmt.Errorf("%w: the primary's disk is merged through LSN %d, behind the replica's %d", wire.ErrResync, ckpt, applied)
 		}
 		s.mu.Lock()
 		s.rs.paused, s.rs.ckpt = true, ckpt
@@ -230,19 +254,81 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	if err != nil {
 		return fail(err)
 	}
-	from, err := wire.DecodeU64(body)
-	if err != nil || from > n {
-		return fail(fmt.Errorf("%w: the replica resumes at chunk %d of %d", wire.ErrResync, from, n))
+	durable, heldLSN, err := wire.DecodeResyncFrom(body, n)
+	if err != nil {
+		return fail(err)
 	}
+	// Where to start: at the replica's durable progress when it is for
+	// this target, or when the chunks that changed since its target are
+	// known (they are sent first); else at 0.
+	from, changed := durable, []uint64(nil)
+	if heldLSN != ckpt && durable > 0 {
+		var ok bool
+		if changed, ok = s.changedChunks(heldLSN, ckpt, int64(chunk), durable); !ok {
+			from, changed = 0, nil
+		}
+	}
+	c.WriteFrame(wire.MsgResyncResume, wire.EncodeU64(from))
 	start := time.Now()
 	s.mu.Lock()
-	p.ResumedAt, p.SessionSent, p.Compared = from, 0, from
+	p.ResumedAt, p.SessionSent, p.Compared, p.Changed = from, 0, from, uint64(len(changed))
 	p.BytesCompared = min(int64(from)*int64(chunk), size)
 	s.mu.Unlock()
-	buf := make([]byte, 8+chunk)
+	if from > 0 {
+		s.cfg.Log.Info(s.disk+": resync resumes", "disk", s.disk, "from_chunk", from, "replica_target_lsn", heldLSN, "changed_chunks_resent", len(changed))
+	}
+	x := &resyncStream{c: c, buf: make([]byte, 8+chunk)}
+	account := func(next uint64, hashBytes int64) {
+		s.mu.Lock()
+		p.Compared, p.BytesCompared = next, min(int64(next)*int64(chunk), size)
+		p.HashBytes += hashBytes
+		p.WireBytes += c.Sent() - sent0
+		sent0 = c.Sent()
+		p.Percent = int(99 * next / max(n, 1))
+		if done := next - from; done > 0 {
+			p.ETA = time.Since(start).Seconds() * float64(n-next) / float64(done)
+		}
+		p.Durable = x.durable
+		s.mu.Unlock()
+		job.Progress(int64(next), int64(n))
+	}
+	// Chunks count as sent once handed to the connection: one the
+	// replica never made durable counts again when it is sent again.
+	sendChunk := func(idx uint64) error {
+		off := int64(idx) * int64(chunk)
+		data := x.buf[8 : 8+min(int64(chunk), size-off)]
+		if _, err := base.ReadAt(data, off); err != nil {
+			return err
+		}
+		arm(1)
+		if err := x.chunk(idx, data); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		p.Sent++
+		p.SessionSent++
+		p.BytesSent += int64(len(data))
+		s.mu.Unlock()
+		return nil
+	}
+	for _, idx := range changed {
+		if err := sendChunk(idx); err != nil {
+			return fail(err)
+		}
+	}
+	if from > 0 && heldLSN != ckpt {
+		// The replica takes the chunks below from as this target's now.
+		if err := x.mark(from); err != nil {
+			return fail(err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fail(err)
+	}
+	account(from, 0)
 	for next := from; next < n; {
 		arm(10) // the replica hashes a batch before it comes
-		body, err := wire.Expect(c, wire.MsgResyncHashes)
+		body, err := x.hashes()
 		if err != nil {
 			return fail(err)
 		}
@@ -256,50 +342,28 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 			return fail(err)
 		}
 		arm(1)
-		var sent uint64
-		var bytesSent int64
 		for i := range theirs {
-			if ours[i] == theirs[i] {
-				continue
+			if ours[i] != theirs[i] {
+				if err := sendChunk(next + uint64(i)); err != nil {
+					return fail(err)
+				}
 			}
-			idx := next + uint64(i)
-			off := int64(idx) * int64(chunk)
-			data := buf[8 : 8+min(int64(chunk), size-off)]
-			if _, err := base.ReadAt(data, off); err != nil {
-				return fail(err)
-			}
-			if err := c.WriteFrame(wire.MsgResyncChunk, wire.EncodeChunk(buf[:0], idx, data)); err != nil {
-				return fail(err)
-			}
-			sent++
-			bytesSent += int64(len(data))
 		}
 		next += uint64(len(theirs))
-		c.WriteFrame(wire.MsgResyncMark, wire.EncodeU64(next))
+		if err := x.mark(next); err != nil {
+			return fail(err)
+		}
 		if err := c.Flush(); err != nil {
 			return fail(err)
 		}
-		s.mu.Lock()
-		p.Compared, p.BytesCompared = next, min(int64(next)*int64(chunk), size)
-		p.Sent += sent
-		p.SessionSent += sent
-		p.BytesSent += bytesSent
-		p.HashBytes += hashBytes
-		p.WireBytes += c.Sent() - sent0
-		sent0 = c.Sent()
-		p.Percent = int(99 * next / max(n, 1))
-		job.Progress(int64(next), int64(n))
-		if done := next - from; done > 0 {
-			p.ETA = time.Since(start).Seconds() * float64(n-next) / float64(done)
-		}
-		s.mu.Unlock()
+		account(next, hashBytes)
 	}
 	arm(10) // the replica makes the image durable
 	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(ckpt, p.SessionSent))
 	if err := c.Flush(); err != nil {
 		return fail(err)
 	}
-	ab, err := wire.Expect(c, wire.MsgAck)
+	ab, err := x.ack()
 	if err != nil {
 		return fail(err)
 	}
@@ -348,7 +412,7 @@ func (s *Shipper) markersAfter(ckpt uint64) uint64 {
 // merging; base is the disk at lsn.
 func (s *Shipper) verifyExchange(c *wire.Conn, arm func(int), base interface {
 	ReadAt([]byte, int64) (int, error)
-}, lsn, point uint64) (VerifyResult, error) {
+}, lsn, point uint64, compared *atomic.Uint64) (VerifyResult, error) {
 	size := s.vol.Size()
 	chunk := wire.ChunkSize
 	n := wire.Chunks(size, chunk)
@@ -361,7 +425,7 @@ func (s *Shipper) verifyExchange(c *wire.Conn, arm func(int), base interface {
 	if err != nil {
 		return res, err
 	}
-	if from, err := wire.DecodeU64(body); err != nil || from != 0 {
+	if from, _, err := wire.DecodeResyncFrom(body, n); err != nil || from != 0 {
 		return res, fmt.Errorf("%w: a verify must start at chunk 0", wire.ErrResync)
 	}
 	for next := uint64(0); next < n; {
@@ -379,14 +443,18 @@ func (s *Shipper) verifyExchange(c *wire.Conn, arm func(int), base interface {
 			return res, err
 		}
 		for i := range theirs {
-			if !bytes.Equal(ours[i][:], theirs[i][:]) {
-				res.Differing = append(res.Differing, next+uint64(i))
+			if ours[i] != theirs[i] {
+				res.DifferingCount++
+				if len(res.Differing) < maxListed {
+					res.Differing = append(res.Differing, next+uint64(i))
+				}
 			}
 		}
 		next += uint64(len(theirs))
+		compared.Store(next)
 	}
 	arm(1)
-	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(point, uint64(len(res.Differing))))
+	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(point, res.DifferingCount))
 	if err := c.Flush(); err != nil {
 		return res, err
 	}
@@ -425,7 +493,26 @@ type verifyReq struct {
 	// Held by the stream while it serves the request.
 	paused bool
 	ckpt   uint64
+	note   string
+	// latest: the latest state is verified, and the stream ships no
+	// record past ckpt meanwhile.
+	latest   bool
+	compared atomic.Uint64 // chunks compared so far
 }
+
+// shipLimit returns the LSN the stream may ship up to while a verify of
+// the latest state waits for the replica to reach its checkpoint. Called
+// by the stream's goroutine, which alone touches pendingVerify.
+func (s *Shipper) shipLimit() uint64 {
+	if v := s.pendingVerify; v != nil && v.latest {
+		return v.ckpt
+	}
+	return ^uint64(0)
+}
+
+// maxListed bounds the differing chunks a verify lists; it counts them
+// all.
+const maxListed = 1 << 16
 
 type verifyAnswer struct {
 	res VerifyResult
@@ -440,7 +527,7 @@ var ErrNotConnected = errors.New("ship: the replica is not connected")
 // replica's latest state. The primary reproduces that LSN from its base,
 // frozen at its checkpoint, and the log after it; for a point older than
 // the checkpoint it verifies the latest state instead and says so.
-func (s *Shipper) Verify(ctx context.Context, point uint64) (VerifyResult, error) {
+func (s *Shipper) Verify(ctx context.Context, point uint64, progress func(compared, chunks uint64)) (VerifyResult, error) {
 	s.mu.Lock()
 	connected, running := s.st.Connected, s.rs.running
 	s.mu.Unlock()
@@ -451,16 +538,27 @@ func (s *Shipper) Verify(ctx context.Context, point uint64) (VerifyResult, error
 		return VerifyResult{}, ErrResyncRunning
 	}
 	req := &verifyReq{point: point, answer: make(chan verifyAnswer, 1)}
+	s.kick()
 	select {
 	case s.verifies <- req:
 	case <-ctx.Done():
 		return VerifyResult{}, ctx.Err()
 	}
-	select {
-	case a := <-req.answer:
-		return a.res, a.err
-	case <-ctx.Done():
-		return VerifyResult{}, ctx.Err()
+	chunks := wire.Chunks(s.vol.Size(), wire.ChunkSize)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for shown := uint64(0); ; {
+		select {
+		case a := <-req.answer:
+			return a.res, a.err
+		case <-ctx.Done():
+			return VerifyResult{}, ctx.Err()
+		case <-tick.C:
+			if n := req.compared.Load(); n != shown && progress != nil {
+				shown = n
+				progress(n, chunks)
+			}
+		}
 	}
 }
 
@@ -479,12 +577,28 @@ func (s *Shipper) serveVerify(c *wire.Conn, arm func(int), applied uint64) (uint
 	}
 	if !req.paused {
 		req.ckpt, req.paused = s.vol.PauseMerge(), true
+		if req.point != 0 && req.point < req.ckpt {
+			req.note = fmt.Sprintf("point at LSN %d is older than the primary's checkpoint %d, which no longer holds it: verified the replica's latest state instead", req.point, req.ckpt)
+			req.point = 0
+		}
+		if req.point == 0 {
+			// The latest state: merged first, and the stream ships up to
+			// the checkpoint and no further while the verify waits, so
+			// the base alone is the disk at the replica's LSN (no record
+			// held in memory however long the log).
+			s.vol.ResumeMerge()
+			err := s.vol.Merge()
+			req.ckpt = s.vol.PauseMerge()
+			if err != nil {
+				s.pendingVerify = nil
+				s.vol.ResumeMerge()
+				req.answer <- verifyAnswer{err: fmt.Errorf("ship: merging before the verify: %w", err)}
+				return applied, nil
+			}
+			req.latest = true
+		}
 	}
-	point, note := req.point, ""
-	if point != 0 && point < req.ckpt {
-		note = fmt.Sprintf("point at LSN %d is older than the primary's checkpoint %d, which no longer holds it: verified the replica's latest state instead", point, req.ckpt)
-		point = 0
-	}
+	point, note := req.point, req.note
 	lsn := point
 	if point == 0 {
 		if applied < req.ckpt {
@@ -497,7 +611,7 @@ func (s *Shipper) serveVerify(c *wire.Conn, arm func(int), applied uint64) (uint
 	state, err := s.diskAt(req.ckpt, lsn)
 	var res VerifyResult
 	if err == nil {
-		res, err = s.verifyExchange(c, arm, state, lsn, point)
+		res, err = s.verifyExchange(c, arm, state, lsn, point, &req.compared)
 		res.Note = note
 		var re *wire.RemoteError
 		if err != nil && !errors.As(err, &re) && !errors.Is(err, wire.ErrResync) {
@@ -575,8 +689,9 @@ func (s *Shipper) dropVerify() {
 // operator), or when the log written since it froze the base has passed
 // the disk's overflow bound (half its size): merging paused without end
 // would fill the primary's file system while the replica is away. The
-// resync then starts again from the beginning with a new checkpoint,
-// sending still only the chunks that differ.
+// resync then goes on later for a new checkpoint, from the replica's
+// durable progress, sending first the chunks below it that changed since
+// (changedChunks).
 func (s *Shipper) releaseResyncPause(force bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -598,5 +713,190 @@ func (s *Shipper) releaseResyncPause(force bool) {
 	}
 	s.vol.ResumeMerge()
 	s.rs.paused = false
-	s.cfg.Log.Warn(s.disk+": resync interrupted: "+why+"; merging resumes, and the resync starts again from the beginning", "disk", s.disk)
+	s.cfg.Log.Warn(s.disk+": resync interrupted: "+why+"; merging resumes, and the resync goes on later for a newer checkpoint", "disk", s.disk)
+}
+
+// changedChunks returns, in order, the chunks below below that records
+// after LSN from up to LSN to may have changed: from the log while it
+// holds them all, else, for an overflowed log, from its dirty regions,
+// which cover every write since the overflow and the log it released
+// (the records after a resync's target are never merged before the
+// resync ends or gives up its pause, so they are in one or the other).
+// ok is false when neither can tell.
+func (s *Shipper) changedChunks(from, to uint64, chunk int64, below uint64) (changed []uint64, ok bool) {
+	if from > to {
+		return nil, false
+	}
+	bits := make([]uint64, (below+63)/64)
+	mark := func(off, n int64) {
+		if n <= 0 {
+			return
+		}
+		for c := uint64(off / chunk); c <= uint64((off+n-1)/chunk) && c < below; c++ {
+			bits[c/64] |= 1 << (c % 64)
+		}
+	}
+	log := s.vol.Log()
+	covered := false
+	if segs := log.Segments(); from == to || len(segs) > 0 && segs[0].First <= from+1 {
+		want := from + 1
+		err := log.Scan(from+1, func(r hrl.Record) error {
+			if r.LSN > to {
+				return errBatchFull
+			}
+			if r.LSN != want {
+				return fmt.Errorf("%w: LSN %d where %d was expected", wire.ErrResync, r.LSN, want)
+			}
+			want++
+			if r.Type != hrl.TypeMarker {
+				mark(int64(r.Offset), int64(r.Span))
+			}
+			return nil
+		})
+		covered = want > to && (err == nil || errors.Is(err, errBatchFull))
+	}
+	if !covered {
+		if !s.vol.ResyncRequired() {
+			return nil, false
+		}
+		clear(bits)
+		rs, regions := s.vol.DirtyRegions()
+		for _, r := range regions {
+			mark(r*rs, rs)
+		}
+	}
+	for c := uint64(0); c < below; c++ {
+		if bits[c/64]&(1<<(c%64)) != 0 {
+			changed = append(changed, c)
+		}
+	}
+	return changed, true
+}
+
+// resyncStream is the primary's side of one resync session's exchange.
+// It sends chunks and marks, never more than wire.WindowBytes of chunks
+// past the last mark the replica said durable, and reads the replica's
+// hash batches, keeping those that arrive while it waits for a durable
+// mark (16 bytes per chunk: at most 1/4096 of the disk). One goroutine.
+type resyncStream struct {
+	c      *wire.Conn
+	buf    []byte
+	queued [][]byte // hash batches read while waiting
+	// Chunk bytes sent this session, in total, since the last mark, and
+	// up to the last durable mark; the marks not yet durable.
+	sent, sinceMark, confirmed int64
+	marks                      []sentMark
+	durable                    uint64 // the last durable mark
+}
+
+type sentMark struct {
+	next  uint64
+	bytes int64
+}
+
+// read reads the next frame that is not a durable mark, noting those.
+func (x *resyncStream) read() (wire.MsgType, []byte, error) {
+	for {
+		t, body, err := x.readOne()
+		if err != nil || t != wire.MsgResyncDurable {
+			return t, body, err
+		}
+	}
+}
+
+// readOne reads the next frame; a durable mark is noted (and returned).
+func (x *resyncStream) readOne() (wire.MsgType, []byte, error) {
+	t, body, err := x.c.ReadFrame()
+	if err != nil {
+		return 0, nil, err
+	}
+	switch t {
+	case wire.MsgError:
+		return 0, nil, wire.DecodeError(body)
+	case wire.MsgResyncDurable:
+		next, err := wire.DecodeU64(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		i := 0
+		for i < len(x.marks) && x.marks[i].next < next {
+			i++
+		}
+		if i == len(x.marks) || x.marks[i].next != next {
+			return 0, nil, fmt.Errorf("%w: the replica made chunk %d durable, which is no mark sent", wire.ErrResync, next)
+		}
+		x.confirmed, x.durable = x.marks[i].bytes, next
+		x.marks = x.marks[i+1:]
+		faultpoint.Hit(faultpoint.ResyncAfterDurable)
+	}
+	return t, body, nil
+}
+
+// hashes returns the next hash batch's body.
+func (x *resyncStream) hashes() ([]byte, error) {
+	if len(x.queued) > 0 {
+		b := x.queued[0]
+		x.queued = x.queued[1:]
+		return b, nil
+	}
+	t, body, err := x.read()
+	if err != nil {
+		return nil, err
+	}
+	if t != wire.MsgResyncHashes {
+		return nil, fmt.Errorf("%w: got message %d, want %d", wire.ErrFrame, t, wire.MsgResyncHashes)
+	}
+	return body, nil
+}
+
+// chunk sends chunk idx, after a mark once MarkBytes were sent since the
+// last one, and after waiting for a durable mark while the window is
+// full.
+func (x *resyncStream) chunk(idx uint64, data []byte) error {
+	if x.sinceMark >= wire.MarkBytes || x.sent+int64(len(data))-x.confirmed > wire.WindowBytes && x.sinceMark > 0 {
+		if err := x.mark(idx); err != nil {
+			return err
+		}
+	}
+	if x.sent+int64(len(data))-x.confirmed > wire.WindowBytes {
+		if err := x.c.Flush(); err != nil {
+			return err
+		}
+		for x.sent+int64(len(data))-x.confirmed > wire.WindowBytes {
+			t, body, err := x.readOne()
+			switch {
+			case err != nil:
+				return err
+			case t == wire.MsgResyncHashes:
+				x.queued = append(x.queued, bytes.Clone(body))
+			case t != wire.MsgResyncDurable:
+				return fmt.Errorf("%w: got message %d during a resync", wire.ErrFrame, t)
+			}
+		}
+	}
+	if err := x.c.WriteFrame(wire.MsgResyncChunk, wire.EncodeChunk(x.buf[:0], idx, data)); err != nil {
+		return err
+	}
+	x.sent += int64(len(data))
+	x.sinceMark += int64(len(data))
+	return nil
+}
+
+// mark sends a mark at next.
+func (x *resyncStream) mark(next uint64) error {
+	x.marks = append(x.marks, sentMark{next, x.sent})
+	x.sinceMark = 0
+	return x.c.WriteFrame(wire.MsgResyncMark, wire.EncodeU64(next))
+}
+
+// ack reads the replica's answer to ResyncDone.
+func (x *resyncStream) ack() ([]byte, error) {
+	t, body, err := x.read()
+	if err != nil {
+		return nil, err
+	}
+	if t != wire.MsgAck {
+		return nil, fmt.Errorf("%w: got message %d, want %d", wire.ErrFrame, t, wire.MsgAck)
+	}
+	return body, nil
 }

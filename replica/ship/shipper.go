@@ -577,7 +577,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 				return progressed, err
 			}
 		}
-		durable := log.SyncedLSN()
+		durable := min(log.SyncedLSN(), s.shipLimit())
 		if mode.through != nil {
 			through := mode.through()
 			if through != lastThrough {
@@ -606,6 +606,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			case <-ctx.Done():
 				return progressed, ctx.Err()
 			case <-time.After(s.cfg.Poll):
+			case <-s.wake: // a resync or a verify asked for
 			}
 			continue
 		}

@@ -194,7 +194,7 @@ func MarkSplitBrain(cat *Catalog, key, vm string, id uint64, when time.Time) err
 	if err := cat.indexBatch(key, nil, []hrl.Record{{Type: hrl.TypeMarker, LSN: 0, Payload: m}}); err != nil {
 		return err
 	}
-	_, err = d.ResyncBegin(0, wire.ChunkSize, wire.Chunks(d.size, wire.ChunkSize))
+	_, _, err = d.ResyncBegin(0, wire.ChunkSize, wire.Chunks(d.size, wire.ChunkSize))
 	return err
 }
 

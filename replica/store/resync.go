@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -46,16 +47,21 @@ import (
 // magic "VREPRSYN", version uint16, then target LSN uint64, slot uint64,
 // chunk size uint32, 4 zero bytes, chunk count uint64, next chunk uint64
 // (every chunk before it compared and durable), chunks written uint64,
-// CRC32C; little-endian; published atomically after the image is synced.
-// A resync started again for the same target and chunk size resumes at
-// next; for another target it compares from the start, but a chunk
-// already written is equal now and is not sent again, and its history is
-// not captured again.
+// CRC32C; little-endian; published atomically after the image is synced,
+// at a mark once DurableBytes of chunks wait for it or a second has
+// passed (wire.MsgResyncDurable tells the primary). A resync started
+// again reports this progress and its target; the primary resumes at
+// next, for another target after sending first the chunks below next
+// that changed between the two, or starts from 0. A chunk already
+// written is then equal and is not sent again, and its history is not
+// captured again.
 
 const resyncMagic = "VREPRSYN"
 
 // resyncState is a resync under way.
 type resyncState struct {
+	// target and next are the session's: the target the chunks now
+	// coming stand for, and the last mark received.
 	target, slot uint64
 	chunkSize    uint32
 	chunks, next uint64
@@ -63,7 +69,23 @@ type resyncState struct {
 	last         int64 // the last chunk index received (-1: none since next)
 	pend         []pendChunk
 	pendBytes    int
+	// durTarget and durNext are the progress file's: every chunk before
+	// durNext is the primary's disk at durTarget, durably.
+	durTarget, durNext uint64
+	undurable          int       // chunk bytes taken since the last durable mark
+	durAt              time.Time // when the progress was last made durable
+	resumed            bool      // the primary said where this session starts
 }
+
+// resyncDurableEvery makes a mark durable at least this often while
+// chunks are compared, so that a resync of a large disk that finds little
+// to send does not start over after a crash; resyncDurableBytes of chunks
+// taken make the next mark durable (a variable for tests, which make
+// every mark durable).
+var (
+	resyncDurableEvery = time.Second
+	resyncDurableBytes = wire.DurableBytes
+)
 
 type pendChunk struct {
 	index uint64
@@ -89,6 +111,7 @@ func (d *Disk) loadResync() error {
 	rs := &resyncState{target: binary.LittleEndian.Uint64(body), slot: binary.LittleEndian.Uint64(body[8:]),
 		chunkSize: binary.LittleEndian.Uint32(body[16:]), chunks: binary.LittleEndian.Uint64(body[24:]),
 		next: binary.LittleEndian.Uint64(body[32:]), written: binary.LittleEndian.Uint64(body[40:]), last: -1}
+	rs.durTarget, rs.durNext = rs.target, rs.next
 	if rs.chunks != wire.Chunks(d.size, int(rs.chunkSize)) || rs.next > rs.chunks {
 		return fmt.Errorf("replica: %s: resync progress does not match the disk", d.dir)
 	}
@@ -108,6 +131,7 @@ func (d *Disk) writeResync() error {
 	if err := statefile.Write(d.fs, d.resyncPath(), resyncMagic, body); err != nil {
 		return fmt.Errorf("replica: recording resync progress: %w", err)
 	}
+	rs.durTarget, rs.durNext, rs.undurable, rs.durAt = rs.target, rs.next, 0, time.Now()
 	return nil
 }
 
@@ -124,42 +148,73 @@ func (d *Disk) ResyncProgress() (next, chunks, written uint64, ok bool) {
 }
 
 // ResyncBegin starts (or resumes) a resync to the primary's disk at
-// target, in chunks of chunkSize, and returns the chunk to compare from.
-func (d *Disk) ResyncBegin(target uint64, chunkSize uint32, chunks uint64) (uint64, error) {
+// target, in chunks of chunkSize, and returns its durable progress: every
+// chunk before next is the primary's disk at held (0, 0: none). The
+// primary then says where it starts (ResyncResume).
+func (d *Disk) ResyncBegin(target uint64, chunkSize uint32, chunks uint64) (next, held uint64, err error) {
 	if !d.seeded {
-		return 0, fmt.Errorf("%w: a resync needs a completed initial copy", ErrInvalid)
+		return 0, 0, fmt.Errorf("%w: a resync needs a completed initial copy", ErrInvalid)
 	}
 	if chunks != wire.Chunks(d.size, int(chunkSize)) {
-		return 0, fmt.Errorf("%w: %d chunks of %d bytes do not cover a disk of %d bytes", ErrInvalid, chunks, chunkSize, d.size)
+		return 0, 0, fmt.Errorf("%w: %d chunks of %d bytes do not cover a disk of %d bytes", ErrInvalid, chunks, chunkSize, d.size)
 	}
 	if target < d.applied {
 		// The applied LSN never goes back: records after target already
 		// have their history and points here.
-		return 0, fmt.Errorf("%w: a resync to LSN %d, behind the applied LSN %d", ErrInvalid, target, d.applied)
+		return 0, 0, fmt.Errorf("%w: a resync to LSN %d, behind the applied LSN %d", ErrInvalid, target, d.applied)
 	}
 	if rs := d.rs; rs != nil {
-		rs.pend, rs.pendBytes, rs.last = nil, 0, -1
-		if rs.target == target && rs.chunkSize == chunkSize {
-			return rs.next, nil
+		// What the last session held and did not make durable is
+		// forgotten: the primary sends it again.
+		rs.pend, rs.pendBytes, rs.last, rs.undurable, rs.resumed = nil, 0, -1, 0, false
+		rs.target, rs.next = rs.durTarget, rs.durNext
+		if rs.chunkSize != chunkSize {
+			return 0, 0, nil
 		}
-		// Another target: compare everything again; the slot stays, so the
-		// history of chunks already written is kept, never captured again.
-		rs.target, rs.chunkSize, rs.chunks, rs.next = target, chunkSize, chunks, 0
-		return 0, d.writeResync()
+		return rs.durNext, rs.durTarget, nil
 	}
 	d.rs = &resyncState{target: target, slot: d.applied + 1, chunkSize: chunkSize, chunks: chunks, last: -1}
 	if err := d.writeResync(); err != nil {
 		d.rs = nil
-		return 0, err
+		return 0, 0, err
 	}
-	return 0, nil
+	return 0, target, nil
+}
+
+// ResyncResume starts the session's comparison at chunk from, for the
+// primary's disk at target: at the durable progress for the same target,
+// else below it (the primary then sends first, in order, the chunks below
+// from that changed since the progress's target) or at 0.
+func (d *Disk) ResyncResume(target uint64, chunkSize uint32, from uint64) error {
+	rs := d.rs
+	switch {
+	case rs == nil:
+		return fmt.Errorf("%w: a resume outside a resync", wire.ErrResync)
+	case rs.resumed:
+		return fmt.Errorf("%w: a second resume in one session", wire.ErrResync)
+	case from > 0 && (from > rs.durNext || rs.chunkSize != chunkSize):
+		return fmt.Errorf("%w: a resume at chunk %d past the durable progress %d", wire.ErrResync, from, rs.durNext)
+	}
+	rs.resumed = true
+	if target == rs.durTarget && from == rs.durNext && chunkSize == rs.chunkSize {
+		return nil
+	}
+	// Another target (or the start): the chunks before from are taken as
+	// they come, from 0. The progress file keeps the old target until
+	// the first durable mark: still true, since the primary will send the
+	// chunks changed since then again if this session ends before it.
+	rs.target, rs.chunkSize, rs.chunks, rs.next = target, chunkSize, wire.Chunks(d.size, int(chunkSize)), 0
+	if from == 0 {
+		return d.writeResync()
+	}
+	return nil
 }
 
 // ResyncChunk takes one differing chunk. Chunks come in increasing order
 // after the last mark; nothing is written before it is checked.
 func (d *Disk) ResyncChunk(index uint64, data []byte) error {
 	rs := d.rs
-	if rs == nil {
+	if rs == nil || !rs.resumed {
 		return fmt.Errorf("%w: a resync chunk outside a resync", wire.ErrResync)
 	}
 	if index < rs.next || int64(index) <= rs.last || index >= rs.chunks {
@@ -172,6 +227,7 @@ func (d *Disk) ResyncChunk(index uint64, data []byte) error {
 	rs.last = int64(index)
 	rs.pend = append(rs.pend, pendChunk{index, bytes.Clone(data)})
 	rs.pendBytes += len(data)
+	rs.undurable += len(data)
 	if rs.pendBytes >= resyncFlushBytes {
 		return d.resyncFlush()
 	}
@@ -179,29 +235,32 @@ func (d *Disk) ResyncChunk(index uint64, data []byte) error {
 }
 
 // ResyncMark records that every chunk before next was compared and the
-// differing ones sent: they are made durable, then the progress.
-func (d *Disk) ResyncMark(next uint64) error {
+// differing ones sent. Once DurableBytes of chunks wait for it, or a
+// second has passed since the last durable mark, they are made durable,
+// then the progress; durable says so (the primary is then told).
+func (d *Disk) ResyncMark(next uint64) (durable bool, err error) {
 	rs := d.rs
-	if rs == nil {
-		return fmt.Errorf("%w: a resync mark outside a resync", wire.ErrResync)
+	if rs == nil || !rs.resumed {
+		return false, fmt.Errorf("%w: a resync mark outside a resync", wire.ErrResync)
 	}
 	if next <= rs.next || next > rs.chunks || rs.last >= int64(next) {
-		return fmt.Errorf("%w: mark at chunk %d (resync at chunk %d of %d)", wire.ErrResync, next, rs.next, rs.chunks)
+		return false, fmt.Errorf("%w: mark at chunk %d (resync at chunk %d of %d)", wire.ErrResync, next, rs.next, rs.chunks)
+	}
+	rs.next = next
+	if rs.undurable < resyncDurableBytes && time.Since(rs.durAt) < resyncDurableEvery {
+		return false, nil
 	}
 	if err := d.resyncFlush(); err != nil {
-		return err
+		return false, err
 	}
 	if err := d.img.Sync(); err != nil {
-		return fmt.Errorf("replica: %w", err)
+		return false, fmt.Errorf("replica: %w", err)
 	}
-	prev := rs.next
-	rs.next = next
 	if err := d.writeResync(); err != nil {
-		rs.next = prev
-		return err
+		return false, err
 	}
 	faultpoint.Hit(faultpoint.ResyncAfterMark)
-	return nil
+	return true, nil
 }
 
 // resyncFlush writes the held chunks: history first (durable), then the
@@ -276,8 +335,11 @@ func (d *Disk) ResyncFinish(target uint64) error {
 	if rs == nil {
 		return fmt.Errorf("%w: resync done outside a resync", wire.ErrResync)
 	}
-	if target != rs.target || rs.next != rs.chunks || len(rs.pend) > 0 {
+	if target != rs.target || rs.next != rs.chunks || !rs.resumed {
 		return fmt.Errorf("%w: resync done at LSN %d after chunk %d of %d (target %d)", wire.ErrResync, target, rs.next, rs.chunks, rs.target)
+	}
+	if err := d.resyncFlush(); err != nil {
+		return err
 	}
 	if err := d.img.Sync(); err != nil {
 		return fmt.Errorf("replica: %w", err)

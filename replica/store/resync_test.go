@@ -15,6 +15,7 @@ import (
 // chunks it covers are refused, and the image is left as it was. Records
 // are refused while a resync is under way; progress survives a reopen.
 func TestResyncRefusesBadInput(t *testing.T) {
+	everyMarkDurable(t)
 	fsys := vfs.OS{}
 	dir := t.TempDir()
 	d, err := OpenDisk(fsys, dir, diskSize) // 16 chunks of 64 KiB
@@ -24,20 +25,29 @@ func TestResyncRefusesBadInput(t *testing.T) {
 	if err := d.ResyncChunk(0, make([]byte, wire.ChunkSize)); !errors.Is(err, wire.ErrResync) {
 		t.Fatalf("chunk outside a resync: %v", err)
 	}
-	if _, err := d.ResyncBegin(5, wire.ChunkSize, 16); !errors.Is(err, ErrInvalid) {
+	if _, _, err := d.ResyncBegin(5, wire.ChunkSize, 16); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("resync before the initial copy: %v", err)
 	}
 	if err := d.FinishBase(4); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.ResyncBegin(5, wire.ChunkSize, 15); !errors.Is(err, ErrInvalid) {
+	if _, _, err := d.ResyncBegin(5, wire.ChunkSize, 15); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("chunk count not matching the disk: %v", err)
 	}
-	if _, err := d.ResyncBegin(3, wire.ChunkSize, 16); !errors.Is(err, ErrInvalid) {
+	if _, _, err := d.ResyncBegin(3, wire.ChunkSize, 16); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("a target behind the applied LSN: %v", err)
 	}
-	if from, err := d.ResyncBegin(5, wire.ChunkSize, 16); err != nil || from != 0 {
-		t.Fatalf("begin: %d, %v", from, err)
+	if from, held, err := d.ResyncBegin(5, wire.ChunkSize, 16); err != nil || from != 0 || held != 5 {
+		t.Fatalf("begin: %d (target %d), %v", from, held, err)
+	}
+	if err := d.ResyncChunk(3, make([]byte, wire.ChunkSize)); !errors.Is(err, wire.ErrResync) {
+		t.Fatalf("chunk before the primary said where it starts: %v", err)
+	}
+	if err := d.ResyncResume(5, wire.ChunkSize, 1); !errors.Is(err, wire.ErrResync) {
+		t.Fatalf("resume past the durable progress: %v", err)
+	}
+	if err := d.ResyncResume(5, wire.ChunkSize, 0); err != nil {
+		t.Fatal(err)
 	}
 	full := bytes.Repeat([]byte{7}, wire.ChunkSize)
 	for name, c := range map[string]struct {
@@ -58,14 +68,14 @@ func TestResyncRefusesBadInput(t *testing.T) {
 	if err := d.ResyncChunk(2, full); !errors.Is(err, wire.ErrResync) {
 		t.Errorf("chunk out of order: %v", err)
 	}
-	if err := d.ResyncMark(3); !errors.Is(err, wire.ErrResync) {
+	if _, err := d.ResyncMark(3); !errors.Is(err, wire.ErrResync) {
 		t.Errorf("mark before a chunk it covers: %v", err)
 	}
 	if _, err := d.Apply([]hrl.Record{{LSN: 5, Type: hrl.TypeWrite, Payload: []byte{1}, Span: 1}}); !errors.Is(err, ErrResyncing) {
 		t.Errorf("records during a resync: %v", err)
 	}
-	if err := d.ResyncMark(8); err != nil {
-		t.Fatal(err)
+	if durable, err := d.ResyncMark(8); err != nil || !durable {
+		t.Fatal(durable, err)
 	}
 	if err := d.ResyncFinish(5); !errors.Is(err, wire.ErrResync) {
 		t.Errorf("finish before every chunk was compared: %v", err)
@@ -76,8 +86,11 @@ func TestResyncRefusesBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if from, err := d.ResyncBegin(5, wire.ChunkSize, 16); err != nil || from != 8 || !d.Resyncing() {
-		t.Fatalf("resumed at %d, %v", from, err)
+	if from, held, err := d.ResyncBegin(5, wire.ChunkSize, 16); err != nil || from != 8 || held != 5 || !d.Resyncing() {
+		t.Fatalf("resumed at %d (target %d), %v", from, held, err)
+	}
+	if err := d.ResyncResume(5, wire.ChunkSize, 8); err != nil {
+		t.Fatal(err)
 	}
 	img := make([]byte, diskSize)
 	d.ReadAt(img, 0)
@@ -86,7 +99,7 @@ func TestResyncRefusesBadInput(t *testing.T) {
 	if !bytes.Equal(img, want) {
 		t.Fatal("the image holds something other than the one checked chunk")
 	}
-	if err := d.ResyncMark(16); err != nil {
+	if _, err := d.ResyncMark(16); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.ResyncFinish(5); err != nil {
@@ -103,13 +116,16 @@ func TestResyncRefusesBadInput(t *testing.T) {
 func TestDropHistoryDropsResyncHistory(t *testing.T) {
 	base := randomBytes(9, diskSize)
 	cat, d := seededDisk(t, vfs.OS{}, t.TempDir(), base, CatalogConfig{})
-	if _, err := d.ResyncBegin(0, wire.ChunkSize, 16); err != nil {
+	if _, _, err := d.ResyncBegin(0, wire.ChunkSize, 16); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ResyncResume(0, wire.ChunkSize, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.ResyncChunk(2, bytes.Repeat([]byte{3}, wire.ChunkSize)); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.ResyncMark(16); err != nil {
+	if _, err := d.ResyncMark(16); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.ResyncFinish(0); err != nil {
@@ -128,4 +144,11 @@ func TestDropHistoryDropsResyncHistory(t *testing.T) {
 			t.Fatalf("%q entries survive DropHistory", kind)
 		}
 	}
+}
+
+// everyMarkDurable makes every resync mark durable for the test.
+func everyMarkDurable(t *testing.T) {
+	b := resyncDurableBytes
+	resyncDurableBytes = 0
+	t.Cleanup(func() { resyncDurableBytes = b })
 }

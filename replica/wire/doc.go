@@ -8,7 +8,7 @@
 // replica authorizes a primary by the name in its certificate, never by
 // anything the primary says in a frame.
 //
-// # Frames (version 3)
+// # Frames (version 4)
 //
 // Every message is one frame: a 16-byte header, then the body.
 // Little-endian; every constant is part of the format.

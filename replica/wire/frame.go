@@ -16,8 +16,8 @@ import (
 const (
 	// Version 2 added the Settings message (session.go); version 3 the
 	// resync and verify messages (resync.go) and the resync flag of
-	// DiskState.
-	Version         = 3
+	// DiskState; version 4 the resync's durable marks and resume.
+	Version         = 4
 	FrameHeaderSize = 16
 	// MaxBody bounds a decompressed body: a record batch of up to 32 MiB
 	// of payload with its headers.

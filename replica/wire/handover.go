@@ -10,7 +10,8 @@ import (
 	"github.com/vrep-io/vrep/internal/names"
 )
 
-// A planned failover hands a VM over on a session of its own: after
+// A planned failover (since version 4) hands a VM over on a session of
+// its own: after
 // Welcome, instead of OpenDisk, the primary sends
 //
 //	Promote   JSON of Promote: the VM, its relationship's generation,
@@ -53,7 +54,7 @@ const (
 	// durable), and ResyncDone (target 0): the replica answers Ack 0 once
 	// the image is the new primary's disk at LSN 0. Each chunk's old
 	// content is kept as history, so the split-brain point stays readable.
-	MsgReverseData MsgType = 24
+	MsgReverseData MsgType = 26
 )
 
 // ReverseData opens the transfer of a disk's diverged ranges.

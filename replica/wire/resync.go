@@ -13,7 +13,8 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// Resync and verify (since version 3). A resync brings a replica that
+// Resync and verify (since version 3; ResyncResume, ResyncDurable and
+// the held target of ResyncFrom since version 4). A resync brings a replica that
 // fell out of step (log overflow, a corrupt log, planted damage) back in
 // line by comparing checksums of fixed-size chunks and sending only the
 // chunks that differ; a verify compares the same way and sends nothing.
@@ -26,20 +27,36 @@ import (
 //	              rounded up), target LSN uint64 (resync: the LSN the
 //	              primary's frozen image stands for; verify: the replica
 //	              point to hash, 0 for the image)        primary → replica
-//	ResyncFrom    next chunk uint64: where the comparison starts; a resync
-//	              interrupted at the same target resumes after the last
-//	              chunk the replica made durable        replica → primary
+//	ResyncFrom    next chunk uint64, held target uint64: the replica's
+//	              durable progress, every chunk before next equal to the
+//	              primary's disk at the held target (0, 0: none)
+//	                                                     replica → primary
+//	ResyncResume  from chunk uint64: where the comparison starts. The
+//	              primary resumes at next when the held target is its
+//	              target, or when it knows which chunks changed between
+//	              the two (its log, or the dirty regions of an overflowed
+//	              log): those below next are then sent first, whole,
+//	              without comparing; else it starts at 0
+//	                                                     primary → replica
 //	ResyncHashes  first chunk uint64, then 16-byte sums of consecutive
 //	              chunks (at most MaxHashBatch); batches follow each other
 //	              without waiting, first = the previous batch's end
 //	                                                     replica → primary
 //	ResyncChunk   chunk index uint64, the chunk's bytes (chunk size, the
-//	              last one shorter); only chunks whose sums differ, in
-//	              increasing order                       primary → replica
+//	              last one shorter); only chunks whose sums differ (and
+//	              the changed chunks a resume sends first), in increasing
+//	              order                                  primary → replica
 //	ResyncMark    next chunk uint64: every chunk before it has been
-//	              compared and the differing ones sent; the replica makes
-//	              them durable and records next as its progress
+//	              compared and the differing ones sent. Sent at the end
+//	              of each hash batch and after every MarkBytes of chunks
 //	                                                     primary → replica
+//	ResyncDurable next chunk uint64: the chunks before this mark are
+//	              durable in the image, and so is the progress. The
+//	              replica makes a mark durable once DurableBytes of
+//	              chunks wait for it (or a second has passed); the
+//	              primary sends no more than WindowBytes of chunks past
+//	              the last durable mark, so a replica that dies costs at
+//	              most that much sent again       replica → primary
 //	ResyncDone    target LSN uint64, chunks sent uint64; the replica
 //	              answers Ack(target) once the image is the primary's
 //	              disk at target and durable (verify: Ack 0)
@@ -73,6 +90,10 @@ const (
 	MsgResyncChunk  MsgType = 16
 	MsgResyncMark   MsgType = 17
 	MsgResyncDone   MsgType = 18
+	// 24, not 19: the numbers after 18 were taken by other messages
+	// written at the same time.
+	MsgResyncResume  MsgType = 24
+	MsgResyncDurable MsgType = 25
 )
 
 // Resync kinds and hashes. Part of the format; do not change.
@@ -91,6 +112,17 @@ const (
 	MaxHashBatch = 4096
 	// SumSize is the size of one chunk sum.
 	SumSize = 16
+	// MarkBytes is how many bytes of chunks the primary sends between
+	// two marks at most.
+	MarkBytes = 2 << 20
+	// DurableBytes is how many bytes of written chunks make the replica
+	// make its next mark durable.
+	DurableBytes = 2 << 20
+	// WindowBytes bounds the chunk bytes the primary sends past the last
+	// mark the replica said durable: what a replica that dies makes the
+	// primary send again. Four marks: the replica syncs one while the
+	// next ones travel.
+	WindowBytes = 8 << 20
 )
 
 // Sum is a chunk checksum.
@@ -185,6 +217,24 @@ func DecodeChunk(b []byte) (index uint64, data []byte, err error) {
 		return 0, nil, fmt.Errorf("%w: short resync chunk", ErrFrame)
 	}
 	return binary.LittleEndian.Uint64(b), b[8:], nil
+}
+
+// EncodeResyncFrom returns a ResyncFrom body.
+func EncodeResyncFrom(next, held uint64) []byte {
+	return binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, next), held)
+}
+
+// DecodeResyncFrom decodes a ResyncFrom body and checks it against the
+// chunk count.
+func DecodeResyncFrom(b []byte, chunks uint64) (next, held uint64, err error) {
+	if len(b) != 16 {
+		return 0, 0, fmt.Errorf("%w: resync from of %d bytes", ErrFrame, len(b))
+	}
+	next, held = binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])
+	if next > chunks {
+		return 0, 0, fmt.Errorf("%w: the replica resumes at chunk %d of %d", ErrResync, next, chunks)
+	}
+	return next, held, nil
 }
 
 // EncodeResyncDone returns a ResyncDone body.
