@@ -270,8 +270,9 @@ func TestPlannedFailoverAndFailback(t *testing.T) {
 	// A test failover of vm1 runs on hostb: the handover is refused there,
 	// and vm1 takes writes on hosta again at once.
 	waitfor.True(t, "a point of vm1 on hostb", func() bool {
-		code, _ := vrepRun(t, "points", "vm1", "--data", b.data, "--last", "1")
-		return code == 0
+		var pts []json.RawMessage
+		code, out := vrepRun(t, "points", "vm1", "--data", b.data, "--json")
+		return code == 0 && json.Unmarshal([]byte(out), &pts) == nil && len(pts) > 0
 	})
 	if code, out := vrepRun(t, "failover", "test", "vm1", "--data", b.data); code != 0 {
 		t.Fatalf("test failover on hostb: exit %d: %s", code, out)
@@ -310,6 +311,13 @@ func TestPlannedFailoverAndFailback(t *testing.T) {
 	}
 	onB := readVM(t, b, blocks)
 	checkNothingLost(t, "failover to hostb", zero, onB, h1)
+	// Each host's /metrics has both roles: hostb's primary of vm1 and its
+	// replica, hosta's replica of vm1 (and its jobs).
+	mb := run(t, "curl", "-sf", "--unix-socket", filepath.Join(b.data, "api.sock"), "http://vrep/metrics")
+	ma := run(t, "curl", "-sf", "--unix-socket", filepath.Join(a.data, "api.sock"), "http://vrep/metrics")
+	if !strings.Contains(mb, `vrep_replication_acked_lsn{disk="vm1/disk0"}`) || !strings.Contains(ma, `vrep_replica_applied_lsn{`) || !strings.Contains(ma, `vm="vm1"`) {
+		t.Fatalf("metrics after the failover: hostb:\n%s\nhosta:\n%s", mb, ma)
+	}
 
 	// Back: the reverse stream must have carried hostb's writes.
 	waitfor.True(t, "hostb's vm1 replicated back to hosta", func() bool { return b.caughtUp(t, "vm1") })

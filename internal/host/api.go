@@ -128,6 +128,7 @@ func (h *Host) handler() http.Handler {
 		}
 		daemon.WriteJSON(w, http.StatusOK, h.Status(r.Context()))
 	})
+	mux.Handle("GET /metrics", h.metrics())
 	mux.HandleFunc("/", h.route)
 	return daemon.CheckQuery(hostRoutes, mux)
 }
@@ -194,8 +195,14 @@ func (h *Host) route(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// PublicHandler is the status page and metrics of the replica (--http).
-func (h *Host) PublicHandler() http.Handler { return h.rep.PublicHandler() }
+// PublicHandler is the status page of the replica and the host's
+// metrics (--http).
+func (h *Host) PublicHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h.metrics())
+	mux.Handle("/", h.rep.PublicHandler())
+	return mux
+}
 
 // HealthSamples samples the health of every disk on this host, for the
 // events log.

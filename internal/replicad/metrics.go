@@ -125,3 +125,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 func (d *Daemon) metricsHandler() http.Handler {
 	return daemon.MetricsHandler(collector{d}, d.cfg.Events.ErrorsCollector("vrep_replica_errors_total"), d.cfg.Jobs.Collector())
 }
+
+// Collector is the daemon's own metrics (a host daemon gathers those of
+// its primaries and its replica into one /metrics).
+func (d *Daemon) Collector() prometheus.Collector { return collector{d} }
