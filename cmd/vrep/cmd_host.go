@@ -81,30 +81,10 @@ replica remain for hosts with one role.`,
 				}
 				cfg.Disks = append(cfg.Disks, spec)
 			}
+			if err := parseQuiescers(&cfg.Primary.Points, freeze, preFreeze, postThaw, agents); err != nil {
+				return err
+			}
 			var err error
-			if cfg.Primary.Points.Freeze, err = primary.ParseVMValues("freeze", freeze); err != nil {
-				return err
-			}
-			one := func(flag string, specs []string) (map[string]string, error) {
-				m, err := primary.ParseVMValues(flag, specs)
-				out := map[string]string{}
-				for vm, v := range m {
-					if len(v) > 1 {
-						return nil, fmt.Errorf("%w: --%s given twice for VM %s", errUsage, flag, vm)
-					}
-					out[vm] = v[0]
-				}
-				return out, err
-			}
-			if cfg.Primary.Points.PreFreeze, err = one("pre-freeze", preFreeze); err != nil {
-				return err
-			}
-			if cfg.Primary.Points.PostThaw, err = one("post-thaw", postThaw); err != nil {
-				return err
-			}
-			if cfg.Primary.Points.GuestAgent, err = one("guest-agent", agents); err != nil {
-				return err
-			}
 			rc := &primary.ReplicaConfig{}
 			if frequency != "continuous" {
 				iv, err := time.ParseDuration(frequency)

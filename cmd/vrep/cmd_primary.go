@@ -79,27 +79,7 @@ func primaryCmd() *cobra.Command {
 			if cfg.Points.Groups, err = primary.ParseGroups(groups); err != nil {
 				return err
 			}
-			if cfg.Points.Freeze, err = primary.ParseVMValues("freeze", freeze); err != nil {
-				return err
-			}
-			one := func(flag string, specs []string) (map[string]string, error) {
-				m, err := primary.ParseVMValues(flag, specs)
-				out := map[string]string{}
-				for vm, v := range m {
-					if len(v) > 1 {
-						return nil, fmt.Errorf("%w: --%s given twice for VM %s", errUsage, flag, vm)
-					}
-					out[vm] = v[0]
-				}
-				return out, err
-			}
-			if cfg.Points.PreFreeze, err = one("pre-freeze", preFreeze); err != nil {
-				return err
-			}
-			if cfg.Points.PostThaw, err = one("post-thaw", postThaw); err != nil {
-				return err
-			}
-			if cfg.Points.GuestAgent, err = one("guest-agent", agents); err != nil {
+			if err := parseQuiescers(&cfg.Points, freeze, preFreeze, postThaw, agents); err != nil {
 				return err
 			}
 			if cpuprofile != "" {
@@ -342,4 +322,33 @@ func copyValue(dst, src *pflag.Flag) {
 		}
 	}
 	dst.Value.Set(src.Value.String())
+}
+
+// parseQuiescers sets a points configuration's quiescers from the
+// --freeze, --pre-freeze, --post-thaw and --guest-agent flags (VM=VALUE;
+// only --freeze repeats per VM).
+func parseQuiescers(pc *primary.PointsConfig, freeze, preFreeze, postThaw, agents []string) error {
+	var err error
+	if pc.Freeze, err = primary.ParseVMValues("freeze", freeze); err != nil {
+		return err
+	}
+	one := func(flag string, specs []string) (map[string]string, error) {
+		m, err := primary.ParseVMValues(flag, specs)
+		out := map[string]string{}
+		for vm, v := range m {
+			if len(v) > 1 {
+				return nil, fmt.Errorf("%w: --%s given twice for VM %s", errUsage, flag, vm)
+			}
+			out[vm] = v[0]
+		}
+		return out, err
+	}
+	if pc.PreFreeze, err = one("pre-freeze", preFreeze); err != nil {
+		return err
+	}
+	if pc.PostThaw, err = one("post-thaw", postThaw); err != nil {
+		return err
+	}
+	pc.GuestAgent, err = one("guest-agent", agents)
+	return err
 }

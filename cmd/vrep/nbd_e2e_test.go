@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -258,15 +257,7 @@ func TestTCPExport(t *testing.T) {
 // vrepRun runs the vrep binary and returns its exit code and output.
 func vrepRun(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	out, err := exec.Command(vrepBin, args...).CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), string(out)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0, string(out)
+	return run2(t, vrepBin, args...)
 }
 
 func TestStartErrors(t *testing.T) {

@@ -595,6 +595,29 @@ func (s *Server) serve(nc net.Conn) {
 	}
 }
 
+// answerHandover sends the answer of a handover exchange (promote,
+// reverse): ok, an Error frame with the code the error carries, or
+// nothing at all when the outcome is not settled (ErrNoAnswer: the asker
+// keeps the VM read-only and asks again). It reports whether it answered
+// ok.
+func answerHandover(c *wire.Conn, vm string, err error, ok func(), log *slog.Logger, fail func(uint16, error)) bool {
+	switch {
+	case errors.Is(err, ErrNoAnswer):
+		log.Warn("replica: no answer: the outcome is not settled; the asker asks again", "vm", vm, "err", err)
+		return false
+	case err != nil:
+		code := wire.CodeBadRequest
+		var pe *PromoteError
+		if errors.As(err, &pe) {
+			code = pe.Code
+		}
+		fail(code, err)
+		return false
+	}
+	ok()
+	return c.Flush() == nil
+}
+
 // reverse answers a reverse replication request through OnReverse.
 func (s *Server) reverse(c *wire.Conn, primary, root string, body []byte, log *slog.Logger, fail func(uint16, error)) {
 	req, err := wire.DecodeReverse(body)
@@ -608,21 +631,7 @@ func (s *Server) reverse(c *wire.Conn, primary, root string, body []byte, log *s
 	}
 	log.Info("replica: asked to keep the replica of a VM that failed over from this host", "vm", req.VM, "generation", req.Generation)
 	ans, err := s.cfg.OnReverse(context.Background(), primary, root, req)
-	if errors.Is(err, ErrNoAnswer) {
-		log.Warn("replica: no answer: the outcome is not settled; the asker asks again", "vm", req.VM, "err", err)
-		return
-	}
-	if err != nil {
-		code := wire.CodeBadRequest
-		var pe *PromoteError
-		if errors.As(err, &pe) {
-			code = pe.Code
-		}
-		fail(code, err)
-		return
-	}
-	c.WriteFrame(wire.MsgReversed, ans.Encode())
-	c.Flush()
+	answerHandover(c, req.VM, err, func() { c.WriteFrame(wire.MsgReversed, ans.Encode()) }, log, fail)
 }
 
 // promote answers a handover (wire.Promote) through OnPromote.
@@ -638,21 +647,7 @@ func (s *Server) promote(c *wire.Conn, primary, root string, body []byte, log *s
 	}
 	log.Info("replica: asked to take a VM over (planned failover)", "vm", req.VM, "generation", req.Generation)
 	ans, err := s.cfg.OnPromote(context.Background(), primary, root, req)
-	if errors.Is(err, ErrNoAnswer) {
-		log.Warn("replica: no answer: the outcome is not settled; the asker asks again", "vm", req.VM, "err", err)
-		return
-	}
-	if err != nil {
-		code := wire.CodeBadRequest
-		var pe *PromoteError
-		if errors.As(err, &pe) {
-			code = pe.Code
-		}
-		fail(code, err)
-		return
-	}
-	c.WriteFrame(wire.MsgPromoted, ans.Encode())
-	if err := c.Flush(); err != nil {
+	if !answerHandover(c, req.VM, err, func() { c.WriteFrame(wire.MsgPromoted, ans.Encode()) }, log, fail) {
 		return
 	}
 	// The old primary now makes its image the replica copy (it merges

@@ -11,6 +11,69 @@ import (
 	"github.com/vrep-io/vrep/replica/wire"
 )
 
+// session is a control session with the peer host (a handover, a
+// reverse replication), opened up to the welcome.
+type session struct {
+	c    *wire.Conn
+	pc   *wire.ProgressConn
+	nc   *tls.Conn
+	stop func() bool // ends the context's hold on the connection
+}
+
+// openSession dials addr, authenticates with tc and says hello; the
+// connection is cut if ctx ends before close.
+func openSession(ctx context.Context, addr string, tc *tls.Config, timeout time.Duration, codec wire.Codec) (*session, error) {
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	raw, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{pc: wire.NewProgressConn(raw, timeout)}
+	s.nc = tls.Client(s.pc, tc)
+	s.c = wire.NewConn(s.nc)
+	s.stop = context.AfterFunc(ctx, func() { raw.Close() })
+	fail := func(err error) (*session, error) {
+		s.close()
+		return nil, err
+	}
+	if err := s.nc.HandshakeContext(ctx); err != nil {
+		return fail(err)
+	}
+	s.c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: codec}.Encode())
+	if err := s.c.Flush(); err != nil {
+		return fail(err)
+	}
+	body, err := wire.Expect(s.c, wire.MsgWelcome)
+	if err != nil {
+		return fail(err)
+	}
+	w, err := wire.DecodeWelcome(body)
+	if err != nil {
+		return fail(err)
+	}
+	s.c.SetCodec(w.Codec)
+	return s, nil
+}
+
+// ask sends one message and waits (ten times the timeout: the peer
+// syncs, moves files, starts serving) for the answer of type want.
+func (s *session) ask(t wire.MsgType, body []byte, want wire.MsgType) ([]byte, error) {
+	s.c.WriteFrame(t, body)
+	if err := s.c.Flush(); err != nil {
+		return nil, err
+	}
+	s.pc.Scale.Store(10)
+	return wire.Expect(s.c, want)
+}
+
+func (s *session) close() {
+	s.stop()
+	s.c.Close()
+	s.nc.Close()
+}
+
 // Promote asks the replica at addr to take a VM over (a planned
 // failover's last step; see wire.Promote). A *wire.RemoteError is the
 // replica's refusal; any other error leaves the outcome unknown (the
@@ -19,63 +82,27 @@ import (
 // once this side's image is the replica copy (ok) or that failed: it
 // tells the replica so and closes the session.
 func Promote(ctx context.Context, addr string, tc *tls.Config, req wire.Promote, timeout time.Duration) (_ wire.Promoted, adopted func(ok bool), err error) {
-	if timeout <= 0 {
-		timeout = time.Minute
-	}
-	raw, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	s, err := openSession(ctx, addr, tc, timeout, wire.CodecNone)
 	if err != nil {
 		return wire.Promoted{}, nil, err
 	}
-	pc := wire.NewProgressConn(raw, timeout)
-	nc := tls.Client(pc, tc)
-	c := wire.NewConn(nc)
-	closeAll := func() {
-		c.Close()
-		nc.Close()
+	body, err := s.ask(wire.MsgPromote, req.Encode(), wire.MsgPromoted)
+	var p wire.Promoted
+	if err == nil {
+		p, err = wire.DecodePromoted(body, req.VM)
 	}
-	defer func() {
-		if err != nil {
-			closeAll()
-		}
-	}()
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	defer stop()
-	if err := nc.HandshakeContext(ctx); err != nil {
-		return wire.Promoted{}, nil, err
-	}
-	c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: wire.CodecNone}.Encode())
-	if err := c.Flush(); err != nil {
-		return wire.Promoted{}, nil, err
-	}
-	body, err := wire.Expect(c, wire.MsgWelcome)
 	if err != nil {
+		s.close()
 		return wire.Promoted{}, nil, err
 	}
-	w, err := wire.DecodeWelcome(body)
-	if err != nil {
-		return wire.Promoted{}, nil, err
-	}
-	c.SetCodec(w.Codec)
-	c.WriteFrame(wire.MsgPromote, req.Encode())
-	if err := c.Flush(); err != nil {
-		return wire.Promoted{}, nil, err
-	}
-	// The replica copies nothing to promote, but it syncs and moves
-	// files and starts serving: ten times the timeout.
-	pc.Scale.Store(10)
-	if body, err = wire.Expect(c, wire.MsgPromoted); err != nil {
-		return wire.Promoted{}, nil, err
-	}
-	p, err := wire.DecodePromoted(body, req.VM)
-	if err != nil {
-		return wire.Promoted{}, nil, err
-	}
+	// The session outlives this call (until adopted): not ctx's.
+	s.stop()
 	return p, func(ok bool) {
 		if ok {
-			c.WriteFrame(wire.MsgAdopted, nil)
-			c.Flush()
+			s.c.WriteFrame(wire.MsgAdopted, nil)
+			s.c.Flush()
 		}
-		closeAll()
+		s.close()
 	}, nil
 }
 
@@ -84,43 +111,13 @@ func Promote(ctx context.Context, addr string, tc *tls.Config, req wire.Promote,
 // wire.Reverse). A *wire.RemoteError is its refusal; any other error
 // leaves the outcome unknown: ask again, a Reverse is idempotent.
 func AskReverse(ctx context.Context, addr string, tc *tls.Config, req wire.Reverse, timeout time.Duration) (wire.Reversed, error) {
-	if timeout <= 0 {
-		timeout = time.Minute
-	}
-	raw, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	s, err := openSession(ctx, addr, tc, timeout, wire.CodecNone)
 	if err != nil {
 		return wire.Reversed{}, err
 	}
-	pc := wire.NewProgressConn(raw, timeout)
-	nc := tls.Client(pc, tc)
-	defer nc.Close()
-	c := wire.NewConn(nc)
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	defer stop()
-	if err := nc.HandshakeContext(ctx); err != nil {
-		return wire.Reversed{}, err
-	}
-	c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: wire.CodecNone}.Encode())
-	if err := c.Flush(); err != nil {
-		return wire.Reversed{}, err
-	}
-	body, err := wire.Expect(c, wire.MsgWelcome)
+	defer s.close()
+	body, err := s.ask(wire.MsgReverse, req.Encode(), wire.MsgReversed)
 	if err != nil {
-		return wire.Reversed{}, err
-	}
-	w, err := wire.DecodeWelcome(body)
-	if err != nil {
-		return wire.Reversed{}, err
-	}
-	c.SetCodec(w.Codec)
-	c.WriteFrame(wire.MsgReverse, req.Encode())
-	if err := c.Flush(); err != nil {
-		return wire.Reversed{}, err
-	}
-	// The old primary merges its log into its images and adopts them.
-	pc.Scale.Store(10)
-	if body, err = wire.Expect(c, wire.MsgReversed); err != nil {
 		return wire.Reversed{}, err
 	}
 	return wire.DecodeReversed(body, req.VM)
@@ -138,36 +135,12 @@ type DivergedSent struct {
 // in chunks of chunk bytes: the image there becomes img, at LSN 0.
 func SendDiverged(ctx context.Context, addr string, tc *tls.Config, disk string, img io.ReaderAt, size int64, chunk int, ext [][2]int64, timeout time.Duration) (DivergedSent, error) {
 	var sent DivergedSent
-	if timeout <= 0 {
-		timeout = time.Minute
-	}
-	raw, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	s, err := openSession(ctx, addr, tc, timeout, wire.CodecZstd)
 	if err != nil {
 		return sent, err
 	}
-	pc := wire.NewProgressConn(raw, timeout)
-	nc := tls.Client(pc, tc)
-	defer nc.Close()
-	c := wire.NewConn(nc)
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	defer stop()
-	if err := nc.HandshakeContext(ctx); err != nil {
-		return sent, err
-	}
-	c.WriteFrame(wire.MsgHello, wire.Hello{Version: wire.Version, Codecs: wire.AllCodecs, Prefer: wire.CodecZstd}.Encode())
-	if err := c.Flush(); err != nil {
-		return sent, err
-	}
-	body, err := wire.Expect(c, wire.MsgWelcome)
-	if err != nil {
-		return sent, err
-	}
-	w, err := wire.DecodeWelcome(body)
-	if err != nil {
-		return sent, err
-	}
-	c.SetCodec(w.Codec)
+	defer s.close()
+	c := s.c
 	c.WriteFrame(wire.MsgReverseData, wire.ReverseData{Disk: disk, Size: size, ChunkSize: chunk}.Encode())
 	if err := c.Flush(); err != nil {
 		return sent, err
@@ -207,18 +180,10 @@ func SendDiverged(ctx context.Context, addr string, tc *tls.Config, disk string,
 			}
 		}
 	}
-	if next < chunks {
-		next = chunks
-	}
-	if err := mark(next); err != nil {
+	if err := mark(max(next, chunks)); err != nil {
 		return sent, err
 	}
-	c.WriteFrame(wire.MsgResyncDone, wire.EncodeResyncDone(0, sent.Chunks))
-	if err := c.Flush(); err != nil {
-		return sent, err
-	}
-	pc.Scale.Store(10)
-	if _, err := wire.Expect(c, wire.MsgAck); err != nil {
+	if _, err := s.ask(wire.MsgResyncDone, wire.EncodeResyncDone(0, sent.Chunks), wire.MsgAck); err != nil {
 		return sent, err
 	}
 	sent.WireBytes = c.Sent()
