@@ -20,9 +20,11 @@ install: build
 	install -D -m 0755 bin/vrep $(DESTDIR)$(PREFIX)/bin/vrep
 	install -D -m 0644 dist/systemd/vrep-primary.service $(DESTDIR)$(UNITDIR)/vrep-primary.service
 	install -D -m 0644 dist/systemd/vrep-replica.service $(DESTDIR)$(UNITDIR)/vrep-replica.service
+	install -D -m 0644 dist/systemd/vrep-host.service $(DESTDIR)$(UNITDIR)/vrep-host.service
 	install -d -m 0700 $(DESTDIR)/etc/vrep
 	install -m 0600 dist/systemd/primary.yaml $(DESTDIR)/etc/vrep/primary.yaml.example
 	install -m 0600 dist/systemd/replica.yaml $(DESTDIR)/etc/vrep/replica.yaml.example
+	install -m 0600 dist/systemd/host.yaml $(DESTDIR)/etc/vrep/host.yaml.example
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed; then: cp /etc/vrep/primary.yaml.example /etc/vrep/primary.yaml, edit, systemctl enable --now vrep-primary"
 

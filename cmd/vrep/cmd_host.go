@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -141,6 +142,16 @@ replica remain for hosts with one role.`,
 			}
 			defer closeHTTP()
 			systemd := vdaemon.NotifyReady(log, vdaemon.ProbeAPI(apiSock, 30*time.Second))
+			// SIGHUP (systemctl reload) must not kill the host: it rereads
+			// no settings while running yet, and says so.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer func() { signal.Stop(hup); close(hup) }()
+			go func() {
+				for range hup {
+					log.Warn("SIGHUP: the host rereads no settings while running; restart it (systemctl restart) to change them")
+				}
+			}()
 			log.Info("host serving", "name", cfg.Name, "listen", h.Addr(), "peer", peer, "nbd", cfg.NBD, "fuse", cfg.FUSE)
 			werr := h.Wait(ctx)
 			systemd.Stop()

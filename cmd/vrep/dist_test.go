@@ -15,10 +15,14 @@ func TestDistConfigExamples(t *testing.T) {
 	}{
 		{"primary", "../../dist/systemd/primary.yaml", "../../dist/systemd/vrep-primary.service"},
 		{"replica", "../../dist/systemd/replica.yaml", "../../dist/systemd/vrep-replica.service"},
+		{"host", "../../dist/systemd/host.yaml", "../../dist/systemd/vrep-host.service"},
 	} {
 		f := primaryCmd().Flags()
-		if c.role == "replica" {
+		switch c.role {
+		case "replica":
 			f = replicaCmd().Flags()
+		case "host":
+			f = hostCmd().Flags()
 		}
 		if err := applyConfig(f, c.file); err != nil {
 			t.Errorf("%s: %v", c.file, err)
