@@ -10,9 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1G}
+RUNS=${1:-${RUNS:-5}}
 command -v rsync >/dev/null || { echo "installing rsync" >&2; apt-get install -y -qq rsync >/dev/null; }
 vrep=${VREP:-bin/vrep}
-go build -o "$vrep" ./cmd/vrep
+[ -n "${VREP:-}" ] || go build -o "$vrep" ./cmd/vrep
 work=$(realpath -m "${WORK:-bench/work}")/resync
 rm -rf "$work"; mkdir -p "$work" bench/results
 bytes=$(numfmt --from=iec "$SIZE")
@@ -40,32 +41,8 @@ trap 'kill $ppid $rpid 2>/dev/null || true' EXIT
 t0=$(date +%s.%N)
 until [ "$(status 2>/dev/null | jq_py "r.get('initial_percent')==100 and r.get('health')=='Normal'" 2>/dev/null)" = True ]; do sleep 0.2; done
 t_initial=$(echo "$(date +%s.%N) - $t0" | bc)
-kill $rpid; wait $rpid 2>/dev/null || true
 rimg=$work/replica/primary1/vm1/disk0/image
-# 1% of the chunks, at random, in the replica's copy; the same damage in
-# the copy rsync repairs.
 cp --sparse=never "$rimg" "$work/rsync-dst.img"
-python3 - "$rimg" "$work/rsync-dst.img" "$chunks" "$changed" <<'PY'
-import os, random, sys
-paths, chunks, n = sys.argv[1:3], int(sys.argv[3]), int(sys.argv[4])
-rnd = random.Random(1)
-picks = rnd.sample(range(chunks), n)
-for p in paths:
-    with open(p, "r+b") as f:
-        for c in picks:
-            f.seek(c * 65536)
-            f.write(random.Random(c).randbytes(65536))
-PY
-sync
-start_replica
-# The stream notices the new replica when it next sends: a point.
-"$vrep" point create vm1 --state "$work/state" >/dev/null
-t0=$(date +%s.%N)
-"$vrep" resync vm1 --now --wait --state "$work/state" >/dev/null
-t_vrep=$(echo "$(date +%s.%N) - $t0" | bc)
-read -r v_sent v_wire v_hash v_chunks <<<"$(status | jq_py "'%d %d %d %d' % (r['resync']['bytes_sent'], r['resync']['wire_bytes'], r['resync']['hash_bytes'], r['resync']['chunks_sent'])")"
-cmp -s "$work/disk.img" "$rimg" && same=yes || same="no (the primary wrote meanwhile?)"
-kill $ppid; wait $ppid 2>/dev/null || true
 # rsync daemon on loopback.
 rport=$((port + 1))
 cat >"$work/rsyncd.conf" <<CONF
@@ -79,13 +56,52 @@ CONF
 rsync --daemon --no-detach --config="$work/rsyncd.conf" --port=$rport --address=127.0.0.1 &
 dpid=$!
 trap 'kill $ppid $rpid $dpid 2>/dev/null || true' EXIT
-sleep 0.5
-t0=$(date +%s.%N)
-rs=$(rsync --inplace --no-whole-file --stats "$work/disk.img" rsync://127.0.0.1:$rport/dst/rsync-dst.img)
-t_rsync=$(echo "$(date +%s.%N) - $t0" | bc)
+# 1% of the chunks, at random, in the replica's copy; the same damage in
+# the copy rsync repairs (the same chunks and bytes every run).
+damage() {
+	python3 - "$@" "$chunks" "$changed" <<'PY'
+import os, random, sys
+paths, chunks, n = sys.argv[1:-2], int(sys.argv[-2]), int(sys.argv[-1])
+rnd = random.Random(1)
+picks = rnd.sample(range(chunks), n)
+for p in paths:
+    with open(p, "r+b") as f:
+        for c in picks:
+            f.seek(c * 65536)
+            f.write(random.Random(c).randbytes(65536))
+PY
+}
+# RUNS rounds, each: damage both copies, vrep resyncs (timed from the
+# command to its end), then rsync repairs its copy; the ratio is per
+# round, so both meet the machine in the same state.
+declare -a ratios tv trs
+for r in $(seq "$RUNS"); do
+	since=$(status | jq_py "r.get('since')")
+	kill $rpid; wait $rpid 2>/dev/null || true
+	damage "$rimg" "$work/rsync-dst.img"
+	sync
+	start_replica
+	# The stream notices the new replica when it next sends: a point.
+	"$vrep" point create vm1 --state "$work/state" >/dev/null
+	# The resync is timed from a connected stream (as an operator's is),
+	# not from the reconnection to the restarted replica.
+	until [ "$(status 2>/dev/null | jq_py "r.get('connected') is True and r.get('since') != '$since'" 2>/dev/null)" = True ]; do sleep 0.05; done
+	t0=$(date +%s.%N)
+	"$vrep" resync vm1 --now --wait --state "$work/state" >/dev/null
+	t_vrep=$(echo "$(date +%s.%N) - $t0" | bc)
+	read -r v_sent v_wire v_hash v_chunks <<<"$(status | jq_py "'%d %d %d %d' % (r['resync']['bytes_sent'], r['resync']['wire_bytes'], r['resync']['hash_bytes'], r['resync']['chunks_sent'])")"
+	cmp -s "$work/disk.img" "$rimg" && same=yes || same="no (the primary wrote meanwhile?)"
+	t0=$(date +%s.%N)
+	rs=$(rsync --inplace --no-whole-file --stats "$work/disk.img" rsync://127.0.0.1:$rport/dst/rsync-dst.img)
+	t_rsync=$(echo "$(date +%s.%N) - $t0" | bc)
+	cmp -s "$work/disk.img" "$work/rsync-dst.img" || echo "rsync left a difference" >&2
+	tv+=("$t_vrep"); trs+=("$t_rsync"); ratios+=("$(echo "$t_vrep / $t_rsync" | bc -l)")
+	printf 'run %d: vrep %.2f s, rsync %.2f s, %.2f\n' "$r" "$t_vrep" "$t_rsync" "${ratios[-1]}" >&2
+done
+kill $ppid; wait $ppid 2>/dev/null || true
+mmm() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.2f / %.2f / %.2f", a[1], (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2), a[NR]}'; }
 rs_sent=$(echo "$rs" | awk -F': ' '/Total bytes sent/ {gsub(",","",$2); print $2+0}')
 rs_recv=$(echo "$rs" | awk -F': ' '/Total bytes received/ {gsub(",","",$2); print $2+0}')
-cmp -s "$work/disk.img" "$work/rsync-dst.img" || echo "rsync left a difference" >&2
 t0=$(date +%s.%N)
 full=$(rsync --whole-file --stats "$work/disk.img" rsync://127.0.0.1:$rport/dst/full.img)
 t_full=$(echo "$(date +%s.%N) - $t0" | bc)
@@ -97,11 +113,13 @@ out=bench/results/resync-$(date +%Y%m%d-%H%M).md
 {
 	echo "$SIZE image of random data, $changed of $chunks 64 KiB chunks changed ($(numfmt --to=iec $diff) differing), loopback, $(nproc) cores"
 	echo
+	echo "$RUNS runs (time: min / median / max; time / rsync: of each run's pair)"
+	echo
 	echo "| method | time | bytes on the wire | wire / differing bytes | time / rsync |"
 	echo "|---|---|---|---|---|"
-	printf '| vrep resync | %.2f s | %s (chunks %s, hashes %s) | %.3f | **%.2f** |\n' "$t_vrep" "$(numfmt --to=iec $((v_wire + v_hash)))" "$(numfmt --to=iec $v_wire)" "$(numfmt --to=iec $v_hash)" "$(echo "($v_wire + $v_hash) / $diff" | bc -l)" "$(echo "$t_vrep / $t_rsync" | bc -l)"
-	printf '| rsync --inplace --no-whole-file | %.2f s | %s (sent %s, received %s) | %.3f | 1.00 |\n' "$t_rsync" "$(numfmt --to=iec $((rs_sent + rs_recv)))" "$(numfmt --to=iec $rs_sent)" "$(numfmt --to=iec $rs_recv)" "$(echo "($rs_sent + $rs_recv) / $diff" | bc -l)"
-	printf '| full copy (rsync --whole-file) | %.2f s | %s | %.1f | %.2f |\n' "$t_full" "$(numfmt --to=iec $full_sent)" "$(echo "$full_sent / $diff" | bc -l)" "$(echo "$t_full / $t_rsync" | bc -l)"
+	printf '| vrep resync | %s s | %s (chunks %s, hashes %s) | %.3f | **%s** |\n' "$(mmm "${tv[@]}")" "$(numfmt --to=iec $((v_wire + v_hash)))" "$(numfmt --to=iec $v_wire)" "$(numfmt --to=iec $v_hash)" "$(echo "($v_wire + $v_hash) / $diff" | bc -l)" "$(mmm "${ratios[@]}")"
+	printf '| rsync --inplace --no-whole-file | %s s | %s (sent %s, received %s) | %.3f | 1.00 |\n' "$(mmm "${trs[@]}")" "$(numfmt --to=iec $((rs_sent + rs_recv)))" "$(numfmt --to=iec $rs_sent)" "$(numfmt --to=iec $rs_recv)" "$(echo "($rs_sent + $rs_recv) / $diff" | bc -l)"
+	printf '| full copy (rsync --whole-file) | %.2f s | %s | %.1f | %.2f |\n' "$t_full" "$(numfmt --to=iec $full_sent)" "$(echo "$full_sent / $diff" | bc -l)" "$(echo "$t_full / $(mmm "${trs[@]}" | cut -d' ' -f3)" | bc -l)"
 	printf '| (vrep initial copy) | %.2f s | | | |\n' "$t_initial"
 	echo
 	echo "vrep resync: $v_chunks chunks sent, replica equal to the primary: $same; xxh3-128 on 64 KiB chunks: $hash MB/s on one core"

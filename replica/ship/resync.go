@@ -326,6 +326,13 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 		return fail(err)
 	}
 	account(from, 0)
+	// The primary hashes its side ahead too, as the replica does, so
+	// that its hashing overlaps both the replica's batches in flight and
+	// its own sending of the chunks that differ (one core each would
+	// otherwise wait).
+	hctx, stopAhead := context.WithCancel(ctx)
+	defer stopAhead()
+	ahead := hashAhead(hctx, base, size, chunk, from, n)
 	for next := from; next < n; {
 		arm(10) // the replica hashes a batch before it comes
 		body, err := x.hashes()
@@ -337,7 +344,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 			return fail(err)
 		}
 		hashBytes := int64(wire.FrameHeaderSize + len(body))
-		ours, err := wire.HashChunks(ctx, base, size, chunk, next, uint64(len(theirs)), 0)
+		ours, err := ahead.take(uint64(len(theirs)))
 		if err != nil {
 			return fail(err)
 		}
@@ -899,4 +906,65 @@ func (x *resyncStream) ack() ([]byte, error) {
 		return nil, fmt.Errorf("%w: got message %d, want %d", wire.ErrFrame, t, wire.MsgAck)
 	}
 	return body, nil
+}
+
+// aheadBatches is how many batches of sums the primary hashes ahead of
+// the replica's: enough to keep its workers busy while a batch is
+// compared and its differing chunks sent, little work lost when the
+// session ends.
+const aheadBatches = 2
+
+// aheadBatch is how many chunks the primary hashes at once ahead.
+const aheadBatch = 256
+
+// sumsAhead hands out, in order, the sums of a device's chunks that a
+// goroutine hashes ahead (hashAhead).
+type sumsAhead struct {
+	ch   <-chan []wire.Sum
+	errc <-chan error
+	have []wire.Sum // received, not yet taken
+}
+
+// hashAhead starts hashing chunks from..n-1 of dev, at most aheadBatches
+// batches ahead of what is taken; cancelling ctx stops it.
+func hashAhead(ctx context.Context, dev interface {
+	ReadAt([]byte, int64) (int, error)
+}, size int64, chunk int, from, n uint64) *sumsAhead {
+	ch := make(chan []wire.Sum, aheadBatches)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(ch)
+		for first := from; first < n; first += aheadBatch {
+			sums, err := wire.HashChunks(ctx, dev, size, chunk, first, min(aheadBatch, n-first), 0)
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case ch <- sums:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return &sumsAhead{ch: ch, errc: errc}
+}
+
+// take returns the sums of the next k chunks.
+func (a *sumsAhead) take(k uint64) ([]wire.Sum, error) {
+	for uint64(len(a.have)) < k {
+		sums, ok := <-a.ch
+		if !ok {
+			select {
+			case err := <-a.errc:
+				return nil, err
+			default:
+				return nil, fmt.Errorf("%w: hashes asked for past the disk's end", wire.ErrResync)
+			}
+		}
+		a.have = append(a.have, sums...)
+	}
+	out := a.have[:k:k]
+	a.have = a.have[k:]
+	return out, nil
 }
