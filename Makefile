@@ -61,6 +61,7 @@ soak:
 	VREP_CRASH_ITERATIONS=300 $(GO) test -timeout 60m -run 'TestCrashLoopWriteOrder' -v ./cmd/vrep
 	VREP_E2E_RACE=0 VREP_CRASH_QD32_ITERATIONS=1000 $(GO) test -timeout 120m -run 'TestCrashLoopWriteOrderQD32' -v ./cmd/vrep
 	VREP_E2E_RACE=0 VREP_REPL_CRASH_ITERATIONS=200 $(GO) test -timeout 60m -run 'TestReplicationCrashLoop' -v ./cmd/vrep
+	VREP_FAILOVER_KILLS=all $(GO) test -short -timeout 30m -run 'KilledAtEachStep' -v ./cmd/vrep
 	$(GO) test -race -timeout 30m -run 'TestHistoryPowerCut|TestApplyPowerCut' ./replica/store
 	$(GO) test -race -timeout 30m -run 'TestRecyclePowerCut|TestTearAcrossUnsyncedRolls' ./hrl
 	VREP_E2E_RACE=0 VREP_FAULTPOINT_ROUNDS=90 $(GO) test -timeout 90m -run 'TestFaultPointCrashes' -v ./cmd/vrep
