@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -83,13 +84,31 @@ func (a *apiFlags) call(method, path string, out any) error {
 
 // callBody is call with a request body.
 func (a *apiFlags) callBody(method, path string, body io.Reader, out any) error {
-	sock, err := a.socket()
-	if err != nil {
-		return err
-	}
 	timeout := a.timeout
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
+	}
+	resp, err := a.open(context.Background(), method, path, body, timeout)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(answer, out)
+}
+
+// open makes one API request and returns the answer once it is known to
+// be a success (its body still to read; the caller closes it): the
+// socket, the role asked for and checked, and an error answer turned into
+// its sentence, for every command. timeout 0: none (an answer the daemon
+// streams until it is done).
+func (a *apiFlags) open(ctx context.Context, method, path string, body io.Reader, timeout time.Duration) (*http.Response, error) {
+	sock, err := a.socket()
+	if err != nil {
+		return nil, err
 	}
 	client := &http.Client{
 		Timeout: timeout,
@@ -98,31 +117,46 @@ func (a *apiFlags) callBody(method, path string, body io.Reader, out any) error 
 			return d.DialContext(ctx, "unix", sock)
 		}},
 	}
-	req, _ := http.NewRequest(method, "http://vrep"+path, body)
+	req, _ := http.NewRequestWithContext(ctx, method, "http://vrep"+path, body)
 	req.Header.Set(host.WantRoleHeader, a.want)
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the daemon at %s (is the daemon running?): %w", sock, err)
-	}
-	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return err
+		return nil, fmt.Errorf("cannot reach the daemon at %s (is the daemon running?): %w", sock, err)
 	}
 	if got := resp.Header.Get(roleHeader); a.want != "" && got != "" && got != a.want && got != "host" {
-		return fmt.Errorf("%w: %s, and the daemon at %s is a %s", errUsage, a.why, sock, got)
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: %s, and the daemon at %s is a %s", errUsage, a.why, sock, got)
 	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		if json.Unmarshal(answer, &e) == nil && e.Error != "" {
-			return &daemonError{resp.StatusCode, e.Error}
-		}
-		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
-			return fmt.Errorf("%w: the daemon at %s does not offer %s %s (is it the right daemon, and the same version as this vrep?)", errUsage, sock, method, path)
-		}
-		return &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
 	}
-	return json.Unmarshal(answer, out)
+	defer resp.Body.Close()
+	var e struct{ Error string }
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	switch {
+	case json.Unmarshal(answer, &e) == nil && e.Error != "":
+		return nil, &daemonError{resp.StatusCode, e.Error}
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
+		return nil, fmt.Errorf("%w: the daemon at %s does not offer %s %s (is it the right daemon, and the same version as this vrep?)", errUsage, sock, method, path)
+	}
+	return nil, &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
+}
+
+// lines calls fn with each NDJSON line of a streamed answer, and closes
+// it.
+func lines(resp *http.Response, fn func(line []byte) error) error {
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		if err := fn(sc.Bytes()); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("the daemon's answer broke off: %w", err)
+	}
+	return nil
 }
 
 // printJSON writes v as indented JSON, for --json.

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -15,7 +12,6 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
-	"github.com/vrep-io/vrep/internal/host"
 	"github.com/vrep-io/vrep/internal/primary"
 	"github.com/vrep-io/vrep/internal/units"
 	"github.com/vrep-io/vrep/replica/ship"
@@ -146,43 +142,11 @@ func waitResync(a *apiFlags, out io.Writer, vm, disk string, disks []string) err
 // stream makes one API request whose answer is NDJSON lines and calls fn
 // for each, with no timeout: the daemon ends the answer.
 func (a *apiFlags) stream(method, path string, fn func(line []byte) error) error {
-	sock, err := a.socket()
+	resp, err := a.open(context.Background(), method, path, nil, 0)
 	if err != nil {
 		return err
 	}
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	req, _ := http.NewRequest(method, "http://vrep"+path, nil)
-	req.Header.Set(host.WantRoleHeader, a.want)
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the daemon at %s (is the daemon running?): %w", sock, err)
-	}
-	defer resp.Body.Close()
-	if got := resp.Header.Get(roleHeader); a.want != "" && got != "" && got != a.want && got != "host" {
-		return fmt.Errorf("%w: %s, and the daemon at %s is a %s", errUsage, a.why, sock, got)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return &daemonError{resp.StatusCode, e.Error}
-		}
-		return &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		if err := fn(sc.Bytes()); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("the daemon's answer broke off: %w", err)
-	}
-	return nil
+	return lines(resp, fn)
 }
 
 // resyncLine is a resync's progress in one line.

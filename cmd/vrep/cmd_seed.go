@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -109,32 +108,12 @@ func (e *seedErr) Error() string { return e.msg }
 
 // exportSeed asks the primary to export and follows its progress lines.
 func (a *apiFlags) exportSeed(ctx context.Context, req primary.SeedRequest, tty io.Writer) (*primary.SeedResult, error) {
-	sock, err := a.socket()
+	body, _ := json.Marshal(req)
+	resp, err := a.open(ctx, "POST", "/v1/seed/export", bytes.NewReader(body), 0)
 	if err != nil {
 		return nil, err
 	}
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	body, _ := json.Marshal(req)
-	hreq, _ := http.NewRequestWithContext(ctx, "POST", "http://vrep/v1/seed/export", bytes.NewReader(body))
-	resp, err := client.Do(hreq)
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach the daemon at %s (is the daemon running?): %w", sock, err)
-	}
 	defer resp.Body.Close()
-	if got := resp.Header.Get(roleHeader); got != "" && got != "primary" {
-		return nil, fmt.Errorf("%w: seeds are exported on the primary, and the daemon at %s is a %s", errUsage, sock, got)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return nil, &daemonError{resp.StatusCode, e.Error}
-		}
-		return nil, &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
-	}
 	var bar *progressbar.ProgressBar
 	isTTY := false
 	if f, ok := tty.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -328,28 +307,14 @@ func importOffline(ctx context.Context, data string, req replicad.SeedImportRequ
 // follows its progress lines.
 func importThroughDaemon(ctx context.Context, sock string, req replicad.SeedImportRequest, prog func(*replicad.SeedImportStatus), note func(string)) (replicad.SeedImportResult, error) {
 	res := replicad.SeedImportResult{Mode: "daemon"}
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
+	a := &apiFlags{api: sock}
+	a.needs("replica", "seeds are imported on the replica")
 	body, _ := json.Marshal(req)
-	hreq, _ := http.NewRequestWithContext(ctx, "POST", "http://vrep/v1/seed/import", bytes.NewReader(body))
-	resp, err := client.Do(hreq)
+	resp, err := a.open(ctx, "POST", "/v1/seed/import", bytes.NewReader(body), 0)
 	if err != nil {
-		return res, fmt.Errorf("cannot reach the replica daemon at %s (is it running?): %w", sock, err)
+		return res, err
 	}
 	defer resp.Body.Close()
-	if got := resp.Header.Get(roleHeader); got != "" && got != "replica" {
-		return res, fmt.Errorf("%w: seeds are imported on the replica, and the daemon at %s is a %s", errUsage, sock, got)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return res, &daemonError{resp.StatusCode, e.Error}
-		}
-		return res, &daemonError{resp.StatusCode, "the daemon answered " + resp.Status}
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
