@@ -216,14 +216,8 @@ func (d *Daemon) StartGroupFailover(spec, point string) (GroupInfo, error) {
 	if err != nil {
 		return GroupInfo{}, err
 	}
-	var why []string
-	for _, vm := range g.vms {
-		if err := d.canFailOverLocked(g.root, vm, vm); err != nil {
-			why = append(why, err.Error())
-		}
-	}
-	if len(why) > 0 {
-		return GroupInfo{}, conflict("consistency group %s cannot fail over: %s", g.name, strings.Join(why, "; "))
+	if why := everyVM(g.root, g.vms, d.canFailOverLocked); why != "" {
+		return GroupInfo{}, conflict("consistency group %s cannot fail over: %s", g.name, why)
 	}
 	at, err := d.chooseShared(g, point)
 	if err != nil {
@@ -346,14 +340,8 @@ func (d *Daemon) StartGroupTest(spec string, id uint64) (GroupInfo, error) {
 	if err != nil {
 		return GroupInfo{}, err
 	}
-	var why []string
-	for _, vm := range g.vms {
-		if err := d.canTestLocked(g.root, vm, vm); err != nil {
-			why = append(why, err.Error())
-		}
-	}
-	if len(why) > 0 {
-		return GroupInfo{}, conflict("consistency group %s cannot start a test failover: %s", g.name, strings.Join(why, "; "))
+	if why := everyVM(g.root, g.vms, d.canTestLocked); why != "" {
+		return GroupInfo{}, conflict("consistency group %s cannot start a test failover: %s", g.name, why)
 	}
 	point := "latest"
 	if id != 0 {
@@ -436,4 +424,16 @@ func (d *Daemon) undoHalfGroupsLocked() {
 		d.log.Warn("replica: a consistency group's failover was cut short by a restart before every VM was failed over; undone, the VM replicates again",
 			"vm", f.key, "group", grp)
 	}
+}
+
+// everyVM checks every VM of a root (a group's, a plan's) and says, in
+// one line, why those that cannot, cannot ("": all can).
+func everyVM(root string, vms []string, check func(root, vm, spec string) error) string {
+	var why []string
+	for _, vm := range vms {
+		if err := check(root, vm, vm); err != nil {
+			why = append(why, err.Error())
+		}
+	}
+	return strings.Join(why, "; ")
 }
