@@ -117,6 +117,10 @@ func (v *Volume) DirtyRegions() (regionSize int64, regions []int64) {
 func (v *Volume) ClearResync(lsn uint64) error {
 	v.overflowMu.Lock()
 	defer v.overflowMu.Unlock()
+	// No bitmap published from a snapshot taken before the clear may
+	// land after the removal (it would ask for a resync again).
+	v.dirtyMu.Lock()
+	defer v.dirtyMu.Unlock()
 	v.mu.Lock()
 	v.dirty = nil
 	v.released = lsn
@@ -130,6 +134,11 @@ func (v *Volume) ClearResync(lsn uint64) error {
 }
 
 func (v *Volume) writeDirty() error {
+	// One publisher at a time: two would race on the temporary file, and
+	// an older snapshot could land after a newer one. Under this lock the
+	// snapshots go out in order, each a superset of the one before.
+	v.dirtyMu.Lock()
+	defer v.dirtyMu.Unlock()
 	v.mu.RLock()
 	if v.dirty == nil {
 		v.mu.RUnlock()

@@ -105,6 +105,7 @@ type Volume struct {
 	// mu orders the volume: held exclusively while an LSN is assigned and
 	// its extent inserted, so index order is log order; readers share it.
 	mu       sync.RWMutex
+	dirtyMu  sync.Mutex // serializes writeDirty
 	active   *index
 	frozen   *index // being merged; nil between merges
 	merged   sync.Cond

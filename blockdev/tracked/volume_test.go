@@ -927,3 +927,44 @@ func TestClearResyncWhileOverflowFinishes(t *testing.T) {
 		t.Fatalf("%d records after the resync's LSN kept, want 4", after)
 	}
 }
+
+// TestConcurrentSyncsInBitmapMode: flushes that come together while the
+// volume keeps a dirty bitmap (a log overflow) each publish it; two at
+// once raced on the same temporary file, and one failed its flush with an
+// I/O error (seen as an NBD write EIO in TestResyncEndToEnd).
+func TestConcurrentSyncsInBitmapMode(t *testing.T) {
+	fs := vfs.NewMem(13)
+	v, err := Open("/vol", blockdev.NewMem(16<<20), Options{FS: fs, Retain: true, OverflowBytes: 1 << 20,
+		SegmentSize: 128 << 10, MergeIdle: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for i := range 40 {
+		if _, err := v.WriteAt(payload(uint64(i), 64<<10), int64(i%10)<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitfor.True(t, "the volume to keep a dirty bitmap", v.ResyncRequired)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*200)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				if _, err := v.WriteAt(payload(uint64(g*1000+i), 4096), int64(g)<<20); err != nil {
+					errs <- err
+				}
+				if err := v.Sync(); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a write or flush failed: %v", err)
+	}
+}
