@@ -552,8 +552,15 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		want := s.rs.want
 		s.mu.Unlock()
 		if want || s.vol.ResyncRequired() {
+			before := applied
 			if applied, err = s.maybeResync(ctx, c, arm, applied, false); err != nil {
 				return progressed, err
+			}
+			if applied != before {
+				// The replica holds the disk at the resync's target: a
+				// quiet disk has nothing more to ship, and the status
+				// would show it behind until its next write.
+				s.acked(applied)
 			}
 		}
 		s.seedCheckStep()
