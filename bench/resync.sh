@@ -7,6 +7,8 @@
 # daemon (--inplace --no-whole-file: its delta algorithm), and rsync
 # --whole-file copies the whole image (a full copy). Reports time, bytes
 # on the wire against the differing bytes, and the hashing rate per core.
+# COLD=1 drops the images' pages from the page cache before each vrep and
+# each rsync run (written back first), so both read from the disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1G}
@@ -71,6 +73,15 @@ for p in paths:
             f.write(random.Random(c).randbytes(65536))
 PY
 }
+# cold FILES: with COLD=1, the files' pages leave the page cache (after
+# a sync, so none is dirty); no-op otherwise.
+cold() {
+	[ "${COLD:-0}" = 1 ] || return 0
+	sync
+	python3 -c 'import os, sys
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$@"
+}
 # RUNS rounds, each: damage both copies, vrep resyncs (timed from the
 # command to its end), then rsync repairs its copy; the ratio is per
 # round, so both meet the machine in the same state.
@@ -86,11 +97,13 @@ for r in $(seq "$RUNS"); do
 	# The resync is timed from a connected stream (as an operator's is),
 	# not from the reconnection to the restarted replica.
 	until [ "$(status 2>/dev/null | jq_py "r.get('connected') is True and r.get('since') != '$since'" 2>/dev/null)" = True ]; do sleep 0.05; done
+	cold "$work/disk.img" "$rimg"
 	t0=$(date +%s.%N)
 	"$vrep" resync vm1 --now --wait --state "$work/state" >/dev/null
 	t_vrep=$(echo "$(date +%s.%N) - $t0" | bc)
 	read -r v_sent v_wire v_hash v_chunks <<<"$(status | jq_py "'%d %d %d %d' % (r['resync']['bytes_sent'], r['resync']['wire_bytes'], r['resync']['hash_bytes'], r['resync']['chunks_sent'])")"
 	cmp -s "$work/disk.img" "$rimg" && same=yes || same="no (the primary wrote meanwhile?)"
+	cold "$work/disk.img" "$work/rsync-dst.img"
 	t0=$(date +%s.%N)
 	rs=$(rsync --inplace --no-whole-file --stats "$work/disk.img" rsync://127.0.0.1:$rport/dst/rsync-dst.img)
 	t_rsync=$(echo "$(date +%s.%N) - $t0" | bc)
@@ -111,7 +124,7 @@ hash=$(go test -run - -bench 'ChunkHash/xxh3-128/64K' -cpu 1 -benchtime 0.5s ./r
 diff=$((changed * 65536))
 out=bench/results/resync-$(date +%Y%m%d-%H%M).md
 {
-	echo "$SIZE image of random data, $changed of $chunks 64 KiB chunks changed ($(numfmt --to=iec $diff) differing), loopback, $(nproc) cores"
+	echo "$SIZE image of random data$([ "${COLD:-0}" = 1 ] && echo " (cold: both images dropped from the page cache before each run)"), $changed of $chunks 64 KiB chunks changed ($(numfmt --to=iec $diff) differing), loopback, $(nproc) cores"
 	echo
 	echo "$RUNS runs (time: min / median / max; time / rsync: of each run's pair)"
 	echo
