@@ -120,12 +120,15 @@ type Volume struct {
 	closed   bool
 	fenced   error // non-nil: writes are refused with it (Fence)
 
-	mergeMu sync.Mutex   // one merge or checkpoint at a time
-	ckptAt  time.Time    // when the checkpoint was last written; guarded by mu
-	lastIO  atomic.Int64 // UnixNano of the last read or write
-	kick    chan struct{}
-	quit    chan struct{}
-	wg      sync.WaitGroup
+	mergeMu     sync.Mutex   // one merge or checkpoint at a time
+	mergeWanted atomic.Int32 // Merge calls waiting for mergeMu
+	ckptAt      time.Time    // when the checkpoint was last written; guarded by mu
+	// UnixNano of the last read and of the last write: a merge waits
+	// for idle, and steps aside while the disk is only read (yield).
+	lastRead, lastWrite atomic.Int64
+	kick                chan struct{}
+	quit                chan struct{}
+	wg                  sync.WaitGroup
 
 	// The last error of each kind of background work, until that work
 	// next succeeds: one transient error must not leave a disk reported
@@ -225,7 +228,8 @@ func Open(dir string, base blockdev.Device, opts Options) (*Volume, error) {
 		// Nothing is released until the consumer says so after a restart.
 		v.recountUnreleased()
 	}
-	v.lastIO.Store(time.Now().UnixNano())
+	v.lastRead.Store(time.Now().UnixNano())
+	v.lastWrite.Store(time.Now().UnixNano())
 	v.ckptAt = time.Now()
 	v.wg.Add(1)
 	go v.merger()
@@ -291,7 +295,7 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(v.Size(), off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	v.lastIO.Store(time.Now().UnixNano())
+	v.lastRead.Store(time.Now().UnixNano())
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	if v.closed {
@@ -464,7 +468,7 @@ func (v *Volume) submit(e *hrl.Entry) (*hrl.Batch, error) {
 		v.startOverflowLocked()
 	}
 	v.mu.Unlock()
-	v.lastIO.Store(time.Now().UnixNano())
+	v.lastWrite.Store(time.Now().UnixNano())
 	if backlog || overflow {
 		v.wakeMerger()
 	}
@@ -639,9 +643,11 @@ func (v *Volume) Checkpoint() uint64 {
 // Merge merges every record appended so far into the base now and makes
 // it durable there (a checkpoint).
 func (v *Volume) Merge() error {
+	v.mergeWanted.Add(1) // a merge stepping aside for readers goes on
 	v.mergeMu.Lock()
+	v.mergeWanted.Add(-1)
 	defer v.mergeMu.Unlock()
-	if err := v.mergeLocked(); err != nil {
+	if err := v.mergeLocked(false); err != nil {
 		return err
 	}
 	return v.checkpointLocked(true)
@@ -697,7 +703,9 @@ func (v *Volume) checkpointLocked(force bool) error {
 	return nil
 }
 
-func (v *Volume) mergeLocked() error {
+// mergeLocked merges the active index into the base. A background merge
+// (yield) steps aside while the disk is only being read.
+func (v *Volume) mergeLocked(yield bool) error {
 	v.mu.Lock()
 	if v.paused > 0 {
 		v.mu.Unlock()
@@ -712,7 +720,7 @@ func (v *Volume) mergeLocked() error {
 	through := v.log.LastLSN()
 	v.mu.Unlock()
 
-	err := v.copyToBase(frozen)
+	err := v.copyToBase(frozen, yield)
 	v.mu.Lock()
 	if err == nil {
 		v.applied = through
@@ -757,8 +765,9 @@ func (v *Volume) reinsertUnder(e extent) {
 const mergeWindow = 4 << 20
 
 // copyToBase writes frozen extents into the base, not durably: see
-// checkpointLocked.
-func (v *Volume) copyToBase(frozen *index) error {
+// checkpointLocked. With yield, it steps aside between windows of the
+// log while the disk is only being read (yieldToReaders).
+func (v *Volume) copyToBase(frozen *index, yield bool) error {
 	// Only durable records may reach the base.
 	if err := v.log.Sync(); err != nil {
 		return fmt.Errorf("tracked: merge: %w", err)
@@ -784,6 +793,9 @@ func (v *Volume) copyToBase(frozen *index) error {
 		var wstart, wend int64 // the window of seg in buf
 		for _, e := range exts {
 			if e.foff < wstart || e.foff+int64(e.n) > wend {
+				if yield {
+					v.yieldToReaders()
+				}
 				n, err := v.log.ReadSpan(buf, seg, e.foff)
 				if err != nil {
 					return fmt.Errorf("tracked: merge: %w", err)
@@ -799,6 +811,56 @@ func (v *Volume) copyToBase(frozen *index) error {
 		}
 	}
 	return nil
+}
+
+// readerGap is how recent the last read must be, and how old the last
+// write, for the disk to count as only being read; a yielding merge looks
+// again after as long.
+const readerGap = 5 * time.Millisecond
+
+// onlyReading reports whether the disk is being read and not written.
+func (v *Volume) onlyReading() bool {
+	now := time.Now().UnixNano()
+	return now-v.lastRead.Load() < int64(readerGap) && now-v.lastWrite.Load() >= int64(readerGap)
+}
+
+// testHookYield, if set, runs each time a merge steps aside for readers.
+var testHookYield func()
+
+// yieldToReaders holds a background merge back while the disk is only
+// being read. Reads add nothing to the backlog, so a merge can wait for
+// them at the cost of log space alone; run beside them, it takes the CPU
+// and the page cache the readers need (with two cores, one of them the
+// client's, reads right after a burst of writes ran at a third of their
+// rate while the burst merged). It goes on at the first write, once the
+// writes since the merge began pass the first bound (writers are held
+// back at the second and must never wait for readers), when merging is
+// paused (PauseMerge waits for this merge), when Merge is called and
+// when the volume closes.
+func (v *Volume) yieldToReaders() {
+	var t *time.Timer
+	for v.onlyReading() {
+		v.mu.RLock()
+		stop := v.paused > 0 || v.closed || v.mergeWanted.Load() > 0 || v.active.bytes >= v.opts.MergeAfter || v.active.extents >= v.opts.MaxExtents
+		v.mu.RUnlock()
+		if stop {
+			return
+		}
+		if h := testHookYield; h != nil {
+			h()
+		}
+		if t == nil {
+			t = time.NewTimer(readerGap)
+			defer t.Stop()
+		} else {
+			t.Reset(readerGap)
+		}
+		select {
+		case <-v.quit:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func (v *Volume) wakeMerger() {
@@ -831,7 +893,8 @@ func (v *Volume) merger() {
 				v.Merge() // its errors are kept for Err
 			}
 		}
-		idle := v.opts.MergeIdle > 0 && time.Since(time.Unix(0, v.lastIO.Load())) >= v.opts.MergeIdle
+		lastIO := max(v.lastRead.Load(), v.lastWrite.Load())
+		idle := v.opts.MergeIdle > 0 && time.Since(time.Unix(0, lastIO)) >= v.opts.MergeIdle
 		if paused > 0 {
 			continue
 		}
@@ -839,12 +902,15 @@ func (v *Volume) merger() {
 		// Errors are kept for Err by the calls themselves, and cleared by
 		// their next success.
 		if n > 0 && (idle || bytes >= v.opts.MergeAfter || ext >= v.opts.MaxExtents) {
-			v.mergeLocked()
+			v.mergeLocked(true)
 		}
 		// Due by size or by time, not on idle: a checkpoint after a burst
 		// of random writes fsyncs that many scattered pages, and the
-		// reads that often follow a burst should not pay for it.
-		v.checkpointLocked(false)
+		// reads that often follow a burst should not pay for it; nor
+		// while the disk is only read (the log does not grow meanwhile).
+		if !v.onlyReading() {
+			v.checkpointLocked(false)
+		}
 		v.mergeMu.Unlock()
 	}
 }

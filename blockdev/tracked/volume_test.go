@@ -968,3 +968,80 @@ func TestConcurrentSyncsInBitmapMode(t *testing.T) {
 		t.Fatalf("a write or flush failed: %v", err)
 	}
 }
+
+// A background merge steps aside while the disk is only read: it goes on
+// when Merge is called (a resync must not wait for the readers) and
+// finishes once the reads stop.
+func TestMergeStepsAsideForReaders(t *testing.T) {
+	var yields atomic.Int64
+	testHookYield = func() { yields.Add(1) }
+	defer func() { testHookYield = nil }()
+	v, err := Open("/vol", blockdev.NewMem(64<<20), Options{FS: vfs.NewMem(3), MergeAfter: 8 << 20, MergeIdle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	applied := func() uint64 {
+		v.mu.RLock()
+		defer v.mu.RUnlock()
+		return v.applied
+	}
+	img := make([]byte, 64<<20)
+	// burst writes 16 MiB with merging paused, starts a reader and, once
+	// the disk counts as only read, lets the merge go: it steps aside.
+	burst := func(seed uint64) (stop func()) {
+		v.PauseMerge()
+		for i := range int64(256) {
+			p := payload(seed+uint64(i), 64<<10)
+			off := (i * 5 % 1024) * 64 << 10
+			if _, err := v.WriteAt(p, off); err != nil {
+				t.Fatal(err)
+			}
+			copy(img[off:], p)
+		}
+		quit, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			buf := make([]byte, 4096)
+			for i := int64(0); ; i++ {
+				select {
+				case <-quit:
+					return
+				default:
+				}
+				v.ReadAt(buf, i%16384*4096)
+			}
+		}()
+		waitFor(t, "the disk counted as only read", v.onlyReading)
+		before := yields.Load()
+		v.ResumeMerge()
+		waitFor(t, "the merge stepping aside for the reader", func() bool { return yields.Load() > before })
+		return func() { close(quit); <-done }
+	}
+	stop := burst(1)
+	merged := make(chan error, 1)
+	go func() { merged <- v.Merge() }()
+	var merr error
+	waitFor(t, "Merge while the reader goes on", func() bool {
+		select {
+		case merr = <-merged:
+			return true
+		default:
+			return false
+		}
+	})
+	if merr != nil {
+		t.Fatal(merr)
+	}
+	if got, want := applied(), v.Log().LastLSN(); got != want {
+		t.Fatalf("Merge returned with the base at LSN %d, want %d", got, want)
+	}
+	stop()
+	stop = burst(1000)
+	stop()
+	waitFor(t, "the merge once the reads stopped", func() bool { return applied() == v.Log().LastLSN() })
+	got := make([]byte, len(img))
+	if _, err := v.ReadAt(got, 0); err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("the disk does not read back what was written (%v)", err)
+	}
+}
