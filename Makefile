@@ -84,6 +84,10 @@ bench:
 	$(GO) test -run XXX -bench . -benchtime 3x ./hrl ./blockdev/tracked
 	$(GO) test -run XXX -bench . -benchtime 1x ./replica/store
 
+# bench-nbd, bench-fuse: the issue 20 tables (bench/README.md): every
+# workload on a fresh server, on a sparse and on a fully allocated image,
+# 3 runs, min / median / max of each ratio; SIZE, SECS, RUNS, WORKLOADS
+# and CONDS select less. bench-fuse needs root.
 bench-nbd: tools build
 	BARE=1 bench/nbd.sh
 
