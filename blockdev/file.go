@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/vrep-io/vrep/internal/vfs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -89,6 +91,19 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 		done += n
 	}
 	return done, nil
+}
+
+// WritevAt writes bufs back to back at off (pwritev): a merge writes a
+// run of adjacent extents with one call.
+func (d *File) WritevAt(bufs [][]byte, off int64) (int, error) {
+	var n int64
+	for _, b := range bufs {
+		n += int64(len(b))
+	}
+	if err := CheckRange(d.size, off, n); err != nil {
+		return 0, err
+	}
+	return vfs.Pwritev(d.fd, d.f.Name(), bufs, off)
 }
 
 // WriteAtSync writes p at off and makes it durable.

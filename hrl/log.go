@@ -317,6 +317,37 @@ func (l *Log) ReadSpan(p []byte, seg *Segment, off int64) (int, error) {
 	return int(n), nil
 }
 
+// ErrNoMap is returned by MapSegment for a log on a file system that
+// cannot map its files.
+var ErrNoMap = errors.New("hrl: the log's files cannot be mapped")
+
+// MapSegment maps bytes [from, to) of seg's file into memory, read-only
+// (see vfs.Mapper), for the caller to hand to the kernel (a merge's
+// pwritev); it returns the mapping, which starts at from rounded down to
+// a page (the offset of from in it is from%PageSize), and is undone with
+// vfs.Unmap. A mapping outlives the file's closing. It does not wait:
+// the caller maps only records it knows are written. The bytes stay
+// valid while the segment is in the log (a dropped segment's file may be
+// reused and overwritten).
+func (l *Log) MapSegment(seg *Segment, from, to int64) ([]byte, error) {
+	m, ok := seg.file.(vfs.Mapper)
+	if !ok {
+		return nil, ErrNoMap
+	}
+	if from < 0 || from >= to || to > seg.wsize.Load() {
+		return nil, fmt.Errorf("hrl: mapping [%d, %d) of %s: past its written end %d", from, to, seg.name, seg.wsize.Load())
+	}
+	start := from / PageSize * PageSize
+	b, err := m.Map(start, to-start)
+	if err != nil {
+		return nil, fmt.Errorf("hrl: %w", err)
+	}
+	return b, nil
+}
+
+// PageSize is the granularity of MapSegment's mappings.
+const PageSize = 4096
+
 // SegmentInfo describes a segment, for shippers and tools.
 type SegmentInfo struct {
 	Name        string

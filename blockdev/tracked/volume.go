@@ -772,6 +772,11 @@ func (v *Volume) copyToBase(frozen *index, yield bool) error {
 	if err := v.log.Sync(); err != nil {
 		return fmt.Errorf("tracked: merge: %w", err)
 	}
+	if vw, ok := v.base.(vectorWriter); ok {
+		if done, err := v.copyMapped(frozen, vw, yield); done {
+			return err
+		}
+	}
 	// Trims go first; writes go in log order, read through a window of
 	// the log: one read per mergeWindow of log instead of one per extent
 	// (random 4 KiB writes leave a quarter of a million extents per GiB).
@@ -813,6 +818,109 @@ func (v *Volume) copyToBase(frozen *index, yield bool) error {
 	return nil
 }
 
+// vectorWriter is a base that can gather-write (pwritev).
+type vectorWriter interface {
+	WritevAt(bufs [][]byte, off int64) (int, error)
+}
+
+// mergeRun bounds the bytes one pwritev of a merge writes.
+const mergeRun = 8 << 20
+
+// copyMapped is copyToBase over the log's segments mapped into memory:
+// the extents go in disk order, each run of adjacent ones in one pwritev
+// straight from the log's pages (no copy into a buffer first, and a
+// sequential burst split into 1 MiB index buckets is written whole). It
+// returns false, having written nothing, when the log's files cannot be
+// mapped; copyToBase then reads the log through a window.
+func (v *Volume) copyMapped(frozen *index, base vectorWriter, yield bool) (bool, error) {
+	// The span of each segment the extents read, mapped once.
+	type span struct {
+		from, to int64
+		m        []byte // the mapping; from%hrl.PageSize into it is from
+	}
+	spans := map[*hrl.Segment]*span{}
+	defer func() {
+		for _, sp := range spans {
+			if sp.m != nil {
+				vfs.Unmap(sp.m)
+			}
+		}
+	}()
+	keys := frozen.sortedBuckets()
+	for _, k := range keys {
+		for _, e := range frozen.buckets[k] {
+			if e.seg == nil {
+				continue
+			}
+			if sp := spans[e.seg]; sp == nil {
+				spans[e.seg] = &span{from: e.foff, to: e.foff + int64(e.n)}
+			} else {
+				sp.from, sp.to = min(sp.from, e.foff), max(sp.to, e.foff+int64(e.n))
+			}
+		}
+	}
+	for seg, sp := range spans {
+		m, err := v.log.MapSegment(seg, sp.from, sp.to)
+		if err != nil {
+			return false, nil // the window path reports real errors
+		}
+		sp.m = m
+	}
+	var (
+		iov      [][]byte
+		runOff   int64 // disk offset of the run in iov
+		runBytes int64
+		since    int64 // bytes written since the last look at readers
+	)
+	flush := func() error {
+		if len(iov) == 0 {
+			return nil
+		}
+		if _, err := base.WritevAt(iov, runOff); err != nil {
+			return fmt.Errorf("tracked: merge: %w", err)
+		}
+		since += runBytes
+		iov, runBytes = iov[:0], 0
+		if yield && since >= mergeWindow {
+			v.yieldToReaders()
+			since = 0
+		}
+		return nil
+	}
+	for _, k := range keys {
+		for _, e := range frozen.buckets[k] {
+			if e.seg == nil {
+				if err := flush(); err != nil {
+					return true, err
+				}
+				if err := blockdev.Trim(v.base, e.off, int64(e.n)); err != nil {
+					return true, fmt.Errorf("tracked: merge: %w", err)
+				}
+				continue
+			}
+			sp := spans[e.seg]
+			at := e.foff - sp.from/hrl.PageSize*hrl.PageSize
+			if len(iov) > 0 && (e.off != runOff+runBytes || len(iov) == vfs.IOVMax || runBytes >= mergeRun) {
+				if err := flush(); err != nil {
+					return true, err
+				}
+			}
+			if len(iov) == 0 {
+				runOff = e.off
+			}
+			iov = append(iov, sp.m[at:at+int64(e.n)])
+			runBytes += int64(e.n)
+		}
+	}
+	if err := flush(); err != nil {
+		return true, err
+	}
+	if h := testHookMapped; h != nil {
+		h()
+	}
+	return true, nil
+}
+
 // readerGap is how recent the last read must be, and how old the last
 // write, for the disk to count as only being read; a yielding merge looks
 // again after as long.
@@ -823,6 +931,9 @@ func (v *Volume) onlyReading() bool {
 	now := time.Now().UnixNano()
 	return now-v.lastRead.Load() < int64(readerGap) && now-v.lastWrite.Load() >= int64(readerGap)
 }
+
+// testHookMapped, if set, runs when a merge wrote through mapped segments.
+var testHookMapped func()
 
 // testHookYield, if set, runs each time a merge steps aside for readers.
 var testHookYield func()

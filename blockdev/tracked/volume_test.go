@@ -987,8 +987,8 @@ func TestMergeStepsAsideForReaders(t *testing.T) {
 		return v.applied
 	}
 	img := make([]byte, 64<<20)
-	// burst writes 16 MiB with merging paused, starts a reader and, once
-	// the disk counts as only read, lets the merge go: it steps aside.
+	// burst writes 16 MiB with merging paused and, once the disk counts
+	// as only read, lets the merge go: it steps aside.
 	burst := func(seed uint64) (stop func()) {
 		v.PauseMerge()
 		for i := range int64(256) {
@@ -999,24 +999,15 @@ func TestMergeStepsAsideForReaders(t *testing.T) {
 			}
 			copy(img[off:], p)
 		}
-		quit, done := make(chan struct{}), make(chan struct{})
-		go func() {
-			defer close(done)
-			buf := make([]byte, 4096)
-			for i := int64(0); ; i++ {
-				select {
-				case <-quit:
-					return
-				default:
-				}
-				v.ReadAt(buf, i%16384*4096)
-			}
-		}()
+		// The disk counts as read from now on, whatever the scheduler
+		// does to a reader goroutine (one starved for 5 ms on a busy
+		// machine would let the merge go on, rightly), until stop.
+		v.lastRead.Store(time.Now().Add(time.Hour).UnixNano())
 		waitFor(t, "the disk counted as only read", v.onlyReading)
 		before := yields.Load()
 		v.ResumeMerge()
 		waitFor(t, "the merge stepping aside for the reader", func() bool { return yields.Load() > before })
-		return func() { close(quit); <-done }
+		return func() { v.lastRead.Store(0) }
 	}
 	stop := burst(1)
 	merged := make(chan error, 1)
@@ -1043,5 +1034,66 @@ func TestMergeStepsAsideForReaders(t *testing.T) {
 	got := make([]byte, len(img))
 	if _, err := v.ReadAt(got, 0); err != nil || !bytes.Equal(got, img) {
 		t.Fatalf("the disk does not read back what was written (%v)", err)
+	}
+}
+
+// A merge over real files writes the base through the mapped log
+// segments: runs of adjacent extents across index buckets and segments,
+// overwrites, and trims between them all land where they belong.
+func TestMergeThroughMappedSegments(t *testing.T) {
+	var mapped atomic.Int32
+	testHookMapped = func() { mapped.Add(1) }
+	defer func() { testHookMapped = nil }()
+	dir := t.TempDir()
+	const size = 16 << 20
+	path := filepath.Join(dir, "disk.img")
+	os.WriteFile(path, nil, 0o600)
+	os.Truncate(path, size)
+	base, err := blockdev.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	// Small segments: a run of adjacent extents spans several of them.
+	v, err := Open(filepath.Join(dir, "state"), base, Options{SegmentSize: 256 << 10, MergeIdle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	img := make([]byte, size)
+	rnd := rand.New(rand.NewPCG(4, 4))
+	write := func(off, n int64) {
+		p := payload(rnd.Uint64(), n)
+		if _, err := v.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		copy(img[off:], p)
+	}
+	write(1<<20-8192, 3<<20)    // across four index buckets
+	for i := range int64(300) { // scattered, some adjacent, some overwriting
+		write(rnd.Int64N(size/4096)*4096, 4096*(1+i%3))
+	}
+	for off := int64(8 << 20); off < 9<<20; off += 4096 { // adjacent, in reverse log order
+		write(9<<20-4096-(off-8<<20), 4096)
+	}
+	if err := v.Trim(2<<20, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	clear(img[2<<20 : 2<<20+64<<10])
+	write(2<<20+16<<10, 4096) // inside the trimmed range, after it
+	if err := v.Merge(); err != nil {
+		t.Fatal(err)
+	}
+	if mapped.Load() == 0 {
+		t.Fatal("the merge did not go through mapped segments")
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < size; off += 4096 {
+		if !bytes.Equal(got[off:off+4096], img[off:off+4096]) {
+			t.Fatalf("the base differs at %d after the merge", off)
+		}
 	}
 }

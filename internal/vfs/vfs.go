@@ -201,15 +201,25 @@ func (OS) SyncDir(dir string) error {
 
 // WritevAt writes bufs back to back at off with pwritev.
 func (f osFile) WritevAt(bufs [][]byte, off int64) (int, error) {
+	return Pwritev(int(f.Fd()), f.Name(), bufs, off)
+}
+
+// Pwritev writes bufs back to back at off of the file open as fd (named
+// name in errors), with as few pwritev calls as IOVMax allows, until all
+// is written or an error comes.
+func Pwritev(fd int, name string, bufs [][]byte, off int64) (int, error) {
 	total := 0
 	for len(bufs) > 0 {
-		chunk := bufs[:min(len(bufs), 1024)] // IOV_MAX
-		n, err := unix.Pwritev(int(f.Fd()), chunk, off)
+		chunk := bufs[:min(len(bufs), IOVMax)]
+		n, err := unix.Pwritev(fd, chunk, off)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return total, &os.PathError{Op: "pwritev", Path: f.Name(), Err: err}
+			return total, &os.PathError{Op: "pwritev", Path: name, Err: err}
+		}
+		if n == 0 {
+			return total, io.ErrShortWrite
 		}
 		total += n
 		off += int64(n)
@@ -226,6 +236,31 @@ func (f osFile) WritevAt(bufs [][]byte, off int64) (int, error) {
 	}
 	return total, nil
 }
+
+// IOVMax is the most buffers one pwritev takes.
+const IOVMax = 1024
+
+// Mapper is a file that can be mapped into memory, read-only.
+type Mapper interface {
+	// Map maps n bytes (n > 0) of the file from off (a multiple of the
+	// page size), with their pages populated; Unmap undoes it.
+	Map(off, n int64) ([]byte, error)
+}
+
+// Map maps n bytes from off read-only and shared, populated: the
+// merge hands log pages to pwritev without copying them first. Only the
+// kernel reads the mapping (a read error there fails the call with
+// EFAULT; a Go read would be a fault).
+func (f osFile) Map(off, n int64) ([]byte, error) {
+	b, err := unix.Mmap(int(f.Fd()), off, int(n), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, &os.PathError{Op: "mmap", Path: f.Name(), Err: err}
+	}
+	return b, nil
+}
+
+// Unmap undoes Map.
+func Unmap(b []byte) error { return unix.Munmap(b) }
 
 // StartWriteback starts writing a file's dirty pages, from off, n bytes
 // (0: to its end), to its drive without waiting for them
