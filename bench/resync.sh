@@ -113,12 +113,12 @@ for r in $(seq "$RUNS"); do
 done
 kill $ppid; wait $ppid 2>/dev/null || true
 mmm() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.2f / %.2f / %.2f", a[1], (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2), a[NR]}'; }
-rs_sent=$(echo "$rs" | awk -F': ' '/Total bytes sent/ {gsub(",","",$2); print $2+0}')
-rs_recv=$(echo "$rs" | awk -F': ' '/Total bytes received/ {gsub(",","",$2); print $2+0}')
+rs_sent=$(echo "$rs" | awk -F': ' '/Total bytes sent/ {gsub(",","",$2); printf "%.0f\n", $2}')
+rs_recv=$(echo "$rs" | awk -F': ' '/Total bytes received/ {gsub(",","",$2); printf "%.0f\n", $2}')
 t0=$(date +%s.%N)
 full=$(rsync --whole-file --stats "$work/disk.img" rsync://127.0.0.1:$rport/dst/full.img)
 t_full=$(echo "$(date +%s.%N) - $t0" | bc)
-full_sent=$(echo "$full" | awk -F': ' '/Total bytes sent/ {gsub(",","",$2); print $2+0}')
+full_sent=$(echo "$full" | awk -F': ' '/Total bytes sent/ {gsub(",","",$2); printf "%.0f\n", $2}')
 kill $rpid $dpid 2>/dev/null || true
 hash=$(go test -run - -bench 'ChunkHash/xxh3-128/64K' -cpu 1 -benchtime 0.5s ./replica/wire | awk '/MB\/s/ {print $(NF-1)}')
 diff=$((changed * 65536))
