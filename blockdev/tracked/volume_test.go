@@ -512,11 +512,7 @@ func TestLazyCheckpoint(t *testing.T) {
 		}
 		copy(model[off:], p)
 	}
-	applied := func() uint64 {
-		v.mu.RLock()
-		defer v.mu.RUnlock()
-		return v.applied
-	}
+	applied := func() uint64 { return appliedLSN(v) }
 	// Past MergeAfter but short of twice it: a merge runs, no checkpoint.
 	i := 0
 	for ; i < 80; i++ {
@@ -596,11 +592,7 @@ func idleMergeAttempt(t *testing.T, idle time.Duration) bool {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	applied := func() uint64 {
-		v.mu.RLock()
-		defer v.mu.RUnlock()
-		return v.applied
-	}
+	applied := func() uint64 { return appliedLSN(v) }
 	var last time.Time // when the last I/O began: it stamped the volume no earlier
 	for i := range 16 {
 		last = time.Now()
@@ -631,6 +623,13 @@ func idleMergeAttempt(t *testing.T, idle time.Duration) bool {
 		t.Fatalf("merged through %d once reads stopped, want 16", got)
 	}
 	return true
+}
+
+// appliedLSN is the LSN the base holds (merged, maybe not yet durable).
+func appliedLSN(v *Volume) uint64 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.applied
 }
 
 // TestConcurrentClose: Close is idempotent even when called from several
@@ -981,11 +980,7 @@ func TestMergeStepsAsideForReaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	applied := func() uint64 {
-		v.mu.RLock()
-		defer v.mu.RUnlock()
-		return v.applied
-	}
+	applied := func() uint64 { return appliedLSN(v) }
 	img := make([]byte, 64<<20)
 	// burst writes 16 MiB with merging paused and, once the disk counts
 	// as only read, lets the merge go: it steps aside.
