@@ -319,7 +319,10 @@ func TestSeedOlderThanLog(t *testing.T) {
 	pkiDir, addr := replicationSetup(t, e)
 	// An interval copy frequency: each point seals the log's segment, so
 	// the log from before the newer seeds can go.
-	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--frequency", "1h", "--points-every", "1h")...)
+	// The offered resync must wait: a window closed now (the default one
+	// is open at night).
+	e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms,200ms", "--frequency", "1h", "--points-every", "1h",
+		"--resync-window", closedWindow())...)
 	u := e.uri("vm1/disk0")
 	var first []string
 	for i := range 3 {
