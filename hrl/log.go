@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -345,8 +346,9 @@ func (l *Log) MapSegment(seg *Segment, from, to int64) ([]byte, error) {
 	return b, nil
 }
 
-// PageSize is the granularity of MapSegment's mappings.
-const PageSize = 4096
+// PageSize is the granularity of MapSegment's mappings: the system's
+// page size (a mapping starts on a page).
+var PageSize = int64(os.Getpagesize())
 
 // SegmentInfo describes a segment, for shippers and tools.
 type SegmentInfo struct {
