@@ -306,21 +306,36 @@ func TestCorruptLogRefusesToServe(t *testing.T) {
 	}
 }
 
-func TestOverflowSwitchesToBitmap(t *testing.T) {
-	fs := vfs.NewMem(11)
-	const size = 16 << 20
+// openOverflowing opens a replicated volume of size bytes on fs whose log
+// overflows past 1 MiB unreleased, in 128 KiB segments.
+func openOverflowing(t *testing.T, fs vfs.FS, size int64, mergeIdle time.Duration) *Volume {
+	t.Helper()
 	v, err := Open("/vol", blockdev.NewMem(size), Options{FS: fs, Retain: true, OverflowBytes: 1 << 20,
-		SegmentSize: 128 << 10, MergeIdle: time.Millisecond})
+		SegmentSize: 128 << 10, MergeIdle: mergeIdle})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
-	// 40 writes of 64 KiB in regions 0..9, plus one in region 15.
-	for i := range 40 {
+	return v
+}
+
+// writeRegions writes n 64 KiB payloads, the i-th at the start of 1 MiB
+// region i%10.
+func writeRegions(t *testing.T, v *Volume, n int) {
+	t.Helper()
+	for i := range n {
 		if _, err := v.WriteAt(payload(uint64(i), 64<<10), int64(i%10)<<20); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+func TestOverflowSwitchesToBitmap(t *testing.T) {
+	fs := vfs.NewMem(11)
+	const size = 16 << 20
+	v := openOverflowing(t, fs, size, time.Millisecond)
+	defer v.Close()
+	// 40 writes of 64 KiB in regions 0..9, plus one in region 15.
+	writeRegions(t, v, 40)
 	v.WriteAt(payload(99, 4096), 15<<20)
 	waitfor.True(t, "the merger to release the overflowed log", func() bool {
 		v.mu.RLock()
@@ -345,7 +360,7 @@ func TestOverflowSwitchesToBitmap(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.Close()
-	v, err = Open("/vol", blockdev.NewMem(size), Options{FS: fs, Retain: true, OverflowBytes: 1 << 20})
+	v, err := Open("/vol", blockdev.NewMem(size), Options{FS: fs, Retain: true, OverflowBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -883,17 +898,9 @@ func TestClearResyncWhileOverflowFinishes(t *testing.T) {
 		}
 	}
 	defer func() { testHookFinishOverflow = nil }()
-	v, err := Open("/vol", blockdev.NewMem(16<<20), Options{FS: fs, Retain: true, OverflowBytes: 1 << 20,
-		SegmentSize: 128 << 10, MergeIdle: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := openOverflowing(t, fs, 16<<20, -1)
 	defer v.Close()
-	for i := range 24 {
-		if _, err := v.WriteAt(payload(uint64(i), 64<<10), int64(i%10)<<20); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeRegions(t, v, 24)
 	<-reached // the log overflowed; the merger is about to finish it
 	lsn := v.Log().LastLSN()
 	if err := v.ClearResync(lsn); err != nil {
@@ -933,17 +940,9 @@ func TestClearResyncWhileOverflowFinishes(t *testing.T) {
 // I/O error (seen as an NBD write EIO in TestResyncEndToEnd).
 func TestConcurrentSyncsInBitmapMode(t *testing.T) {
 	fs := vfs.NewMem(13)
-	v, err := Open("/vol", blockdev.NewMem(16<<20), Options{FS: fs, Retain: true, OverflowBytes: 1 << 20,
-		SegmentSize: 128 << 10, MergeIdle: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := openOverflowing(t, fs, 16<<20, time.Millisecond)
 	defer v.Close()
-	for i := range 40 {
-		if _, err := v.WriteAt(payload(uint64(i), 64<<10), int64(i%10)<<20); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeRegions(t, v, 40)
 	waitfor.True(t, "the volume to keep a dirty bitmap", v.ResyncRequired)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8*200)
