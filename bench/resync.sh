@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # bench/resync.sh — vrep's resync against rsync on the same pair, in one
 # run: an image of $SIZE (default 1G) of random data is replicated
-# (initial copy), then 1% of its 64 KiB chunks are overwritten at random in
-# the replica's copy; vrep resyncs it (vrep resync --now --wait), rsync
-# brings a copy of the damaged image back over loopback to an rsync
-# daemon (--inplace --no-whole-file: its delta algorithm), and rsync
-# --whole-file copies the whole image (a full copy). Reports time, bytes
-# on the wire against the differing bytes, and the hashing rate per core.
-# COLD=1 drops the images' pages from the page cache before each vrep and
+# (initial copy); then, in each round, 1% of its 64 KiB chunks are
+# overwritten at random in the replica's copy and vrep resyncs it (vrep
+# resync --now --wait); the same chunks are overwritten again in the same
+# file, with the replica stopped, and rsync repairs it from the primary's
+# image over loopback through an rsync daemon (--inplace --no-whole-file:
+# its delta algorithm). Both tools repair the same file from the same
+# source, so the page cache holds the same two files for both (at 8 GiB,
+# a third copy for rsync would not fit beside them on a 24 GiB host and
+# would make both read from the disk in turn). rsync --whole-file copies
+# the whole image once (a full copy). Reports time, bytes on the wire
+# against the differing bytes, and the hashing rate per core.
+# COLD=1 drops both images' pages from the page cache before each vrep and
 # each rsync run (written back first), so both read from the disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +26,13 @@ rm -rf "$work"; mkdir -p "$work" bench/results
 bytes=$(numfmt --from=iec "$SIZE")
 chunks=$((bytes / 65536))
 changed=$((chunks / 100))
-echo "making $SIZE of random data" >&2
-head -c "$bytes" /dev/urandom >"$work/disk.img"
+# The image is written in WRITE_BS writes (default 1M, as cp or qemu-img
+# write one). The page cache keeps what it was written in: an image written
+# 4 KiB at a time (WRITE_BS=4k, as `head -c` does) sits in 4 KiB folios and
+# costs every reader of it about twice as much CPU per byte.
+wbs=$(numfmt --from=iec "$(echo "${WRITE_BS:-1M}" | tr a-z A-Z)")
+echo "making $SIZE of random data in ${WRITE_BS:-1M} writes" >&2
+dd if=/dev/urandom of="$work/disk.img" bs="$wbs" count=$((bytes / wbs)) iflag=fullblock status=none
 "$vrep" cert init --dir "$work/pki" >/dev/null
 "$vrep" cert issue --dir "$work/pki" --name replica1 >/dev/null
 "$vrep" cert issue --dir "$work/pki" --name primary1 >/dev/null
@@ -44,7 +54,6 @@ t0=$(date +%s.%N)
 until [ "$(status 2>/dev/null | jq_py "r.get('initial_percent')==100 and r.get('health')=='Normal'" 2>/dev/null)" = True ]; do sleep 0.2; done
 t_initial=$(echo "$(date +%s.%N) - $t0" | bc)
 rimg=$work/replica/primary1/vm1/disk0/image
-cp --sparse=never "$rimg" "$work/rsync-dst.img"
 # rsync daemon on loopback.
 rport=$((port + 1))
 cat >"$work/rsyncd.conf" <<CONF
@@ -58,8 +67,8 @@ CONF
 rsync --daemon --no-detach --config="$work/rsyncd.conf" --port=$rport --address=127.0.0.1 &
 dpid=$!
 trap 'kill $ppid $rpid $dpid 2>/dev/null || true' EXIT
-# 1% of the chunks, at random, in the replica's copy; the same damage in
-# the copy rsync repairs (the same chunks and bytes every run).
+# 1% of the chunks, at random, in the replica's copy (the same chunks and
+# bytes every time).
 damage() {
 	python3 - "$@" "$chunks" "$changed" <<'PY'
 import os, random, sys
@@ -82,14 +91,14 @@ cold() {
 for p in sys.argv[1:]:
     fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$@"
 }
-# RUNS rounds, each: damage both copies, vrep resyncs (timed from the
-# command to its end), then rsync repairs its copy; the ratio is per
-# round, so both meet the machine in the same state.
+# RUNS rounds, each: damage the copy, vrep resyncs (timed from the command
+# to its end), damage it again, rsync repairs it; the ratio is per round,
+# so both meet the machine in the same state.
 declare -a ratios tv trs
 for r in $(seq "$RUNS"); do
 	since=$(status | jq_py "r.get('since')")
-	kill $rpid; wait $rpid 2>/dev/null || true
-	damage "$rimg" "$work/rsync-dst.img"
+	kill $rpid 2>/dev/null || true; wait $rpid 2>/dev/null || true
+	damage "$rimg"
 	sync
 	start_replica
 	# The stream notices the new replica when it next sends: a point.
@@ -103,11 +112,16 @@ for r in $(seq "$RUNS"); do
 	t_vrep=$(echo "$(date +%s.%N) - $t0" | bc)
 	read -r v_sent v_wire v_hash v_chunks <<<"$(status | jq_py "'%d %d %d %d' % (r['resync']['bytes_sent'], r['resync']['wire_bytes'], r['resync']['hash_bytes'], r['resync']['chunks_sent'])")"
 	cmp -s "$work/disk.img" "$rimg" && same=yes || same="no (the primary wrote meanwhile?)"
-	cold "$work/disk.img" "$work/rsync-dst.img"
+	# The same damage, in the same file, for rsync (the replica stopped, so
+	# nothing else touches its image).
+	kill $rpid; wait $rpid 2>/dev/null || true
+	damage "$rimg"
+	sync
+	cold "$work/disk.img" "$rimg"
 	t0=$(date +%s.%N)
-	rs=$(rsync --inplace --no-whole-file --stats "$work/disk.img" rsync://127.0.0.1:$rport/dst/rsync-dst.img)
+	rs=$(rsync --inplace --no-whole-file --stats "$work/disk.img" rsync://127.0.0.1:$rport/dst/${rimg#"$work"/})
 	t_rsync=$(echo "$(date +%s.%N) - $t0" | bc)
-	cmp -s "$work/disk.img" "$work/rsync-dst.img" || echo "rsync left a difference" >&2
+	cmp -s "$work/disk.img" "$rimg" || echo "rsync left a difference" >&2
 	tv+=("$t_vrep"); trs+=("$t_rsync"); ratios+=("$(echo "$t_vrep / $t_rsync" | bc -l)")
 	printf 'run %d: vrep %.2f s, rsync %.2f s, %.2f\n' "$r" "$t_vrep" "$t_rsync" "${ratios[-1]}" >&2
 done
@@ -124,7 +138,7 @@ hash=$(go test -run - -bench 'ChunkHash/xxh3-128/64K' -cpu 1 -benchtime 0.5s ./r
 diff=$((changed * 65536))
 out=bench/results/resync-$(date +%Y%m%d-%H%M).md
 {
-	echo "$SIZE image of random data$([ "${COLD:-0}" = 1 ] && echo " (cold: both images dropped from the page cache before each run)"), $changed of $chunks 64 KiB chunks changed ($(numfmt --to=iec $diff) differing), loopback, $(nproc) cores"
+	echo "$SIZE image of random data written in ${WRITE_BS:-1M} writes$([ "${COLD:-0}" = 1 ] && echo " (cold: both images dropped from the page cache before each run)"), $changed of $chunks 64 KiB chunks changed ($(numfmt --to=iec $diff) differing), loopback, $(nproc) cores"
 	echo
 	echo "$RUNS runs (time: min / median / max; time / rsync: of each run's pair)"
 	echo
