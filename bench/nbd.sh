@@ -21,6 +21,10 @@
 #               percentile of the writes' completion latency and of the
 #               flushes' (fio reports them apart)
 #   seq1m       1M sequential write QD8 for SECS
+#   burst       BURST (default 512M, half of vrep's default merge bound of
+#               1 GiB) of 1M sequential writes QD8, no flush: a burst that
+#               fits within the bound, which vrep writes to its log once and
+#               merges later
 #   seq2g       2 GiB (or SIZE if smaller) 1M sequential write QD8 then one
 #               fsync (--end_fsync=1): fio's write runtime includes that
 #               fsync, so MB/s is the bytes over the whole job's time
@@ -34,14 +38,15 @@
 #               loopback (TLS), once its initial copy is done, vs nbdkit
 #
 # Settings: SIZE (default 4G), SECS (default 8), RUNS (default 3),
-# WORKLOADS, CONDS (sparse alloc), SUSTAIN_MERGE; WORK (bench/work), VREP
+# WORKLOADS, CONDS (sparse alloc), SUSTAIN_MERGE, BURST; WORK (bench/work), VREP
 # (bin/vrep). BARE=1 adds vrep's NBD server with no change tracking
 # (bench/nbdbare), to tell the server loop's cost from the tracking's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 bench_setup "$@"
-WORKLOADS=${WORKLOADS:-rw4k rw4k-f32 mix7030 qd1-f1 seq1m seq2g rr-after-w sustained repl}
+WORKLOADS=${WORKLOADS:-rw4k rw4k-f32 mix7030 qd1-f1 seq1m burst seq2g rr-after-w sustained repl}
+burst_bytes=$(numfmt --from=iec "${BURST:-512M}")
 SUSTAIN_MERGE=${SUSTAIN_MERGE:-256M}
 sustain_bytes=$((4 * $(numfmt --from=iec "$SUSTAIN_MERGE")))
 seq_bytes=$((bytes < 2147483648 ? bytes : 2147483648))
@@ -132,6 +137,7 @@ measure() {
 	qd1-f1) fio_run "$f" "${timed[@]}" --rw=randwrite --bs=4k --iodepth=1 --fsync=1 ;;
 	seq1m) fio_run "$f" "${timed[@]}" --rw=write --bs=1M --iodepth=8 ;;
 	seq2g) fio_run "$f" --io_size="$seq_bytes" --rw=write --bs=1M --iodepth=8 --end_fsync=1 ;;
+	burst) fio_run "$f" --io_size="$burst_bytes" --rw=write --bs=1M --iodepth=8 ;;
 	rr-after-w)
 		fio_run "$f-w" "${timed[@]}" --rw=randwrite --bs=4k --iodepth=32
 		fio_run "$f" "${timed[@]}" --rw=randread --bs=4k --iodepth=32 ;;
@@ -141,7 +147,7 @@ measure() {
 	f=$fiodir/$f.json
 	case $w in
 	mix7030) keep "$w" rw_iops ;;
-	seq1m | seq2g) keep "$w" w_mbs ;;
+	seq1m | seq2g | burst) keep "$w" w_mbs ;;
 	rr-after-w) keep "$w" r_iops ;;
 	*) keep "$w" w_iops ;;
 	esac
@@ -168,6 +174,7 @@ row_label() {
 	qd1-f1:flush-p99) echo "… its flushes' p99 latency, µs (lower is better)" ;;
 	seq1m) echo "1M write QD8, ${SECS}s, MB/s" ;;
 	seq2g) echo "$(numfmt --to=iec "$seq_bytes") 1M write QD8 + fsync, MB/s" ;;
+	burst) echo "$(numfmt --to=iec "$burst_bytes") 1M write QD8 burst (within the merge bound), MB/s" ;;
 	rr-after-w) echo "4k random read QD32 after 4k random writes, IOPS" ;;
 	sustained) echo "4k random write QD32, $(numfmt --to=iec "$sustain_bytes") (merge every $SUSTAIN_MERGE), IOPS" ;;
 	sustained:rss) echo "… peak RSS, MiB (lower is better)" ;;
