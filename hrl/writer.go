@@ -36,9 +36,14 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		parts = [][]byte{encodeSegmentHeader(first)}
 	}
 	var f vfs.File
-	if n := len(l.free); n > 0 {
-		ff := l.free[n-1]
-		l.free = l.free[:n-1]
+	l.freeMu.Lock()
+	ff, ok := freeFile{}, len(l.free) > 0
+	if ok {
+		ff = l.free[len(l.free)-1]
+		l.free = l.free[:len(l.free)-1]
+	}
+	l.freeMu.Unlock()
+	if ok {
 		if err := l.fs.Rename(l.path(ff.name), l.path(seg.name)); err != nil {
 			l.closeFile(ff.file)
 			return nil, fmt.Errorf("hrl: %w", err)
@@ -66,6 +71,7 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		n += int64(len(b))
 	}
 	seg.wsize.Store(n)
+	l.kickSpare() // the next segment's file
 	return seg, nil
 }
 
@@ -422,16 +428,12 @@ type dropReq struct {
 func (l *Log) drop(req dropReq) (kept []*Segment, err error) {
 	for i, s := range req.segs {
 		l.unsynced = slices.DeleteFunc(l.unsynced, func(u *Segment) bool { return u == s })
-		if len(l.free) < l.opts.Recycle {
-			name := strings.TrimSuffix(s.name, suffix) + freeSuffix
-			rerr := l.fs.Rename(l.path(s.name), l.path(name))
-			if rerr == nil {
-				l.free = append(l.free, freeFile{name: name, file: s.file})
-				continue
-			}
-			if err == nil {
-				err = fmt.Errorf("hrl: %w", rerr)
-			}
+		ok, rerr := l.keepDropped(s)
+		if ok {
+			continue
+		}
+		if rerr != nil && err == nil {
+			err = rerr
 		}
 		if rerr := l.fs.Remove(l.path(s.name)); rerr != nil {
 			if err == nil {
@@ -446,6 +448,25 @@ func (l *Log) drop(req dropReq) (kept []*Segment, err error) {
 		err = fmt.Errorf("hrl: %w", serr)
 	}
 	return kept, err
+}
+
+// keepDropped keeps a dropped segment's file for reuse, renamed to
+// FIRST.free, if fewer than Recycle files are kept; only the writer
+// goroutine calls it. A file it does not keep is for the caller to
+// remove. The lock is held across the rename so that a spare the
+// preparer finishes meanwhile cannot go past the bound.
+func (l *Log) keepDropped(s *Segment) (bool, error) {
+	l.freeMu.Lock()
+	defer l.freeMu.Unlock()
+	if len(l.free) >= l.opts.Recycle {
+		return false, nil
+	}
+	name := strings.TrimSuffix(s.name, suffix) + freeSuffix
+	if err := l.fs.Rename(l.path(s.name), l.path(name)); err != nil {
+		return false, fmt.Errorf("hrl: %w", err)
+	}
+	l.free = append(l.free, freeFile{name: name, file: s.file})
+	return true, nil
 }
 
 // dropAll runs drop requests in order; only the writer goroutine calls it.
