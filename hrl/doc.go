@@ -84,6 +84,8 @@
 //
 //   - a record left by the earlier use has an LSN below the segment's
 //     first, so it fails the sequence check, like a torn record;
+//   - zeros (a spare's, below) read as a zeroed record header: the end
+//     of the good records, never a sync record;
 //   - a sealed segment ends at its last good record when the next segment
 //     starts right after it (its header's first LSN is that record's LSN
 //     plus one): a record torn inside it would leave a gap instead;
@@ -91,6 +93,20 @@
 //     first minus one: an old one cannot vouch for the new segment's bytes;
 //   - Close cuts the active segment at its end, so a cleanly closed log
 //     passes Check as it is.
+//
+// When no dropped file is kept, the log prepares a spare: spare.free,
+// SegmentSize bytes of zeros written and made durable by a goroutine of
+// its own, kept like a dropped file, so that the next segment, too,
+// writes over written blocks (on ext4 a flush after appends into a new
+// file or into reserved blocks commits the journal; after overwrites it
+// does not: 4 KiB writes each followed by fdatasync went from 6.1k to
+// 9.0k a second, the 99th percentile fdatasync from 207 to 164 µs). A
+// new log fills the spare for its first segment in Open; the next is
+// prepared when a segment starts and when it is half written, and the
+// writer never waits for it: without a kept file it creates a new one.
+// A spare left by a crash, whole or not, is a kept file like any other.
+// A spare that cannot be written (a full disk) is removed and logged,
+// and the log goes on with new files until it is opened again.
 //
 // A segment file that is not reused reserves SegmentSize bytes of disk
 // past its end when it is created (fallocate KEEP_SIZE), so appends need

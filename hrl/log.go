@@ -142,7 +142,6 @@ func Open(fs vfs.FS, dir string, opts Options) (*Log, error) {
 	go l.syncer()
 	go l.flusher()
 	go l.preparer()
-	l.kickSpare()
 	return l, nil
 }
 

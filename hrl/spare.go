@@ -10,12 +10,11 @@ import (
 
 // spareName is the file name of a spare: a segment file filled with
 // zeros ahead of need, so that a new segment writes over written blocks
-// even when no dropped file is kept. On ext4, an fdatasync after appends
-// that grow a file or fill reserved (unwritten) blocks commits the
-// journal; after overwrites of written blocks it does not, which cuts a
-// flush after each small write by about a fifth. The suffix makes Open
-// adopt a spare like any file kept for reuse; no segment is named so,
-// so a drop never renames a file over it.
+// even when no dropped file is kept (see "Reused files" in the package
+// documentation). The suffix makes Open adopt a spare like any file kept
+// for reuse; no segment is named so, so a drop never renames a file
+// over it, and there is one spare at most: one is prepared only when no
+// file is kept.
 const spareName = "spare" + freeSuffix
 
 // spareChunk is the size of the writes that fill a spare (a variable so
@@ -46,9 +45,10 @@ func (l *Log) needSpare() bool {
 	return len(l.free) == 0
 }
 
-// preparer is the goroutine that keeps a spare ready whenever the log
-// keeps no file for reuse. It never holds up the writer: the writer
-// takes a kept file if one is there, and creates a new one otherwise.
+// preparer is the goroutine that prepares a spare when the writer asks
+// for one (kickSpare) and the log keeps no file for reuse. It never holds
+// up the writer: the writer takes a kept file if one is there, and
+// creates a new one otherwise. Close stops it between two writes.
 func (l *Log) preparer() {
 	defer l.wg.Done()
 	for {

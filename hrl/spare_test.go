@@ -51,6 +51,18 @@ func fileSize(t *testing.T, fs vfs.FS, name string) int64 {
 	return int64(len(b))
 }
 
+// fillHalf appends records to l until its active segment is half
+// written, which asks for a spare for the next segment.
+func fillHalf(t *testing.T, l *Log, lsn *uint64) {
+	t.Helper()
+	segs := l.Segments()
+	for segs[len(segs)-1].Size < l.opts.SegmentSize/2 {
+		*lsn++
+		appendWait(t, l, write(*lsn, recyclePayload(*lsn)))
+		segs = l.Segments()
+	}
+}
+
 // fillSegment appends records to l until it rolls to a new segment, and
 // returns the new segment's file name.
 func fillSegment(t *testing.T, l *Log, lsn *uint64) string {
@@ -65,8 +77,9 @@ func fillSegment(t *testing.T, l *Log, lsn *uint64) string {
 
 // TestNewLogWritesOverSpares: a new log with Recycle set writes its first
 // segment over a spare filled at Open and its second over one filled in
-// the background: both files are SegmentSize long from the start, zeros
-// past the records, and the log reads back and checks clean.
+// the background once the first is half written: both files are
+// SegmentSize long from the start, zeros past the records, and the log
+// reads back and checks clean.
 func TestNewLogWritesOverSpares(t *testing.T) {
 	spares := watchSpares(t)
 	fs := vfs.NewMem(31)
@@ -80,10 +93,11 @@ func TestNewLogWritesOverSpares(t *testing.T) {
 	if err := nextSpare(t, spares); err != nil { // the first, at Open
 		t.Fatal(err)
 	}
+	var lsn uint64
+	fillHalf(t, l, &lsn)
 	if err := nextSpare(t, spares); err != nil { // the next segment's
 		t.Fatal(err)
 	}
-	var lsn uint64
 	second := fillSegment(t, l, &lsn)
 	b, err := vfs.ReadFile(fs, second)
 	if err != nil {
@@ -124,12 +138,11 @@ func TestReopenedLogUsesItsSpare(t *testing.T) {
 	opts := Options{SegmentSize: segSize, Recycle: 1}
 	l := mustOpen(t, fs, "/log", opts)
 	nextSpare(t, spares) // the first segment's, at Open
+	var lsn uint64
+	fillHalf(t, l, &lsn)
 	if err := nextSpare(t, spares); err != nil {
 		t.Fatal(err)
 	}
-	var lsn uint64
-	lsn++
-	appendWait(t, l, write(lsn, recyclePayload(lsn)))
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}

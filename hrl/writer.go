@@ -71,7 +71,6 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		n += int64(len(b))
 	}
 	seg.wsize.Store(n)
-	l.kickSpare() // the next segment's file
 	return seg, nil
 }
 
@@ -357,6 +356,13 @@ func (l *Log) write(p *pending) {
 	l.mu.Lock()
 	l.wcond.Broadcast()
 	l.mu.Unlock()
+	// A spare for the next segment is asked for when a segment starts
+	// (its file may have been the last one kept) and when it is half
+	// written, not at Open: a log that stays small costs no spare
+	// beyond the one its first segment took.
+	if half := l.opts.SegmentSize / 2; err == nil && (p.create || p.off < half && p.off+p.size >= half) {
+		l.kickSpare()
+	}
 }
 
 // release gives back the blocks a sealed segment reserved and did not
