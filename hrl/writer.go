@@ -35,22 +35,14 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 	if parts == nil {
 		parts = [][]byte{encodeSegmentHeader(first)}
 	}
-	var f vfs.File
-	l.freeMu.Lock()
-	ff, ok := freeFile{}, len(l.free) > 0
-	if ok {
-		ff = l.free[len(l.free)-1]
-		l.free = l.free[:len(l.free)-1]
+	ff, ok, err := l.takeFree(seg.name)
+	if err != nil {
+		return nil, err
 	}
-	l.freeMu.Unlock()
+	var f vfs.File
 	if ok {
-		if err := l.fs.Rename(l.path(ff.name), l.path(seg.name)); err != nil {
-			l.closeFile(ff.file)
-			return nil, fmt.Errorf("hrl: %w", err)
-		}
 		f, seg.reused = ff.file, true
 	} else {
-		var err error
 		if f, err = l.fs.Create(l.path(seg.name)); err != nil {
 			return nil, fmt.Errorf("hrl: %w", err)
 		}
@@ -72,6 +64,28 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 	}
 	seg.wsize.Store(n)
 	return seg, nil
+}
+
+// takeFree renames the file last kept for reuse, if any, to name and
+// returns it. The lock is held across the rename: once the list is
+// empty the preparer may create a new spare, which must not take the
+// name of one not yet renamed (it would write zeros over the segment).
+func (l *Log) takeFree(name string) (freeFile, bool, error) {
+	l.freeMu.Lock()
+	n := len(l.free)
+	if n == 0 {
+		l.freeMu.Unlock()
+		return freeFile{}, false, nil
+	}
+	ff := l.free[n-1]
+	l.free = l.free[:n-1]
+	err := l.fs.Rename(l.path(ff.name), l.path(name))
+	l.freeMu.Unlock()
+	if err != nil {
+		l.closeFile(ff.file)
+		return freeFile{}, false, fmt.Errorf("hrl: %w", err)
+	}
+	return ff, true, nil
 }
 
 // zeroCopyMin is the payload size from which Append keeps a reference to
