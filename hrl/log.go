@@ -28,7 +28,7 @@ type Options struct {
 	// block allocation); see the package documentation for how stale
 	// records left in a reused file are told apart. With Recycle set, a
 	// log that has no dropped file to reuse keeps a spare instead: a
-	// segment file filled with zeros in the background.
+	// segment file filled with zeros ahead of need.
 	Recycle int
 }
 
