@@ -27,8 +27,8 @@ type Options struct {
 	// file's cached pages costs a fraction of filling a new file (page and
 	// block allocation); see the package documentation for how stale
 	// records left in a reused file are told apart. With Recycle set, a
-	// log that has no dropped file to reuse keeps a spare instead: a
-	// segment file filled with zeros ahead of need.
+	// flush-bound log that has no dropped file to reuse prepares a spare
+	// instead: a segment file filled with zeros ahead of need.
 	Recycle int
 }
 
@@ -102,14 +102,20 @@ type Log struct {
 	free      []freeFile              // dropped files and spares kept for reuse
 	spareOff  bool                    // preparing a spare failed: no more tries; the preparer's own (recover's before it starts)
 	spareKick chan struct{}           // asks the preparer for a spare
-	kick      chan struct{}
-	quit      chan struct{}
-	jobs      chan syncJob // writer → syncer
-	hints     chan hint    // writer → flusher: start writeback of written bytes
-	hintMu    sync.Mutex   // held by the flusher on a file and by drop closing one
-	wg        sync.WaitGroup
-	pool      sync.Pool
-	torn      *Torn // what recovery cut
+	// The syncer's count of small syncs in the active segment (noteSync).
+	syncSeg     *Segment
+	syncOff     int64
+	smallSyncs  int
+	flushBound  atomic.Bool // the log is synced often with little in between: spares pay
+	freshActive atomic.Bool // the writer's segment is a new file, not a reused one
+	kick        chan struct{}
+	quit        chan struct{}
+	jobs        chan syncJob // writer → syncer
+	hints       chan hint    // writer → flusher: start writeback of written bytes
+	hintMu      sync.Mutex   // held by the flusher on a file and by drop closing one
+	wg          sync.WaitGroup
+	pool        sync.Pool
+	torn        *Torn // what recovery cut
 
 	closeOnce sync.Once
 	closeErr  error
@@ -200,7 +206,7 @@ func (l *Log) Append(e Entry) (Pos, *Batch, error) {
 	}
 	n := int64(RecHeaderSize + len(e.Payload))
 	seg := l.segs[len(l.segs)-1]
-	if seg.last >= seg.first && seg.size+n > l.opts.SegmentSize {
+	if seg.last >= seg.first && (seg.size+n > l.opts.SegmentSize || l.rollToSpareLocked(seg)) {
 		seg = l.rollLocked()
 	}
 	lsn := l.next

@@ -168,13 +168,6 @@ func (l *Log) recover() error {
 	}
 	l.next = max(1, l.opts.FirstLSN)
 	if len(l.segs) == 0 {
-		if l.opts.Recycle > 0 && len(l.free) == 0 {
-			// A new log: its first segment, too, writes over a spare.
-			// Filling it here costs Open 50 to 75 ms for 64 MiB (ext4
-			// on a virtual disk), once; it spares the first SegmentSize
-			// bytes of a new volume a journal commit on every flush.
-			l.addSpare(nil)
-		}
 		seg, err := l.createSegment(l.next, nil)
 		if err != nil {
 			return err

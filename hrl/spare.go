@@ -28,6 +28,52 @@ var spareHook func(l *Log, err error)
 // errStopped says that Close stopped a spare's preparation.
 var errStopped = errors.New("hrl: closing")
 
+// A spare is made only for a log that is flush-bound: synced at least
+// flushBoundSyncs times in a row within its active segment with less than
+// flushBoundBytes written between two syncs (a guest flushing after each
+// small write). There the journal commit is a large part of every flush.
+// A log written in bulk and synced rarely gains little from a spare and
+// would pay for it with SegmentSize more bytes written per segment; a log
+// sealed often with little in it (points on an idle disk) would pay that
+// for every seal. Variables so that tests can lower them.
+var (
+	flushBoundSyncs       = 16
+	flushBoundBytes int64 = 1 << 20
+)
+
+// noteSync counts the small syncs of the active segment once job is
+// durable, and asks for a spare while the log is flush-bound; only the
+// syncer calls it.
+func (l *Log) noteSync(job syncJob) {
+	seg := job.segs[len(job.segs)-1]
+	if seg != l.syncSeg {
+		l.syncSeg, l.syncOff, l.smallSyncs = seg, 0, 0
+	}
+	if job.size-l.syncOff < flushBoundBytes {
+		l.smallSyncs++
+	} else {
+		l.smallSyncs = 0
+	}
+	l.syncOff = job.size
+	bound := l.smallSyncs >= flushBoundSyncs
+	l.flushBound.Store(bound)
+	if bound {
+		l.kickSpare()
+	}
+}
+
+// rollToSpareLocked reports whether Append should seal the active segment
+// early, to go on in a file kept for reuse: the log is flush-bound, the
+// active segment is a new file (each flush after an append to it commits
+// the journal) already in the writer's hands, and a kept file is there.
+// The new file's unused reservation is given back when it is sealed.
+func (l *Log) rollToSpareLocked(seg *Segment) bool {
+	if !l.flushBound.Load() || !l.freshActive.Load() || l.wsegPub.Load() != seg {
+		return false
+	}
+	return !l.needSpare()
+}
+
 // kickSpare asks the preparer for a spare when no file is kept for reuse.
 func (l *Log) kickSpare() {
 	if l.opts.Recycle <= 0 || !l.needSpare() {

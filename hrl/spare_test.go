@@ -51,15 +51,25 @@ func fileSize(t *testing.T, fs vfs.FS, name string) int64 {
 	return int64(len(b))
 }
 
-// fillHalf appends records to l until its active segment is half
-// written, which asks for a spare for the next segment.
-func fillHalf(t *testing.T, l *Log, lsn *uint64) {
+// flushBound lowers the number of small syncs in a row that make a log
+// flush-bound to n for the test.
+func flushBound(t *testing.T, n int) {
 	t.Helper()
-	segs := l.Segments()
-	for segs[len(segs)-1].Size < l.opts.SegmentSize/2 {
+	old := flushBoundSyncs
+	flushBoundSyncs = n
+	t.Cleanup(func() { flushBoundSyncs = old })
+}
+
+// flushEach appends n records to l, each followed by a Sync: what a guest
+// flushing after every small write does.
+func flushEach(t *testing.T, l *Log, lsn *uint64, n int) {
+	t.Helper()
+	for range n {
 		*lsn++
 		appendWait(t, l, write(*lsn, recyclePayload(*lsn)))
-		segs = l.Segments()
+		if err := l.Sync(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -75,45 +85,58 @@ func fillSegment(t *testing.T, l *Log, lsn *uint64) string {
 	return "/log/" + l.Segments()[n].Name
 }
 
-// TestNewLogWritesOverSpares: a new log with Recycle set writes its first
-// segment over a spare filled at Open and its second over one filled in
-// the background once the first is half written: both files are
-// SegmentSize long from the start, zeros past the records, and the log
-// reads back and checks clean.
-func TestNewLogWritesOverSpares(t *testing.T) {
+// noSpares fails the test if any log prepares a spare.
+func noSpares(t *testing.T, why string) {
+	t.Helper()
+	spareHook = func(*Log, error) { t.Errorf("a spare was prepared %s", why) }
+	t.Cleanup(func() { spareHook = nil })
+}
+
+// TestFlushBoundLogWritesOverSpares: a new log starts in a new file; once
+// it is flushed after every write, it prepares a spare, seals its first
+// segment early at the next append and goes on in the spare: a file
+// SegmentSize long from the start, zeros past the records. The next
+// segment is a spare too, and the log reads back and checks clean.
+func TestFlushBoundLogWritesOverSpares(t *testing.T) {
 	spares := watchSpares(t)
+	flushBound(t, 4)
 	fs := vfs.NewMem(31)
 	const segSize = 4096
 	opts := Options{SegmentSize: segSize, Recycle: 1}
 	l := mustOpen(t, fs, "/log", opts)
 	first := "/log/" + l.Segments()[0].Name
-	if n := fileSize(t, fs, first); n != segSize {
-		t.Fatalf("the first segment's file holds %d bytes, want %d: it is not a spare", n, segSize)
-	}
-	if err := nextSpare(t, spares); err != nil { // the first, at Open
-		t.Fatal(err)
-	}
 	var lsn uint64
-	fillHalf(t, l, &lsn)
-	if err := nextSpare(t, spares); err != nil { // the next segment's
+	flushEach(t, l, &lsn, 4)
+	if err := nextSpare(t, spares); err != nil {
 		t.Fatal(err)
 	}
-	second := fillSegment(t, l, &lsn)
+	lsn++
+	appendWait(t, l, write(lsn, recyclePayload(lsn)))
+	segs := l.Segments()
+	if len(segs) != 2 {
+		t.Fatalf("%d segments after the spare was ready: the first, a new file, was not sealed early", len(segs))
+	}
+	if n := fileSize(t, fs, first); n != segs[0].Size {
+		t.Fatalf("the sealed first segment's file holds %d bytes for %d of records", n, segs[0].Size)
+	}
+	second := "/log/" + segs[1].Name
 	b, err := vfs.ReadFile(fs, second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(b) != segSize {
-		t.Fatalf("the second segment's file holds %d bytes, want %d: it is not a spare", len(b), segSize)
+		t.Fatalf("the second segment's file holds %d bytes, want %d: it is not the spare", len(b), segSize)
 	}
-	if end := l.Segments()[1].Size; !isZero(b[end:]) {
+	if end := segs[1].Size; !isZero(b[end:]) {
 		t.Fatalf("the spare holds more than zeros past the records (%d bytes)", end)
 	}
-	if err := l.Sync(); err != nil {
+	flushEach(t, l, &lsn, 4) // flush-bound in the second segment too
+	if err := nextSpare(t, spares); err != nil {
 		t.Fatal(err)
 	}
-	if err := nextSpare(t, spares); err != nil { // the third segment's
-		t.Fatal(err)
+	third := fillSegment(t, l, &lsn)
+	if n := fileSize(t, fs, third); n != segSize {
+		t.Fatalf("the third segment's file holds %d bytes, want %d: it is not a spare", n, segSize)
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
@@ -129,17 +152,54 @@ func TestNewLogWritesOverSpares(t *testing.T) {
 	}
 }
 
+// TestNoSpareUnlessFlushBound: a log written without syncs, one synced
+// with more than flushBoundBytes between syncs, and one sealed after
+// every sync (points on an idle disk) prepare no spare: zeros would cost
+// them a segment's worth of writes each.
+func TestNoSpareUnlessFlushBound(t *testing.T) {
+	noSpares(t, "for a log that is not flush-bound")
+	flushBound(t, 4)
+	opts := Options{SegmentSize: 4096, Recycle: 2}
+	t.Run("bulk", func(t *testing.T) {
+		l := mustOpen(t, vfs.NewMem(35), "/log", opts)
+		defer l.Close()
+		var lsn uint64
+		for range 4 {
+			fillSegment(t, l, &lsn)
+		}
+	})
+	t.Run("large syncs", func(t *testing.T) {
+		defer func(n int64) { flushBoundBytes = n }(flushBoundBytes)
+		flushBoundBytes = 16 // every record is larger
+		l := mustOpen(t, vfs.NewMem(36), "/log", opts)
+		defer l.Close()
+		var lsn uint64
+		flushEach(t, l, &lsn, 40)
+	})
+	t.Run("sealed often", func(t *testing.T) {
+		l := mustOpen(t, vfs.NewMem(37), "/log", opts)
+		defer l.Close()
+		var lsn uint64
+		for range 20 {
+			flushEach(t, l, &lsn, 2)
+			if _, err := l.Seal(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
 // TestReopenedLogUsesItsSpare: a spare left by a closed log is the file
 // the reopened log's next segment is written over.
 func TestReopenedLogUsesItsSpare(t *testing.T) {
 	spares := watchSpares(t)
+	flushBound(t, 4)
 	fs := vfs.NewMem(32)
 	const segSize = 4096
 	opts := Options{SegmentSize: segSize, Recycle: 1}
 	l := mustOpen(t, fs, "/log", opts)
-	nextSpare(t, spares) // the first segment's, at Open
 	var lsn uint64
-	fillHalf(t, l, &lsn)
+	flushEach(t, l, &lsn, 4)
 	if err := nextSpare(t, spares); err != nil {
 		t.Fatal(err)
 	}
@@ -213,13 +273,16 @@ func TestSpareFailureKeepsTheLogGoing(t *testing.T) {
 		}
 		return nil
 	}
+	flushBound(t, 4)
 	opts := Options{SegmentSize: 4096, Recycle: 2}
 	l := mustOpen(t, fs, "/log", opts)
 	defer l.Close()
+	var lsn uint64
+	flushEach(t, l, &lsn, 4)
 	if err := nextSpare(t, spares); !errors.Is(err, errFull) {
 		t.Fatalf("spare preparation ended with %v, want the injected error", err)
 	}
-	var lsn uint64
+	flushEach(t, l, &lsn, 8) // still flush-bound: no second try
 	for range 3 {
 		fillSegment(t, l, &lsn)
 	}
@@ -245,6 +308,7 @@ func TestSpareFailureKeepsTheLogGoing(t *testing.T) {
 // Recovery keeps every synced record and a clean prefix of the rest, and
 // never takes a spare's zeros for damage; Check agrees with Open.
 func TestSparePowerCut(t *testing.T) {
+	flushBound(t, 1) // every sync asks for a spare, and rolls early to it
 	seeds := uint64(300)
 	if testing.Short() {
 		seeds = 100
@@ -325,6 +389,7 @@ func TestSparePowerCut(t *testing.T) {
 // narrow: without the lock across the rename, a run of this test hit it
 // about one time in three.
 func TestSpareWhileRolling(t *testing.T) {
+	flushBound(t, 1) // every sync asks for a spare, and rolls early to it
 	for seed := range uint64(200) {
 		l := mustOpen(t, vfs.NewMem(seed), "/log", Options{SegmentSize: 1024, Recycle: 1 + int(seed%2)})
 		var lsn uint64

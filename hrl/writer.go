@@ -58,6 +58,7 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
 	seg.file = f
+	l.freshActive.Store(!seg.reused)
 	var n int64
 	for _, b := range parts {
 		n += int64(len(b))
@@ -370,13 +371,6 @@ func (l *Log) write(p *pending) {
 	l.mu.Lock()
 	l.wcond.Broadcast()
 	l.mu.Unlock()
-	// A spare for the next segment is asked for when a segment starts
-	// (its file may have been the last one kept) and when it is half
-	// written, not at Open: a log that stays small costs no spare
-	// beyond the one its first segment took.
-	if half := l.opts.SegmentSize / 2; err == nil && (p.create || p.off < half && p.off+p.size >= half) {
-		l.kickSpare()
-	}
 }
 
 // release gives back the blocks a sealed segment reserved and did not
@@ -423,6 +417,7 @@ func (l *Log) syncJob(job syncJob) error {
 	if jobHook != nil {
 		jobHook(l, true)
 	}
+	l.noteSync(job)
 	l.synced.Store(job.written)
 	// The sync record vouches for the bytes before job.size of the segment
 	// it lands in, so it goes only where that segment is still the active
