@@ -84,6 +84,8 @@
 //
 //   - a record left by the earlier use has an LSN below the segment's
 //     first, so it fails the sequence check, like a torn record;
+//   - zeros (a spare's, below) read as a zeroed record header: the end
+//     of the good records, never a sync record;
 //   - a sealed segment ends at its last good record when the next segment
 //     starts right after it (its header's first LSN is that record's LSN
 //     plus one): a record torn inside it would leave a gap instead;
@@ -91,6 +93,24 @@
 //     first minus one: an old one cannot vouch for the new segment's bytes;
 //   - Close cuts the active segment at its end, so a cleanly closed log
 //     passes Check as it is.
+//
+// A flush-bound log (synced 16 times in a row within its active segment,
+// with less than 1 MiB written between syncs: a guest flushing after each
+// small write) that keeps no dropped file prepares a spare: spare.free,
+// SegmentSize bytes of zeros written and made durable by a goroutine of
+// its own, kept like a dropped file, so that its segments, too, write
+// over written blocks (on ext4 a flush after appends into a new file or
+// into reserved blocks commits the journal; after overwrites it does
+// not: 4 KiB writes each followed by fdatasync went from 6.1k to 9.0k a
+// second, the 99th percentile fdatasync from 207 to 164 µs). Once the
+// spare is ready, the next append seals a segment that is a new file
+// early and goes on in the spare. A log written in bulk, or sealed often
+// with little in it, makes none: zeros would cost it a segment's worth of
+// writes for little gain. The writer never waits for a spare: without a
+// kept file it creates a new one.
+// A spare left by a crash, whole or not, is a kept file like any other.
+// A spare that cannot be written (a full disk) is removed and logged,
+// and the log goes on with new files until it is opened again.
 //
 // A segment file that is not reused reserves SegmentSize bytes of disk
 // past its end when it is created (fallocate KEEP_SIZE), so appends need

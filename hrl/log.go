@@ -26,7 +26,9 @@ type Options struct {
 	// segments (default 0: dropped files are removed). Writing over a
 	// file's cached pages costs a fraction of filling a new file (page and
 	// block allocation); see the package documentation for how stale
-	// records left in a reused file are told apart.
+	// records left in a reused file are told apart. With Recycle set, a
+	// flush-bound log that has no dropped file to reuse prepares a spare
+	// instead: a segment file filled with zeros ahead of need.
 	Recycle int
 }
 
@@ -92,19 +94,28 @@ type Log struct {
 	written atomic.Uint64 // every record up to here is in its file
 	synced  atomic.Uint64 // every record up to here is durable
 
-	wseg     *Segment                // the segment the writer goroutine writes to; its own
-	unsynced []*Segment              // segments before wseg not yet fsynced; the writer's own
-	dirDirty bool                    // a segment was created since the last directory sync
-	wsegPub  atomic.Pointer[Segment] // wseg, published for DropThrough
-	free     []freeFile              // dropped files kept for reuse; the writer's own (recover's before it starts)
-	kick     chan struct{}
-	quit     chan struct{}
-	jobs     chan syncJob // writer → syncer
-	hints    chan hint    // writer → flusher: start writeback of written bytes
-	hintMu   sync.Mutex   // held by the flusher on a file and by drop closing one
-	wg       sync.WaitGroup
-	pool     sync.Pool
-	torn     *Torn // what recovery cut
+	wseg      *Segment                // the segment the writer goroutine writes to; its own
+	unsynced  []*Segment              // segments before wseg not yet fsynced; the writer's own
+	dirDirty  bool                    // a segment was created since the last directory sync
+	wsegPub   atomic.Pointer[Segment] // wseg, published for DropThrough
+	freeMu    sync.Mutex              // guards free: the writer takes and adds files, the preparer adds spares
+	free      []freeFile              // dropped files and spares kept for reuse
+	spareOff  bool                    // preparing a spare failed: no more tries; the preparer's own (recover's before it starts)
+	spareKick chan struct{}           // asks the preparer for a spare
+	// The syncer's count of small syncs in the active segment (noteSync).
+	syncSeg     *Segment
+	syncOff     int64
+	smallSyncs  int
+	flushBound  atomic.Bool // the log is synced often with little in between: spares pay
+	freshActive atomic.Bool // the writer's segment is a new file, not a reused one
+	kick        chan struct{}
+	quit        chan struct{}
+	jobs        chan syncJob // writer → syncer
+	hints       chan hint    // writer → flusher: start writeback of written bytes
+	hintMu      sync.Mutex   // held by the flusher on a file and by drop closing one
+	wg          sync.WaitGroup
+	pool        sync.Pool
+	torn        *Torn // what recovery cut
 
 	closeOnce sync.Once
 	closeErr  error
@@ -119,7 +130,8 @@ func Open(fs vfs.FS, dir string, opts Options) (*Log, error) {
 	if err := fs.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
-	l := &Log{fs: fs, dir: dir, opts: opts, kick: make(chan struct{}, 1), quit: make(chan struct{})}
+	l := &Log{fs: fs, dir: dir, opts: opts, kick: make(chan struct{}, 1), quit: make(chan struct{}),
+		spareKick: make(chan struct{}, 1)}
 	l.wcond.L = &l.mu
 	if err := l.recover(); err != nil {
 		l.closeFiles()
@@ -131,10 +143,11 @@ func Open(fs vfs.FS, dir string, opts Options) (*Log, error) {
 	l.synced.Store(l.next - 1)
 	l.jobs = make(chan syncJob, 1)
 	l.hints = make(chan hint, 64)
-	l.wg.Add(3)
+	l.wg.Add(4)
 	go l.run()
 	go l.syncer()
 	go l.flusher()
+	go l.preparer()
 	return l, nil
 }
 
@@ -193,7 +206,7 @@ func (l *Log) Append(e Entry) (Pos, *Batch, error) {
 	}
 	n := int64(RecHeaderSize + len(e.Payload))
 	seg := l.segs[len(l.segs)-1]
-	if seg.last >= seg.first && seg.size+n > l.opts.SegmentSize {
+	if seg.last >= seg.first && (seg.size+n > l.opts.SegmentSize || l.rollToSpareLocked(seg)) {
 		seg = l.rollLocked()
 	}
 	lsn := l.next

@@ -35,17 +35,14 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 	if parts == nil {
 		parts = [][]byte{encodeSegmentHeader(first)}
 	}
+	ff, ok, err := l.takeFree(seg.name)
+	if err != nil {
+		return nil, err
+	}
 	var f vfs.File
-	if n := len(l.free); n > 0 {
-		ff := l.free[n-1]
-		l.free = l.free[:n-1]
-		if err := l.fs.Rename(l.path(ff.name), l.path(seg.name)); err != nil {
-			l.closeFile(ff.file)
-			return nil, fmt.Errorf("hrl: %w", err)
-		}
+	if ok {
 		f, seg.reused = ff.file, true
 	} else {
-		var err error
 		if f, err = l.fs.Create(l.path(seg.name)); err != nil {
 			return nil, fmt.Errorf("hrl: %w", err)
 		}
@@ -61,12 +58,35 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
 	seg.file = f
+	l.freshActive.Store(!seg.reused)
 	var n int64
 	for _, b := range parts {
 		n += int64(len(b))
 	}
 	seg.wsize.Store(n)
 	return seg, nil
+}
+
+// takeFree renames the file last kept for reuse, if any, to name and
+// returns it. The lock is held across the rename: once the list is
+// empty the preparer may create a new spare, which must not take the
+// name of one not yet renamed (it would write zeros over the segment).
+func (l *Log) takeFree(name string) (freeFile, bool, error) {
+	l.freeMu.Lock()
+	n := len(l.free)
+	if n == 0 {
+		l.freeMu.Unlock()
+		return freeFile{}, false, nil
+	}
+	ff := l.free[n-1]
+	l.free = l.free[:n-1]
+	err := l.fs.Rename(l.path(ff.name), l.path(name))
+	l.freeMu.Unlock()
+	if err != nil {
+		l.closeFile(ff.file)
+		return freeFile{}, false, fmt.Errorf("hrl: %w", err)
+	}
+	return ff, true, nil
 }
 
 // zeroCopyMin is the payload size from which Append keeps a reference to
@@ -397,6 +417,7 @@ func (l *Log) syncJob(job syncJob) error {
 	if jobHook != nil {
 		jobHook(l, true)
 	}
+	l.noteSync(job)
 	l.synced.Store(job.written)
 	// The sync record vouches for the bytes before job.size of the segment
 	// it lands in, so it goes only where that segment is still the active
@@ -422,16 +443,12 @@ type dropReq struct {
 func (l *Log) drop(req dropReq) (kept []*Segment, err error) {
 	for i, s := range req.segs {
 		l.unsynced = slices.DeleteFunc(l.unsynced, func(u *Segment) bool { return u == s })
-		if len(l.free) < l.opts.Recycle {
-			name := strings.TrimSuffix(s.name, suffix) + freeSuffix
-			rerr := l.fs.Rename(l.path(s.name), l.path(name))
-			if rerr == nil {
-				l.free = append(l.free, freeFile{name: name, file: s.file})
-				continue
-			}
-			if err == nil {
-				err = fmt.Errorf("hrl: %w", rerr)
-			}
+		ok, rerr := l.keepDropped(s)
+		if ok {
+			continue
+		}
+		if rerr != nil && err == nil {
+			err = rerr
 		}
 		if rerr := l.fs.Remove(l.path(s.name)); rerr != nil {
 			if err == nil {
@@ -446,6 +463,25 @@ func (l *Log) drop(req dropReq) (kept []*Segment, err error) {
 		err = fmt.Errorf("hrl: %w", serr)
 	}
 	return kept, err
+}
+
+// keepDropped keeps a dropped segment's file for reuse, renamed to
+// FIRST.free, if fewer than Recycle files are kept; only the writer
+// goroutine calls it. A file it does not keep is for the caller to
+// remove. The lock is held across the rename so that a spare the
+// preparer finishes meanwhile cannot go past the bound.
+func (l *Log) keepDropped(s *Segment) (bool, error) {
+	l.freeMu.Lock()
+	defer l.freeMu.Unlock()
+	if len(l.free) >= l.opts.Recycle {
+		return false, nil
+	}
+	name := strings.TrimSuffix(s.name, suffix) + freeSuffix
+	if err := l.fs.Rename(l.path(s.name), l.path(name)); err != nil {
+		return false, fmt.Errorf("hrl: %w", err)
+	}
+	l.free = append(l.free, freeFile{name: name, file: s.file})
+	return true, nil
 }
 
 // dropAll runs drop requests in order; only the writer goroutine calls it.
