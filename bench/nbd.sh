@@ -237,7 +237,7 @@ out=bench/results/nbd-$(date -u +%Y%m%d-%H%M).md
 	echo "allocated, its pages dropped from the page cache before each server starts. A fresh server per"
 	echo "workload and image, runs: $RUNS, server order rotated, ${SECS}s per timed workload."
 	echo "Figures: medians over the runs; ratios: min / median / max over the runs of the ratio within"
-	echo "one run. $(nproc) cores; vrep $(git describe --always --dirty); $(date -u +%F); $((SECONDS - t0)) s."
+	echo "one run. $(nproc) cores; vrep ${VREP:+binary $VREP, tree }$(git describe --always --dirty); $(date -u +%F); $((SECONDS - t0)) s."
 	echo
 	table vrep "${servers[@]}"
 	if [[ " $WORKLOADS " == *" repl "* && " $WORKLOADS " == *" rw4k-f32 "* ]]; then
