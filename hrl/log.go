@@ -30,6 +30,10 @@ type Options struct {
 	// flush-bound log that has no dropped file to reuse prepares a spare
 	// instead: a segment file filled with zeros ahead of need.
 	Recycle int
+	// FlushBound is how many small syncs in a row within a segment make
+	// the log flush-bound, and worth a spare (default 16; see the package
+	// documentation).
+	FlushBound int
 }
 
 // Segment is one segment file of a log.

@@ -55,7 +55,11 @@ func (l *Log) noteSync(job syncJob) {
 		l.smallSyncs = 0
 	}
 	l.syncOff = job.size
-	bound := l.smallSyncs >= flushBoundSyncs
+	need := flushBoundSyncs
+	if l.opts.FlushBound > 0 {
+		need = l.opts.FlushBound
+	}
+	bound := l.smallSyncs >= need
 	l.flushBound.Store(bound)
 	if bound {
 		l.kickSpare()

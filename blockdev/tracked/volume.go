@@ -77,6 +77,9 @@ type Options struct {
 	// than filling new files; the price is that disk space the log once
 	// took stays taken.
 	Recycle int
+	// LogFlushBound is the log's hrl.Options.FlushBound: how many small
+	// syncs in a row make it prepare a spare segment file (default 16).
+	LogFlushBound int
 }
 
 var (
@@ -213,7 +216,7 @@ func Open(dir string, base blockdev.Device, opts Options) (*Volume, error) {
 	if err := v.readDirty(); err != nil {
 		return nil, err
 	}
-	log, err := hrl.Open(v.fs, filepath.Join(dir, "log"), hrl.Options{SegmentSize: opts.SegmentSize, FirstLSN: ckpt + 1, Recycle: max(opts.Recycle, 0)})
+	log, err := hrl.Open(v.fs, filepath.Join(dir, "log"), hrl.Options{SegmentSize: opts.SegmentSize, FirstLSN: ckpt + 1, Recycle: max(opts.Recycle, 0), FlushBound: opts.LogFlushBound})
 	if err != nil {
 		return nil, fmt.Errorf("tracked: opening the change log: %w", err)
 	}
