@@ -237,7 +237,12 @@ func (l *Log) keepFree(name string) error {
 	if err != nil {
 		return fmt.Errorf("hrl: %w", err)
 	}
-	l.free = append(l.free, freeFile{name: name, file: f})
+	size, err := f.Size()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("hrl: %w", err)
+	}
+	l.free = append(l.free, freeFile{name: name, file: f, size: size})
 	return nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync/atomic"
 
 	"github.com/vrep-io/vrep/internal/vfs"
 )
@@ -37,9 +39,15 @@ var errStopped = errors.New("hrl: closing")
 // sealed often with little in it (points on an idle disk) would pay that
 // for every seal. Variables so that tests can lower them.
 var (
-	flushBoundSyncs       = 16
+	flushBoundSyncs       = atomicInt(16)
 	flushBoundBytes int64 = 1 << 20
 )
+
+func atomicInt(n int32) *atomic.Int32 {
+	var a atomic.Int32
+	a.Store(n)
+	return &a
+}
 
 // noteSync counts the small syncs of the active segment once job is
 // durable, and asks for a spare while the log is flush-bound; only the
@@ -55,7 +63,7 @@ func (l *Log) noteSync(job syncJob) {
 		l.smallSyncs = 0
 	}
 	l.syncOff = job.size
-	need := flushBoundSyncs
+	need := int(flushBoundSyncs.Load())
 	if l.opts.FlushBound > 0 {
 		need = l.opts.FlushBound
 	}
@@ -89,10 +97,13 @@ func (l *Log) kickSpare() {
 	}
 }
 
+// needSpare reports whether the log keeps no long file for reuse (a
+// segment sealed early by a point leaves a short one, which appends
+// would extend, block by block).
 func (l *Log) needSpare() bool {
 	l.freeMu.Lock()
 	defer l.freeMu.Unlock()
-	return len(l.free) == 0
+	return !slices.ContainsFunc(l.free, l.long)
 }
 
 // preparer is the goroutine that prepares a spare when the writer asks
@@ -121,11 +132,23 @@ func (l *Log) addSpare(quit <-chan struct{}) {
 	f, err := l.prepareSpare(quit)
 	if err == nil {
 		l.freeMu.Lock()
+		var evict *freeFile
+		if len(l.free) >= l.opts.Recycle { // kept files are all short: the spare takes one's place
+			if i := slices.IndexFunc(l.free, func(ff freeFile) bool { return !l.long(ff) }); i >= 0 {
+				evict = &freeFile{}
+				*evict = l.free[i]
+				l.free = slices.Delete(l.free, i, i+1)
+			}
+		}
 		kept := len(l.free) < l.opts.Recycle // drops may have filled the list meanwhile
 		if kept {
-			l.free = append(l.free, freeFile{name: spareName, file: f})
+			l.free = append(l.free, freeFile{name: spareName, file: f, size: l.opts.SegmentSize})
 		}
 		l.freeMu.Unlock()
+		if evict != nil {
+			evict.file.Close()
+			l.fs.Remove(l.path(evict.name))
+		}
 		if !kept {
 			f.Close()
 			l.fs.Remove(l.path(spareName))

@@ -55,9 +55,9 @@ func fileSize(t *testing.T, fs vfs.FS, name string) int64 {
 // flush-bound to n for the test.
 func flushBound(t *testing.T, n int) {
 	t.Helper()
-	old := flushBoundSyncs
-	flushBoundSyncs = n
-	t.Cleanup(func() { flushBoundSyncs = old })
+	old := flushBoundSyncs.Load()
+	flushBoundSyncs.Store(int32(n))
+	t.Cleanup(func() { flushBoundSyncs.Store(old) })
 }
 
 // flushEach appends n records to l, each followed by a Sync: what a guest
@@ -234,11 +234,13 @@ func TestReopenedLogUsesItsSpare(t *testing.T) {
 func TestNoSpareWithoutRecycle(t *testing.T) {
 	spareHook = func(*Log, error) { t.Error("a spare was prepared with Recycle 0") }
 	t.Cleanup(func() { spareHook = nil })
+	flushBound(t, 1) // every sync would ask for one
 	fs := vfs.NewMem(33)
 	l := mustOpen(t, fs, "/log", Options{SegmentSize: 4096})
 	var lsn uint64
 	for range 3 {
 		fillSegment(t, l, &lsn)
+		flushEach(t, l, &lsn, 2)
 	}
 	if err := l.Sync(); err != nil {
 		t.Fatal(err)
@@ -289,6 +291,12 @@ func TestSpareFailureKeepsTheLogGoing(t *testing.T) {
 	if err := l.Sync(); err != nil {
 		t.Fatal(err)
 	}
+	if got := scanAll(t, l, 1); len(got) != int(lsn) {
+		t.Fatalf("%d records, want %d", len(got), lsn)
+	}
+	if err := l.Close(); err != nil { // waits for the preparer
+		t.Fatal(err)
+	}
 	if _, err := fs.Open("/log/" + spareName); err == nil {
 		t.Error("the failed spare was left in place")
 	}
@@ -296,9 +304,6 @@ func TestSpareFailureKeepsTheLogGoing(t *testing.T) {
 	case err := <-spares:
 		t.Errorf("a spare was tried again after a failure (%v)", err)
 	default:
-	}
-	if got := scanAll(t, l, 1); len(got) != int(lsn) {
-		t.Fatalf("%d records, want %d", len(got), lsn)
 	}
 }
 
@@ -411,5 +416,148 @@ func TestSpareWhileRolling(t *testing.T) {
 		if err := l.Close(); err != nil {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
+	}
+}
+
+// checkTimeline checks that l's records are consecutive, each the payload
+// wrote holds for its LSN, and reach at least synced.
+func checkTimeline(t *testing.T, l *Log, wrote map[uint64]string, synced uint64, what string) {
+	t.Helper()
+	got := scanAll(t, l, 1)
+	for i, r := range got {
+		if i > 0 && r.LSN != got[i-1].LSN+1 {
+			t.Fatalf("%s: LSN %d follows %d", what, r.LSN, got[i-1].LSN)
+		}
+		if r.P != wrote[r.LSN] {
+			t.Fatalf("%s: LSN %d reads %.24q, this timeline wrote %.24q", what, r.LSN, r.P, wrote[r.LSN])
+		}
+	}
+	if last := l.LastLSN(); last < synced {
+		t.Fatalf("%s: the log ends at LSN %d, %d were synced", what, last, synced)
+	}
+}
+
+// TestReusedFileRenameDurableFirst: the power is cut after a segment
+// written over a spare was fsynced and before the directory was, so the
+// segment's records are durable in the file under the spare's name. The
+// reopened log, sealed at once (a point does that), writes the same LSNs
+// again over that file, records of the same sizes, syncs some and is cut
+// again: the bytes past its last sync, where they fall back to the first
+// timeline's, must not read as records. Without the rename made durable
+// before a reused file is written, they do: writes lost at the first cut
+// come back after the second.
+func TestReusedFileRenameDurableFirst(t *testing.T) {
+	flushBound(t, 1)
+	for seed := range uint64(40) {
+		flushBoundSyncs.Store(1)
+		spares := watchSpares(t)
+		fs := vfs.NewMem(seed)
+		opts := Options{SegmentSize: 16 << 10, Recycle: 1}
+		l := mustOpen(t, fs, "/log", opts)
+		var lsn uint64
+		flushEach(t, l, &lsn, 1) // flush-bound: a spare, and no append to roll onto it yet
+		if err := nextSpare(t, spares); err != nil {
+			t.Fatal(err)
+		}
+		// No further spare: its own directory sync would take the
+		// injected failure below. The log stays flush-bound until its
+		// next sync, so the next append still rolls onto this spare.
+		flushBoundSyncs.Store(1 << 30)
+		wrote := map[uint64]string{}
+		for i := uint64(1); i <= lsn; i++ {
+			wrote[i] = recyclePayload(i)
+		}
+		// The next append rolls onto the spare, renamed to a segment; the
+		// first directory sync after its data was fsynced fails, and the
+		// power goes. (The file keeps the name it was opened with.)
+		errCut := errors.New("injected: the power goes before the directory is synced")
+		var armed bool
+		fs.SetInject(func(op, name string) error {
+			switch {
+			case op == "sync" && filepath.Base(name) == spareName:
+				armed = true
+			case op == "syncdir" && armed:
+				return errCut
+			}
+			return nil
+		})
+		payload := func(timeline int, lsn uint64) string {
+			return fmt.Sprintf("timeline %d LSN %4d %0300d", timeline, lsn, 0)
+		}
+		for range 30 {
+			lsn++
+			wrote[lsn] = payload(1, lsn) // kept if the cut leaves them
+			appendWait(t, l, write(lsn, wrote[lsn]))
+		}
+		if err := l.Sync(); !errors.Is(err, errCut) {
+			t.Fatalf("seed %d: Sync = %v, want the injected failure", seed, err)
+		}
+		fs.Cut()
+		l.Close()
+		fs.SetInject(nil)
+		fs.Revive()
+		l = mustOpen(t, fs, "/log", opts)
+		if _, err := l.Seal(); err != nil {
+			t.Fatal(err)
+		}
+		checkTimeline(t, l, wrote, 1, fmt.Sprintf("seed %d after the first cut", seed))
+		lsn = l.LastLSN()
+		for range 10 {
+			lsn++
+			wrote[lsn] = payload(2, lsn)
+			appendWait(t, l, write(lsn, wrote[lsn]))
+		}
+		if err := l.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		synced := lsn
+		for range 10 {
+			lsn++
+			wrote[lsn] = payload(2, lsn)
+			appendWait(t, l, write(lsn, wrote[lsn]))
+		}
+		fs.Cut()
+		l.Close()
+		fs.Revive()
+		l, err := Open(fs, "/log", opts)
+		if err != nil {
+			t.Fatalf("seed %d: Open after the second cut: %v", seed, err)
+		}
+		checkTimeline(t, l, wrote, synced, fmt.Sprintf("seed %d after the second cut", seed))
+		l.Close()
+	}
+}
+
+// TestShortKeptFileIsNoSpare: a segment sealed early (a point) and
+// dropped is kept short; a flush-bound log does not take it for a spare
+// (appends would extend it block by block): it prepares a spare and rolls
+// onto that, SegmentSize long.
+func TestShortKeptFileIsNoSpare(t *testing.T) {
+	spares := watchSpares(t)
+	flushBound(t, 1<<30) // not flush-bound while the short file is made
+	fs := vfs.NewMem(42)
+	const segSize = 4096
+	opts := Options{SegmentSize: segSize, Recycle: 2}
+	l := mustOpen(t, fs, "/log", opts)
+	defer l.Close()
+	var lsn uint64
+	flushEach(t, l, &lsn, 1)
+	if _, err := l.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	flushEach(t, l, &lsn, 1)
+	if err := l.DropThrough(1); err != nil {
+		t.Fatal(err)
+	}
+	flushBoundSyncs.Store(1)
+	flushEach(t, l, &lsn, 1)
+	if err := nextSpare(t, spares); err != nil {
+		t.Fatalf("no spare with only a short file kept: %v", err)
+	}
+	lsn++
+	appendWait(t, l, write(lsn, recyclePayload(lsn)))
+	segs := l.Segments()
+	if n := fileSize(t, fs, "/log/"+segs[len(segs)-1].Name); n != segSize {
+		t.Fatalf("the flush-bound log rolled onto a file of %d bytes, want a spare of %d", n, segSize)
 	}
 }

@@ -9,11 +9,17 @@ import (
 	"github.com/vrep-io/vrep/internal/vfs"
 )
 
-// freeFile is a dropped segment file waiting to be reused.
+// freeFile is a dropped segment file (or a spare) waiting to be reused.
 type freeFile struct {
 	name string
 	file vfs.File
+	size int64 // its length: a segment sealed early (a point) is short
 }
+
+// long reports whether a kept file is long enough that a segment written
+// over it mostly overwrites written blocks (at least half a segment):
+// what a spare is for.
+func (l *Log) long(ff freeFile) bool { return ff.size >= l.opts.SegmentSize/2 }
 
 type pending struct {
 	seg    *Segment
@@ -28,8 +34,9 @@ type pending struct {
 }
 
 // createSegment writes a new segment file holding the header and records
-// in parts, reusing a dropped file when one is kept. Neither the file nor
-// its name is durable until the next Sync.
+// in parts, reusing a dropped file when one is kept. A new file and its
+// name are not durable until the next Sync; a reused file's new name is
+// made durable first.
 func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 	seg := &Segment{first: first, name: segmentName(first), last: first - 1, size: HeaderSize}
 	if parts == nil {
@@ -41,6 +48,16 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 	}
 	var f vfs.File
 	if ok {
+		// The new name is made durable before anything is written over
+		// the file. Otherwise a power cut after the records were synced
+		// and before the directory was would leave them under the kept
+		// name, to be written over again for the same LSNs by the log
+		// that recovery ends before them: past that log's last sync, a
+		// second cut would bring the lost records back as records.
+		if err := l.fs.SyncDir(l.dir); err != nil {
+			l.closeFile(ff.file)
+			return nil, fmt.Errorf("hrl: %w", err)
+		}
 		f, seg.reused = ff.file, true
 	} else {
 		if f, err = l.fs.Create(l.path(seg.name)); err != nil {
@@ -78,8 +95,12 @@ func (l *Log) takeFree(name string) (freeFile, bool, error) {
 		l.freeMu.Unlock()
 		return freeFile{}, false, nil
 	}
-	ff := l.free[n-1]
-	l.free = l.free[:n-1]
+	i := n - 1 // the last kept, or else the last long one
+	if j := slices.IndexFunc(l.free, l.long); j >= 0 && !l.long(l.free[i]) {
+		i = j
+	}
+	ff := l.free[i]
+	l.free = slices.Delete(l.free, i, i+1)
 	err := l.fs.Rename(l.path(ff.name), l.path(name))
 	l.freeMu.Unlock()
 	if err != nil {
@@ -480,7 +501,7 @@ func (l *Log) keepDropped(s *Segment) (bool, error) {
 	if err := l.fs.Rename(l.path(s.name), l.path(name)); err != nil {
 		return false, fmt.Errorf("hrl: %w", err)
 	}
-	l.free = append(l.free, freeFile{name: name, file: s.file})
+	l.free = append(l.free, freeFile{name: name, file: s.file, size: s.wsize.Load()})
 	return true, nil
 }
 

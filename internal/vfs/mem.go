@@ -49,6 +49,13 @@ func NewMem(seed uint64) *Mem {
 		left: -1, rng: rand.New(rand.NewPCG(seed, 3))}
 }
 
+// SetInject sets Inject while the file system is in use.
+func (m *Mem) SetInject(f func(op, name string) error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.Inject = f
+}
+
 // CutAfter arranges for the power to be cut just before the n-th next
 // mutating call (write, sync, create, rename, remove, truncate, syncdir).
 func (m *Mem) CutAfter(n int) {
