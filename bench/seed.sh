@@ -34,18 +34,26 @@
 # goes through its throttle. 4 x MBPS must stay below what the disk
 # under them does (about 1 GB/s here).
 set -euo pipefail
+shopt -s inherit_errexit # a failure inside $(...) fails the script too
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 RUNS=${1:-3}
 SIZE=${SIZE:-1G}
 work=$(realpath -m "${WORK:-bench/work}")/seed
-for m in "$work"/drive?; do umount "$m" 2>/dev/null || true; done
+for m in "$work"/drive?; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+for f in "$work"/drive?.img; do [ -e "$f" ] && losetup -j "$f" | cut -d: -f1 | xargs -r -n1 losetup -d; done
 rm -rf "$work"; mkdir -p "$work" bench/results
 vrep=${VREP:-bin/vrep}
 go build -o "$vrep" ./cmd/vrep
 bytes=$(numfmt --from=iec "$SIZE")
 mb() { python3 -c "print(round($bytes/1e6/$1))"; }
-secs() { local s=$(date +%s.%N); "$@" >/dev/null 2>&1; python3 -c "print(max($(date +%s.%N)-$s, 1e-3))"; }
+# secs CMD...: the seconds CMD took; fails (with its output) if CMD fails.
+secs() {
+	local s out
+	s=$(date +%s.%N)
+	out=$("$@" 2>&1) || { echo "failed: $* — $out" >&2; return 1; }
+	python3 -c "print(max($(date +%s.%N)-$s, 1e-3))"
+}
 
 # drop FILES...: their pages leave the page cache (written back first).
 drop() {
@@ -68,18 +76,21 @@ throttle() { # DEV BPS: the block layer's limit on DEV (0: none)
 	elif [ -w /sys/fs/cgroup/io.max ]; then
 		[ "$2" = 0 ] && echo "$mm rbps=max wbps=max" >/sys/fs/cgroup/io.max || echo "$mm rbps=$2 wbps=$2" >/sys/fs/cgroup/io.max
 	else
-		echo "no block throttle here (cgroup blkio or io.max)" >&2; exit 1
+		echo "no block throttle here (cgroup blkio or io.max)" >&2; return 1
 	fi
 }
 declare -a loops=()
 undrive() {
+	[ -n "${pid:-}" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; } || true
 	for i in "${!loops[@]}"; do
-		umount "$work/drive$i" 2>/dev/null || true
+		umount "$work/drive$i" 2>/dev/null || umount -l "$work/drive$i" 2>/dev/null || true
 		throttle "${loops[$i]}" 0 2>/dev/null || true
 		losetup -d "${loops[$i]}" 2>/dev/null || true
 	done
 }
 if [ -n "${DRIVES:-}" ]; then
+	[ -w /sys/fs/cgroup/blkio/blkio.throttle.write_bps_device ] || [ -w /sys/fs/cgroup/io.max ] ||
+		{ echo "DRIVES needs a block throttle (cgroup v1 blkio, or io.max in a cgroup v2 group)" >&2; exit 1; }
 	trap undrive EXIT
 	media=$work/media
 	for i in 0 1 2 3; do
@@ -95,7 +106,10 @@ if [ -n "${DRIVES:-}" ]; then
 	# of the image on one drive (dropped from the cache) to this disk.
 	cp_export() { cp "$img" "$work/drive0/copy.img" && sync "$work/drive0/copy.img"; rm -f "$work/drive0/copy.img"; }
 	# The copy on the drive is made once per image, before any timing.
-	before_run() { local src=$work/drive1/$(basename "$img"); [ -f "$src" ] || { cp "$img" "$src"; sync "$src"; }; }
+	before_run() {
+		local src=$work/drive1/$(basename "$img")
+		[ -f "$src" ] || { rm -f "$work"/drive1/*.img; cp "$img" "$src"; sync "$src"; }
+	}
 	cp_import() {
 		local src; src=$work/drive1/$(basename "$img")
 		drop "$src"
@@ -146,6 +160,7 @@ run_one() { # IMAGE RUN → "cp e2 cp e1 cp import cp import-noverify media" (MB
 	$vrep primary --state "$st" --disk "vm1/disk0=$img" --nbd "unix:$sock" --replica 127.0.0.1:9 \
 		--tls-dir "$work/pki" --name p1 --replica-name r1 --retry-schedule 1h 2>"$work/primary.log" &
 	local pid=$!
+	trap "kill $pid 2>/dev/null || true" EXIT # run_one runs in a subshell: its own trap
 	for _ in $(seq 100); do [ -S "$st/api.sock" ] && break; sleep 0.1; done
 	local e2 e1 i in onmedia
 	before_run
