@@ -31,6 +31,7 @@ changed=$((chunks / 100))
 # 4 KiB at a time (WRITE_BS=4k, as `head -c` does) sits in 4 KiB folios and
 # costs every reader of it about twice as much CPU per byte.
 wbs=$(numfmt --from=iec "$(echo "${WRITE_BS:-1M}" | tr a-z A-Z)")
+((bytes % wbs == 0)) || { echo "SIZE ($SIZE) is not a multiple of WRITE_BS (${WRITE_BS:-1M})" >&2; exit 2; }
 echo "making $SIZE of random data in ${WRITE_BS:-1M} writes" >&2
 dd if=/dev/urandom of="$work/disk.img" bs="$wbs" count=$((bytes / wbs)) iflag=fullblock status=none
 "$vrep" cert init --dir "$work/pki" >/dev/null
@@ -114,7 +115,7 @@ for r in $(seq "$RUNS"); do
 	cmp -s "$work/disk.img" "$rimg" && same=yes || same="no (the primary wrote meanwhile?)"
 	# The same damage, in the same file, for rsync (the replica stopped, so
 	# nothing else touches its image).
-	kill $rpid; wait $rpid 2>/dev/null || true
+	kill $rpid 2>/dev/null || true; wait $rpid 2>/dev/null || true
 	damage "$rimg"
 	sync
 	cold "$work/disk.img" "$rimg"
