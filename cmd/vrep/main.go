@@ -14,6 +14,7 @@ import (
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/primary"
+	"github.com/vrep-io/vrep/internal/procs"
 	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/replica/receive"
 	"github.com/vrep-io/vrep/replica/seed"
@@ -29,6 +30,9 @@ const (
 )
 
 func main() {
+	// Blocking disk system calls must not starve the request loops of Ps
+	// (internal/procs); GOMAXPROCS in the environment overrides it.
+	procs.ForBlockingIO()
 	root := rootCmd()
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "vrep:", sentence(err))

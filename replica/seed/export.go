@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/zeebo/xxh3"
 
 	"github.com/vrep-io/vrep/internal/names"
+	"github.com/vrep-io/vrep/internal/procs"
 	"github.com/vrep-io/vrep/internal/vfs"
 )
 
@@ -44,7 +44,7 @@ type Options struct {
 	VM, Primary string
 	ChunkSize   int64 // default DefaultChunk
 	Parity      int   // parity shards; the rest of the directories hold data
-	Workers     int   // coding goroutines (default GOMAXPROCS)
+	Workers     int   // coding goroutines (default: one per CPU)
 	// Progress, if set, is called with the bytes read so far and the
 	// bytes of every disk together.
 	Progress func(done, total int64)
@@ -59,7 +59,7 @@ func Export(ctx context.Context, dirs []string, srcs []Source, opts Options) (_ 
 		opts.ChunkSize = DefaultChunk
 	}
 	if opts.Workers <= 0 {
-		opts.Workers = runtime.GOMAXPROCS(0)
+		opts.Workers = procs.CPUs()
 	}
 	n := len(dirs)
 	switch {

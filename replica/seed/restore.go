@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -21,6 +20,8 @@ import (
 	"github.com/klauspost/reedsolomon"
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
+
+	"github.com/vrep-io/vrep/internal/procs"
 )
 
 // Seed is a seed found in directories, ready to restore.
@@ -107,7 +108,7 @@ func Open(dirs []string) (*Seed, error) {
 	}
 	// Enough for every piece in flight: the readers' queues, the feeder's
 	// job, the workers' jobs.
-	s.bufs = pieceBufs{size: int(s.M.PieceSize()) + pieceHashSize, free: make(chan []byte, s.M.Shards()*(4+2+2*runtime.GOMAXPROCS(0)))}
+	s.bufs = pieceBufs{size: int(s.M.PieceSize()) + pieceHashSize, free: make(chan []byte, s.M.Shards()*(4+2+2*procs.CPUs()))}
 	id, _ := hex.DecodeString(s.M.SeedID)
 	owner := map[string]string{} // "disk/index" → directory
 	for _, d := range s.M.Disks {
@@ -249,7 +250,7 @@ func (s *Seed) Restore(ctx context.Context, disk string, w io.WriterAt, workers 
 		return Report{}, fmt.Errorf("%w: the seed holds no disk %s", ErrBadArgs, disk)
 	}
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		workers = procs.CPUs()
 	}
 	k, ns := m.DataShards, m.Shards()
 	S := int(m.PieceSize())
@@ -504,7 +505,7 @@ func (m *Manifest) Verify(ctx context.Context, disk string, r io.ReaderAt, worke
 		return nil, fmt.Errorf("%w: the seed holds no disk %s", ErrBadArgs, disk)
 	}
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		workers = procs.CPUs()
 	}
 	chunks := m.Chunks(d)
 	// The stored index of each chunk, so workers may take any chunk.

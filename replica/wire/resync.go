@@ -6,11 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"sync"
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/vrep-io/vrep/internal/procs"
 )
 
 // Resync and verify (since version 3; ResyncResume, ResyncDurable and
@@ -265,7 +266,7 @@ var hashBufs sync.Pool
 // device r, read and hashed on workers goroutines (0: one per core).
 func HashChunks(ctx context.Context, r io.ReaderAt, size int64, chunk int, first, n uint64, workers int) ([]Sum, error) {
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		workers = procs.CPUs()
 	}
 	sums := make([]Sum, n)
 	g, ctx := errgroup.WithContext(ctx)
