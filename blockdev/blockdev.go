@@ -59,6 +59,16 @@ type Submitter interface {
 	Submit(p []byte, off int64) (Pending, error)
 }
 
+// NowSubmitter is a Submitter that can also take a write whose caller is
+// about to wait for it (it has nothing else to do): SubmitNow may do the
+// work in the caller's goroutine instead of handing it to its own, as
+// long as it does not wait on anything but the write's own work. It
+// places the write as Submit does.
+type NowSubmitter interface {
+	Submitter
+	SubmitNow(p []byte, off int64) (Pending, error)
+}
+
 // Pending is a submitted write.
 type Pending interface {
 	// Wait returns once the write has completed, with its error.

@@ -192,13 +192,9 @@ func (l *Log) run() {
 		case <-l.quit:
 			quit = true
 		}
+		l.wmu.Lock()
 		l.mu.Lock()
-		if l.cur != nil {
-			l.queue = append(l.queue, l.cur)
-			l.cur = nil
-		}
-		q := l.queue
-		l.queue = nil
+		q := l.takeLocked()
 		// Drops wait while a sync job is out: it may hold a segment that
 		// the synced LSN already covers (its records were synced as the
 		// active segment before a roll put it in the job).
@@ -213,18 +209,29 @@ func (l *Log) run() {
 			l.write(p)
 		}
 		l.dropAll(drops)
+		var job syncJob
 		if startSync {
-			// Every record a waiter asked for was appended before it
-			// registered, so it is in q or earlier: written now.
-			job := syncJob{segs: append(l.unsynced, l.wseg), // the job takes the list
-				written: l.written.Load(), size: l.wseg.wsize.Load(), dir: l.dirDirty}
-			l.unsynced, l.dirDirty = nil, false
+			job = l.newJob()
+		}
+		l.wmu.Unlock()
+		if startSync {
 			l.jobs <- job
 		}
 		if quit {
 			return
 		}
 	}
+}
+
+// newJob takes the segments to fsync for the waiters registered so far;
+// the caller holds wmu and has written every batch taken before it.
+// Every record a waiter asked for was appended before it registered, so
+// it is written now.
+func (l *Log) newJob() syncJob {
+	job := syncJob{segs: append(l.unsynced, l.wseg), // the job takes the list
+		written: l.written.Load(), size: l.wseg.wsize.Load(), dir: l.dirDirty}
+	l.unsynced, l.dirDirty = nil, false
+	return job
 }
 
 // writebackEvery is how many bytes of a segment are written before the
@@ -238,8 +245,8 @@ type hint struct {
 }
 
 // hintWriteback passes a range of a segment to the flusher once
-// writebackEvery bytes have piled up past the last hint; only the writer
-// calls it.
+// writebackEvery bytes have piled up past the last hint; the caller holds
+// wmu.
 func (l *Log) hintWriteback(s *Segment, from, to int64) {
 	wb, ok := s.file.(vfs.Writebacker)
 	if !ok || from/writebackEvery == to/writebackEvery {
@@ -282,25 +289,38 @@ func (l *Log) closeFile(f vfs.File) {
 func (l *Log) syncer() {
 	defer l.wg.Done()
 	for job := range l.jobs {
-		err := l.syncJob(job)
-		l.mu.Lock()
-		l.syncing = false
-		synced := l.synced.Load()
-		keep := l.waiters[:0]
-		for _, w := range l.waiters {
-			switch {
-			case err != nil:
-				w.ch <- err
-			case w.lsn <= synced:
-				w.ch <- nil
-			default:
-				keep = append(keep, w)
-			}
-		}
-		l.waiters = keep
-		l.mu.Unlock()
-		l.wake() // the next round, and drops held back
+		l.finishJob(job, false)
 	}
+}
+
+// finishJob runs a sync job and answers the waiters it served. Run by a
+// caller of Sync (inline), it writes the sync record itself when no one
+// else is writing, and wakes the writer goroutine only for work left.
+func (l *Log) finishJob(job syncJob, inline bool) {
+	err := l.syncJob(job)
+	l.mu.Lock()
+	l.syncing = false
+	synced := l.synced.Load()
+	keep := l.waiters[:0]
+	for _, w := range l.waiters {
+		switch {
+		case err != nil:
+			w.ch <- err
+		case w.lsn <= synced:
+			w.ch <- nil
+		default:
+			keep = append(keep, w)
+		}
+	}
+	l.waiters = keep
+	more := len(keep) > 0 || len(l.drops) > 0
+	l.wcond.Broadcast() // Close waits for the job
+	l.mu.Unlock()
+	if !inline || more {
+		l.wake() // the next round, and drops held back
+		return
+	}
+	l.WriteNow() // the sync record
 }
 
 func (l *Log) fail(err error) {
@@ -353,7 +373,7 @@ func writeParts(f vfs.File, parts [][]byte, off int64) error {
 	return nil
 }
 
-// write writes one batch; only the writer goroutine calls it.
+// write writes one batch; the caller holds wmu.
 func (l *Log) write(p *pending) {
 	err := l.failed()
 	if err == nil && p.create {
@@ -396,9 +416,9 @@ func (l *Log) write(p *pending) {
 
 // release gives back the blocks a sealed segment reserved and did not
 // use (a segment sealed by a copy-frequency tick may hold a few KiB of its
-// 64 MiB), so the log takes no more disk than it holds. Only the writer
-// calls it (and Close, once the writer is gone); a failure costs disk
-// space only, until the file goes.
+// 64 MiB), so the log takes no more disk than it holds. The holder of
+// wmu calls it (Close holds it for good); a failure costs disk space
+// only, until the file goes.
 func (l *Log) release(s *Segment) {
 	if s == nil || !s.reserved {
 		return
@@ -447,7 +467,6 @@ func (l *Log) syncJob(job syncJob) error {
 	l.mu.Lock()
 	if seg := l.segs[len(l.segs)-1]; seg == job.segs[len(job.segs)-1] && l.err == nil && !l.closed {
 		l.appendLocked(seg, RecHeaderSize, 0, TypeSync, 0, 0, l.next-1, uint64(job.size), nil)
-		l.wake()
 	}
 	l.mu.Unlock()
 	return nil

@@ -283,6 +283,7 @@ type conn struct {
 	work   chan job      // to an idle worker
 	idle   chan struct{} // closed when no more work comes: workers end
 	subs   chan sub      // submitted writes, in order, to the completer
+	now    bool          // the device is a blockdev.NowSubmitter
 	wg     sync.WaitGroup
 }
 
@@ -367,6 +368,7 @@ func (c *conn) serve() {
 	c.idle = make(chan struct{})
 	if _, ok := c.exp.Device.(blockdev.Submitter); ok && !c.exp.ReadOnly {
 		c.subs = make(chan sub, maxInFlight)
+		_, c.now = c.exp.Device.(blockdev.NowSubmitter)
 		c.wg.Add(1)
 		go c.completer()
 	}
@@ -686,6 +688,14 @@ func (c *conn) transmit() error {
 			c.submit(job{q, buf, tokens})
 			continue
 		}
+		if q.typ == cmdFlush && c.now && c.alone() {
+			// Alone in flight: served here, with no hand-off to a worker
+			// (the volume fsyncs its log in this goroutine too). A
+			// request the client sends meanwhile waits for one fsync of
+			// the log.
+			c.do(job{q, buf, tokens})
+			continue
+		}
 		c.dispatch(job{q, buf, tokens})
 	}
 }
@@ -694,11 +704,31 @@ func (c *conn) transmit() error {
 // completer replies once it has completed. The reader goes on to the next
 // request, and a group commit of many writes costs the completer one
 // wake-up and one reply write instead of a worker's per write.
+//
+// A write alone in flight (a guest at a queue depth of one: see alone)
+// goes to a blockdev.NowSubmitter's SubmitNow, which does the device's
+// work in this goroutine (a tracked volume writes its log itself), and
+// is answered here when it has completed by then: no goroutine hand-off
+// on its way, which at that depth costs more than the write.
 func (c *conn) submit(j job) {
-	p, err := c.exp.Device.(blockdev.Submitter).Submit(j.buf, int64(j.q.off))
+	dev := c.exp.Device.(blockdev.Submitter)
+	submit := dev.Submit
+	alone := c.alone()
+	if ns, ok := dev.(blockdev.NowSubmitter); ok && alone {
+		submit = ns.SubmitNow
+	}
+	p, err := submit(j.buf, int64(j.q.off))
 	if err != nil {
 		c.finish(j, err, true)
 		return
+	}
+	if alone {
+		select {
+		case <-p.Done():
+			c.finish(j, p.Wait(), true)
+			return
+		default:
+		}
 	}
 	c.subs <- sub{j, p} // never blocks: slots bound the writes in flight
 }
@@ -764,6 +794,13 @@ func (c *conn) worker(j job) {
 		}
 	}
 }
+
+// alone reports whether the request just read is the only one in flight
+// and no other has arrived behind it: its client waits for the answer
+// before it sends more (a queue depth of one). A client that sends
+// requests together keeps the server's hand-offs, which batch its
+// writes: served here one by one, they would each cost a log write.
+func (c *conn) alone() bool { return len(c.slots) == 1 && c.r.Buffered() == 0 }
 
 // take reserves payload budget.
 func (c *conn) take(tokens int) error {
@@ -831,17 +868,25 @@ func (c *conn) finish(j job, err error, flush bool) {
 	if q.typ == cmdRead && code == 0 {
 		data = j.buf
 	}
+	// The slot goes before the reply: a client that answers the reply
+	// with its next request must find that request alone in flight.
+	<-c.slots
 	c.replyTo(q, code, data, flush)
-	c.release(j)
+	c.releaseBufs(j)
 }
 
 // release gives back what an answered request held.
 func (c *conn) release(j job) {
+	c.releaseBufs(j)
+	<-c.slots
+}
+
+// releaseBufs gives back a request's buffer and payload budget.
+func (c *conn) releaseBufs(j job) {
 	putBuf(j.buf)
 	for range j.tokens {
 		<-c.budget
 	}
-	<-c.slots
 }
 
 // reply sends a simple reply. Replies that are ready at the same moment

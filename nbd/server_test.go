@@ -630,6 +630,69 @@ func TestSubmittedWrites(t *testing.T) {
 	}
 }
 
+// nowDev is a blockdev.NowSubmitter whose Submit leaves writes pending
+// until the gate opens and whose SubmitNow completes them at once; it
+// counts the calls of each.
+type nowDev struct {
+	gatedDev
+	now, later *atomic.Int32
+}
+
+func (d nowDev) Submit(p []byte, off int64) (blockdev.Pending, error) {
+	d.later.Add(1)
+	return d.gatedDev.Submit(p, off)
+}
+
+func (d nowDev) SubmitNow(p []byte, off int64) (blockdev.Pending, error) {
+	d.now.Add(1)
+	if _, err := d.Device.WriteAt(p, off); err != nil {
+		return nil, err
+	}
+	return gatedPending{gate: closedGate}, nil
+}
+
+var closedGate = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// TestWriteAloneSubmittedNow: a write alone in flight (a client at a queue
+// depth of one, each request sent once the last is answered) goes to
+// SubmitNow and is answered as soon as it returns, however fast the
+// client follows up; writes sent together go to Submit and wait for
+// their completions.
+func TestWriteAloneSubmittedNow(t *testing.T) {
+	dev := nowDev{gatedDev{blockdev.NewMem(testSize), make(chan struct{})}, new(atomic.Int32), new(atomic.Int32)}
+	_, sock := serve(t, dev, false)
+	cl := dial(t, sock, "vm1/disk0")
+	const n = 300
+	for i := range n {
+		if code, _ := cl.do(cmdWrite, 0, uint64(i%64)*4096, bytes.Repeat([]byte{byte(i)}, 4096), 4096); code != 0 {
+			t.Fatalf("write %d: errno %d", i, code)
+		}
+		if i%10 == 0 {
+			if code, _ := cl.do(cmdFlush, 0, 0, nil, 0); code != 0 {
+				t.Fatalf("flush after write %d: errno %d", i, code)
+			}
+		}
+	}
+	if now, later := dev.now.Load(), dev.later.Load(); now != n || later != 0 {
+		t.Fatalf("%d writes alone in flight: %d went to SubmitNow, %d to Submit", n, now, later)
+	}
+	// Sent together: the first may be alone, the rest are not, and
+	// their answers wait for the gate.
+	var buf bytes.Buffer
+	for i := range 8 {
+		buf.Write(reqBytes(cmdWrite, 0, uint64(i), uint64(i)*4096, 4096))
+		buf.Write(bytes.Repeat([]byte{0xee}, 4096))
+	}
+	cl.write(buf.Bytes())
+	waitfor.True(t, "the queued writes reach Submit", func() bool { return dev.later.Load() >= 7 })
+	close(dev.gate)
+	for range 8 {
+		if _, code, _ := cl.reply(0); code != 0 {
+			t.Fatalf("queued write: errno %d", code)
+		}
+	}
+}
+
 // TestDetachInUse: an export a client uses is not detached without force,
 // the client is named, and it keeps being served; with force the client
 // is disconnected; new clients cannot choose a detached export.

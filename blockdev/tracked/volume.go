@@ -368,8 +368,11 @@ func (v *Volume) readLayer(p []byte, off int64, x, next *index, r *baseReads) er
 }
 
 // WriteAt writes p at off; it returns once the write is in the log.
+//
+// The caller waits, so it writes the log itself when no other goroutine
+// is writing it (hrl.Log.WriteNow): no hand-off to the log's writer.
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
-	pend, err := v.Submit(p, off)
+	pend, err := v.write(p, off, true)
 	if err != nil {
 		return 0, err
 	}
@@ -385,6 +388,20 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 // and a log error fails every later batch, so the last one answers for
 // them all.
 func (v *Volume) Submit(p []byte, off int64) (blockdev.Pending, error) {
+	return v.write(p, off, false)
+}
+
+// SubmitNow is Submit for a caller that waits for the write at once
+// (blockdev.NowSubmitter): each record's batch is written in the calling
+// goroutine when the log's writer is free (hrl.Log.WriteNow), so the
+// write usually has completed when it returns.
+func (v *Volume) SubmitNow(p []byte, off int64) (blockdev.Pending, error) {
+	return v.write(p, off, true)
+}
+
+// write is Submit; with now, the caller writes each record's batch itself
+// when the log's writer is free.
+func (v *Volume) write(p []byte, off int64, now bool) (blockdev.Pending, error) {
 	if err := blockdev.CheckRange(v.Size(), off, int64(len(p))); err != nil {
 		return nil, err
 	}
@@ -392,7 +409,7 @@ func (v *Volume) Submit(p []byte, off int64) (blockdev.Pending, error) {
 	for done := 0; done < len(p); {
 		c := min(len(p)-done, hrl.MaxPayload)
 		e := hrl.Entry{Type: hrl.TypeWrite, Offset: uint64(off) + uint64(done), Payload: p[done : done+c]}
-		b, err := v.submit(&e)
+		b, err := v.submit(&e, now)
 		if err != nil {
 			// The chunks already queued may still read p: the caller may
 			// reuse it once this returns.
@@ -455,7 +472,7 @@ func (v *Volume) zero(t hrl.Type, flags uint8, off, n int64) error {
 
 // append logs one record, indexes it, and waits for it to be written.
 func (v *Volume) append(e *hrl.Entry) error {
-	b, err := v.submit(e)
+	b, err := v.submit(e, true)
 	if err != nil {
 		return err
 	}
@@ -467,7 +484,7 @@ func (v *Volume) append(e *hrl.Entry) error {
 
 // submit logs one record and indexes it; the batch says when it is
 // written.
-func (v *Volume) submit(e *hrl.Entry) (*hrl.Batch, error) {
+func (v *Volume) submit(e *hrl.Entry, now bool) (*hrl.Batch, error) {
 	e.Prepare()
 	n := int64(len(e.Payload))
 	if e.Type != hrl.TypeWrite {
@@ -489,7 +506,11 @@ func (v *Volume) submit(e *hrl.Entry) (*hrl.Batch, error) {
 		v.mu.Unlock()
 		return nil, v.fenced
 	}
-	pos, b, err := v.log.Append(*e)
+	appendFn := v.log.Append
+	if now {
+		appendFn = v.log.AppendQuiet
+	}
+	pos, b, err := appendFn(*e)
 	if err != nil {
 		v.mu.Unlock()
 		return nil, fmt.Errorf("tracked: %w", err)
@@ -509,6 +530,9 @@ func (v *Volume) submit(e *hrl.Entry) (*hrl.Batch, error) {
 		v.startOverflowLocked()
 	}
 	v.mu.Unlock()
+	if now {
+		v.log.WriteNow()
+	}
 	v.lastWrite.Store(time.Now().UnixNano())
 	if backlog || overflow {
 		v.wakeMerger()
