@@ -207,8 +207,8 @@ func (l *Log) Append(e Entry) (Pos, *Batch, error) {
 }
 
 // AppendQuiet is Append without waking the writer goroutine: the caller
-// must call WriteNow next, once it holds none of its own locks (it may
-// write the batch itself). Until then the record may sit unwritten.
+// must call Wake or WriteNow next, once it holds none of its own locks.
+// Until then the record may sit unwritten.
 func (l *Log) AppendQuiet(e Entry) (Pos, *Batch, error) {
 	if len(e.Payload) > MaxPayload {
 		return Pos{}, nil, fmt.Errorf("hrl: payload of %d bytes exceeds %d", len(e.Payload), MaxPayload)
@@ -264,6 +264,9 @@ func (l *Log) WriteNow() {
 		l.wake() // a sync or a drop to start: the writer goroutine's
 	}
 }
+
+// Wake asks the writer goroutine to write what AppendQuiet queued.
+func (l *Log) Wake() { l.wake() }
 
 // takeLocked takes every batch appended so far, for writing.
 func (l *Log) takeLocked() []*pending {

@@ -278,12 +278,12 @@ type conn struct {
 	w     *bufio.Writer
 	ready atomic.Int32 // replies waiting for wmu
 
-	slots  chan struct{} // bounds requests in flight
-	budget chan struct{} // payload budget, in 1 MiB tokens
-	work   chan job      // to an idle worker
-	idle   chan struct{} // closed when no more work comes: workers end
-	subs   chan sub      // submitted writes, in order, to the completer
-	now    bool          // the device is a blockdev.NowSubmitter
+	slots  chan struct{}         // bounds requests in flight
+	budget chan struct{}         // payload budget, in 1 MiB tokens
+	work   chan job              // to an idle worker
+	idle   chan struct{}         // closed when no more work comes: workers end
+	subs   chan sub              // submitted writes, in order, to the completer
+	now    blockdev.NowSubmitter // the device, if it is one; else nil
 	wg     sync.WaitGroup
 }
 
@@ -368,7 +368,7 @@ func (c *conn) serve() {
 	c.idle = make(chan struct{})
 	if _, ok := c.exp.Device.(blockdev.Submitter); ok && !c.exp.ReadOnly {
 		c.subs = make(chan sub, maxInFlight)
-		_, c.now = c.exp.Device.(blockdev.NowSubmitter)
+		c.now, _ = c.exp.Device.(blockdev.NowSubmitter)
 		c.wg.Add(1)
 		go c.completer()
 	}
@@ -688,7 +688,7 @@ func (c *conn) transmit() error {
 			c.submit(job{q, buf, tokens})
 			continue
 		}
-		if q.typ == cmdFlush && c.now && c.alone() {
+		if q.typ == cmdFlush && c.now != nil && c.alone() {
 			// Alone in flight: served here, with no hand-off to a worker
 			// (the volume fsyncs its log in this goroutine too). A
 			// request the client sends meanwhile waits for one fsync of
@@ -711,11 +711,10 @@ func (c *conn) transmit() error {
 // is answered here when it has completed by then: no goroutine hand-off
 // on its way, which at that depth costs more than the write.
 func (c *conn) submit(j job) {
-	dev := c.exp.Device.(blockdev.Submitter)
-	submit := dev.Submit
+	submit := c.exp.Device.(blockdev.Submitter).Submit
 	alone := c.alone()
-	if ns, ok := dev.(blockdev.NowSubmitter); ok && alone {
-		submit = ns.SubmitNow
+	if c.now != nil && alone {
+		submit = c.now.SubmitNow
 	}
 	p, err := submit(j.buf, int64(j.q.off))
 	if err != nil {

@@ -506,11 +506,7 @@ func (v *Volume) submit(e *hrl.Entry, now bool) (*hrl.Batch, error) {
 		v.mu.Unlock()
 		return nil, v.fenced
 	}
-	appendFn := v.log.Append
-	if now {
-		appendFn = v.log.AppendQuiet
-	}
-	pos, b, err := appendFn(*e)
+	pos, b, err := v.log.AppendQuiet(*e) // the log is woken below, past the lock
 	if err != nil {
 		v.mu.Unlock()
 		return nil, fmt.Errorf("tracked: %w", err)
@@ -532,6 +528,8 @@ func (v *Volume) submit(e *hrl.Entry, now bool) (*hrl.Batch, error) {
 	v.mu.Unlock()
 	if now {
 		v.log.WriteNow()
+	} else {
+		v.log.Wake()
 	}
 	v.lastWrite.Store(time.Now().UnixNano())
 	if backlog || overflow {
