@@ -121,9 +121,11 @@ type Log struct {
 	freshActive atomic.Bool // the writer's segment is a new file, not a reused one
 	kick        chan struct{}
 	quit        chan struct{}
-	jobs        chan syncJob // writer → syncer
-	hints       chan hint    // writer → flusher: start writeback of written bytes
-	hintMu      sync.Mutex   // held by the flusher on a file and by drop closing one
+	jobs        chan syncJob  // writer → syncer
+	hints       chan hint     // writer → flusher: start writeback of written bytes
+	syncAsks    atomic.Uint64 // Sync calls with something to sync
+	hintAsks    uint64        // syncAsks at the last hint (wmu)
+	hintMu      sync.Mutex    // held by the flusher on a file and by drop closing one
 	wg          sync.WaitGroup
 	pool        sync.Pool
 	torn        *Torn // what recovery cut
@@ -314,6 +316,7 @@ func (l *Log) Sync() error {
 		l.mu.Unlock()
 		return nil
 	}
+	l.syncAsks.Add(1)
 	ch := make(chan error, 1)
 	l.waiters = append(l.waiters, syncWaiter{lsn: l.next - 1, ch: ch})
 	inline := !l.syncing

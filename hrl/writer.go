@@ -245,13 +245,27 @@ type hint struct {
 }
 
 // hintWriteback passes a range of a segment to the flusher once
-// writebackEvery bytes have piled up past the last hint; the caller holds
-// wmu.
+// writebackEvery bytes have piled up past the last hint, if the log was
+// asked to sync since the hint before (syncAsks); the caller holds wmu.
+//
+// Only while the log is being flushed: a burst of writes with no flush
+// then stays in the page cache, as it would in a plain file, until a
+// flush, a merge's log sync or the kernel's own writeback writes it. The
+// hints start the disk in the middle of the burst, and on this project's
+// 2-vCPU host a 512 MiB burst of 1 MiB writes went 20–25% slower with
+// them (fio over NBD, 6 fresh servers each way, medians 2,016 and 2,580
+// MB/s; nbdkit 2,270). A log that is flushed keeps them: its next flush
+// finds little left to write.
 func (l *Log) hintWriteback(s *Segment, from, to int64) {
 	wb, ok := s.file.(vfs.Writebacker)
 	if !ok || from/writebackEvery == to/writebackEvery {
 		return
 	}
+	asks := l.syncAsks.Load()
+	if asks == l.hintAsks {
+		return
+	}
+	l.hintAsks = asks
 	start := from / writebackEvery * writebackEvery
 	select {
 	case l.hints <- hint{wb, start, to/writebackEvery*writebackEvery - start}:
