@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vrep-io/vrep/internal/vfs"
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkAppend compares the log (32 appenders, group commit, one fsync
@@ -91,6 +92,105 @@ func logWrite(b *testing.B, dir string, p []byte, n int) {
 	}
 	wg.Wait()
 	if err := l.Sync(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkReusedColdSync: 4 KiB appends, each followed by Sync, into a
+// reused segment file whose pages were dropped from the page cache (a
+// file kept since long ago, or after memory pressure), with the batches
+// padded to the next page (padded) and without (unpadded): a write that
+// ends inside an uncached page of an allocated file reads the page first.
+// Run with a fixed count, e.g. -bench ReusedColdSync -benchtime 2000x
+// -count 3: each run writes one segment of 64 MiB at most.
+func BenchmarkReusedColdSync(b *testing.B) {
+	for _, pad := range []bool{true, false} {
+		name := "unpadded"
+		if pad {
+			name = "padded"
+		}
+		b.Run(name, func(b *testing.B) {
+			defer func(old bool) { padReused = old }(padReused)
+			padReused = pad
+			dir := b.TempDir()
+			l, err := Open(vfs.OS{}, dir, Options{Recycle: 1, FlushBound: 1 << 30})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			big := make([]byte, 1<<20)
+			fill := func(segs int) { // appends until the log has segs segments
+				for {
+					l.mu.Lock()
+					n := len(l.segs)
+					l.mu.Unlock()
+					if n == segs {
+						return
+					}
+					_, batch, err := l.Append(Entry{Type: TypeWrite, Payload: big})
+					if err == nil {
+						err = batch.Wait()
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			fill(2)
+			if err := l.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			l.mu.Lock()
+			first := l.segs[0].last
+			l.mu.Unlock()
+			if err := l.DropThrough(first); err != nil {
+				b.Fatal(err)
+			}
+			kept, _ := filepath.Glob(filepath.Join(dir, "*.free"))
+			if len(kept) != 1 {
+				b.Fatalf("kept files %v, want one", kept)
+			}
+			dropPages(b, kept[0])
+			fill(2) // the next segment is the kept file
+			l.mu.Lock()
+			reused := l.segs[1].reused
+			l.mu.Unlock()
+			if !reused {
+				b.Fatal("the new segment is not the kept file")
+			}
+			if int64(b.N)*(4096+RecHeaderSize) > DefaultSegmentSize/2 {
+				b.Fatalf("%d appends do not fit the reused segment: use -benchtime with a count", b.N)
+			}
+			p := make([]byte, 4096)
+			b.ResetTimer()
+			for i := range b.N {
+				_, batch, err := l.Append(Entry{Type: TypeWrite, Offset: uint64(i) << 12, Payload: p})
+				if err == nil {
+					err = batch.Wait()
+				}
+				if err == nil {
+					err = l.Sync()
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// dropPages writes back a file's dirty pages and drops them from the page
+// cache.
+func dropPages(b *testing.B, path string) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
 		b.Fatal(err)
 	}
 }

@@ -84,8 +84,11 @@
 //
 //   - a record left by the earlier use has an LSN below the segment's
 //     first, so it fails the sequence check, like a torn record;
-//   - zeros (a spare's, below) read as a zeroed record header: the end
-//     of the good records, never a sync record;
+//   - zeros (a spare's, below, or the padding after a batch: every batch
+//     written over a reused file is followed by zeros to the end of its
+//     page, so that the write never reads an uncached page from the disk
+//     first) read as a zeroed record header: the end of the good records,
+//     never a sync record;
 //   - a sealed segment ends at its last good record when the next segment
 //     starts right after it (its header's first LSN is that record's LSN
 //     plus one): a record torn inside it would leave a gap instead;

@@ -206,13 +206,15 @@ func TestReopenedLogUsesItsSpare(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// Mark the spare, to know it when it comes back as a segment.
+	// Mark the spare past its segment's bytes, to know it when it comes
+	// back as a segment (a batch written over a reused file is padded
+	// with zeros to the end of its page).
 	const mark = "this spare"
 	f, err := fs.Open("/log/" + spareName)
 	if err != nil {
 		t.Fatalf("no spare left by the closed log: %v", err)
 	}
-	f.WriteAt([]byte(mark), segSize-100)
+	f.WriteAt([]byte(mark), segSize+100)
 	f.Sync()
 	l = mustOpen(t, fs, "/log", opts)
 	defer l.Close()
