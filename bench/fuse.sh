@@ -13,6 +13,9 @@
 #
 # Workloads (WORKLOADS, a subset of these, in this order):
 #   seq1m     1M sequential write QD8, MB/s
+#   burst     BURST (default 512M, half of vrep's default merge bound)
+#             of 1M sequential writes QD8: a burst the log takes whole
+#             and merges later; MB/s
 #   rw4k      4k random write QD32, IOPS
 #   rw4k-f32  the same with an fsync every 32 writes (--fsync=32)
 #
@@ -24,7 +27,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 bench_setup "$@"
-WORKLOADS=${WORKLOADS:-seq1m rw4k rw4k-f32}
+WORKLOADS=${WORKLOADS:-seq1m burst rw4k rw4k-f32}
+burst_bytes=$(numfmt --from=iec "${BURST:-512M}")
 mnt=$work/mnt
 
 kinds=(raw vrep)
@@ -63,21 +67,26 @@ start() { # start KIND: serve $img; sets file, the file fio writes
 measure() { # measure WORKLOAD KIND: run it on $file, record its figure
 	local args f=$fiodir/$run-$cond-$1-$2.json v
 	case $1 in
-	seq1m) args=(--rw=write --bs=1M --iodepth=8) ;;
-	rw4k) args=(--rw=randwrite --bs=4k --iodepth=32) ;;
-	rw4k-f32) args=(--rw=randwrite --bs=4k --iodepth=32 --fsync=32) ;;
+	seq1m) args=(--runtime="$SECS" --time_based --rw=write --bs=1M --iodepth=8) ;;
+	burst) args=(--io_size="$burst_bytes" --rw=write --bs=1M --iodepth=8) ;;
+	rw4k) args=(--runtime="$SECS" --time_based --rw=randwrite --bs=4k --iodepth=32) ;;
+	rw4k-f32) args=(--runtime="$SECS" --time_based --rw=randwrite --bs=4k --iodepth=32 --fsync=32) ;;
 	*) echo "unknown workload $1" >&2; exit 2 ;;
 	esac
-	fio --name=b --filename="$file" --ioengine=libaio --direct=1 --size="$SIZE" --runtime="$SECS" \
-		--time_based --output-format=json "${args[@]}" >"$f" 2>"$f.err" ||
+	fio --name=b --filename="$file" --ioengine=libaio --direct=1 --size="$SIZE" \
+		--output-format=json "${args[@]}" >"$f" 2>"$f.err" ||
 		{ echo "fio failed ($f.err): $(tail -3 "$f.err")" >&2; exit 1; }
-	if [ "$1" = seq1m ]; then v=$(fio_get "$f" w_mbs); else v=$(fio_get "$f" w_iops); fi
+	case $1 in
+	seq1m | burst) v=$(fio_get "$f" w_mbs) ;;
+	*) v=$(fio_get "$f" w_iops) ;;
+	esac
 	record "$run" "$cond" "$1" "$2" "$v"
 }
 
 row_label() {
 	case $1 in
 	seq1m) echo "1M write QD8, MB/s" ;;
+	burst) echo "$(numfmt --to=iec "$burst_bytes") 1M write QD8 burst (within the merge bound), MB/s" ;;
 	rw4k) echo "4k random write QD32, IOPS" ;;
 	rw4k-f32) echo "4k random write QD32 --fsync=32, IOPS" ;;
 	esac
