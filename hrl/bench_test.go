@@ -120,13 +120,7 @@ func BenchmarkReusedColdSync(b *testing.B) {
 			defer l.Close()
 			big := make([]byte, 1<<20)
 			fill := func(segs int) { // appends until the log has segs segments
-				for {
-					l.mu.Lock()
-					n := len(l.segs)
-					l.mu.Unlock()
-					if n == segs {
-						return
-					}
+				for segCount(l) != segs {
 					_, batch, err := l.Append(Entry{Type: TypeWrite, Payload: big})
 					if err == nil {
 						err = batch.Wait()

@@ -750,15 +750,22 @@ func TestConcurrentSyncSealDrop(t *testing.T) {
 		}
 	}
 	check(l)
+	closeCheckReopen(t, l, vfs.OS{}, dir, opts, check)
+}
+
+// closeCheckReopen closes l, checks that Check finds its log clean, and
+// runs check on the log reopened.
+func closeCheckReopen(t *testing.T, l *Log, fs vfs.FS, dir string, opts Options, check func(*Log)) {
+	t.Helper()
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if torn, err := Check(vfs.OS{}, dir, func(Record) {}); err != nil || torn != nil {
+	if torn, err := Check(fs, dir, func(Record) {}); err != nil || torn != nil {
 		t.Fatalf("Check after close: %v, %v", err, torn)
 	}
-	l = mustOpen(t, vfs.OS{}, dir, opts)
+	l = mustOpen(t, fs, dir, opts)
+	defer l.Close()
 	check(l)
-	l.Close()
 }
 
 // TestSyncRecordStaysInItsSegment: a segment rolls while a sync job is out;

@@ -21,13 +21,7 @@ func TestReusedFilePaddedToPage(t *testing.T) {
 	old := bytes.Repeat([]byte{0xab}, 10000)
 	lsn := uint64(0)
 	fill := func(segs int) {
-		for {
-			l.mu.Lock()
-			n := len(l.segs)
-			l.mu.Unlock()
-			if n == segs {
-				return
-			}
+		for segCount(l) != segs {
 			lsn++
 			appendWait(t, l, Entry{Type: TypeWrite, Offset: lsn, Payload: old})
 		}
@@ -70,13 +64,12 @@ func TestReusedFilePaddedToPage(t *testing.T) {
 		}
 	}
 	check(l)
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if torn, err := Check(vfs.OS{}, dir, func(Record) {}); err != nil || torn != nil {
-		t.Fatalf("Check after close: %v, %v", err, torn)
-	}
-	l = mustOpen(t, vfs.OS{}, dir, opts)
-	check(l)
-	l.Close()
+	closeCheckReopen(t, l, vfs.OS{}, dir, opts, check)
+}
+
+// segCount returns how many segments the log has.
+func segCount(l *Log) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.segs)
 }
