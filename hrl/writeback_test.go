@@ -58,7 +58,7 @@ func TestWritebackOnlyWhileFlushed(t *testing.T) {
 	payload := make([]byte, 1<<20)
 	const burst = 3 * writebackEvery
 	lsn := uint64(0)
-	for range burst / len(payload) { // crosses two window boundaries
+	for range burst / len(payload) { // crosses three window boundaries
 		appendWait(t, l, Entry{Type: TypeWrite, Offset: lsn << 20, Payload: payload})
 		lsn++
 	}
