@@ -283,6 +283,7 @@ type conn struct {
 	work   chan job              // to an idle worker
 	idle   chan struct{}         // closed when no more work comes: workers end
 	subs   chan sub              // submitted writes, in order, to the completer
+	sub    blockdev.Submitter    // the device, when subs is set
 	now    blockdev.NowSubmitter // the device, if it is one; else nil
 	wg     sync.WaitGroup
 }
@@ -366,7 +367,8 @@ func (c *conn) serve() {
 	c.budget = make(chan struct{}, maxBuffered>>20)
 	c.work = make(chan job)
 	c.idle = make(chan struct{})
-	if _, ok := c.exp.Device.(blockdev.Submitter); ok && !c.exp.ReadOnly {
+	if dev, ok := c.exp.Device.(blockdev.Submitter); ok && !c.exp.ReadOnly {
+		c.sub = dev
 		c.subs = make(chan sub, maxInFlight)
 		c.now, _ = c.exp.Device.(blockdev.NowSubmitter)
 		c.wg.Add(1)
@@ -711,7 +713,7 @@ func (c *conn) transmit() error {
 // is answered here when it has completed by then: no goroutine hand-off
 // on its way, which at that depth costs more than the write.
 func (c *conn) submit(j job) {
-	submit := c.exp.Device.(blockdev.Submitter).Submit
+	submit := c.sub.Submit
 	alone := c.alone()
 	if c.now != nil && alone {
 		submit = c.now.SubmitNow

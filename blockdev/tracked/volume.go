@@ -372,7 +372,7 @@ func (v *Volume) readLayer(p []byte, off int64, x, next *index, r *baseReads) er
 // The caller waits, so it writes the log itself when no other goroutine
 // is writing it (hrl.Log.WriteNow): no hand-off to the log's writer.
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
-	pend, err := v.write(p, off, true)
+	pend, err := v.SubmitNow(p, off)
 	if err != nil {
 		return 0, err
 	}
