@@ -63,7 +63,7 @@ soak:
 	VREP_E2E_RACE=0 VREP_REPL_CRASH_ITERATIONS=200 $(GO) test -timeout 60m -run 'TestReplicationCrashLoop' -v ./cmd/vrep
 	VREP_FAILOVER_KILLS=all $(GO) test -short -timeout 30m -run 'KilledAtEachStep' -v ./cmd/vrep
 	$(GO) test -race -timeout 30m -run 'TestHistoryPowerCut|TestApplyPowerCut' ./replica/store
-	$(GO) test -race -timeout 30m -run 'TestRecyclePowerCut|TestTearAcrossUnsyncedRolls|TestSparePowerCut|TestReusedFileRenameDurableFirst' ./hrl
+	$(GO) test -race -timeout 30m -run 'TestRecyclePowerCut|TestTearAcrossUnsyncedRolls|TestSparePowerCut|TestReusedFileRenameDurableFirst|TestNewLogHeadPowerCut' ./hrl
 	VREP_E2E_RACE=0 VREP_FAULTPOINT_ROUNDS=90 $(GO) test -timeout 90m -run 'TestFaultPointCrashes' -v ./cmd/vrep
 
 # fuzz runs every fuzz target for FUZZTIME each.

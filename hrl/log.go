@@ -28,7 +28,8 @@ type Options struct {
 	// block allocation); see the package documentation for how stale
 	// records left in a reused file are told apart. With Recycle set, a
 	// flush-bound log that has no dropped file to reuse prepares a spare
-	// instead: a segment file filled with zeros ahead of need.
+	// instead: a segment file filled with zeros ahead of need; a new log
+	// writes its first records over 8 MiB of zeros.
 	Recycle int
 	// FlushBound is how many small syncs in a row within a segment make
 	// the log flush-bound, and worth a spare (default 16; see the package
@@ -43,6 +44,7 @@ type Segment struct {
 	file     vfs.File     // set before the first batch for it is reported written
 	reused   bool         // the file was recycled: stale bytes may follow wsize
 	reserved bool         // blocks past the end were reserved for appends
+	zeroed   int64        // a reused file's length: below it, writes overwrite written blocks
 	last     uint64       // last LSN appended to it; guarded by Log.mu
 	size     int64        // bytes appended, queued included; guarded by Log.mu
 	wsize    atomic.Int64 // bytes written to the file
@@ -114,21 +116,20 @@ type Log struct {
 	spareOff  bool                    // preparing a spare failed: no more tries; the preparer's own (recover's before it starts)
 	spareKick chan struct{}           // asks the preparer for a spare
 	// The syncer's count of small syncs in the active segment (noteSync).
-	syncSeg     *Segment
-	syncOff     int64
-	smallSyncs  int
-	flushBound  atomic.Bool // the log is synced often with little in between: spares pay
-	freshActive atomic.Bool // the writer's segment is a new file, not a reused one
-	kick        chan struct{}
-	quit        chan struct{}
-	jobs        chan syncJob  // writer → syncer
-	hints       chan hint     // writer → flusher: start writeback of written bytes
-	syncAsks    atomic.Uint64 // Sync calls with something to sync
-	hintAsks    uint64        // syncAsks at the last hint (wmu)
-	hintMu      sync.Mutex    // held by the flusher on a file and by drop closing one
-	wg          sync.WaitGroup
-	pool        sync.Pool
-	torn        *Torn // what recovery cut
+	syncSeg    *Segment
+	syncOff    int64
+	smallSyncs int
+	flushBound atomic.Bool // the log is synced often with little in between: spares pay
+	kick       chan struct{}
+	quit       chan struct{}
+	jobs       chan syncJob  // writer → syncer
+	hints      chan hint     // writer → flusher: start writeback of written bytes
+	syncAsks   atomic.Uint64 // Sync calls with something to sync
+	hintAsks   uint64        // syncAsks at the last hint (wmu)
+	hintMu     sync.Mutex    // held by the flusher on a file and by drop closing one
+	wg         sync.WaitGroup
+	pool       sync.Pool
+	torn       *Torn // what recovery cut
 
 	closeOnce sync.Once
 	closeErr  error
@@ -230,7 +231,7 @@ func (l *Log) AppendQuiet(e Entry) (Pos, *Batch, error) {
 	}
 	n := int64(RecHeaderSize + len(e.Payload))
 	seg := l.segs[len(l.segs)-1]
-	if seg.last >= seg.first && (seg.size+n > l.opts.SegmentSize || l.rollToSpareLocked(seg)) {
+	if seg.last >= seg.first && (seg.size+n > l.opts.SegmentSize || l.rollToSpareLocked(seg, n)) {
 		seg = l.rollLocked()
 	}
 	lsn := l.next

@@ -168,6 +168,7 @@ func (l *Log) recover() error {
 	}
 	l.next = max(1, l.opts.FirstLSN)
 	if len(l.segs) == 0 {
+		l.prepareHead()
 		seg, err := l.createSegment(l.next, nil)
 		if err != nil {
 			return err

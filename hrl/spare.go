@@ -76,11 +76,14 @@ func (l *Log) noteSync(job syncJob) {
 
 // rollToSpareLocked reports whether Append should seal the active segment
 // early, to go on in a file kept for reuse: the log is flush-bound, the
-// active segment is a new file (each flush after an append to it commits
-// the journal) already in the writer's hands, and a kept file is there.
-// The new file's unused reservation is given back when it is sealed.
-func (l *Log) rollToSpareLocked(seg *Segment) bool {
-	if !l.flushBound.Load() || !l.freshActive.Load() || l.wsegPub.Load() != seg {
+// active segment is in the writer's hands, the n bytes to append would
+// go past the blocks its file had written (a new file has none; a reused
+// one, those of its earlier use: a short one, or a new log's zeroed
+// head), where each flush after an append commits the journal, and a
+// long kept file is there. A new file's unused reservation is given back
+// when it is sealed.
+func (l *Log) rollToSpareLocked(seg *Segment, n int64) bool {
+	if !l.flushBound.Load() || l.wsegPub.Load() != seg || seg.size+n <= seg.zeroed {
 		return false
 	}
 	return !l.needSpare()
@@ -129,7 +132,7 @@ func (l *Log) preparer() {
 // goes on creating new segment files, as it does without spares, until
 // it is opened again.
 func (l *Log) addSpare(quit <-chan struct{}) {
-	f, err := l.prepareSpare(quit)
+	f, err := l.prepareSpare(l.opts.SegmentSize, quit)
 	if err == nil {
 		l.freeMu.Lock()
 		var evict *freeFile
@@ -163,16 +166,41 @@ func (l *Log) addSpare(quit <-chan struct{}) {
 	}
 }
 
-// prepareSpare creates the spare file and fills it with SegmentSize
-// zeros, durably. A spare that fails or is stopped halfway is removed:
-// left in place (the removal failed, or a crash came first), it is a
-// file Open adopts for reuse like any other, whatever it holds.
-func (l *Log) prepareSpare(quit <-chan struct{}) (vfs.File, error) {
+// headZeros is how many bytes of zeros a new log writes, durably, before
+// its first segment, which then writes over them (a variable so that
+// tests can change it). It covers a flush-bound guest's first writes
+// while the spare is prepared: without it those flushes each commit the
+// journal, for the quarter of a second a 64 MiB spare takes here. It is
+// small, since a log written in bulk pays for it too, once.
+var headZeros int64 = 8 << 20
+
+// prepareHead keeps a short spare of headZeros bytes for the first
+// segment of a log that has none and keeps no file for reuse, when the
+// log recycles files. Like a spare's, a failure does not fail the log:
+// it is logged, and the first segment is a new file.
+func (l *Log) prepareHead() {
+	if l.opts.Recycle <= 0 || len(l.free) > 0 || headZeros <= 0 {
+		return
+	}
+	size := min(headZeros, l.opts.SegmentSize)
+	f, err := l.prepareSpare(size, nil)
+	if err != nil {
+		slog.Warn("hrl: cannot prepare a new log's first segment file; it starts in a new file", "dir", l.dir, "err", err)
+		return
+	}
+	l.free = append(l.free, freeFile{name: spareName, file: f, size: size})
+}
+
+// prepareSpare creates the spare file and fills it with size zeros,
+// durably. A spare that fails or is stopped halfway is removed: left in
+// place (the removal failed, or a crash came first), it is a file Open
+// adopts for reuse like any other, whatever it holds.
+func (l *Log) prepareSpare(size int64, quit <-chan struct{}) (vfs.File, error) {
 	f, err := l.fs.Create(l.path(spareName))
 	if err != nil {
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
-	if err := l.fillZeros(f, quit); err != nil {
+	if err := l.fillZeros(f, size, quit); err != nil {
 		f.Close()
 		l.fs.Remove(l.path(spareName))
 		return nil, err
@@ -180,15 +208,15 @@ func (l *Log) prepareSpare(quit <-chan struct{}) (vfs.File, error) {
 	return f, nil
 }
 
-func (l *Log) fillZeros(f vfs.File, quit <-chan struct{}) error {
-	zeros := make([]byte, min(spareChunk, l.opts.SegmentSize))
-	for off := int64(0); off < l.opts.SegmentSize; {
+func (l *Log) fillZeros(f vfs.File, size int64, quit <-chan struct{}) error {
+	zeros := make([]byte, min(spareChunk, size))
+	for off := int64(0); off < size; {
 		select {
 		case <-quit:
 			return errStopped
 		default:
 		}
-		n := min(int64(len(zeros)), l.opts.SegmentSize-off)
+		n := min(int64(len(zeros)), size-off)
 		if _, err := f.WriteAt(zeros[:n], off); err != nil {
 			return fmt.Errorf("hrl: %w", err)
 		}

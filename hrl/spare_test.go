@@ -99,6 +99,7 @@ func noSpares(t *testing.T, why string) {
 // segment is a spare too, and the log reads back and checks clean.
 func TestFlushBoundLogWritesOverSpares(t *testing.T) {
 	spares := watchSpares(t)
+	headSize(t, 0) // a new file, as when the zeros ahead could not be written
 	flushBound(t, 4)
 	fs := vfs.NewMem(31)
 	const segSize = 4096
@@ -333,8 +334,12 @@ func TestSparePowerCut(t *testing.T) {
 	}
 	t.Cleanup(func() { spareHook = nil })
 	var inSpare, inSpareSegment int
+	headSize(t, headZeros)
 	for seed := range seeds {
 		opts := Options{SegmentSize: 2048, Recycle: 1 + int(seed%2)}
+		// A new file first, a short head (its end rolls onto a spare), or
+		// a head a segment long.
+		headZeros = []int64{0, 512, 2048}[seed%3]
 		fs := vfs.NewMem(seed)
 		l := mustOpen(t, fs, "/log", opts)
 		fs.CutAfter(5 + int(seed*7919%300))
@@ -450,6 +455,7 @@ func checkTimeline(t *testing.T, l *Log, wrote map[uint64]string, synced uint64,
 // come back after the second.
 func TestReusedFileRenameDurableFirst(t *testing.T) {
 	flushBound(t, 1)
+	headSize(t, 0) // the log starts in a new file: the spare is the first kept file
 	for seed := range uint64(40) {
 		flushBoundSyncs.Store(1)
 		spares := watchSpares(t)

@@ -58,7 +58,7 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 			l.closeFile(ff.file)
 			return nil, fmt.Errorf("hrl: %w", err)
 		}
-		f, seg.reused = ff.file, true
+		f, seg.reused, seg.zeroed = ff.file, true, ff.size
 	} else {
 		if f, err = l.fs.Create(l.path(seg.name)); err != nil {
 			return nil, fmt.Errorf("hrl: %w", err)
@@ -79,7 +79,6 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 		return nil, fmt.Errorf("hrl: %w", err)
 	}
 	seg.file = f
-	l.freshActive.Store(!seg.reused)
 	seg.wsize.Store(n)
 	return seg, nil
 }
@@ -422,7 +421,7 @@ func (l *Log) write(p *pending) {
 		// roll costs no more than any other write.
 		var seg *Segment
 		if seg, err = l.createSegment(p.seg.first, p.gather()); err == nil {
-			p.seg.file, p.seg.reused, p.seg.reserved = seg.file, seg.reused, seg.reserved
+			p.seg.file, p.seg.reused, p.seg.reserved, p.seg.zeroed = seg.file, seg.reused, seg.reserved, seg.zeroed
 			p.seg.wsize.Store(p.size)
 			l.release(l.wseg)
 			l.unsynced = append(l.unsynced, l.wseg)
