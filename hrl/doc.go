@@ -101,27 +101,28 @@
 // with less than 1 MiB written between syncs: a guest flushing after each
 // small write) that keeps no dropped file prepares a spare: spare.free,
 // SegmentSize bytes of zeros written and made durable by a goroutine of
-// its own, kept like a dropped file, so that its segments, too, write
-// over written blocks (on ext4 a flush after appends into a new file or
-// into reserved blocks commits the journal; after overwrites it does
-// not: 4 KiB writes each followed by fdatasync went from 6.1k to 9.0k a
-// second, the 99th percentile fdatasync from 207 to 164 µs). Once the
-// spare is ready, the next append that would write past the blocks its
-// segment's file had written (a new file has none; a reused one, those of
-// its earlier use) seals the segment early and goes on in the spare. A
-// log written in bulk, or sealed often with little in it, makes none:
-// zeros would cost it a segment's worth of writes for little gain. The
-// writer never waits for a spare: without a kept file it creates a new
-// one.
+// its own, kept like a dropped file, so that its segments, too, write over
+// written blocks (on ext4 a flush after appends into a new file or into
+// reserved blocks commits the journal; after overwrites it does not: 4 KiB
+// writes each followed by fdatasync went from 6.1k to 9.0k a second, the
+// 99th percentile fdatasync from 207 to 164 µs). Once the spare is ready,
+// the next append that would write, with a sync record after it, past the
+// blocks its segment's file had written (a new file has none; a reused
+// one, the whole pages of its earlier use) seals the segment early and
+// goes on in the spare. A log written in bulk, or sealed often with little
+// in it, makes none: zeros would cost it a segment's worth of writes for
+// little gain. The writer never waits for a spare: without a kept file it
+// creates a new one.
 //
 // A new log (no segment, no kept file) that recycles files starts over
-// zeros as well: Open writes 8 MiB of them, durably, as a short spare,
-// and the first segment is written over it. A guest that flushes from its
-// first write on would otherwise commit the journal at each flush until
-// the log has seen it is flush-bound and filled a spare (a quarter of a
-// second here: with the zeros, a new log took 2.3 times as many QD1 4 KiB
-// writes each flushed in its first 300 ms; bench/flushtrace). A log
-// written in bulk pays for the 8 MiB once.
+// zeros as well: Open writes 8 MiB of them (a segment at most), durably,
+// as a short spare, and the first segment is written over it. A guest that
+// flushes from its first write on would otherwise commit the journal at
+// each flush until the log has seen it is flush-bound and filled a spare
+// (a quarter of a second here: with the zeros, a new log took 2.3 times as
+// many QD1 4 KiB writes each flushed in its first 300 ms;
+// bench/flushtrace). A log written in bulk pays for the 8 MiB once.
+//
 // A spare left by a crash, whole or not, is a kept file like any other.
 // A spare that cannot be written (a full disk) is removed and logged,
 // and the log goes on with new files until it is opened again.

@@ -1,6 +1,9 @@
 package hrl
 
 import (
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/vrep-io/vrep/internal/vfs"
@@ -34,39 +37,96 @@ func checkRecords(t *testing.T, l *Log, n uint64, what string) {
 // first records over zeros made durable at Open, so that a flush after
 // each small write overwrites written blocks from the first write on.
 // Once the log is flush-bound and its spare is ready, the append that
-// would go past those zeros rolls onto the spare instead of extending the
-// file. The log reads back whole and checks clean.
+// would go past those zeros (with the sync record after it) rolls onto
+// the spare instead of extending the file. The log reads back whole and
+// checks clean. Heads of several sizes, and a first record of many sizes
+// that shifts the rest, so that some record ends just short of a head's
+// end.
 func TestNewLogStartsOverZeros(t *testing.T) {
+	flushBound(t, 4)
+	const segSize = 32 << 10
+	for _, head := range []int64{4 << 10, 8 << 10, 12<<10 + 512} {
+		for shift := 8; shift <= 400; shift += 8 {
+			headSize(t, head)
+			spares := watchSpares(t)
+			what := fmt.Sprintf("head %d, first record %d bytes", head, shift)
+			fs := vfs.NewMem(uint64(shift))
+			opts := Options{SegmentSize: segSize, Recycle: 1}
+			l := mustOpen(t, fs, "/log", opts)
+			first := "/log/" + l.Segments()[0].Name
+			if n := fileSize(t, fs, first); n != head {
+				t.Fatalf("%s: a new log's first segment file holds %d bytes, want the zeros written ahead", what, n)
+			}
+			lsn := uint64(1)
+			appendWait(t, l, write(lsn, strings.Repeat("s", shift)))
+			flushEach(t, l, &lsn, 4)
+			if err := nextSpare(t, spares); err != nil {
+				t.Fatal(err)
+			}
+			for len(l.Segments()) == 1 {
+				flushEach(t, l, &lsn, 1)
+				if n := fileSize(t, fs, first); n != head {
+					t.Fatalf("%s: the first segment's file grew to %d bytes past its zeros while a spare was ready", what, n)
+				}
+			}
+			segs := l.Segments()
+			if segs[0].Size > head {
+				t.Fatalf("%s: the first segment holds %d bytes of records, more than its zeros", what, segs[0].Size)
+			}
+			if n := fileSize(t, fs, "/log/"+segs[1].Name); n != segSize {
+				t.Fatalf("%s: the second segment's file holds %d bytes, want %d: it is not the spare", what, n, segSize)
+			}
+			closeCheckReopen(t, l, fs, "/log", opts, func(l *Log) {
+				got := scanAll(t, l, 1)
+				if uint64(len(got)) != lsn || got[0].P != strings.Repeat("s", shift) {
+					t.Fatalf("%s: reopened, %d records, want %d", what, len(got), lsn)
+				}
+				for _, r := range got[1:] {
+					if r.P != recyclePayload(r.LSN) {
+						t.Fatalf("%s: reopened, LSN %d reads %.24q", what, r.LSN, r.P)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestLongFileSealedEarlyStaysLong: a spare whose segment a point seals
+// a few records in is still a long file when it is dropped: the log keeps
+// it as one, and a flush-bound log writes over it instead of preparing a
+// new spare.
+func TestLongFileSealedEarlyStaysLong(t *testing.T) {
+	headSize(t, 0)
 	spares := watchSpares(t)
 	flushBound(t, 4)
-	const segSize, head = 32 << 10, 8 << 10
-	headSize(t, head)
-	fs := vfs.NewMem(7)
-	opts := Options{SegmentSize: segSize, Recycle: 1}
+	const segSize = 16 << 10
+	fs := vfs.NewMem(9)
+	opts := Options{SegmentSize: segSize, Recycle: 2}
 	l := mustOpen(t, fs, "/log", opts)
-	first := "/log/" + l.Segments()[0].Name
-	if n := fileSize(t, fs, first); n != head {
-		t.Fatalf("a new log's first segment file holds %d bytes, want the %d bytes of zeros written ahead", n, head)
-	}
+	defer l.Close()
 	var lsn uint64
 	flushEach(t, l, &lsn, 4)
 	if err := nextSpare(t, spares); err != nil {
 		t.Fatal(err)
 	}
-	for len(l.Segments()) == 1 {
-		flushEach(t, l, &lsn, 1)
-		if n := fileSize(t, fs, first); n != head {
-			t.Fatalf("the first segment's file grew to %d bytes past its %d of zeros while a spare was ready", n, head)
-		}
+	flushBoundSyncs.Store(1 << 30) // no further spare
+	flushEach(t, l, &lsn, 1)       // rolls onto the spare
+	if segs := l.Segments(); len(segs) != 2 || fileSize(t, fs, "/log/"+segs[1].Name) != segSize {
+		t.Fatalf("the log did not roll onto its spare: %+v", segs)
 	}
-	segs := l.Segments()
-	if segs[0].Size > head {
-		t.Fatalf("the first segment holds %d bytes of records, more than its %d of zeros", segs[0].Size, head)
+	if _, err := l.Seal(); err != nil { // a point, one record into the spare
+		t.Fatal(err)
 	}
-	if n := fileSize(t, fs, "/log/"+segs[1].Name); n != segSize {
-		t.Fatalf("the second segment's file holds %d bytes, want %d: it is not the spare", n, segSize)
+	flushEach(t, l, &lsn, 1)
+	if err := l.DropThrough(l.Segments()[1].Last); err != nil {
+		t.Fatal(err)
 	}
-	closeCheckReopen(t, l, fs, "/log", opts, func(l *Log) { checkRecords(t, l, lsn, "reopened") })
+	l.freeMu.Lock()
+	kept := slices.Clone(l.free)
+	l.freeMu.Unlock()
+	if !slices.ContainsFunc(kept, l.long) {
+		t.Fatalf("the dropped spare is kept as a short file: %+v", kept)
+	}
 }
 
 // TestNewLogWithoutRecycleHasNoHead: a log that does not recycle files

@@ -29,7 +29,7 @@ type Options struct {
 	// records left in a reused file are told apart. With Recycle set, a
 	// flush-bound log that has no dropped file to reuse prepares a spare
 	// instead: a segment file filled with zeros ahead of need; a new log
-	// writes its first records over 8 MiB of zeros.
+	// writes its first records over 8 MiB of zeros (a segment at most).
 	Recycle int
 	// FlushBound is how many small syncs in a row within a segment make
 	// the log flush-bound, and worth a spare (default 16; see the package
@@ -44,7 +44,7 @@ type Segment struct {
 	file     vfs.File     // set before the first batch for it is reported written
 	reused   bool         // the file was recycled: stale bytes may follow wsize
 	reserved bool         // blocks past the end were reserved for appends
-	zeroed   int64        // a reused file's length: below it, writes overwrite written blocks
+	zeroed   int64        // a reused file's known written blocks, whole pages: below it, writes overwrite them
 	last     uint64       // last LSN appended to it; guarded by Log.mu
 	size     int64        // bytes appended, queued included; guarded by Log.mu
 	wsize    atomic.Int64 // bytes written to the file

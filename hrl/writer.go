@@ -58,7 +58,9 @@ func (l *Log) createSegment(first uint64, parts [][]byte) (*Segment, error) {
 			l.closeFile(ff.file)
 			return nil, fmt.Errorf("hrl: %w", err)
 		}
-		f, seg.reused, seg.zeroed = ff.file, true, ff.size
+		// The padding of a batch reaches the end of its page: the file's
+		// last partial page does not count as written.
+		f, seg.reused, seg.zeroed = ff.file, true, ff.size&^(pageSize-1)
 	} else {
 		if f, err = l.fs.Create(l.path(seg.name)); err != nil {
 			return nil, fmt.Errorf("hrl: %w", err)
@@ -560,7 +562,9 @@ func (l *Log) keepDropped(s *Segment) (bool, error) {
 	if err := l.fs.Rename(l.path(s.name), l.path(name)); err != nil {
 		return false, fmt.Errorf("hrl: %w", err)
 	}
-	l.free = append(l.free, freeFile{name: name, file: s.file, size: s.wsize.Load()})
+	// A reused file is at least as long as it was: a segment a point
+	// sealed early in a spare leaves a long file.
+	l.free = append(l.free, freeFile{name: name, file: s.file, size: max(s.wsize.Load(), s.zeroed)})
 	return true, nil
 }
 
