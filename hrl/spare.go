@@ -78,10 +78,10 @@ func (l *Log) noteSync(job syncJob) {
 // early, to go on in a file kept for reuse: the log is flush-bound, the
 // active segment is in the writer's hands, the n bytes to append and a
 // sync record after them would go past the blocks its file had written
-// (a new file has none; a reused one, those of its earlier use: a short
-// one, or a new log's zeroed head), where each flush after an append
-// commits the journal, and a long kept file is there. A new file's
-// unused reservation is given back when it is sealed.
+// (a new file has none; a reused one, the whole pages of its earlier
+// use: a short one, or a new log's zeroed head), where each flush after
+// an append commits the journal, and a long kept file is there. A new
+// file's unused reservation is given back when it is sealed.
 func (l *Log) rollToSpareLocked(seg *Segment, n int64) bool {
 	if !l.flushBound.Load() || l.wsegPub.Load() != seg || seg.size+n+RecHeaderSize <= seg.zeroed {
 		return false
