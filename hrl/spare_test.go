@@ -337,8 +337,10 @@ func TestSparePowerCut(t *testing.T) {
 	headSize(t, headZeros)
 	for seed := range seeds {
 		opts := Options{SegmentSize: 2048, Recycle: 1 + int(seed%2)}
-		// A new file first, a short head (its end rolls onto a spare), or
-		// a head a segment long.
+		// A new file first, or a reused head of zeros shorter than a
+		// segment or a segment long. Both are under a page, which is all
+		// the zeros count in, so the log leaves either for a spare as
+		// soon as one is ready.
 		headZeros = []int64{0, 512, 2048}[seed%3]
 		fs := vfs.NewMem(seed)
 		l := mustOpen(t, fs, "/log", opts)
