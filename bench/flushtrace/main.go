@@ -28,6 +28,10 @@ func main() {
 	window := flag.Duration("window", 300*time.Millisecond, "count the flushes done within this much of the start")
 	each := flag.Bool("each", false, "print every flush: start and latency, µs")
 	flag.Parse()
+	if *secs <= 0 || *window < 0 {
+		fmt.Fprintln(os.Stderr, "flushtrace: -secs must be positive and -window not negative")
+		os.Exit(2)
+	}
 	if flag.NArg() < 1 || flag.NArg() > 2 {
 		fmt.Fprintln(os.Stderr, "usage: flushtrace [-secs S] [-window D] [-each] SOCKET [EXPORT]")
 		os.Exit(2)
@@ -63,6 +67,10 @@ func main() {
 		if *each {
 			fmt.Printf("%d %d\n", start.Sub(t0).Microseconds(), d.Microseconds())
 		}
+	}
+	if len(lat) == 0 {
+		fmt.Fprintln(os.Stderr, "flushtrace: no flush completed")
+		os.Exit(1)
 	}
 	slices.Sort(lat)
 	pct := func(q float64) int64 { return lat[int(q*float64(len(lat)-1))].Microseconds() }
