@@ -390,6 +390,10 @@ func TestOverflowWhileConnected(t *testing.T) {
 	defer px.Close()
 	sh := rg.shipper(t, "primary1", px.Addr(), always)
 	runJoined(t, sh)
+	// A point taken before the initial copy's checkpoint is inside the
+	// copy, not in the catalog (on a busy machine the shipper may start
+	// after the point is written and merged).
+	waitFor(t, "the initial copy", func() bool { return sh.Status().Initial == 100 })
 	p1 := point(t, rg.vol, 1)
 	waitFor(t, "point 1 on the replica", func() bool { return sh.Status().Acked >= p1 })
 	at1 := rg.primaryImage(t)
