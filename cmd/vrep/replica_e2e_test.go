@@ -18,6 +18,7 @@ import (
 	"github.com/vrep-io/vrep/internal/replicad"
 	"github.com/vrep-io/vrep/internal/waitfor"
 	"github.com/vrep-io/vrep/internal/wocheck"
+	"github.com/vrep-io/vrep/replica/ship"
 )
 
 // startReplica runs `vrep replica` and returns a kill function.
@@ -245,7 +246,7 @@ func TestReplicationCrashLoop(t *testing.T) {
 		t.Fatalf("only %d points checked (%d pruned before they could be)", runs.pointsChecked, runs.pointsGone)
 	}
 	if err := d.stop(); err != nil {
-		t.Fatal(err)
+		t.Fatalf("SIGTERM: %v\n%s", err, d.stderr)
 	}
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, filepath.Join(repData, "primary1", "vm1", "disk0", "image"))
 	t.Logf("QD %d: %d iterations (kills: %v), 1 initial copy, replica equal to the primary, 0 write-order violations, %d points checked", qd, iterations, victims, runs.pointsChecked)
@@ -314,4 +315,73 @@ func TestReplicationInterval(t *testing.T) {
 	}
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, filepath.Join(repData, "primary1", "vm1", "disk0", "image"))
 	t.Logf("%d records coalesced away; %d acknowledged LSNs seen, none past a point", st.Replication.Coalesced, len(distinct))
+}
+
+// TestPointAfterInitialCopy: the initial copy ends with a point on the
+// replica at once, not at the next scheduled point (an hour away here, or
+// the next 15-minute tick): until a point arrives the replica has nothing
+// to fail over to, and the disk's health says so.
+func TestPointAfterInitialCopy(t *testing.T) {
+	need(t, "qemu-img")
+	for _, tc := range []struct{ name, flag, value string }{
+		{"continuous", "--points-every", "1h"},
+		{"15m", "--frequency", "15m"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, 16<<20)
+			randomFile(t, e.img, 16<<20) // data before protection: the copy carries it
+			pkiDir, addr := replicationSetup(t, e)
+			startReplica(t, e.dir, pkiDir, addr)
+			d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms", tc.flag, tc.value)...)
+			st := waitReplicated(t, e) // Normal: the replica holds a point
+			repData := filepath.Join(e.dir, "replica")
+			var pts []replicad.VMPoint
+			if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
+				t.Fatalf("vrep points: %d %s", code, out)
+			}
+			if len(pts) != 1 || pts[0].Kind != "crash-consistent" || pts[0].LSNs["vm1/disk0"] == 0 || pts[0].LSNs["vm1/disk0"] > st.Replication.Acked {
+				t.Fatalf("points on the replica after the initial copy: %+v (acked %d)", pts, st.Replication.Acked)
+			}
+			if err := d.stop(); err != nil {
+				t.Fatal(err)
+			}
+			run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", e.img, filepath.Join(repData, "primary1", "vm1", "disk0", "image"))
+		})
+	}
+}
+
+// TestPointAfterResync: a resync ends, like the initial copy, with a
+// point on the replica at once: the first point after a resync is the
+// disk's new consistent base, and none is scheduled for an hour here.
+func TestPointAfterResync(t *testing.T) {
+	need(t, "qemu-io")
+	e := newEnv(t, 8<<20)
+	pkiDir, addr := replicationSetup(t, e)
+	startReplica(t, e.dir, pkiDir, addr)
+	d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms", "--points-every", "1h")...)
+	qemuIO(t, e.uri("vm1/disk0"), "write -P 0x21 1M 1M", "flush")
+	waitReplicated(t, e)
+	repData := filepath.Join(e.dir, "replica")
+	points := func() []replicad.VMPoint {
+		var pts []replicad.VMPoint
+		if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
+			t.Fatalf("vrep points: %d %s", code, out)
+		}
+		return pts
+	}
+	if pts := points(); len(pts) != 1 {
+		t.Fatalf("points after the initial copy: %+v", pts)
+	}
+	if code, out := vrepRun(t, "resync", "vm1", "--now", "--wait", "--state", e.state); code != 0 || !strings.Contains(out, "resync done") {
+		t.Fatalf("resync --wait: exit %d\n%s", code, out)
+	}
+	r := resyncStatus(t, e, "the resync", func(r *ship.ResyncProgress) bool { return r.State == "done" })
+	var pts []replicad.VMPoint
+	waitfor.True(t, "a point after the resync", func() bool { pts = points(); return len(pts) == 2 })
+	if lsn := pts[1].LSNs["vm1/disk0"]; lsn <= r.TargetLSN {
+		t.Fatalf("the point after the resync to LSN %d is at LSN %d", r.TargetLSN, lsn)
+	}
+	if err := d.stop(); err != nil {
+		t.Fatal(err)
+	}
 }

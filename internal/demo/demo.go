@@ -107,7 +107,20 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := waitReplicated(ctx, pri, 2*time.Minute); err != nil {
 		return err
 	}
-	say("4. Initial replication complete: the replica holds both disks.")
+	// The primary takes a point as soon as the replica holds a copy of
+	// every disk of the VM, so that there is something to fail over to
+	// before the first scheduled point.
+	say("4. Initial replication complete: the replica holds both disks, and the primary takes a point at")
+	say("   once, so that there is a point to fail over to before the first scheduled one.")
+	var first []replicad.VMPoint
+	for deadline := time.Now().Add(2 * time.Minute); len(first) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if first, err = rep.Points("vm1"); err != nil {
+			return err
+		}
+	}
+	if err := check(len(first) == 1, "the replica holds one point of vm1 once the initial copy is done (%d)", len(first)); err != nil {
+		return err
+	}
 
 	// 5. Workload and points.
 	say("5. A workload writes 4 KiB blocks through NBD, as a VM would; after each round the primary takes a")
@@ -184,7 +197,17 @@ func Run(ctx context.Context, o Options) (err error) {
 	for _, p := range pts {
 		say("     %d  %s  %s  history %s", p.ID, p.Time.Format("15:04:05.000"), p.Kind, units.Bytes(p.HistoryBytes))
 	}
-	if err := check(len(pts) == len(points), "every point the primary took reached the replica (%d of %d)", len(pts), len(points)); err != nil {
+	onReplica := map[uint64]bool{}
+	for _, p := range pts {
+		onReplica[p.ID] = true
+	}
+	reached := 0
+	for _, p := range points {
+		if onReplica[p.id] {
+			reached++
+		}
+	}
+	if err := check(reached == len(points) && len(pts) == len(points)+1, "every point the primary took reached the replica (%d of %d, and the first)", reached, len(points)); err != nil {
 		return err
 	}
 

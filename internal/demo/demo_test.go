@@ -18,7 +18,7 @@ func TestDemo(t *testing.T) {
 	}
 	for _, want := range []string{"Initial replication complete", "Test failover of vm1 at point",
 		"Planned failover of vm1 to hostb", "vrep failover cancel vm1", "vrep replication reverse vm1",
-		"split-brain point", "vm1 runs on hosta again", "All 44 checks passed."} {
+		"split-brain point", "vm1 runs on hosta again", "All 45 checks passed."} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("the narration lacks %q:\n%s", want, out.String())
 		}

@@ -51,6 +51,12 @@ type points struct {
 	// directory, every change log and image, and /.
 	keep  []string
 	crash *time.Ticker // the crash-point schedule; nil: by hand only
+	// based takes the name of a disk the replica has just acknowledged a
+	// new consistent copy of (ShipperConfig.OnBase): the crash schedule
+	// takes a point of its group at once, once every disk of the group
+	// has its initial copy, so the replica has a point to fail over to
+	// without waiting for the next tick.
+	based chan string
 }
 
 // setEvery changes how often scheduled crash points are taken.
@@ -63,7 +69,8 @@ func (p *points) setEvery(every time.Duration) {
 const keepRecent = 256
 
 func (d *Daemon) setupPoints(cfg PointsConfig) error {
-	p := &points{cfg: cfg, groups: map[string]*snapshot.Group{}, vmOf: map[string]string{}, vms: map[string][]string{}, stop: make(chan struct{})}
+	p := &points{cfg: cfg, groups: map[string]*snapshot.Group{}, vmOf: map[string]string{}, vms: map[string][]string{}, stop: make(chan struct{}),
+		based: make(chan string, 64)}
 	disksOf := map[string]map[string]snapshot.Disk{}
 	for _, disk := range d.Disks {
 		vm, _, _ := names.Disk(disk.Name)
@@ -160,6 +167,10 @@ func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
 		p.crash = t
 	}
 	p.wg.Add(1)
+	var based <-chan string
+	if !app {
+		based = p.based
+	}
 	go func() {
 		defer p.wg.Done()
 		defer t.Stop()
@@ -167,6 +178,13 @@ func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
 			select {
 			case <-p.stop:
 				return
+			case disk := <-based:
+				if g, ok := p.baseComplete(d, disk); ok {
+					if _, err := d.TakePoint(context.Background(), g, false); err != nil {
+						d.log.Error("point after the replica's new copy failed", "group", g, "disk", disk, "err", err)
+					}
+				}
+				continue
 			case <-t.C:
 			}
 			for g := range p.groups {
@@ -176,6 +194,44 @@ func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
 			}
 		}
 	}()
+}
+
+// onBase is ShipperConfig.OnBase for disk: it asks the crash schedule for
+// a point (never blocking the shipper; a full queue already holds enough
+// requests for a point).
+func (p *points) onBase(disk string) func(uint64) {
+	return func(uint64) {
+		select {
+		case p.based <- disk:
+		default:
+		}
+	}
+}
+
+// baseComplete returns the group of disk if every disk of that group has
+// its initial copy on the replica: a point taken then is a point of the
+// whole group there (a disk still in its initial copy would hold the
+// point inside its copy, not as a point).
+func (p *points) baseComplete(d *Daemon, disk string) (string, bool) {
+	vm, _, err := names.Disk(disk)
+	if err != nil {
+		return "", false
+	}
+	g, ok := p.vmOf[vm]
+	if !ok {
+		return "", false
+	}
+	for _, member := range d.Disks {
+		mvm, _, _ := names.Disk(member.Name)
+		if p.vmOf[mvm] != g {
+			continue
+		}
+		sh := d.shipper(member.Name)
+		if sh == nil || sh.Status().Initial < 100 {
+			return "", false
+		}
+	}
+	return g, true
 }
 
 // startCrashSchedule starts taking crash-consistent points every every,

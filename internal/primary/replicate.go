@@ -152,7 +152,8 @@ func (d *Daemon) startShipping(rc *ReplicaConfig) error {
 		vm, _, _ := names.Disk(disk.Name)
 		sc := ship.ShipperConfig{Addr: rc.Addr, TLS: tc, Codec: rc.Codec, Backoff: rc.Backoff, Timeout: rc.Timeout,
 			VM: vm, RPO: rc.RPO.For(vm), OnBatch: d.batches.adder(disk.Name), Log: d.log, Jobs: d.cfg.Jobs,
-			OnSuperseded: func(msg string) { d.supersede(vm, msg) }, ResyncWindow: rc.ResyncWindow}
+			OnSuperseded: func(msg string) { d.supersede(vm, msg) }, ResyncWindow: rc.ResyncWindow,
+			OnBase: d.points.onBase(disk.Name)}
 		sh := ship.NewShipper(disk.Name, disk.Volume, sc)
 		d.shipMode(disk, sh)
 		d.shippers[disk.Name] = sh

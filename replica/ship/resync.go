@@ -395,6 +395,9 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	job.End(nil)
 	s.cfg.Log.Info(s.disk+": resync complete", "disk", s.disk, "lsn", ckpt, "chunks_sent", p.Sent, "bytes_sent", p.BytesSent,
 		"chunks", n, "sessions", p.Sessions)
+	if f := s.cfg.OnBase; f != nil {
+		f(ckpt)
+	}
 	return ckpt, nil
 }
 

@@ -81,7 +81,12 @@ type ShipperConfig struct {
 	// OnBatch, if set, is told of each batch the replica acknowledged
 	// (replication statistics: vrep measure). It must not block.
 	OnBatch func(Batch)
-	Log     *slog.Logger
+	// OnBase, if set, is told when the replica has acknowledged a new
+	// consistent copy of the disk at an LSN: the initial copy, or a
+	// resync's end. Until a point follows it the replica has no point
+	// of that copy to fail over to. It must not block.
+	OnBase func(lsn uint64)
+	Log    *slog.Logger
 }
 
 // Batch is one acknowledged batch of records: a replication cycle.
@@ -528,6 +533,9 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		s.mu.Lock()
 		s.st.Initial, s.copyDone = 100, true
 		s.mu.Unlock()
+		if f := s.cfg.OnBase; f != nil {
+			f(applied)
+		}
 	} else {
 		s.set(func(st *ShipStatus) { st.Initial = 100 })
 		if first := s.vol.Log().Segments()[0].First; first > applied+1 {
