@@ -369,7 +369,11 @@ func StartPair(dir string, disks []string, size int64, log *slog.Logger, cfgs ..
 		}
 		p.Disks = append(p.Disks, primary.DiskSpec{Name: n, Path: path})
 	}
+	// Points are taken by the caller (and once the initial copy is done),
+	// never by a schedule: a busy machine must not add one the narration
+	// does not count.
 	p.Primary, err = primary.Start(primary.Config{State: filepath.Join(dir, "primary"), Disks: p.Disks, NBD: []string{"unix:" + p.PrimaryNBD},
+		Points: primary.PointsConfig{Every: 24 * time.Hour},
 		Replica: &primary.ReplicaConfig{Addr: addr, TLSDir: tlsDir, Name: "primary", ReplicaName: "replica", Codec: wire.CodecZstd,
 			Timeout: cfg.Timeout, Backoff: cfg.Backoff},
 		Log: log})
