@@ -317,10 +317,20 @@ func TestReplicationInterval(t *testing.T) {
 	t.Logf("%d records coalesced away; %d acknowledged LSNs seen, none past a point", st.Replication.Coalesced, len(distinct))
 }
 
+// replicaPoints lists the points of vm on the replica whose data is repData.
+func replicaPoints(t *testing.T, repData, vm string) []replicad.VMPoint {
+	t.Helper()
+	var pts []replicad.VMPoint
+	if code, out := vrepRun(t, "points", vm, "--data", repData, "--json"); code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
+		t.Fatalf("vrep points: %d %s", code, out)
+	}
+	return pts
+}
+
 // TestPointAfterInitialCopy: the initial copy ends with a point on the
 // replica at once, not at the next scheduled point (an hour away here, or
 // the next 15-minute tick): until a point arrives the replica has nothing
-// to fail over to, and the disk's health says so.
+// to fail over to. One point, though its disk is copied once.
 func TestPointAfterInitialCopy(t *testing.T) {
 	need(t, "qemu-img")
 	for _, tc := range []struct{ name, flag, value string }{
@@ -333,12 +343,12 @@ func TestPointAfterInitialCopy(t *testing.T) {
 			pkiDir, addr := replicationSetup(t, e)
 			startReplica(t, e.dir, pkiDir, addr)
 			d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms", tc.flag, tc.value)...)
-			st := waitReplicated(t, e) // Normal: the replica holds a point
 			repData := filepath.Join(e.dir, "replica")
-			var pts []replicad.VMPoint
-			if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
-				t.Fatalf("vrep points: %d %s", code, out)
-			}
+			waitfor.True(t, "a point on the replica after the initial copy", func() bool {
+				return len(replicaPoints(t, repData, "vm1")) > 0
+			})
+			st := waitReplicated(t, e)
+			pts := replicaPoints(t, repData, "vm1")
 			if len(pts) != 1 || pts[0].Kind != "crash-consistent" || pts[0].LSNs["vm1/disk0"] == 0 || pts[0].LSNs["vm1/disk0"] > st.Replication.Acked {
 				t.Fatalf("points on the replica after the initial copy: %+v (acked %d)", pts, st.Replication.Acked)
 			}
@@ -360,24 +370,15 @@ func TestPointAfterResync(t *testing.T) {
 	startReplica(t, e.dir, pkiDir, addr)
 	d := e.start(t, replicaFlags(addr, pkiDir, "--retry-schedule", "100ms", "--points-every", "1h")...)
 	qemuIO(t, e.uri("vm1/disk0"), "write -P 0x21 1M 1M", "flush")
-	waitReplicated(t, e)
 	repData := filepath.Join(e.dir, "replica")
-	points := func() []replicad.VMPoint {
-		var pts []replicad.VMPoint
-		if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
-			t.Fatalf("vrep points: %d %s", code, out)
-		}
-		return pts
-	}
-	if pts := points(); len(pts) != 1 {
-		t.Fatalf("points after the initial copy: %+v", pts)
-	}
+	waitfor.True(t, "the point after the initial copy", func() bool { return len(replicaPoints(t, repData, "vm1")) > 0 })
+	waitReplicated(t, e)
 	if code, out := vrepRun(t, "resync", "vm1", "--now", "--wait", "--state", e.state); code != 0 || !strings.Contains(out, "resync done") {
 		t.Fatalf("resync --wait: exit %d\n%s", code, out)
 	}
 	r := resyncStatus(t, e, "the resync", func(r *ship.ResyncProgress) bool { return r.State == "done" })
 	var pts []replicad.VMPoint
-	waitfor.True(t, "a point after the resync", func() bool { pts = points(); return len(pts) == 2 })
+	waitfor.True(t, "a point after the resync", func() bool { pts = replicaPoints(t, repData, "vm1"); return len(pts) == 2 })
 	if lsn := pts[1].LSNs["vm1/disk0"]; lsn <= r.TargetLSN {
 		t.Fatalf("the point after the resync to LSN %d is at LSN %d", r.TargetLSN, lsn)
 	}

@@ -84,7 +84,10 @@ func Run(ctx context.Context, o Options) (err error) {
 	say("vrep demo: a primary protecting one VM with two disks, replicating to a replica, on this machine.")
 	say("Working in %s.\n", dir)
 
-	pair, err := StartPair(dir, []string{"vm1/disk0", "vm1/disk1"}, o.DiskSize, log)
+	// Points are taken by the narration (and by the primary once the
+	// initial copy is done), never by a schedule: on a busy machine one
+	// would come in that the narration does not count.
+	pair, err := StartPair(dir, []string{"vm1/disk0", "vm1/disk1"}, o.DiskSize, log, PairConfig{PointsEvery: 24 * time.Hour})
 	if err != nil {
 		return err
 	}
@@ -314,6 +317,9 @@ type PairConfig struct {
 	Backoff []time.Duration
 	// Prepare, if set, runs on each disk image before the primary opens it.
 	Prepare func(path string) error
+	// PointsEvery, if set, is how often the primary takes scheduled
+	// points (default: every 5 s, as for any continuous replication).
+	PointsEvery time.Duration
 }
 
 // StartPair makes certificates, starts a replica keeping 24 hours of
@@ -369,11 +375,8 @@ func StartPair(dir string, disks []string, size int64, log *slog.Logger, cfgs ..
 		}
 		p.Disks = append(p.Disks, primary.DiskSpec{Name: n, Path: path})
 	}
-	// Points are taken by the caller (and once the initial copy is done),
-	// never by a schedule: a busy machine must not add one the narration
-	// does not count.
 	p.Primary, err = primary.Start(primary.Config{State: filepath.Join(dir, "primary"), Disks: p.Disks, NBD: []string{"unix:" + p.PrimaryNBD},
-		Points: primary.PointsConfig{Every: 24 * time.Hour},
+		Points: primary.PointsConfig{Every: cfg.PointsEvery},
 		Replica: &primary.ReplicaConfig{Addr: addr, TLSDir: tlsDir, Name: "primary", ReplicaName: "replica", Codec: wire.CodecZstd,
 			Timeout: cfg.Timeout, Backoff: cfg.Backoff},
 		Log: log})

@@ -51,12 +51,24 @@ type points struct {
 	// directory, every change log and image, and /.
 	keep  []string
 	crash *time.Ticker // the crash-point schedule; nil: by hand only
-	// based takes the name of a disk the replica has just acknowledged a
-	// new consistent copy of (ShipperConfig.OnBase): the crash schedule
-	// takes a point of its group at once, once every disk of the group
-	// has its initial copy, so the replica has a point to fail over to
-	// without waiting for the next tick.
-	based chan string
+	// The replica's new copies of disks (ShipperConfig.OnBase): the
+	// crash schedule takes a point of a disk's group at once, once every
+	// disk of the group has a copy there, so the replica has a point of
+	// its new copy to fail over to without waiting for the next tick.
+	// baseReqs (under p.mu) are the copies not looked at yet, based
+	// signals them; waiting (the schedule's own) holds the groups with a
+	// new copy whose other disks had none yet.
+	baseReqs []baseReq
+	based    chan struct{}
+	waiting  map[string]bool
+}
+
+// baseReq is a disk the replica holds a copy of, at lsn: new (fresh),
+// or one it already held when the disk's stream connected.
+type baseReq struct {
+	disk  string
+	lsn   uint64
+	fresh bool
 }
 
 // setEvery changes how often scheduled crash points are taken.
@@ -70,7 +82,7 @@ const keepRecent = 256
 
 func (d *Daemon) setupPoints(cfg PointsConfig) error {
 	p := &points{cfg: cfg, groups: map[string]*snapshot.Group{}, vmOf: map[string]string{}, vms: map[string][]string{}, stop: make(chan struct{}),
-		based: make(chan string, 64)}
+		based: make(chan struct{}, 1), waiting: map[string]bool{}}
 	disksOf := map[string]map[string]snapshot.Disk{}
 	for _, disk := range d.Disks {
 		vm, _, _ := names.Disk(disk.Name)
@@ -167,7 +179,7 @@ func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
 		p.crash = t
 	}
 	p.wg.Add(1)
-	var based <-chan string
+	var based <-chan struct{}
 	if !app {
 		based = p.based
 	}
@@ -178,12 +190,8 @@ func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
 			select {
 			case <-p.stop:
 				return
-			case disk := <-based:
-				if g, ok := p.baseComplete(d, disk); ok {
-					if _, err := d.TakePoint(context.Background(), g, false); err != nil {
-						d.log.Error("point after the replica's new copy failed", "group", g, "disk", disk, "err", err)
-					}
-				}
+			case <-based:
+				p.pointsOfNewCopies(d)
 				continue
 			case <-t.C:
 			}
@@ -196,42 +204,85 @@ func (p *points) schedule(d *Daemon, every time.Duration, app bool) {
 	}()
 }
 
-// onBase is ShipperConfig.OnBase for disk: it asks the crash schedule for
-// a point (never blocking the shipper; a full queue already holds enough
-// requests for a point).
-func (p *points) onBase(disk string) func(uint64) {
-	return func(uint64) {
+// onBase is ShipperConfig.OnBase for disk: it queues the copy for the
+// crash schedule and never blocks the shipper.
+func (p *points) onBase(disk string) func(uint64, bool) {
+	return func(lsn uint64, fresh bool) {
+		p.mu.Lock()
+		p.baseReqs = append(p.baseReqs, baseReq{disk, lsn, fresh})
+		p.mu.Unlock()
 		select {
-		case p.based <- disk:
+		case p.based <- struct{}{}:
 		default:
 		}
 	}
 }
 
-// baseComplete returns the group of disk if every disk of that group has
-// its initial copy on the replica: a point taken then is a point of the
-// whole group there (a disk still in its initial copy would hold the
-// point inside its copy, not as a point).
-func (p *points) baseComplete(d *Daemon, disk string) (string, bool) {
-	vm, _, err := names.Disk(disk)
-	if err != nil {
-		return "", false
+// pointsOfNewCopies takes a point of each group that the queued copies
+// make whole on the replica: one point per group, none for a copy that a
+// point already taken after it covers (the disks of a group copied at
+// once ask for one each).
+func (p *points) pointsOfNewCopies(d *Daemon) {
+	p.mu.Lock()
+	reqs := p.baseReqs
+	p.baseReqs = nil
+	p.mu.Unlock()
+	take := map[string]string{} // group: the disk that made it whole
+	for _, r := range reqs {
+		vm, _, err := names.Disk(r.disk)
+		if err != nil {
+			continue
+		}
+		g, ok := p.vmOf[vm]
+		switch {
+		case !ok:
+			continue
+		case !r.fresh && !p.waiting[g]:
+			continue // a copy of an earlier run: nothing asked for
+		case r.fresh && p.covered(r.disk, r.lsn):
+			continue
+		}
+		p.waiting[g] = true
+		if p.copied(d, g) {
+			take[g] = r.disk
+		}
 	}
-	g, ok := p.vmOf[vm]
-	if !ok {
-		return "", false
+	for g, disk := range take {
+		delete(p.waiting, g)
+		if _, err := d.TakePoint(context.Background(), g, false); err != nil {
+			d.log.Error("point after the replica's new copy failed", "group", g, "disk", disk, "err", err)
+		}
 	}
+}
+
+// covered reports whether a point taken since holds disk past lsn.
+func (p *points) covered(disk string, lsn uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := len(p.recent) - 1; i >= 0; i-- {
+		if p.recent[i].LSNs[disk] > lsn {
+			return true
+		}
+	}
+	return false
+}
+
+// copied reports whether every disk of group g has a copy on the replica
+// (its stream says so): a point taken then is a point of the whole group
+// there, where one disk still in its initial copy would hold the point
+// inside that copy, not as a point.
+func (p *points) copied(d *Daemon, g string) bool {
 	for _, member := range d.Disks {
-		mvm, _, _ := names.Disk(member.Name)
-		if p.vmOf[mvm] != g {
+		vm, _, _ := names.Disk(member.Name)
+		if p.vmOf[vm] != g {
 			continue
 		}
 		sh := d.shipper(member.Name)
 		if sh == nil || sh.Status().Initial < 100 {
-			return "", false
+			return false
 		}
 	}
-	return g, true
+	return true
 }
 
 // startCrashSchedule starts taking crash-consistent points every every,

@@ -396,7 +396,7 @@ func (s *Shipper) resync(ctx context.Context, c *wire.Conn, arm func(int), appli
 	s.cfg.Log.Info(s.disk+": resync complete", "disk", s.disk, "lsn", ckpt, "chunks_sent", p.Sent, "bytes_sent", p.BytesSent,
 		"chunks", n, "sessions", p.Sessions)
 	if f := s.cfg.OnBase; f != nil {
-		f(ckpt)
+		f(ckpt, true)
 	}
 	return ckpt, nil
 }

@@ -82,10 +82,13 @@ type ShipperConfig struct {
 	// (replication statistics: vrep measure). It must not block.
 	OnBatch func(Batch)
 	// OnBase, if set, is told when the replica has acknowledged a new
-	// consistent copy of the disk at an LSN: the initial copy, or a
-	// resync's end. Until a point follows it the replica has no point
-	// of that copy to fail over to. It must not block.
-	OnBase func(lsn uint64)
+	// consistent copy of the disk at an LSN (fresh): the initial copy, or
+	// a resync's end. Until a point follows it the replica has no point
+	// of that copy to fail over to. It is also told, not fresh, when a
+	// stream finds the replica already holding a copy (of an earlier
+	// run), so that a caller waiting for every disk of a group to have
+	// one hears of each. It must not block.
+	OnBase func(lsn uint64, fresh bool)
 	Log    *slog.Logger
 }
 
@@ -534,10 +537,13 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		s.st.Initial, s.copyDone = 100, true
 		s.mu.Unlock()
 		if f := s.cfg.OnBase; f != nil {
-			f(applied)
+			f(applied, true)
 		}
 	} else {
 		s.set(func(st *ShipStatus) { st.Initial = 100 })
+		if f := s.cfg.OnBase; f != nil {
+			f(applied, false)
+		}
 		if first := s.vol.Log().Segments()[0].First; first > applied+1 {
 			s.needResync(fmt.Sprintf("the replica has LSN %d, the primary's log starts at %d: the replica's copy (a seed imported, or its last apply) is older than what the primary's log still holds", applied, first))
 		}
