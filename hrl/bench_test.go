@@ -1,6 +1,7 @@
 package hrl
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -187,4 +188,61 @@ func dropPages(b *testing.B, path string) {
 	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkScanBatches reads a 64 MiB segment of 4 KiB writes in batches
+// of 64 records, as a shipper sends a log: each batch by Scan from its
+// LSN (which reads the segment from its start) and by ScanFrom from the
+// cursor the batch before returned, in one run; it reports both times
+// per batch and their ratio.
+func BenchmarkScanBatches(b *testing.B) {
+	l, err := Open(vfs.OS{}, b.TempDir(), Options{SegmentSize: 64 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	p := make([]byte, 4096)
+	const records = 16000 // 64 MiB with headers, one segment
+	for i := range records {
+		if _, _, err := l.Append(Entry{Type: TypeWrite, Offset: uint64(i) * 4096, Payload: p}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := l.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	const batch = 64
+	full := errors.New("batch full")
+	read := func(cursor bool) float64 {
+		return timeIt(func() {
+			var c Cursor
+			for from := uint64(1); from <= records; from += batch {
+				n := 0
+				fn := func(Record) error {
+					if n == batch {
+						return full
+					}
+					n++
+					return nil
+				}
+				if cursor {
+					c, err = l.ScanFrom(c, from, fn)
+				} else {
+					err = l.Scan(from, fn)
+				}
+				if err != nil && !errors.Is(err, full) {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	var scanSec, cursorSec float64
+	for range b.N {
+		scanSec += read(false)
+		cursorSec += read(true)
+	}
+	batches := float64(b.N) * records / batch
+	b.ReportMetric(scanSec/batches*1e6, "scan-µs/batch")
+	b.ReportMetric(cursorSec/batches*1e6, "cursor-µs/batch")
+	b.ReportMetric(scanSec/cursorSec, "ratio")
 }

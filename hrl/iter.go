@@ -33,13 +33,19 @@ type recordIter struct {
 // reset starts reading the segment in f, whose first LSN is first, up to
 // file offset limit.
 func (it *recordIter) reset(f vfs.File, first uint64, limit int64) {
-	sr := io.NewSectionReader(f, HeaderSize, max(limit-HeaderSize, 0))
+	it.resetAt(f, HeaderSize, first-1, limit)
+}
+
+// resetAt starts reading f at off, a record boundary that follows the
+// record with LSN last, up to file offset limit.
+func (it *recordIter) resetAt(f vfs.File, off int64, last uint64, limit int64) {
+	sr := io.NewSectionReader(f, off, max(limit-off, 0))
 	if it.br == nil {
 		it.br = bufio.NewReaderSize(sr, 1<<20)
 	} else {
 		it.br.Reset(sr)
 	}
-	it.limit, it.off, it.last = limit, HeaderSize, first-1
+	it.limit, it.off, it.last = limit, off, last
 	it.bad, it.err = nil, nil
 }
 

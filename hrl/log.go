@@ -220,6 +220,14 @@ func (l *Log) AppendQuiet(e Entry) (Pos, *Batch, error) {
 	if e.Type == TypeWrite {
 		span = uint32(len(e.Payload))
 	}
+	// What a reader would take for corruption (checkRecord) is refused
+	// here, before it could cut the log short there.
+	switch {
+	case e.Type == TypeWrite && span == 0:
+		return Pos{}, nil, errors.New("hrl: a write of no bytes")
+	case (e.Type == TypeTrim || e.Type == TypeZero) && (span == 0 || len(e.Payload) != 0):
+		return Pos{}, nil, fmt.Errorf("hrl: a %v record needs a span and no payload", e.Type)
+	}
 	if !e.prepared {
 		e.Prepare()
 	}
@@ -507,10 +515,31 @@ func (l *Log) DropThrough(lsn uint64) error {
 // record's payload. Scan stops at fn's first error and returns it. A bad
 // record in written data is a *CorruptionError.
 func (l *Log) Scan(from uint64, fn func(Record) error) error {
+	_, err := l.ScanFrom(Cursor{}, from, fn)
+	return err
+}
+
+// Cursor is where a ScanFrom stopped, so that the next one reads on from
+// there instead of from its segment's start (a shipper that sends a log
+// in many small batches would otherwise read each segment over and over).
+// The zero Cursor is none.
+type Cursor struct {
+	seg  *Segment
+	off  int64  // file offset of the next record in seg
+	last uint64 // LSN of the record before off
+}
+
+// ScanFrom is Scan(from, fn), reading from c when c is in the segment
+// that holds from and no later than from (a cursor an earlier ScanFrom
+// returned; the bytes a segment has written never change while it is
+// live), else from that segment's start. It returns where it stopped:
+// at the record fn refused, or after the last record written.
+func (l *Log) ScanFrom(c Cursor, from uint64, fn func(Record) error) (Cursor, error) {
 	l.mu.Lock()
 	segs := append([]*Segment(nil), l.segs...)
 	l.mu.Unlock()
 	var it recordIter
+	var at Cursor
 	for i, s := range segs {
 		if i+1 < len(segs) && segs[i+1].first <= from {
 			continue
@@ -522,23 +551,33 @@ func (l *Log) Scan(from uint64, fn func(Record) error) error {
 		if size == 0 {
 			continue // its file may not exist yet; nothing is written in it
 		}
-		it.reset(s.file, s.first, size)
-		for r, ok := it.next(); ok; r, ok = it.next() {
+		if c.seg == s && c.last < from && c.off >= HeaderSize && c.off <= size {
+			it.resetAt(s.file, c.off, c.last, size)
+		} else {
+			it.reset(s.file, s.first, size)
+		}
+		for {
+			off, last := it.off, it.last
+			r, ok := it.next()
+			if !ok {
+				break
+			}
 			if r.Type == TypeSync || r.LSN < from {
 				continue
 			}
 			if err := fn(r); err != nil {
-				return err
+				return Cursor{seg: s, off: off, last: last}, err
 			}
 		}
 		if it.err != nil {
-			return fmt.Errorf("hrl: scanning %s: %w", s.name, it.err)
+			return Cursor{}, fmt.Errorf("hrl: scanning %s: %w", s.name, it.err)
 		}
 		if it.bad != nil {
-			return &CorruptionError{Segment: s.name, Offset: it.off, Reason: it.bad.Error()}
+			return Cursor{}, &CorruptionError{Segment: s.name, Offset: it.off, Reason: it.bad.Error()}
 		}
+		at = Cursor{seg: s, off: it.off, last: it.last}
 	}
-	return nil
+	return at, nil
 }
 
 // TornTail returns the torn tail Open cut from the log, or nil if it cut

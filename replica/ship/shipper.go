@@ -165,6 +165,10 @@ type Shipper struct {
 	// once (Resume).
 	wake chan struct{}
 
+	// cur is where the last batch's scan of the log stopped: the next
+	// batch reads on from there (the stream's goroutine only).
+	cur hrl.Cursor
+
 	mu       sync.Mutex
 	st       ShipStatus
 	caughtUp time.Time // when the replica last had all the previous ack had seen logged
@@ -711,7 +715,8 @@ func (s *Shipper) batch(applied, durable uint64, limit int) ([]byte, uint64, int
 	var count uint32
 	var payload int64
 	last := applied
-	err := s.vol.Log().Scan(applied+1, func(r hrl.Record) error {
+	var err error
+	s.cur, err = s.vol.Log().ScanFrom(s.cur, applied+1, func(r hrl.Record) error {
 		if r.LSN > durable || count > 0 && len(body)+hrl.RecHeaderSize+len(r.Payload) > limit {
 			return errBatchFull // one record alone always fits: MaxBody > MaxPayload
 		}
@@ -735,7 +740,8 @@ func (s *Shipper) coalescedBatch(applied, durable uint64, limit int) ([]byte, ui
 	var recs []hrl.Record
 	size := 0
 	last := applied
-	err := s.vol.Log().Scan(applied+1, func(r hrl.Record) error {
+	var err error
+	s.cur, err = s.vol.Log().ScanFrom(s.cur, applied+1, func(r hrl.Record) error {
 		if r.LSN > durable || len(recs) > 0 && size+hrl.RecHeaderSize+len(r.Payload) > limit {
 			return errBatchFull
 		}
