@@ -529,6 +529,16 @@ type Cursor struct {
 	last uint64 // LSN of the record before off
 }
 
+// At returns where c stands: the first LSN of its segment (0: no cursor),
+// the file offset of the next record, and the LSN of the record before
+// it. The segment's bytes from off on are what follows that LSN there.
+func (c Cursor) At() (first uint64, off int64, last uint64) {
+	if c.seg == nil {
+		return 0, 0, 0
+	}
+	return c.seg.first, c.off, c.last
+}
+
 // ScanFrom is Scan(from, fn), reading from c when c is in the segment
 // that holds from and no later than from (a cursor an earlier ScanFrom
 // returned; the bytes a segment has written never change while it is

@@ -172,6 +172,10 @@ type Shipper struct {
 	mu       sync.Mutex
 	st       ShipStatus
 	caughtUp time.Time // when the replica last had all the previous ack had seen logged
+	// ackSeg and ackOff: the segment (first LSN) and file offset where
+	// the acknowledged records end, when known (ackSeg 0: not known).
+	ackSeg uint64
+	ackOff int64
 	target   uint64    // the log's last LSN at the previous ack
 	stopped  string    // the non-recoverable error that stopped shipping
 	lastErr  string    // why the last connection ended
@@ -286,6 +290,7 @@ func (s *Shipper) Status() ShipStatus {
 		CopyDone: s.copyDone, Initial: st.Initial, Interval: s.mode.interval, PointsEvery: s.mode.pointsEvery,
 		CaughtUp: s.caughtUp, RPO: s.cfg.RPO}
 	tickAt := s.tickAt
+	ackSeg, ackOff := s.ackSeg, s.ackOff
 	if p := s.rs.prog; p != nil {
 		cp := *p
 		st.Resync = &cp
@@ -312,7 +317,10 @@ func (s *Shipper) Status() ShipStatus {
 		case seg.Last <= st.Acked:
 		case seg.First > st.Acked:
 			st.LagBytes += seg.Size
+		case seg.First == ackSeg && ackOff <= seg.Size:
+			st.LagBytes += seg.Size - ackOff
 		default:
+			// An estimate: the records' share of the segment, by count.
 			st.LagBytes += int64(float64(seg.Size) * float64(seg.Last-st.Acked) / float64(seg.Last-seg.First+1))
 		}
 	}
@@ -680,8 +688,15 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 
 func (s *Shipper) acked(lsn uint64) {
 	last := s.vol.Log().LastLSN()
+	first, off, at := s.cur.At()
 	s.mu.Lock()
 	s.st.Acked, s.st.LastAck = lsn, time.Now()
+	// Where the acknowledged records end in the log, if the last batch's
+	// scan stopped there: the lag in bytes is then exact.
+	s.ackSeg, s.ackOff = 0, 0
+	if first != 0 && at == lsn {
+		s.ackSeg, s.ackOff = first, off
+	}
 	// Lag in seconds counts from when the replica last had everything
 	// logged at the previous ack: with points every few seconds the log
 	// is never still, and "had everything, now" would never hold.
