@@ -174,11 +174,11 @@ type Shipper struct {
 	caughtUp time.Time // when the replica last had all the previous ack had seen logged
 	// ackSeg and ackOff: the segment (first LSN) and file offset where
 	// the acknowledged records end, when known (ackSeg 0: not known).
-	ackSeg uint64
-	ackOff int64
-	target   uint64    // the log's last LSN at the previous ack
-	stopped  string    // the non-recoverable error that stopped shipping
-	lastErr  string    // why the last connection ended
+	ackSeg   uint64
+	ackOff   int64
+	target   uint64 // the log's last LSN at the previous ack
+	stopped  string // the non-recoverable error that stopped shipping
+	lastErr  string // why the last connection ended
 	retryAt  time.Time
 	copyDone bool
 	overflow time.Time // when the log was first seen overflowed
