@@ -240,6 +240,9 @@ func (p *points) pointsOfNewCopies(d *Daemon) {
 		case !r.fresh && !p.waiting[g]:
 			continue // a copy of an earlier run: nothing asked for
 		case r.fresh && p.covered(r.disk, r.lsn):
+			// That point is after this copy, and after the copies of the
+			// group's other disks that came before it.
+			delete(p.waiting, g)
 			continue
 		}
 		p.waiting[g] = true
