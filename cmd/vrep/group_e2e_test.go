@@ -106,12 +106,7 @@ func (rg *groupRig) waitReplicated(t *testing.T) {
 
 func (rg *groupRig) points(t *testing.T, vm string) []replicad.VMPoint {
 	t.Helper()
-	var pts []replicad.VMPoint
-	code, out := vrepRun(t, "points", vm, "--data", rg.repData, "--json")
-	if code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
-		t.Fatalf("vrep points %s: %d %s", vm, code, out)
-	}
-	return pts
+	return replicaPoints(t, rg.repData, vm)
 }
 
 func (rg *groupRig) status(t *testing.T) replicad.Status {

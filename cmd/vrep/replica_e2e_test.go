@@ -291,10 +291,7 @@ func TestReplicationInterval(t *testing.T) {
 	}
 	// The points the replica holds: every acknowledged LSN was one.
 	repData := filepath.Join(e.dir, "replica")
-	var pts []replicad.VMPoint
-	if code, out := vrepRun(t, "points", "vm1", "--data", repData, "--json"); code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
-		t.Fatalf("vrep points: %d %s", code, out)
-	}
+	pts := replicaPoints(t, repData, "vm1")
 	// Nothing past the newest point is ever shipped (an interval may go
 	// in several batches, so an acknowledged LSN need not be a point).
 	distinct := map[uint64]bool{}
@@ -322,7 +319,7 @@ func replicaPoints(t *testing.T, repData, vm string) []replicad.VMPoint {
 	t.Helper()
 	var pts []replicad.VMPoint
 	if code, out := vrepRun(t, "points", vm, "--data", repData, "--json"); code != 0 || json.Unmarshal([]byte(out), &pts) != nil {
-		t.Fatalf("vrep points: %d %s", code, out)
+		t.Fatalf("vrep points %s: %d %s", vm, code, out)
 	}
 	return pts
 }

@@ -110,9 +110,6 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := waitReplicated(ctx, pri, 2*time.Minute); err != nil {
 		return err
 	}
-	// The primary takes a point as soon as the replica holds a copy of
-	// every disk of the VM, so that there is something to fail over to
-	// before the first scheduled point.
 	say("4. Initial replication complete: the replica holds both disks, and the primary takes a point at")
 	say("   once, so that there is a point to fail over to before the first scheduled one.")
 	var first []replicad.VMPoint
