@@ -82,15 +82,11 @@ func primaryCmd() *cobra.Command {
 			if err := parseQuiescers(&cfg.Points, freeze, preFreeze, postThaw, agents); err != nil {
 				return err
 			}
-			if cpuprofile != "" {
-				f, err := os.Create(cpuprofile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				pprof.StartCPUProfile(f)
-				defer pprof.StopCPUProfile()
+			stopProfile, err := startCPUProfile(cpuprofile)
+			if err != nil {
+				return err
 			}
+			defer stopProfile()
 			ops.tlsDir, ops.name = rc.TLSDir, rc.Name
 			if _, err = ops.policy(); err != nil { // checks --http too
 				return err
@@ -351,4 +347,21 @@ func parseQuiescers(pc *primary.PointsConfig, freeze, preFreeze, postThaw, agent
 	}
 	pc.GuestAgent, err = one("guest-agent", agents)
 	return err
+}
+
+// startCPUProfile writes a CPU profile to path until the returned stop is
+// called; with no path it does nothing.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

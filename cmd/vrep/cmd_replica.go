@@ -36,6 +36,7 @@ func replicaCmd() *cobra.Command {
 		configFile string
 		retention  time.Duration
 		pruneEvery time.Duration
+		cpuprofile string
 		ops        opsFlags
 	)
 	cmd := &cobra.Command{
@@ -63,6 +64,11 @@ of VM or VM/DISK to a retention); flags override it.`,
 			if len(c.Allow) == 0 && !c.AllowAny {
 				return fmt.Errorf("%w: give --allow PRIMARY[=ROOT] for each primary, or --allow-any", errUsage)
 			}
+			stopProfile, err := startCPUProfile(cpuprofile)
+			if err != nil {
+				return err
+			}
+			defer stopProfile()
 			roots := map[string]string{}
 			for _, a := range c.Allow {
 				p, root, _ := strings.Cut(a, "=")
@@ -169,6 +175,8 @@ of VM or VM/DISK to a retention); flags override it.`,
 	ops.register(f, "the newest point's age")
 	f.DurationVar(&pruneEvery, "prune-every", time.Minute, "apply retention this often")
 	f.MarkHidden("prune-every")
+	f.StringVar(&cpuprofile, "cpuprofile", "", "write a CPU profile here until exit")
+	f.MarkHidden("cpuprofile")
 	return cmd
 }
 
