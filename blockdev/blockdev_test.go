@@ -69,3 +69,17 @@ func TestFileMapLayout(t *testing.T) {
 		t.Fatalf("Map = %v, want %v", got, want)
 	}
 }
+
+func TestAllZero(t *testing.T) {
+	b := make([]byte, 200<<10)
+	if !blockdev.AllZero(b) || !blockdev.AllZero(nil) {
+		t.Fatal("zeros not seen as zeros")
+	}
+	for _, i := range []int{0, 1, 64<<10 - 1, 64 << 10, len(b) - 1} {
+		b[i] = 1
+		if blockdev.AllZero(b) {
+			t.Fatalf("byte %d set, AllZero says zeros", i)
+		}
+		b[i] = 0
+	}
+}

@@ -1,7 +1,6 @@
 package seed
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -19,6 +18,7 @@ import (
 	"github.com/klauspost/reedsolomon"
 	"github.com/zeebo/xxh3"
 
+	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/internal/names"
 	"github.com/vrep-io/vrep/internal/procs"
 	"github.com/vrep-io/vrep/internal/vfs"
@@ -335,7 +335,7 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 			}
 			clear(buf[n : k*S]) // the last chunk is padded with zeros
 			progress(off + int64(n))
-			if allZero(buf[:n]) {
+			if blockdev.AllZero(buf[:n]) {
 				d.Zero[c/8] |= 1 << (c % 8)
 				putBuf(buf)
 				continue
@@ -404,17 +404,3 @@ func exportDisk(ctx context.Context, dirs []string, m *Manifest, d *Disk, dev io
 // then writes while the work goes on, and the fsync at the end finds
 // little left to do, instead of the whole file.
 const writebackEvery = 8 << 20
-
-var zeros [64 << 10]byte
-
-// allZero reports whether b is all zeros (bytes.Equal is vectorised).
-func allZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeros))
-		if !bytes.Equal(b[:n], zeros[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
-}

@@ -21,6 +21,7 @@ import (
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 
+	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/internal/procs"
 )
 
@@ -546,7 +547,7 @@ func (m *Manifest) Verify(ctx context.Context, disk string, r io.ReaderAt, worke
 				}
 				ok := false
 				if idx[c] < 0 {
-					ok = allZero(buf[:n])
+					ok = blockdev.AllZero(buf[:n])
 				} else {
 					h := xxh3.Hash128(buf[:n]).Bytes()
 					ok = bytes.Equal(h[:], d.Hashes[idx[c]*chunkHashSize:(idx[c]+1)*chunkHashSize])

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/blockdev/tracked"
 	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/faultpoint"
@@ -833,17 +834,23 @@ func (s *Shipper) initialCopy(c *wire.Conn, arm func(int), job *jobs.Run) (uint6
 	size := base.Size()
 	const chunk = 1 << 20
 	buf := make([]byte, 8+chunk)
+	holes := zeroMap{dev: base, size: size}
 	s.cfg.Log.Info("initial replication started", "disk", s.disk, "size", size, "checkpoint", ckpt)
 	for off := int64(0); off < size; off += chunk {
 		n := min(chunk, size-off)
+		pct := int(99 * (off + n) / size) // 100 once the replica has made it durable
+		s.set(func(st *ShipStatus) { st.Initial = pct })
+		job.Progress(off+n, size)
+		// The replica's new image reads as zeros where nothing is sent:
+		// a hole is skipped unread, a chunk of zeros after reading it.
+		if holes.zeros(off, n) {
+			continue
+		}
 		data := buf[8 : 8+n]
 		if _, err := base.ReadAt(data, off); err != nil {
 			return 0, err
 		}
-		pct := int(99 * (off + n) / size) // 100 once the replica has made it durable
-		s.set(func(st *ShipStatus) { st.Initial = pct })
-		job.Progress(off+n, size)
-		if allZero(data) {
+		if blockdev.AllZero(data) {
 			continue
 		}
 		binary.LittleEndian.PutUint64(buf, uint64(off))
@@ -881,11 +888,41 @@ func (s *Shipper) initialCopy(c *wire.Conn, arm func(int), job *jobs.Run) (uint6
 	return ckpt, nil
 }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
+// zeroMap answers whether ranges of a device read as zeros, from its map
+// (blockdev.Map), asked for in ascending order. It says no where the map
+// does not know.
+type zeroMap struct {
+	dev  blockdev.Device
+	size int64
+	ext  []blockdev.Extent // the map from at on
+	at   int64
+	err  bool // the device could not be mapped: every range is data
+}
+
+func (z *zeroMap) zeros(off, n int64) bool {
+	for len(z.ext) > 0 && z.at+z.ext[0].Length <= off {
+		z.at += z.ext[0].Length
+		z.ext = z.ext[1:]
+	}
+	if len(z.ext) == 0 || z.at > off {
+		if z.err || off >= z.size {
 			return false
 		}
+		ext, err := blockdev.Map(z.dev, off, z.size-off)
+		if err != nil || len(ext) == 0 {
+			z.err = true
+			return false
+		}
+		z.ext, z.at = ext, off
 	}
-	return true
+	pos := z.at
+	for _, e := range z.ext {
+		if !e.Zero {
+			return false
+		}
+		if pos += e.Length; pos >= off+n {
+			return true
+		}
+	}
+	return false // the map stops short of the range: read it
 }
