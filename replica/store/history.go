@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -76,6 +77,24 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 		seg     []byte // what to append to the undo segment
 		segBase int64
 	)
+	if !d.cat.cfg.Inline {
+		// One buffer for the batch's entries, sized before the first.
+		need := 0
+		for _, r := range pending {
+			if r.Type != hrl.TypeMarker && existing[r.LSN] == nil {
+				if need == 0 {
+					if err := d.rollUndo(r.LSN); err != nil {
+						return nil, err
+					}
+					segBase = d.undo.off
+				}
+				a, b := d.undoRange(r)
+				need += undoHeaderSize + int(b-a)
+			}
+		}
+		seg = make([]byte, 0, need)
+	}
+	earlier := newOverlaps(pending)
 	for j, r := range pending {
 		if r.Type == hrl.TypeMarker {
 			markers = append(markers, r)
@@ -90,14 +109,7 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 		if d.cat.cfg.Inline {
 			old = make([]byte, b-a)
 		} else {
-			if seg == nil {
-				if err := d.rollUndo(r.LSN); err != nil {
-					return nil, err
-				}
-				segBase = d.undo.off
-			}
 			// Header, then the old bytes read straight into place.
-			seg = slices.Grow(seg, undoHeaderSize+int(b-a))
 			seg = seg[:len(seg)+undoHeaderSize+int(b-a)]
 			old = seg[len(seg)-int(b-a):]
 		}
@@ -105,9 +117,9 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 			return nil, fmt.Errorf("replica: reading the image for history: %w", err)
 		}
 		// Records of this batch before r changed the image only in memory
-		// so far: lay them over what was read, in order.
-		for _, q := range pending[:j] {
-			overlay(old, a, q)
+		// so far: lay those over what was read, in order.
+		for _, q := range earlier.before(j, a, b) {
+			overlay(old, a, pending[q])
 		}
 		ref := &undoRef{lsn: r.LSN, off: a, length: b - a, crc: crc32.Checksum(old, castagnoli)}
 		if d.cat.cfg.Inline {
@@ -148,6 +160,50 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 		d.sh.mu.Unlock()
 	}
 	return refs, nil
+}
+
+// overlaps finds, among a batch's records, the earlier ones that overlap
+// a range, without comparing every pair: a batch of random writes has
+// thousands of records and almost no overlaps.
+type overlaps struct {
+	recs   []hrl.Record
+	starts []int   // the batch's write, trim and zero records, by offset
+	maxEnd []int64 // maxEnd[i]: the furthest end among starts[:i+1]
+	out    []int
+}
+
+func newOverlaps(recs []hrl.Record) *overlaps {
+	o := &overlaps{recs: recs}
+	for i, r := range recs {
+		if r.Type != hrl.TypeMarker {
+			o.starts = append(o.starts, i)
+		}
+	}
+	slices.SortFunc(o.starts, func(x, y int) int { return cmp.Compare(recs[x].Offset, recs[y].Offset) })
+	o.maxEnd = make([]int64, len(o.starts))
+	var m int64
+	for i, k := range o.starts {
+		m = max(m, int64(recs[k].Offset)+int64(recs[k].Span))
+		o.maxEnd[i] = m
+	}
+	return o
+}
+
+// before lists, in batch order, the records before j that overlap
+// [a, b). The slice is reused by the next call.
+func (o *overlaps) before(j int, a, b int64) []int {
+	o.out = o.out[:0]
+	// Those starting before b, walked down while one of them (or one
+	// further down) still reaches past a.
+	i, _ := slices.BinarySearchFunc(o.starts, b, func(k int, b int64) int { return cmp.Compare(int64(o.recs[k].Offset), b) })
+	for i--; i >= 0 && o.maxEnd[i] > a; i-- {
+		k := o.starts[i]
+		if r := o.recs[k]; k < j && int64(r.Offset)+int64(r.Span) > a {
+			o.out = append(o.out, k)
+		}
+	}
+	slices.Sort(o.out)
+	return o.out
 }
 
 // overlay lays record q over buf, which holds the disk from offset at.

@@ -473,3 +473,36 @@ func TestCoalesce(t *testing.T) {
 		co.Close()
 	}
 }
+
+// overlaps.before lists exactly the earlier records a pairwise scan finds,
+// in batch order, with long trims among short writes.
+func TestOverlapsMatchesPairwise(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 3))
+	for range 200 {
+		recs := make([]hrl.Record, 1+r.IntN(300))
+		for i := range recs {
+			typ, span := hrl.TypeWrite, uint32(512*(1+r.IntN(16)))
+			switch r.IntN(10) {
+			case 0:
+				typ = hrl.TypeMarker
+			case 1:
+				typ, span = hrl.TypeTrim, uint32(r.IntN(1<<20))
+			}
+			recs[i] = hrl.Record{LSN: uint64(i + 1), Type: typ, Offset: uint64(r.IntN(4 << 20)), Span: span}
+		}
+		o := newOverlaps(recs)
+		for j := range recs {
+			a := int64(r.IntN(4 << 20))
+			b := a + int64(r.IntN(64<<10))
+			var want []int
+			for k, q := range recs[:j] {
+				if q.Type != hrl.TypeMarker && int64(q.Offset) < b && int64(q.Offset)+int64(q.Span) > a {
+					want = append(want, k)
+				}
+			}
+			if got := o.before(j, a, b); !slices.Equal(got, want) && len(got)+len(want) > 0 {
+				t.Fatalf("record %d, [%d, %d): overlaps %v, pairwise %v", j, a, b, got, want)
+			}
+		}
+	}
+}
