@@ -169,6 +169,11 @@ type Shipper struct {
 	// cur is where the last batch's scan of the log stopped: the next
 	// batch reads on from there (the stream's goroutine only).
 	cur hrl.Cursor
+	// body is the last batch's body, kept for the next while the stream
+	// has more to send: a body grows to maxBatch, and a new one for each
+	// batch was 40 % of the stream's CPU on a busy disk (growing it,
+	// faulting its pages in). Dropped when the stream waits.
+	body []byte
 
 	mu       sync.Mutex
 	st       ShipStatus
@@ -623,6 +628,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			durable = min(durable, through)
 		}
 		if durable <= applied {
+			s.body = nil
 			if log.LastLSN() <= applied {
 				s.mu.Lock()
 				s.caughtUp = time.Now()
@@ -660,6 +666,7 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 		lastSent = time.Now()
 		s.set(func(st *ShipStatus) { st.LastSend = lastSent })
 		c.WriteFrame(typ, body)
+		s.body = body[:0] // WriteFrame keeps no reference to it
 		if err := c.Flush(); err != nil {
 			return progressed, err
 		}
@@ -726,7 +733,7 @@ var errBatchFull = errors.New("batch full")
 // batch builds a Records body of the records after applied, up to durable,
 // and counts their payload bytes.
 func (s *Shipper) batch(applied, durable uint64, limit int) ([]byte, uint64, int64, error) {
-	body := wire.AppendRecords(nil, s.disk, nil)
+	body := wire.AppendRecords(s.body, s.disk, nil)
 	countAt := len(body) - 4
 	var count uint32
 	var payload int64
@@ -776,7 +783,7 @@ func (s *Shipper) coalescedBatch(applied, durable uint64, limit int) ([]byte, ui
 		payload += int64(len(r.Payload))
 	}
 	s.set(func(st *ShipStatus) { st.Coalesced += int64(len(recs) - len(kept)) })
-	return wire.AppendRecordsRange(nil, applied+1, last, s.disk, kept), last, payload, nil
+	return wire.AppendRecordsRange(s.body, applied+1, last, s.disk, kept), last, payload, nil
 }
 
 // Coalesce returns recs without the records that a later record overwrites
