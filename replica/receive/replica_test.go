@@ -21,6 +21,7 @@ import (
 
 	"github.com/vrep-io/vrep/blockdev"
 	"github.com/vrep-io/vrep/blockdev/tracked"
+	"github.com/vrep-io/vrep/hrl"
 	"github.com/vrep-io/vrep/internal/pki"
 	"github.com/vrep-io/vrep/internal/vfs"
 	"github.com/vrep-io/vrep/internal/waitfor"
@@ -327,5 +328,47 @@ func TestIdleStreamKeptAlive(t *testing.T) {
 		if keepalive > time.Second && opens < 2 {
 			t.Fatalf("without keepalives the idle stream was never dropped (%d opens)", opens)
 		}
+	}
+}
+
+// A new stream (a restarted primary) whose first batch is a copy
+// frequency away: meanwhile its lag in bytes is the log past what the
+// replica holds, not the records' share of a segment that also holds
+// large writes the replica has.
+func TestLagBytesExactBeforeFirstBatch(t *testing.T) {
+	rg := newRig(t, 32<<20)
+	addr, _ := rg.serve(t, "", map[string]string{"primary1": ""})
+	var through atomic.Uint64 // the LSN of the last tick
+	interval := func(c *ship.ShipperConfig) {
+		c.Through, c.Interval = through.Load, 5*time.Minute
+	}
+	sh := rg.shipper(t, "primary1", addr, interval)
+	cancel, done := runJoined(t, sh)
+	waitFor(t, "the initial copy", func() bool { return sh.Status().Initial == 100 })
+	big := bytes.Repeat([]byte{0x5a}, 1<<20)
+	for i := range 3 {
+		if _, err := rg.vol.WriteAt(big, int64(i)<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	through.Store(rg.vol.Log().LastLSN())
+	waitFor(t, "the large writes shipped", func() bool { return sh.Status().Acked == through.Load() })
+	cancel()
+	<-done
+	small := bytes.Repeat([]byte{0xa5}, 4096)
+	for i := range 256 {
+		if _, err := rg.vol.WriteAt(small, 8<<20+int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(rg.vol.Log().Segments()); n != 1 {
+		t.Fatalf("the log has %d segments: the test needs the large and the small writes in one", n)
+	}
+	sh = rg.shipper(t, "primary1", addr, interval)
+	runJoined(t, sh)
+	waitFor(t, "the new stream", func() bool { st := sh.Status(); return st.Connected && st.Acked == through.Load() })
+	// The records, their headers, and a page for the log's sync records.
+	if st := sh.Status(); st.LagBytes < 1<<20 || st.LagBytes > 1<<20+256*hrl.RecHeaderSize+4096 {
+		t.Fatalf("lag %d bytes with 256 records of 4 KiB after what the replica holds", st.LagBytes)
 	}
 }

@@ -569,6 +569,12 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			return progressed, err
 		}
 	}
+	// Where the replica's copy ends in the log: the lag in bytes is exact
+	// from the stream's start (at 5 or 15 minutes a frequency's first
+	// batch is that far away), and the first batch reads on from there
+	// instead of from its segment's start. A log that no longer holds it
+	// leaves no cursor.
+	s.cur, _ = s.vol.Log().ScanFrom(hrl.Cursor{}, applied+1, func(hrl.Record) error { return errBatchFull })
 	s.acked(applied)
 	sentBefore := c.Sent()
 	log := s.vol.Log()
