@@ -35,7 +35,8 @@
 #               its log passes the bound four times; with each server's
 #               peak RSS (VmHWM just before it stops)
 #   repl        rw4k-f32 with vrep replicating to a vrep replica on
-#               loopback (TLS), once its initial copy is done, vs nbdkit
+#               loopback (TLS), once its initial copy is done, vs nbdkit; and
+#               the replica's lag in MiB when fio ends
 #
 # Settings: SIZE (default 4G), SECS (default 8), RUNS (default 3),
 # WORKLOADS, CONDS (sparse alloc), SUSTAIN_MERGE, BURST; WORK (bench/work), VREP
@@ -119,6 +120,14 @@ print(r.get("initial_percent") == 100 and r.get("health") == "Normal")' 2>/dev/n
 	done
 }
 
+# lag_mib: the log the replica has not acknowledged, in MiB: a replica
+# that falls behind does less of its work within the run.
+lag_mib() {
+	"$vrep" status --state "$work/state" --json | python3 -c 'import json, sys
+r = json.load(sys.stdin)["disks"][0].get("replication") or {}
+print(round(r.get("lag_bytes", 0) / 2**20, 1))'
+}
+
 fio_run() { # fio_run NAME FIO_ARG...: fio against $uri, JSON to $fiodir/NAME.json
 	local out=$fiodir/$1.json
 	shift
@@ -179,6 +188,7 @@ row_label() {
 	sustained) echo "4k random write QD32, $(numfmt --to=iec "$sustain_bytes") (merge every $SUSTAIN_MERGE), IOPS" ;;
 	sustained:rss) echo "… peak RSS, MiB (lower is better)" ;;
 	repl) echo "4k random write QD32 --fsync=32, vrep replicating, IOPS" ;;
+	repl:lag) echo "… the replica's lag when fio ends, MiB (lower is better)" ;;
 	esac
 }
 
@@ -211,6 +221,9 @@ for run in $(seq "$RUNS"); do
 					[ "$cond" = sparse ] || drop_cache "$img"
 				fi
 				measure "$w" "$s"
+				if [ "$w,$s" = repl,vrep ]; then
+					record "$run" "$cond" repl:lag vrep "$(lag_mib)"
+				fi
 				if [ "$w" = sustained ]; then
 					rss=$(peak_rss "$pid")
 					record "$run" "$cond" sustained:rss "$s" "$rss"
@@ -228,6 +241,7 @@ for w in $WORKLOADS; do
 	ROWS+=" $w"
 	[ "$w" = qd1-f1 ] && ROWS+=" qd1-f1:p99 qd1-f1:flush-p99"
 	[ "$w" = sustained ] && ROWS+=" sustained:rss"
+	[ "$w" = repl ] && ROWS+=" repl:lag"
 done
 out=bench/results/nbd-$(date -u +%Y%m%d-%H%M).md
 {
