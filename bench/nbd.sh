@@ -124,7 +124,9 @@ print(r.get("initial_percent") == 100 and r.get("health") == "Normal")' 2>/dev/n
 # that falls behind does less of its work within the run.
 lag_mib() {
 	"$vrep" status --state "$work/state" --json | python3 -c 'import json, sys
-r = json.load(sys.stdin)["disks"][0].get("replication") or {}
+r = json.load(sys.stdin)["disks"][0].get("replication")
+if not r:
+    sys.exit("vrep status has no replication")
 print(round(r.get("lag_bytes", 0) / 2**20, 1))'
 }
 
@@ -222,7 +224,8 @@ for run in $(seq "$RUNS"); do
 				fi
 				measure "$w" "$s"
 				if [ "$w,$s" = repl,vrep ]; then
-					record "$run" "$cond" repl:lag vrep "$(lag_mib)"
+					lag=$(lag_mib)
+					record "$run" "$cond" repl:lag vrep "$lag"
 				fi
 				if [ "$w" = sustained ]; then
 					rss=$(peak_rss "$pid")

@@ -166,13 +166,15 @@ type Shipper struct {
 	// once (Resume).
 	wake chan struct{}
 
-	// cur is where the last batch's scan of the log stopped: the next
-	// batch reads on from there (the stream's goroutine only).
+	// cur is where the last scan of the log stopped (a batch's, or the
+	// stream's first, which finds where the replica's copy ends): the
+	// next batch reads on from there (the stream's goroutine only).
 	cur hrl.Cursor
 	// body is the last batch's body, kept for the next while the stream
-	// has more to send: a body grows to maxBatch, and a new one for each
-	// batch was 40 % of the stream's CPU on a busy disk (growing it,
-	// faulting its pages in). Dropped when the stream waits.
+	// has more to send: a body grows to maxBatch (or one record, if
+	// larger), and a new one for each batch was 40 % of the stream's CPU
+	// on a busy disk (growing it, faulting its pages in). Dropped when
+	// the stream has nothing to send and when the session ends.
 	body []byte
 
 	mu       sync.Mutex
@@ -475,6 +477,7 @@ func (s *Shipper) disconnectedLocked(now time.Time) {
 // session runs one connection; progressed says whether anything was
 // acknowledged (a fresh start of the backoff schedule).
 func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
+	defer func() { s.body = nil }() // no batch body kept through a backoff or a stop
 	raw, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", s.cfg.Addr)
 	if err != nil {
 		return false, err
@@ -569,11 +572,13 @@ func (s *Shipper) session(ctx context.Context) (progressed bool, err error) {
 			return progressed, err
 		}
 	}
-	// Where the replica's copy ends in the log: the lag in bytes is exact
-	// from the stream's start (at 5 or 15 minutes a frequency's first
-	// batch is that far away), and the first batch reads on from there
-	// instead of from its segment's start. A log that no longer holds it
-	// leaves no cursor.
+	// Where the replica's copy ends in the log: with the cursor there the
+	// lag in bytes is exact from the stream's start (at 5 or 15 minutes a
+	// frequency's first batch is that far away). This scan reads the
+	// segment from its start once, as the first batch would have; the
+	// first batch reads on from it. acked uses the cursor only if it
+	// stands right after applied; an error here is the first batch's to
+	// report.
 	s.cur, _ = s.vol.Log().ScanFrom(hrl.Cursor{}, applied+1, func(hrl.Record) error { return errBatchFull })
 	s.acked(applied)
 	sentBefore := c.Sent()
@@ -851,19 +856,20 @@ func (s *Shipper) initialCopy(c *wire.Conn, arm func(int), job *jobs.Run) (uint6
 	s.cfg.Log.Info("initial replication started", "disk", s.disk, "size", size, "checkpoint", ckpt)
 	for off := int64(0); off < size; off += chunk {
 		n := min(chunk, size-off)
+		// The replica's new image reads as zeros where nothing is sent:
+		// a hole is skipped unread, a chunk of zeros after reading it.
+		data := buf[8 : 8+n]
+		skip := holes.zeros(off, n)
+		if !skip {
+			if _, err := base.ReadAt(data, off); err != nil {
+				return 0, err
+			}
+			skip = blockdev.AllZero(data)
+		}
 		pct := int(99 * (off + n) / size) // 100 once the replica has made it durable
 		s.set(func(st *ShipStatus) { st.Initial = pct })
 		job.Progress(off+n, size)
-		// The replica's new image reads as zeros where nothing is sent:
-		// a hole is skipped unread, a chunk of zeros after reading it.
-		if holes.zeros(off, n) {
-			continue
-		}
-		data := buf[8 : 8+n]
-		if _, err := base.ReadAt(data, off); err != nil {
-			return 0, err
-		}
-		if blockdev.AllZero(data) {
+		if skip {
 			continue
 		}
 		binary.LittleEndian.PutUint64(buf, uint64(off))

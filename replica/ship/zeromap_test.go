@@ -33,6 +33,9 @@ func TestZeroMapSkipsOnlyZeros(t *testing.T) {
 	}
 	for range 10 {
 		off := rng.Int64N(size - 4096)
+		if off/chunk == 40 {
+			continue // the chunk written with zeros below
+		}
 		if _, err := f.WriteAt([]byte{0xa5}, off); err != nil {
 			t.Fatal(err)
 		}
@@ -48,6 +51,9 @@ func TestZeroMapSkipsOnlyZeros(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dev.Close()
+	if ext, err := dev.Map(0, size); err != nil || len(ext) < 2 {
+		t.Skipf("the file system here does not report holes (%v, %v)", ext, err)
+	}
 	z := zeroMap{dev: dev, size: size}
 	buf := make([]byte, chunk)
 	skipped := 0

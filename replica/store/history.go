@@ -163,8 +163,10 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 }
 
 // overlaps finds, among a batch's records, the earlier ones that overlap
-// a range, without comparing every pair: a batch of random writes has
-// thousands of records and almost no overlaps.
+// a range, without comparing every pair when the records are short: a
+// batch of random writes has thousands of records and almost no
+// overlaps. (A long trim low on the disk makes each lookup walk every
+// record that starts below the range: pairwise again, as before.)
 type overlaps struct {
 	recs   []hrl.Record
 	starts []int   // the batch's write, trim and zero records, by offset
