@@ -163,21 +163,29 @@ func (d *Disk) saveHistory(pending []hrl.Record) ([]*undoRef, error) {
 }
 
 // overlaps finds, among a batch's records, the earlier ones that overlap
-// a range, without comparing every pair when the records are short: a
-// batch of random writes has thousands of records and almost no
-// overlaps. (A long trim low on the disk makes each lookup walk every
-// record that starts below the range: pairwise again, as before.)
+// a range without comparing every pair: a batch of random writes has
+// thousands of records and almost no overlaps. Records up to longSpan
+// are sorted by offset, so a lookup walks only those that start within
+// longSpan below the range; longer ones (a trim of a whole file system,
+// a large write) are few and checked one by one.
 type overlaps struct {
 	recs   []hrl.Record
-	starts []int   // the batch's write, trim and zero records, by offset
+	starts []int   // the batch's short write, trim and zero records, by offset
 	maxEnd []int64 // maxEnd[i]: the furthest end among starts[:i+1]
+	long   []int   // the longer ones, in batch order
 	out    []int
 }
+
+const longSpan = 1 << 20
 
 func newOverlaps(recs []hrl.Record) *overlaps {
 	o := &overlaps{recs: recs}
 	for i, r := range recs {
-		if r.Type != hrl.TypeMarker {
+		switch {
+		case r.Type == hrl.TypeMarker:
+		case r.Span > longSpan:
+			o.long = append(o.long, i)
+		default:
 			o.starts = append(o.starts, i)
 		}
 	}
@@ -195,12 +203,20 @@ func newOverlaps(recs []hrl.Record) *overlaps {
 // [a, b). The slice is reused by the next call.
 func (o *overlaps) before(j int, a, b int64) []int {
 	o.out = o.out[:0]
-	// Those starting before b, walked down while one of them (or one
-	// further down) still reaches past a.
+	overlap := func(k int) bool { r := o.recs[k]; return int64(r.Offset) < b && int64(r.Offset)+int64(r.Span) > a }
+	// The short ones starting before b, walked down while one of them
+	// (or one further down) still reaches past a.
 	i, _ := slices.BinarySearchFunc(o.starts, b, func(k int, b int64) int { return cmp.Compare(int64(o.recs[k].Offset), b) })
 	for i--; i >= 0 && o.maxEnd[i] > a; i-- {
-		k := o.starts[i]
-		if r := o.recs[k]; k < j && int64(r.Offset)+int64(r.Span) > a {
+		if k := o.starts[i]; k < j && overlap(k) {
+			o.out = append(o.out, k)
+		}
+	}
+	for _, k := range o.long {
+		if k >= j {
+			break
+		}
+		if overlap(k) {
 			o.out = append(o.out, k)
 		}
 	}

@@ -486,7 +486,7 @@ func TestOverlapsMatchesPairwise(t *testing.T) {
 			case 0:
 				typ = hrl.TypeMarker
 			case 1:
-				typ, span = hrl.TypeTrim, uint32(r.IntN(1<<20))
+				typ, span = hrl.TypeTrim, uint32(r.IntN(4<<20)) // some past longSpan
 			}
 			recs[i] = hrl.Record{LSN: uint64(i + 1), Type: typ, Offset: uint64(r.IntN(4 << 20)), Span: span}
 		}
